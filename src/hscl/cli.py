@@ -85,12 +85,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         value = loss_fn(z, labels)
         value.backward()
+        value = value.detach()
         elapsed = (time.perf_counter() - start) * 1000
         random_value = float(loss_fn(z_random, labels))
         stats = getattr(loss_fn, "last_stats", None)
         pairs = stats.num_pairs if stats is not None else "-"
         positives, negatives, hardening, _ = METHOD_INFO[method]
-        results[method] = float(value.detach())
+        results[method] = float(value)
         print(
             f"{method:<8} {positives:<11} {negatives:<15} {hardening:<25} {float(value):>12.4f} "
             f"{random_value:>12.4f} {pairs!s:>7} {elapsed:>10.1f}"

@@ -36,7 +36,6 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 import torch.nn.functional as F

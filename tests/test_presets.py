@@ -1,0 +1,79 @@
+"""One contract test over every registered loss, and the presets' definitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hscl import hardening as hd
+from hscl.losses import LOSSES, available_losses, contrastive_loss, get_loss
+
+
+@pytest.mark.parametrize("method", available_losses())
+def test_every_registered_loss(method):
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(10, 8)
+    x = torch.randn(20, 2, 10)
+    labels = torch.randint(0, 4, (20,))
+    loss_fn = get_loss(method)
+    assert isinstance(loss_fn, torch.nn.Module) and isinstance(loss_fn, LOSSES[method])
+    loss = loss_fn(encoder(x), labels)
+    assert loss.shape == () and torch.isfinite(loss) and loss > 0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in encoder.parameters())
+    assert get_loss(method.upper().replace("-", "_")).__class__ is loss_fn.__class__  # "H_SCL" works too
+    repr(loss_fn)
+
+
+def test_presets_are_the_core_with_fixed_modes():
+    torch.manual_seed(1)
+    z = torch.randn(16, 2, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    kw = {"temperature": 0.3}
+    expected = {
+        ("ucl", ()): contrastive_loss(z, y, positives="views", negatives="unsupervised", **kw),
+        ("h-ucl", ("beta", 2.0)): contrastive_loss(z, y, hardening=hd.Exponential(2.0), **kw),
+        ("h-ucl", ("tau", 1.1)): contrastive_loss(z, y, hardening=hd.Threshold(1.1), **kw),
+        ("scl", ()): contrastive_loss(z, y, positives="labels", negatives="supervised", **kw),
+        ("h-scl", ("beta", 0.5)): contrastive_loss(
+            z, y, positives="labels", negatives="supervised", hardening=hd.Exponential(0.5), **kw
+        ),
+        ("h-scl", ("tau", 0.9)): contrastive_loss(
+            z, y, positives="labels", negatives="supervised", hardening=hd.Threshold(0.9), **kw
+        ),
+        ("schane", ("beta", 1.0)): contrastive_loss(
+            z,
+            y,
+            positives="labels",
+            negatives="supervised",
+            hardening=hd.Exponential(1.0),
+            M="count",
+            reduction="anchor_mean",
+            **kw,
+        ),
+    }
+    for (method, extra), value in expected.items():
+        extra_kw = {extra[0]: extra[1]} if extra else {}
+        torch.testing.assert_close(get_loss(method, **extra_kw, **kw)(z, y), value, rtol=1e-13, atol=0)
+
+
+def test_default_hardening_is_beta_one_and_hardening_is_reassignable():
+    loss_fn = get_loss("h-scl")
+    assert loss_fn.hardening == hd.Exponential(1.0)
+    schedule = hd.linear_threshold(-0.5, -0.1, 10, 0.5)
+    z, y = torch.randn(12, 2, 4), torch.randint(0, 3, (12,))
+    for epoch in (1, 10):
+        loss_fn.hardening = schedule.hardening(epoch)
+        loss_fn(z, y)
+        assert loss_fn.last_stats.num_kept.sum() <= loss_fn.last_stats.num_negatives.sum()
+
+
+def test_preset_keywords_reach_the_core():
+    z, y = torch.randn(40, 2, 4), torch.randint(0, 3, (40,))
+    loss_fn = get_loss("h-scl", beta=1.0, temperature=0.5, chunk_size=7, M=10.0, reduction="none")
+    per_pair = loss_fn(z, y)
+    assert per_pair.shape == (loss_fn.last_stats.num_pairs,)
+    ref = contrastive_loss(
+        z, y, positives="labels", negatives="supervised", hardening=hd.Exponential(1.0), M=10.0, reduction="none"
+    )
+    torch.testing.assert_close(per_pair, ref, rtol=1e-5, atol=1e-6)
