@@ -74,7 +74,7 @@ def test_low_threshold_equals_no_hardening(positives, negatives):
     assert torch.equal(stats.num_kept, stats.num_negatives)
 
 
-def test_high_threshold_falls_back_and_counts():
+def test_high_threshold_falls_back_and_counts(label_layout):
     z, labels = _batch(3)
     above_all = 2.0 * math.exp(1.0 / 0.5)  # no g reaches it: every anchor falls back to w = 1
     la, stats = contrastive_loss(
@@ -88,7 +88,7 @@ def test_high_threshold_falls_back_and_counts():
 
 @pytest.mark.parametrize("positives,negatives", SETTINGS)
 @pytest.mark.parametrize("hardening", [None, Exponential(2.0), Threshold(1.2), lambda g: torch.sigmoid(g)])
-def test_permutation_invariance(positives, negatives, hardening):
+def test_permutation_invariance(positives, negatives, hardening, label_layout):
     z, labels = _batch(4, V=3)
     kw = {"positives": positives, "negatives": negatives, "hardening": hardening}
     base, stats = contrastive_loss(z, labels, return_stats=True, **kw)
@@ -110,7 +110,7 @@ def test_permutation_invariance(positives, negatives, hardening):
     ids=["none", "exp", "thr", "fn"],
 )
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_chunked_equals_unchunked(positives, negatives, hardening, reduction):
+def test_chunked_equals_unchunked(positives, negatives, hardening, reduction, label_layout):
     z, labels = _batch(5, B=30, V=2, dtype=torch.float32)
     kw = {"positives": positives, "negatives": negatives, "hardening": hardening, "reduction": reduction}
     a = z.clone().requires_grad_(True)

@@ -65,7 +65,7 @@ CASES = [_draw_case(random.Random(seed)) for seed in range(72)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
-def test_matches_float64_loop(case):
+def test_matches_float64_loop(case, label_layout):
     torch.manual_seed(hash(str(case)) % 2**31)
     B, V, d = case["B"], case["V"], case["d"]
     z = torch.randn(B, V, d, dtype=torch.float64)
@@ -121,7 +121,7 @@ def _ref_kw(kw):
         {"positives": "labels", "negatives": "supervised", "hardening": Exponential(1.0), "chunk_size": 3},
     ],
 )
-def test_gradcheck_float64(kw):
+def test_gradcheck_float64(kw, label_layout):
     torch.manual_seed(3)
     z = torch.randn(6, 2, 4, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 0, 2, 1, 1])

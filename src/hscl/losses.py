@@ -372,36 +372,64 @@ def release_workspace() -> None:
     _WORKSPACE.buffers.clear()
 
 
+#: classes of at most this many rows use gathered (rows x K) column tables; larger classes use
+#: contiguous blocks (a Python loop over classes, cheap only when there are few of them)
+_GATHER_MAX_CLASS_ROWS = 256
+
+
 @dataclass
 class _Layout:
-    """The batch in label-sorted row order (identity order when no labels are used)."""
+    """The batch in label-sorted row order (identity order when no labels are used).
+
+    Positives and non-negatives of each sorted row are either column tables (for scatters and
+    gathers) or, for large classes, contiguous label blocks ``bounds``.
+    """
 
     perm: Tensor  # (N,) original row of each sorted row
-    same_instance: Tensor  # (N, V) sorted columns of the rows of the same sample (self included)
-    view_columns: Tensor | None  # (N, V-1) the same without self (positives="views")
+    nonneg_columns: Tensor | None  # (N, K) sorted columns that are not negatives (self included)
+    pos_columns: Tensor | None  # (N, K) sorted columns of the positives, padded
+    pos_valid: Tensor | None  # (N, K) which entries of pos_columns are real positives
     bounds: list[int] | None  # class blocks [bounds[k], bounds[k+1]) in sorted order
 
 
 def _make_layout(spec: _Spec) -> _Layout:
     N, B, V = spec.rows, spec.batch, spec.views
     device = spec.instance.device
+    rows = torch.arange(N, device=device)
+    bounds = label_columns = label_valid = None
     if spec.labels is not None:
         perm = torch.sort(spec.labels, stable=True).indices
         counts = torch.unique_consecutive(spec.labels[perm], return_counts=True)[1]
-        bounds = [0, *torch.cumsum(counts, 0).tolist()]
+        ends = torch.cumsum(counts, 0)
+        bounds = [0, *ends.tolist()]
+        kmax = int(counts.max())
+        if kmax <= _GATHER_MAX_CLASS_ROWS:
+            size = torch.repeat_interleave(counts, counts)  # (N,) rows in the class of each sorted row
+            lo = torch.repeat_interleave(ends - counts, counts)
+            offsets = torch.arange(kmax, device=device)
+            label_columns = torch.minimum(lo[:, None] + offsets, (lo + size - 1)[:, None])  # (N, kmax), padded
+            label_valid = (offsets[None, :] < size[:, None]) & (label_columns != rows[:, None])
     else:
-        perm = torch.arange(N, device=device)
-        bounds = None
+        perm = rows
     inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(N, device=device)
+    inverse[perm] = rows
     view_ids = torch.arange(V, device=device)
     original = view_ids[None, :] * B + (perm % B)[:, None]  # (N, V) original rows of the sample
     same_instance = inverse[original]
-    view_columns = None
     if spec.positives == "views":
         others = view_ids[None, :] != (perm // B)[:, None]
-        view_columns = same_instance[others].view(N, V - 1)
-    return _Layout(perm=perm, same_instance=same_instance, view_columns=view_columns, bounds=bounds)
+        pos_columns = same_instance[others].view(N, V - 1)
+        pos_valid = torch.ones_like(pos_columns, dtype=torch.bool)
+    else:
+        pos_columns, pos_valid = label_columns, label_valid
+    nonneg_columns = same_instance if spec.negatives == "unsupervised" else label_columns
+    return _Layout(
+        perm=perm, nonneg_columns=nonneg_columns, pos_columns=pos_columns, pos_valid=pos_valid, bounds=bounds
+    )
+
+
+def _needs_runs(layout: _Layout) -> bool:
+    return layout.bounds is not None and (layout.pos_columns is None or layout.nonneg_columns is None)
 
 
 def _runs(layout: _Layout, start: int, stop: int) -> list[tuple[int, int, int, int]]:
@@ -423,8 +451,8 @@ def _negative_logits(spec, layout, S, t, start, stop, runs, fallback):
     Returns the per-anchor fallback flags (threshold passed by no negative).
     """
     t.copy_(S)
-    if spec.negatives == "unsupervised":
-        t.scatter_(1, layout.same_instance[start:stop], -math.inf)
+    if layout.nonneg_columns is not None:
+        t.scatter_(1, layout.nonneg_columns[start:stop], -math.inf)
     else:
         for a, b, lo, hi in runs:
             t[a:b, lo:hi] = -math.inf
@@ -437,8 +465,8 @@ def _negative_logits(spec, layout, S, t, start, stop, runs, fallback):
     rows = fallback.nonzero().flatten()
     if rows.numel():
         t[rows] = S[rows]
-        if spec.negatives == "unsupervised":
-            t[rows] = t[rows].scatter_(1, layout.same_instance[start:stop][rows], -math.inf)
+        if layout.nonneg_columns is not None:
+            t[rows] = t[rows].scatter_(1, layout.nonneg_columns[start:stop][rows], -math.inf)
         else:
             for a, b, lo, hi in runs:
                 inside = rows[(rows >= a) & (rows < b)]
@@ -493,7 +521,7 @@ class _FusedContrastive(torch.autograd.Function):
         for start in range(0, N, spec.chunk):
             stop = min(N, start + spec.chunk)
             c = stop - start
-            runs = _runs(layout, start, stop) if layout.bounds is not None else []
+            runs = _runs(layout, start, stop) if _needs_runs(layout) else []
             S = torch.mm(Z[start:stop] * spec.inv_t, Z.T, out=_WORKSPACE.get(0, c, N, dtype, device))  # g
             t = _WORKSPACE.get(1, c, N, dtype, device)
             work = _WORKSPACE.get(2, c, N, dtype, device)
@@ -515,14 +543,15 @@ class _FusedContrastive(torch.autograd.Function):
             m_all[start:stop], log_num_all[start:stop], log_den_all[start:stop] = m, log_num, log_den
             log_c = (log_num - log_den + m)[:, None]  # log E(r)
             log_M = spec.log_M[start:stop, None]
-            if spec.positives == "views":
-                columns = layout.view_columns[start:stop]
+            if layout.pos_columns is not None:
+                columns = layout.pos_columns[start:stop]  # (c, K)
+                mask = layout.pos_valid[start:stop] & row_ok[:, None]
                 loss = _pair_loss(S.gather(1, columns), log_c, log_M, spec.tau_plus, spec.inv_t)
-                loss = loss * row_ok[:, None]  # (c, V-1)
+                loss = loss * mask  # (c, K)
                 row_sum = loss.sum(1)
                 if per_pair:
-                    values.append(loss[row_ok].reshape(-1))
-                    keys.append((perm[start:stop, None] * N + perm[columns])[row_ok].reshape(-1))
+                    values.append(loss[mask])
+                    keys.append((perm[start:stop, None] * N + perm[columns])[mask])
             else:
                 row_sum = torch.zeros(c, dtype=dtype, device=device)
                 for a, b, lo, hi, di, dj in _block_pairs(runs, start, device):
@@ -572,7 +601,7 @@ class _FusedContrastive(torch.autograd.Function):
         for start in range(0, N, spec.chunk):
             stop = min(N, start + spec.chunk)
             c = stop - start
-            runs = _runs(layout, start, stop) if layout.bounds is not None else []
+            runs = _runs(layout, start, stop) if _needs_runs(layout) else []
             Zc = Z[start:stop]
             S = torch.mm(Zc * spec.inv_t, Z.T, out=_WORKSPACE.get(0, c, N, dtype, device))  # as in the forward
             t = _WORKSPACE.get(1, c, N, dtype, device)
@@ -587,16 +616,17 @@ class _FusedContrastive(torch.autograd.Function):
             else:
                 row_grad = (grad_out * row_weight[start:stop] * row_ok)[:, None]  # (c, 1)
             # --- positives: d loss / d g(r,p) and Sigma(r) = sum_p d loss(r,p) / d log E(r)
-            if spec.positives == "views":
-                columns = layout.view_columns[start:stop]
+            if layout.pos_columns is not None:
+                columns = layout.pos_columns[start:stop]  # (c, K)
+                mask = layout.pos_valid[start:stop] & row_ok[:, None]
                 d_s, d_c = _pair_grads(S.gather(1, columns), log_c, log_M, spec.tau_plus, spec.inv_t)
                 if row_grad is None:
                     g = torch.zeros_like(d_c)
-                    g[row_ok] = next(pieces).view(-1, spec.views - 1)
+                    g[mask] = next(pieces)
                 else:
-                    g = row_grad
+                    g = row_grad * mask
                 sigma = (d_c * g).sum(1)  # (c,)
-                pos_grad = d_s * g  # (c, V-1)
+                pos_grad = d_s * g  # (c, K)
             else:
                 sigma = torch.zeros(c, dtype=dtype, device=device)
                 blocks = []
@@ -624,7 +654,7 @@ class _FusedContrastive(torch.autograd.Function):
                 p_b = torch.mul(t, spec.beta, out=work).sub_(log_den_all[start:stop, None]).exp_()  # pB
                 grad = t.mul_(1.0 + spec.beta).sub_(log_num).exp_()  # pA
                 grad.mul_(1.0 + spec.beta_grad).sub_(p_b.mul_(spec.beta_grad)).mul_(sigma[:, None])
-            if spec.positives == "views":
+            if layout.pos_columns is not None:
                 grad.scatter_add_(1, columns, pos_grad)
             else:
                 for a, b, lo, hi, d_s in blocks:

@@ -1,0 +1,461 @@
+"""Benchmark hscl's contrastive losses against pytorch-metric-learning (PML) on CPU.
+
+What it measures
+----------------
+For every (method, rows, classes) configuration, forward + backward of the loss on an embedding
+tensor ``z`` of shape ``(B, 2, d)`` (``B`` samples x 2 views, ``d = 128``, float32, ``rows = 2B``)
+with labels drawn uniformly from ``[0, classes)``:
+
+* ``h-scl``          ``hscl.losses.get_loss("h-scl", beta=1.0)(z, labels)``
+* ``scl``            ``get_loss("scl")(z, labels)``
+* ``supcon``         ``get_loss("supcon")(z, labels)``
+* ``pml-supcon``     ``pytorch_metric_learning.losses.SupConLoss(temperature=0.1)(emb, labels.repeat(2))``
+* ``pml-ntxent``     ``pytorch_metric_learning.losses.NTXentLoss(temperature=0.5)(emb, arange(B).repeat(2))``
+* ``h-scl chunked``  ``get_loss("h-scl", beta=1.0, chunk_size=1024)(z, labels)``
+
+with ``emb = torch.cat(z.unbind(1))`` of shape ``(2B, d)`` (view-major, like hscl's own rows).
+
+Each configuration runs in a fresh subprocess (``--worker``) so that allocations of one method do
+not influence another. The worker builds ``z`` and the labels, runs the loss once on a tiny batch
+(to initialise the thread pool and autograd without touching the measured sizes), records the
+baseline RSS, then runs 1 warm-up plus ``--repeats`` timed forward + backward calls while a
+background thread samples RSS every millisecond. The reported peak memory is
+``max(sampled peak RSS, ru_maxrss) - baseline``, i.e. the resident memory *added* by the loss.
+Time is the median ``time.perf_counter`` wall clock of the repeats (the warm-up is excluded). The
+thread count is torch's default (all cores).
+
+hscl keeps reusable per-thread (chunk x rows) buffers between calls on CPU (freed by
+``hscl.losses.release_workspace()``), so memory retained after a call is not comparable across
+libraries; the peak is what matters and is what is reported.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_losses.py              # full run (several minutes)
+    .venv/bin/python benchmarks/bench_losses.py --quick      # smoke: rows 512,1024,2048, C=10, no large
+    .venv/bin/python benchmarks/bench_losses.py --rows 1024,4096 --classes 10 --repeats 5 --json out.json
+
+The output is Markdown: one table per number of classes, a large-batch table for chunked h-scl
+(16384 and 32768 rows, C=10; PML is skipped there as it needs several O(rows^2) buffers), and a
+block of PASS/FAIL targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import torch
+
+DIM = 128
+CHUNK = 1024
+DEFAULT_ROWS = (512, 1024, 2048, 4096, 8192)
+DEFAULT_CLASSES = (10, 100)
+QUICK_ROWS = (512, 1024, 2048)
+QUICK_CLASSES = (10,)
+LARGE_ROWS = (16384, 32768)
+LARGE_CLASSES = 10
+METHODS = ("h-scl", "scl", "supcon", "pml-supcon", "pml-ntxent", "h-scl-chunked")
+DISPLAY = {m: m.replace("-chunked", " chunked") for m in METHODS}
+
+# Rough upper bounds of the working memory per (anchor x row) element, in bytes, used only to skip
+# configurations that could not fit in RAM (no swap on the target machine). Deliberately generous
+# (measured: ~13 for h-scl/scl, ~21 for supcon, ~45 for pml-supcon, ~18 per chunk x rows for chunked).
+_BYTES_PER_PAIR = {
+    "h-scl": 24,
+    "scl": 24,
+    "supcon": 40,
+    "pml-supcon": 64,
+    "pml-ntxent": 64,
+    "h-scl-chunked": 24,
+}
+# PML's NTXentLoss compares every positive pair with every negative pair
+# (``a2.unsqueeze(0) == a1.unsqueeze(1)``, a rows x rows*(rows-2) mask, then several float copies of
+# it): memory grows like rows^3. Measured ~17 bytes per element at 512 rows (2.3 GB).
+_NTXENT_BYTES_PER_TRIPLE = 24
+_MEMORY_FRACTION = 0.7  # skip when the estimate exceeds this fraction of the available RAM
+
+MB = 1e6
+GIB = 2**30
+
+
+# --------------------------------------------------------------------------------------------
+# worker: one configuration, in its own process
+
+
+def _make_loss(method: str):
+    """A callable ``fn(z, labels) -> scalar loss`` for ``method``."""
+    if method.startswith("pml-"):
+        from pytorch_metric_learning import losses as pml_losses
+
+        if method == "pml-supcon":
+            pml = pml_losses.SupConLoss(temperature=0.1)
+
+            def fn(z, labels):
+                return pml(torch.cat(z.unbind(1)), labels.repeat(2))
+
+        else:
+            pml = pml_losses.NTXentLoss(temperature=0.5)
+
+            def fn(z, labels):
+                ids = torch.arange(z.shape[0], device=z.device).repeat(2)
+                return pml(torch.cat(z.unbind(1)), ids)
+
+        return fn
+
+    from hscl.losses import get_loss
+
+    if method == "h-scl":
+        return get_loss("h-scl", beta=1.0)
+    if method == "h-scl-chunked":
+        return get_loss("h-scl", beta=1.0, chunk_size=CHUNK)
+    return get_loss(method)
+
+
+class _RssSampler(threading.Thread):
+    """Samples the process RSS every ``interval`` seconds and keeps the maximum."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.process = psutil.Process()
+        self.peak = self.process.memory_info().rss
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            rss = self.process.memory_info().rss
+            self.samples += 1
+            if rss > self.peak:
+                self.peak = rss
+            time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def _step(fn, z: torch.Tensor, labels: torch.Tensor) -> float:
+    """One forward + backward; returns its wall-clock seconds."""
+    z.grad = None
+    t0 = time.perf_counter()
+    loss = fn(z, labels)
+    loss.backward()
+    elapsed = time.perf_counter() - t0
+    if not torch.isfinite(loss.detach()):
+        raise FloatingPointError(f"non-finite loss {loss.item()}")
+    return elapsed
+
+
+def run_worker(method: str, rows: int, classes: int, repeats: int, seed: int, interval: float) -> dict:
+    batch = rows // 2
+    fn = _make_loss(method)
+    gen = torch.Generator().manual_seed(seed)
+
+    # warm-up of the library / thread pool / autograd on a tiny batch, before the baseline
+    tiny = torch.randn(8, 2, DIM, generator=gen).requires_grad_()
+    _step(fn, tiny, torch.randint(0, classes, (8,), generator=gen))
+    del tiny
+
+    z = torch.randn(batch, 2, DIM, generator=gen).requires_grad_()
+    labels = torch.randint(0, classes, (batch,), generator=gen)
+    gc.collect()
+    baseline = psutil.Process().memory_info().rss
+
+    sampler = _RssSampler(interval)
+    sampler.start()
+    try:
+        warmup = _step(fn, z, labels)
+        times = [_step(fn, z, labels) for _ in range(repeats)]
+    finally:
+        sampler.stop()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = max(sampler.peak, maxrss)
+    return {
+        "method": method,
+        "rows": rows,
+        "classes": classes,
+        "dim": DIM,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "warmup_s": warmup,
+        "times_s": times,
+        "median_ms": statistics.median(times) * 1e3,
+        "baseline_rss": baseline,
+        "sampled_peak_rss": sampler.peak,
+        "ru_maxrss": maxrss,
+        "rss_samples": sampler.samples,
+        "peak_bytes": max(peak - baseline, 0),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+
+
+def estimated_bytes(method: str, rows: int) -> float:
+    block = min(CHUNK, rows) if method == "h-scl-chunked" else rows
+    estimate = _BYTES_PER_PAIR[method] * block * rows + 64 * rows * DIM
+    if method == "pml-ntxent":
+        estimate += _NTXENT_BYTES_PER_TRIPLE * rows * rows * max(rows - 2, 0)
+    return estimate
+
+
+def run_config(method: str, rows: int, classes: int, args) -> dict:
+    base = {"method": method, "rows": rows, "classes": classes}
+    estimate = estimated_bytes(method, rows)
+    available = psutil.virtual_memory().available
+    if estimate > _MEMORY_FRACTION * available:
+        reason = f"estimated {estimate / GIB:.1f} GiB > {_MEMORY_FRACTION:.0%} of {available / GIB:.1f} GiB free"
+        if method == "pml-ntxent":
+            reason += " (PML NTXentLoss builds a rows x rows*(rows-2) pair mask: O(rows^3) memory)"
+        return {**base, "skipped": reason}
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        method,
+        str(rows),
+        str(classes),
+        "--repeats",
+        str(args.repeats),
+        "--seed",
+        str(args.seed),
+        "--sample-interval-ms",
+        str(args.sample_interval_ms),
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {**base, "error": f"timeout after {args.timeout} s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {**base, "error": f"exit {proc.returncode}: {tail}"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {**base, "error": "no JSON in worker output"}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ms(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if "median_ms" in r:
+        return f"{r['median_ms']:.1f}"
+    return "skip" if "skipped" in r else "err"
+
+
+def _mb(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if "peak_bytes" in r:
+        return f"{r['peak_bytes'] / MB:.0f}"
+    return "skip" if "skipped" in r else "err"
+
+
+def _ratio(a: dict | None, b: dict | None) -> float | None:
+    if a and b and "median_ms" in a and "median_ms" in b and b["median_ms"] > 0:
+        return a["median_ms"] / b["median_ms"]
+    return None
+
+
+def _parse_rows(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+    if not values or any(v < 2 or v % 2 for v in values):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of positive even integers, got {text!r}")
+    return values
+
+
+def _parse_classes(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of positive integers, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=_parse_rows, default=None, help="comma-separated 2B values (even)")
+    parser.add_argument("--classes", type=_parse_classes, default=None, help="comma-separated numbers of classes")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats after 1 warm-up (median reported)")
+    parser.add_argument("--quick", action="store_true", help="rows 512,1024,2048, classes 10, no large-batch section")
+    parser.add_argument("--no-large", action="store_true", help="skip the large-batch chunked h-scl section")
+    parser.add_argument("--json", metavar="PATH", help="also write all results to this JSON file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
+    parser.add_argument("--sample-interval-ms", type=float, default=1.0, help="RSS sampling period")
+    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "ROWS", "CLASSES"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+
+    if args.worker:
+        method, rows, classes = args.worker[0], int(args.worker[1]), int(args.worker[2])
+        if method not in METHODS:
+            parser.error(f"unknown method {method!r}")
+        result = run_worker(method, rows, classes, args.repeats, args.seed, args.sample_interval_ms / 1e3)
+        print(json.dumps(result), flush=True)
+        return 0
+
+    rows_list = args.rows or (QUICK_ROWS if args.quick else DEFAULT_ROWS)
+    classes_list = args.classes or (QUICK_CLASSES if args.quick else DEFAULT_CLASSES)
+    large = not (args.quick or args.no_large)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"torch {torch.__version__} | threads {torch.get_num_threads()} | CPU: {_cpu_model()} "
+        f"({os.cpu_count()} logical) | python {platform.python_version()} | d={DIM}, float32, 2 views | "
+        f"repeats {args.repeats} (+1 warm-up) | load average at start {load:.2f}",
+        flush=True,
+    )
+    print(
+        "\nTime: median wall clock of forward+backward (ms). Memory: peak RSS added by the loss in a fresh "
+        "process, MB = 1e6 bytes. hscl keeps reusable per-thread buffers between calls "
+        "(hscl.losses.release_workspace() frees them), so the peak is what matters.",
+        flush=True,
+    )
+
+    results: list[dict] = []
+    table: dict[tuple[str, int, int], dict] = {}
+    for classes in classes_list:
+        for rows in rows_list:
+            for method in METHODS:
+                r = run_config(method, rows, classes, args)
+                results.append(r)
+                table[method, rows, classes] = r
+                status = r.get("error") or r.get("skipped") or f"{_ms(r)} ms, {_mb(r)} MB"
+                print(f"  [{DISPLAY[method]:>13} rows={rows:>5} C={classes:>3}] {status}", file=sys.stderr, flush=True)
+
+    header = (
+        "| rows (2B) | h-scl ms | h-scl MB | scl ms | supcon ms | pml-supcon ms | pml-supcon MB | pml-ntxent ms "
+        "| h-scl chunked ms | h-scl chunked MB | h-scl / pml-supcon (time) |"
+    )
+    for classes in classes_list:
+        print(f"\n### C = {classes} classes\n")
+        print(header)
+        print("|" + "---:|" * 11)
+        for rows in rows_list:
+            g = {m: table.get((m, rows, classes)) for m in METHODS}
+            ratio = _ratio(g["h-scl"], g["pml-supcon"])
+            cells = [
+                str(rows),
+                _ms(g["h-scl"]),
+                _mb(g["h-scl"]),
+                _ms(g["scl"]),
+                _ms(g["supcon"]),
+                _ms(g["pml-supcon"]),
+                _mb(g["pml-supcon"]),
+                _ms(g["pml-ntxent"]),
+                _ms(g["h-scl-chunked"]),
+                _mb(g["h-scl-chunked"]),
+                "-" if ratio is None else f"{ratio:.2f}x",
+            ]
+            print("| " + " | ".join(cells) + " |", flush=True)
+
+    notes = [r for r in results if "skipped" in r or "error" in r]
+    if notes:
+        print("\nskip / err:")
+        for r in notes:
+            reason = r.get("skipped") or r.get("error")
+            print(f"- {DISPLAY[r['method']]} rows={r['rows']} C={r['classes']}: {reason}")
+
+    large_results: dict[int, dict] = {}
+    if large:
+        for rows in LARGE_ROWS:
+            r = run_config("h-scl-chunked", rows, LARGE_CLASSES, args)
+            r["section"] = "large"
+            results.append(r)
+            large_results[rows] = r
+            status = r.get("error") or r.get("skipped") or f"{_ms(r)} ms, {_mb(r)} MB"
+            print(f"  [h-scl chunked rows={rows:>5} C={LARGE_CLASSES}] {status}", file=sys.stderr, flush=True)
+        print(f"\n### Large batch: h-scl chunked (chunk_size={CHUNK}), C = {LARGE_CLASSES}, forward + backward\n")
+        print("| rows (2B) | time ms | peak MB | peak GiB |")
+        print("|---:|---:|---:|---:|")
+        for rows, r in large_results.items():
+            gib = f"{r['peak_bytes'] / GIB:.2f}" if "peak_bytes" in r else _mb(r)
+            print(f"| {rows} | {_ms(r)} | {_mb(r)} | {gib} |")
+        print("\n(PML skipped here: it needs several O(rows^2) buffers.)")
+
+    # targets
+    print("\n### Targets\n")
+    checks: list[tuple[str, bool | None, str]] = []
+
+    ratios = []
+    for classes in classes_list:
+        for rows in rows_list:
+            if rows >= 2048:
+                ratio = _ratio(table.get(("h-scl", rows, classes)), table.get(("pml-supcon", rows, classes)))
+                ratios.append((rows, classes, ratio))
+    measured = [x for x in ratios if x[2] is not None]
+    if not measured:
+        checks.append(("(a) h-scl time <= 0.5 x pml-supcon at every 2B >= 2048", None, "not measured"))
+    else:
+        ok = len(measured) == len(ratios) and all(x[2] <= 0.5 for x in measured)
+        worst = max(measured, key=lambda x: x[2])
+        detail = f"worst ratio {worst[2]:.2f} at rows={worst[0]}, C={worst[1]}"
+        if len(measured) < len(ratios):
+            detail += f"; {len(ratios) - len(measured)} configuration(s) missing"
+        checks.append(("(a) h-scl time <= 0.5 x pml-supcon at every 2B >= 2048", ok, detail))
+
+    peaks = [(c, table.get(("h-scl", 8192, c))) for c in classes_list if 8192 in rows_list]
+    peaks = [(c, r) for c, r in peaks if r is not None]
+    if not peaks:
+        checks.append(("(b) unchunked h-scl peak at 8192 rows < 1.5 GB", None, "not measured"))
+    else:
+        vals = [(c, r.get("peak_bytes")) for c, r in peaks]
+        ok = all(v is not None and v < 1.5e9 for _, v in vals)
+        detail = ", ".join(f"C={c}: {'n/a' if v is None else f'{v / 1e9:.3f} GB'}" for c, v in vals)
+        checks.append(("(b) unchunked h-scl peak at 8192 rows < 1.5 GB", ok, detail))
+
+    r32 = large_results.get(32768)
+    if r32 is None:
+        checks.append(("(c) chunked h-scl peak at 32768 rows < 2 GiB (fwd+bwd)", None, "not measured"))
+    else:
+        v = r32.get("peak_bytes")
+        detail = "n/a: " + (r32.get("error") or r32.get("skipped", "")) if v is None else f"{v / GIB:.3f} GiB"
+        checks.append(("(c) chunked h-scl peak at 32768 rows < 2 GiB (fwd+bwd)", v is not None and v < 2 * GIB, detail))
+
+    for name, ok, detail in checks:
+        verdict = "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+        print(f"- {verdict} {name}: {detail}")
+
+    if args.json:
+        payload = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": _cpu_model(),
+            "dim": DIM,
+            "repeats": args.repeats,
+            "results": results,
+            "targets": [{"name": n, "pass": ok, "detail": d} for n, ok, d in checks],
+        }
+        with open(args.json, "w") as fh:
+            json.dump(payload, fh, indent=2)
+        print(f"\n(results written to {args.json})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
