@@ -77,3 +77,16 @@ def test_preset_keywords_reach_the_core():
         z, y, positives="labels", negatives="supervised", hardening=hd.Exponential(1.0), M=10.0, reduction="none"
     )
     torch.testing.assert_close(per_pair, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_user_subclass_of_hardening_takes_the_generic_path():
+    class Cubic(hd.Hardening):  # a user hardening that inherits the base class but not its log-linear form
+        def __call__(self, g):
+            return (g + 3.0).clamp(min=0.0) ** 3
+
+    z, y = torch.randn(10, 2, 4, dtype=torch.float64), torch.randint(0, 3, (10,))
+    ours = contrastive_loss(z, y, positives="labels", negatives="supervised", hardening=Cubic())
+    as_function = contrastive_loss(
+        z, y, positives="labels", negatives="supervised", hardening=lambda g: (g + 3.0).clamp(min=0.0) ** 3
+    )
+    torch.testing.assert_close(ours, as_function, rtol=1e-13, atol=0)

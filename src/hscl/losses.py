@@ -924,7 +924,7 @@ def contrastive_loss(
                 chunk=chunk_size or rows,
             )
             per_pair = reduction == "none"
-            if hardening is None or isinstance(hardening, Hardening):
+            if hardening is None or type(hardening) in (Exponential, Threshold):  # built-ins: fused path
                 if hardening is not None:
                     spec.beta = float(hardening.beta)
                     spec.beta_grad = 0.0 if detach_weights else spec.beta
