@@ -32,10 +32,8 @@ def _digits_views(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     Shape: returns images ``(batch, 2, 64)`` in [0, 1] and labels ``(batch,)``.
     """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:  # pragma: no cover - dev extra installs it
-        raise SystemExit("hscl demo needs scikit-learn: pip install 'hscl[data]'") from err
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     generator = torch.Generator().manual_seed(seed)
     images = torch.tensor(digits.images, dtype=torch.float32) / 16.0  # (1797, 8, 8)
