@@ -9,7 +9,7 @@ from hscl.losses import LOSSES
 
 
 def test_demo_prints_the_six_methods(capsys):
-    assert main(["demo", "--batch", "64"]) == 0
+    assert main(["losses", "--batch", "64"]) == 0
     out = capsys.readouterr().out
     for method in LOSSES:
         row = re.search(rf"^{re.escape(method)}\s+.*?(\d+\.\d+)\s+(\d+\.\d+)", out, re.MULTILINE)

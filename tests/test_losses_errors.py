@@ -87,6 +87,6 @@ def test_cli_reports_errors_without_traceback(capsys):
     from hscl.cli import main
 
     with pytest.raises(SystemExit):
-        main(["demo", "--batch", "1"])
-    assert main(["demo", "--batch", "16", "--temperature", "-1"]) == 2
+        main(["losses", "--batch", "1"])
+    assert main(["losses", "--batch", "16", "--temperature", "-1"]) == 2
     assert "temperature must be a finite number > 0" in capsys.readouterr().err

@@ -1,0 +1,246 @@
+"""Run configuration: typed dataclasses loaded from YAML and ``key=value`` overrides.
+
+A misspelled key fails loudly (naming the key and listing the valid ones); the resolved config is
+saved with every run. Defaults are the H-SCL paper's image set-up (Sec. V-A): Adam, lr 1e-3,
+weight decay 1e-6, batch 512, temperature (gamma) 0.5, M = rows - 2, 200 epochs, 128-d head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "LossConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+#: the paper's grids (Sec. V-A)
+BETA_GRID = (0.1, 0.5, 1.0, 2.0, 5.0)
+TAU_STARTS = (-0.5, -0.3, -0.1)
+TAU_ENDS = (-0.1, 0.0, 0.1)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    #: stratified subsets of the splits (None: the whole split)
+    train_subset: int | None = None
+    test_subset: int | None = None
+    #: "instance" (V augmentations of one image), "same_label" (the second view is another image of
+    #: the class), or "auto" (same_label for scl / h-scl, instance otherwise)
+    pair_mode: str = "auto"
+    views: int = 2
+    #: augmentation preset name (None: chosen from channels and size) and field overrides
+    augment: str | None = None
+    augment_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "resnet50"
+    projection_dim: int = 128
+    hidden_dim: int = 512
+    normalization: str = "sphere"
+    stem: str | None = None  # resnets: "cifar" (default) or "imagenet"
+
+
+@dataclass
+class LossConfig:
+    method: str = "h-scl"
+    temperature: float = 0.5
+    beta: float | None = None
+    tau: float | None = None
+    #: eq. (4): linear threshold schedule (start, end) cosine cuts; overrides tau
+    tau_schedule: list[float] | None = None
+    M: float | str | None = None
+    tau_plus: float = 0.0
+    chunk_size: int | None = None
+    base_temperature: float | None = None  # supcon only
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    seed: int = 0
+    #: "auto" (bf16 autocast when this device runs it faster, else 32), "bf16", "32"
+    precision: str = "auto"
+    channels_last: bool | None = None  # None: with bf16 on CPU
+    #: weighted kNN monitor on encoder features, every epoch (0 disables)
+    knn_k: int = 200
+    knn_train: int = 10000
+    knn_test: int = 2000
+    threads: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    linear_epochs: int = 60
+    linear_lr: float = 1e-3
+    linear_batch_size: int = 1024
+    knn_k: int = 200
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML / command-line value to ``annotation``, or raise naming ``where``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise ValueError(f"{where}: {value!r} is not a valid value ({'; '.join(errors)})")
+    if dataclasses.is_dataclass(annotation):
+        return config_from_dict(value, annotation, where)
+    if annotation is Any:
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where} must be a list, got {value!r}")
+        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"{where} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{where} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(data: dict | None, cls=RunConfig, where: str = "config"):
+    """Build ``cls`` from a nested mapping; unknown keys raise ``ValueError``."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise TypeError(f"{where} must be a mapping, got {type(data).__name__}")
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(types_)}")
+    kwargs = {name: _coerce(value, types_[name], f"{where}.{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value: YAML scalars and lists (``5``, ``0.5``, ``null``, ``[-0.5, 0.1]``)."""
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides to a nested mapping (a copy)."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.epochs=5)")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = _parse_value(text)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config (or the defaults) and apply ``key=value`` overrides; validated."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    config = config_from_dict(data)
+    validate_config(config)
+    return config
+
+
+def validate_config(config: RunConfig) -> None:
+    """Checks that need more than types: choices and ranges, with clear messages."""
+    from hscl.losses import LOSSES
+
+    if config.loss.method not in LOSSES:
+        raise ValueError(f"loss.method {config.loss.method!r} is unknown; valid: {', '.join(LOSSES)}")
+    if config.data.pair_mode not in ("auto", "instance", "same_label"):
+        raise ValueError(f"data.pair_mode must be auto, instance or same_label, got {config.data.pair_mode!r}")
+    if config.data.views < 2:
+        raise ValueError(f"data.views must be >= 2, got {config.data.views}")
+    if config.train.epochs < 1:
+        raise ValueError(f"train.epochs must be >= 1, got {config.train.epochs}")
+    if config.train.batch_size < 2:
+        raise ValueError(f"train.batch_size must be >= 2, got {config.train.batch_size}")
+    if config.train.precision not in ("auto", "bf16", "32"):
+        raise ValueError(f"train.precision must be auto, bf16 or 32, got {config.train.precision!r}")
+    if not config.train.lr > 0:
+        raise ValueError(f"train.lr must be > 0, got {config.train.lr}")
+    if config.loss.tau_schedule is not None and len(config.loss.tau_schedule) != 2:
+        raise ValueError(f"loss.tau_schedule must be [start, end], got {config.loss.tau_schedule}")
+    given = [k for k in ("beta", "tau", "tau_schedule") if getattr(config.loss, k) is not None]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of loss.beta, loss.tau, loss.tau_schedule; got {', '.join(given)}")
+    if given and config.loss.method not in ("h-ucl", "h-scl", "schane"):
+        raise ValueError(f"loss.{given[0]} is a hardening; method {config.loss.method!r} has none")

@@ -1,0 +1,133 @@
+"""Evaluation of a frozen encoder: linear probe and weighted kNN on features extracted once.
+
+Linear evaluation (the H-SCL paper's protocol): freeze the encoder, extract the features of the
+train and test splits once (no augmentation re-passes), train a linear classifier on the train
+features, report top-1 / top-5 on the test split. kNN: cosine similarity, the ``k`` nearest train
+features vote with weight ``exp(sim / 0.1)`` (Wu et al. 2018, the usual SSL monitor).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["extract_features", "knn_accuracy", "linear_probe", "ProbeResult", "mean_std"]
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    images: Tensor,
+    transform,
+    *,
+    batch_size: int = 512,
+    channels_last: bool = False,
+    bf16: bool = False,
+) -> Tensor:
+    """Encoder features of uint8 ``images`` after ``transform`` (normalise / resize).
+
+    Shape: images ``(N, C, H, W)`` uint8 -> features ``(N, F)`` float32.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = transform(images[start : start + batch_size].to(device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out.append(encoder(x).float().cpu())
+    encoder.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def knn_accuracy(
+    bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, *, k: int = 200, t: float = 0.1
+) -> float:
+    """Weighted kNN top-1 accuracy (in %) of ``queries`` against a memory ``bank``.
+
+    Shape: bank ``(N, F)``, bank_labels ``(N,)``, queries ``(Q, F)``, query_labels ``(Q,)``.
+    """
+    bank = F.normalize(bank.float(), dim=1)
+    queries = F.normalize(queries.float(), dim=1)
+    k = min(k, bank.shape[0])
+    classes = int(max(bank_labels.max(), query_labels.max())) + 1
+    correct = 0
+    for start in range(0, queries.shape[0], 1024):
+        sim = queries[start : start + 1024] @ bank.T  # (q, N)
+        top_sim, top_idx = sim.topk(k, dim=1)
+        votes = torch.zeros(sim.shape[0], classes)
+        votes.scatter_add_(1, bank_labels[top_idx], torch.exp(top_sim / t))
+        correct += int((votes.argmax(1) == query_labels[start : start + 1024]).sum())
+    return 100.0 * correct / max(queries.shape[0], 1)
+
+
+@dataclass
+class ProbeResult:
+    top1: float
+    top5: float
+    train_top1: float
+
+    def as_dict(self) -> dict:
+        return {"top1": self.top1, "top5": self.top5, "train_top1": self.train_top1}
+
+
+def linear_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    *,
+    epochs: int = 60,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-6,
+    batch_size: int = 1024,
+    seed: int = 0,
+) -> ProbeResult:
+    """Train ``nn.Linear`` on standardised frozen features with Adam (cosine schedule).
+
+    Shape: train_x ``(N, F)``, train_y ``(N,)``, test_x ``(Q, F)``, test_y ``(Q,)``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mean = train_x.mean(0, keepdim=True)
+    std = train_x.std(0, keepdim=True).clamp(min=1e-6)
+    train_x = (train_x - mean) / std
+    test_x = (test_x - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    torch.manual_seed(seed)
+    head = nn.Linear(train_x.shape[1], classes)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(train_x.shape[0] / batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    for _ in range(epochs):
+        order = torch.randperm(train_x.shape[0], generator=generator)
+        for start in range(0, train_x.shape[0], batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    with torch.no_grad():
+        logits = head(test_x)
+        top1 = 100.0 * float((logits.argmax(1) == test_y).float().mean())
+        top5_idx = logits.topk(min(5, classes), dim=1).indices
+        top5 = 100.0 * float((top5_idx == test_y[:, None]).any(1).float().mean())
+        train_top1 = 100.0 * float((head(train_x).argmax(1) == train_y).float().mean())
+    return ProbeResult(top1=top1, top5=top5, train_top1=train_top1)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))

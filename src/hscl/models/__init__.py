@@ -1,0 +1,110 @@
+"""Encoders, projection head and the contrastive model.
+
+``build_model("resnet50", 3)`` gives the SimCLR / H-SCL set-up: a ResNet-50 trunk with a CIFAR stem
+(``(B, 3, H, W) -> (B, 2048)``), the head 2048 -> 512 -> BN -> ReLU -> 128 and outputs on the unit sphere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from hscl.models.convnet import ConvNet, convnet
+from hscl.models.heads import NORMALIZATIONS, OutputNormalization, ProjectionHead, normalize_output
+from hscl.models.resnet import STEMS, BasicBlock, Bottleneck, ResNet, resnet18, resnet50
+
+__all__ = [
+    "ENCODERS",
+    "NORMALIZATIONS",
+    "STEMS",
+    "BasicBlock",
+    "Bottleneck",
+    "ContrastiveModel",
+    "ConvNet",
+    "OutputNormalization",
+    "ProjectionHead",
+    "ResNet",
+    "build_encoder",
+    "build_model",
+    "convnet",
+    "normalize_output",
+    "resnet18",
+    "resnet50",
+]
+
+#: Encoder constructors ``(in_channels, **kw) -> nn.Module``; every encoder has a ``feature_dim`` attribute and
+#: maps ``(B, in_channels, H, W)`` to ``(B, feature_dim)``.
+ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "convnet": convnet,
+}
+
+
+def build_encoder(name: str, in_channels: int, **kw) -> nn.Module:
+    """Build the registered encoder ``name`` (see ``ENCODERS``) for ``in_channels``-channel images.
+
+    Extra keywords go to the constructor (``stem``, ``zero_init_residual`` for the ResNets, ``widths`` for the
+    convnet). Raises ValueError for an unknown name.
+    """
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; valid encoders: {', '.join(sorted(ENCODERS))}")
+    return ENCODERS[name](in_channels, **kw)
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder + projection head + output normalisation.
+
+    Attributes:
+        encoder: ``(B, C, H, W) -> (B, feature_dim)``.
+        head: ``(B, feature_dim) -> (B, out_dim)``.
+        normalization: ``OutputNormalization`` applied to the head's output (``mode`` in ``NORMALIZATIONS``).
+        feature_dim, out_dim: the widths of ``h`` and ``z``.
+
+    ``forward(x)`` returns ``(h, z)``: ``h`` the encoder features ``(B, feature_dim)`` (what linear probes and
+    k-NN evaluation use) and ``z`` the normalised projection ``(B, out_dim)`` (what the contrastive loss uses).
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, normalization: str | OutputNormalization = "sphere"):
+        super().__init__()
+        if not hasattr(encoder, "feature_dim"):
+            raise ValueError("encoder must have a feature_dim attribute")
+        self.encoder = encoder
+        self.head = head
+        self.normalization = (
+            normalization if isinstance(normalization, OutputNormalization) else OutputNormalization(normalization)
+        )
+        self.feature_dim = int(encoder.feature_dim)
+        self.out_dim = int(getattr(head, "out_dim", 0)) or None
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder features only: ``(B, C, H, W) -> (B, feature_dim)``."""
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, H, W) -> (h (B, feature_dim), z (B, out_dim))``."""
+        h = self.encoder(x)
+        z = self.normalization(self.head(h))
+        return h, z
+
+
+def build_model(
+    encoder: str,
+    in_channels: int,
+    *,
+    projection_dim: int = 128,
+    hidden_dim: int = 512,
+    normalization: str = "sphere",
+    **encoder_kw,
+) -> ContrastiveModel:
+    """Encoder ``encoder`` (see ``ENCODERS``) + ``ProjectionHead(feature_dim, hidden_dim, projection_dim)`` +
+    output normalisation ``normalization`` (``"sphere"``, ``"ball"`` or ``"none"``).
+
+    ``forward(x)``: ``(B, in_channels, H, W) -> (h (B, feature_dim), z (B, projection_dim))``.
+    """
+    norm = OutputNormalization(normalization)  # validate before building a large encoder
+    enc = build_encoder(encoder, in_channels, **encoder_kw)
+    head = ProjectionHead(enc.feature_dim, hidden_dim, projection_dim)
+    return ContrastiveModel(enc, head, norm)

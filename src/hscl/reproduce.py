@@ -1,0 +1,234 @@
+"""``hscl reproduce table1``: the H-SCL paper's Table I and Fig. 1 from one folder of configs.
+
+A preset is a folder ``configs/table1/<preset>/`` with one YAML run config per method (a cell of
+Table I). Each (method, seed) is pre-trained into ``<out>/<method>/seed<k>/`` (finished runs are
+skipped, interrupted ones resumed), evaluated with the linear probe and kNN on frozen encoder
+features, and the suite writes ``results.json``, ``table1.csv``, ``table1.md`` and ``fig1.png``
+(kNN top-1 on the test split per epoch, with its data as ``fig1.csv``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from hscl.config import RunConfig, load_config
+from hscl.evaluate import knn_accuracy, linear_probe, mean_std
+from hscl.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
+
+__all__ = ["find_preset", "list_presets", "reproduce_table1", "evaluate_task", "TABLE1_ORDER"]
+
+#: Table I's methods, in the paper's order; config files are named by these keys
+TABLE1_ORDER = {
+    "ucl": "UCL",
+    "h-ucl": "H-UCL",
+    "scl": "SCL",
+    "h-scl-beta": "H-SCL(beta)",
+    "h-scl-tau": "H-SCL(tau)",
+}
+
+
+def config_roots(extra: str | Path | None = None) -> list[Path]:
+    roots = []
+    if extra is not None:
+        roots.append(Path(extra))
+    roots.append(Path.cwd() / "configs")
+    roots.append(Path(__file__).resolve().parents[2] / "configs")  # the repository (editable install)
+    return roots
+
+
+def list_presets(suite: str = "table1", extra: str | Path | None = None) -> list[str]:
+    names = set()
+    for root in config_roots(extra):
+        folder = root / suite
+        if folder.is_dir():
+            names.update(p.name for p in folder.iterdir() if p.is_dir())
+    return sorted(names)
+
+
+def find_preset(preset: str, suite: str = "table1", extra: str | Path | None = None) -> dict[str, Path]:
+    """``{method key: config path}`` of a preset, in Table I's order."""
+    tried = []
+    for root in config_roots(extra):
+        folder = root / suite / preset
+        tried.append(str(folder))
+        if folder.is_dir():
+            files = {p.stem: p for p in folder.glob("*.yaml")}
+            unknown = sorted(set(files) - set(TABLE1_ORDER))
+            if unknown:
+                raise ValueError(f"{folder}: unexpected config(s) {unknown}; expected names {list(TABLE1_ORDER)}")
+            return {key: files[key] for key in TABLE1_ORDER if key in files}
+    raise ValueError(
+        f"unknown preset {preset!r} for {suite}; looked in {', '.join(tried)}; "
+        f"available: {', '.join(list_presets(suite, extra)) or 'none found'}"
+    )
+
+
+def evaluate_task(task, data, config: RunConfig) -> dict:
+    """Linear probe and kNN of a trained task on its data's train / test splits."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        train_x = task.encode(data.train_images)
+        test_x = task.encode(data.test_images)
+    ec = config.eval
+    probe = linear_probe(
+        train_x,
+        data.train_labels,
+        test_x,
+        data.test_labels,
+        epochs=ec.linear_epochs,
+        lr=ec.linear_lr,
+        batch_size=ec.linear_batch_size,
+        seed=config.train.seed,
+    )
+    knn = knn_accuracy(train_x, data.train_labels, test_x, data.test_labels, k=ec.knn_k)
+    return {
+        "linear_top1": probe.top1,
+        "linear_top5": probe.top5,
+        "linear_train_top1": probe.train_top1,
+        "knn_top1": knn,
+        "feature_dim": int(train_x.shape[1]),
+        "eval_seconds": time.perf_counter() - start,
+    }
+
+
+def _run_one(config: RunConfig, run_dir: Path, data) -> dict:
+    from hscl.train import load_task, read_metrics, run_paths, train
+
+    paths = run_paths(run_dir)
+    eval_file = run_dir / "eval.json"
+    if eval_file.exists() and paths.final.exists():
+        return json.loads(eval_file.read_text())
+    start = time.perf_counter()
+    if not paths.final.exists():
+        train(config, run_dir, resume=True, data=data)
+    train_seconds = time.perf_counter() - start
+    task, _ = load_task(paths.final, data=data)
+    result = evaluate_task(task, data, config)
+    result["train_seconds"] = train_seconds
+    result["curve"] = [
+        {"epoch": int(r["epoch"]), "knn_top1": float(r["knn_top1"]), "loss": float(r["loss"])}
+        for r in read_metrics(paths.metrics)
+    ]
+    eval_file.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def reproduce_table1(
+    preset: str,
+    out_dir: str | Path,
+    *,
+    seeds: list[int] | None = None,
+    overrides: list[str] | None = None,
+    config_dir: str | Path | None = None,
+    data_dir: str | None = None,
+    methods: list[str] | None = None,
+) -> dict:
+    """Run a Table I preset; returns the results (also written to ``out_dir``)."""
+    from hscl.train import load_data
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = find_preset(preset, "table1", config_dir)
+    if methods:
+        unknown = sorted(set(methods) - set(files))
+        if unknown:
+            raise ValueError(f"--methods: unknown {unknown}; this preset has {list(files)}")
+        files = {k: v for k, v in files.items() if k in methods}
+    seeds = seeds or [0]
+    extra = list(overrides or [])
+    if data_dir is not None:
+        extra.append(f"data.data_dir={data_dir}")
+    configs = {key: load_config(path, extra) for key, path in files.items()}
+    results: dict = {"preset": preset, "seeds": seeds, "methods": {}}
+    data_cache: dict = {}
+    for key, base in configs.items():
+        per_seed = []
+        for seed in seeds:
+            config = load_config(files[key], [*extra, f"train.seed={seed}"])
+            data_key = (config.data.dataset, config.data.data_dir, config.data.train_subset, config.data.test_subset)
+            if data_key not in data_cache:
+                data_cache = {data_key: load_data(config)}
+            print(f"== {TABLE1_ORDER[key]} (seed {seed}) -> {out_dir / key / f'seed{seed}'}", flush=True)
+            per_seed.append(_run_one(config, out_dir / key / f"seed{seed}", data_cache[data_key]))
+        results["methods"][key] = {
+            "label": TABLE1_ORDER[key],
+            "config": str(files[key]),
+            "loss": {k: v for k, v in vars(base.loss).items() if v is not None},
+            "runs": per_seed,
+            **{
+                f"{metric}_{stat}": value
+                for metric in ("linear_top1", "linear_top5", "knn_top1")
+                for stat, value in zip(("mean", "std"), mean_std([r[metric] for r in per_seed]))
+            },
+        }
+    _write_outputs(results, out_dir, next(iter(configs.values())))
+    return results
+
+
+def _write_outputs(results: dict, out_dir: Path, any_config: RunConfig) -> None:
+    header = ["method", "linear top-1 (%)", "linear top-5 (%)", "kNN top-1 (%)", "train s / run"]
+    rows, csv_rows, curves = [], [], {}
+    for key, entry in results["methods"].items():
+        train_s = sum(r.get("train_seconds", math.nan) for r in entry["runs"]) / len(entry["runs"])
+        rows.append(
+            [
+                entry["label"],
+                fmt_mean_std(entry["linear_top1_mean"], entry["linear_top1_std"]),
+                fmt_mean_std(entry["linear_top5_mean"], entry["linear_top5_std"]),
+                fmt_mean_std(entry["knn_top1_mean"], entry["knn_top1_std"]),
+                f"{train_s:.0f}",
+            ]
+        )
+        csv_rows.append(
+            [
+                key,
+                entry["label"],
+                entry["linear_top1_mean"],
+                entry["linear_top1_std"],
+                entry["linear_top5_mean"],
+                entry["linear_top5_std"],
+                entry["knn_top1_mean"],
+                entry["knn_top1_std"],
+                len(entry["runs"]),
+            ]
+        )
+        curve = entry["runs"][0]["curve"]
+        curves[entry["label"]] = ([c["epoch"] for c in curve], [c["knn_top1"] for c in curve])
+    table = markdown_table(header, rows)
+    dc, tc = any_config.data, any_config.train
+    title = (
+        f"Table I ({results['preset']}): {dc.dataset}, {any_config.model.encoder}, {tc.epochs} epochs, "
+        f"batch {tc.batch_size}, seeds {results['seeds']}"
+    )
+    results["table_markdown"] = table
+    results["title"] = title
+    write_json(out_dir / "results.json", results)
+    write_table(
+        out_dir / "table1.csv",
+        [
+            "key",
+            "method",
+            "linear_top1_mean",
+            "linear_top1_std",
+            "linear_top5_mean",
+            "linear_top5_std",
+            "knn_top1_mean",
+            "knn_top1_std",
+            "seeds",
+        ],
+        csv_rows,
+    )
+    (out_dir / "table1.md").write_text(f"{title}\n\n{table}\n")
+    plot_curves(
+        out_dir / "fig1.png",
+        curves,
+        xlabel="epoch",
+        ylabel="test kNN top-1 (%)",
+        title=f"Fig. 1 ({results['preset']}): test accuracy per epoch (kNN monitor, seed {results['seeds'][0]})",
+    )
+    print(f"\n{title}\n\n{table}\n\nwritten: {out_dir}/results.json, table1.csv, table1.md, fig1.png, fig1.csv")

@@ -1,0 +1,459 @@
+"""Pre-training with Lightning: encoder -> head -> loss, checkpoint every epoch, exact resume.
+
+The path of one step: a batch of ``B x V`` uint8 images (indices from :class:`ViewSampler`) ->
+batched kornia augmentation on the training device -> encoder features ``h`` -> projection ``z``
+(normalised) -> :mod:`hscl.losses`. A callback writes one CSV row per epoch (loss, lr, kNN top-1
+monitor, throughput) and an atomic ``last.ckpt``; the global RNG is reseeded from
+``(seed, epoch)`` at each epoch start, so ``--resume`` after an interruption reaches the same final
+weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from hscl.config import RunConfig, config_to_dict
+from hscl.data.augment import Augment, AugmentConfig, EvalTransform, augment_preset, preset_for
+from hscl.data.images import ImageData, load_dataset
+from hscl.data.views import ViewSampler, epoch_generator
+from hscl.evaluate import extract_features, knn_accuracy
+from hscl.hardening import linear_threshold
+from hscl.losses import get_loss
+from hscl.models import build_model
+
+__all__ = ["ContrastiveTask", "ViewsDataModule", "train", "resolve_precision", "load_task", "run_paths"]
+
+log = logging.getLogger("hscl")
+
+METRIC_FIELDS = [
+    "epoch",
+    "loss",
+    "lr",
+    "knn_top1",
+    "images_per_s",
+    "epoch_seconds",
+    "tau",
+    "fallback_fraction",
+]
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final.ckpt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+
+def run_paths(root: str | Path) -> RunPaths:
+    return RunPaths(Path(root))
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def pair_mode_for(config: RunConfig) -> str:
+    if config.data.pair_mode != "auto":
+        return config.data.pair_mode
+    return "same_label" if config.loss.method in ("scl", "h-scl") else "instance"
+
+
+class _EpochBatches(torch.utils.data.IterableDataset):
+    """Yields ``(images (B, V, C, H, W) uint8, labels (B,))`` for the epoch ``epoch_fn()``."""
+
+    def __init__(self, images: Tensor, labels: Tensor, sampler: ViewSampler, epoch_fn) -> None:
+        self.images, self.labels, self.sampler, self.epoch_fn = images, labels, sampler, epoch_fn
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for index in self.sampler.batches(self.epoch_fn()):  # (B, V)
+            yield self.images[index], self.labels[index[:, 0]]
+
+
+class ViewsDataModule(L.LightningDataModule):
+    """The training split as ``B x V`` view batches; the test split for the kNN monitor."""
+
+    def __init__(self, data: ImageData, config: RunConfig) -> None:
+        super().__init__()
+        self.data = data
+        self.config = config
+        self.sampler = ViewSampler(
+            data.train_labels,
+            batch_size=min(config.train.batch_size, len(data.train_labels)),
+            pair_mode=pair_mode_for(config),
+            views=config.data.views,
+            seed=config.train.seed,
+        )
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def train_dataloader(self):
+        dataset = _EpochBatches(self.data.train_images, self.data.train_labels, self.sampler, self._epoch)
+        return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=0)
+
+
+# --------------------------------------------------------------------------------------------
+# the task
+
+
+def augment_config(config: RunConfig, channels: int, size: int) -> AugmentConfig:
+    """The augmentation of a run: the named preset, or the one for the data's channels and size."""
+    overrides = dict(config.data.augment_overrides)
+    if config.data.augment:
+        return augment_preset(config.data.augment, overrides)
+    return preset_for(channels, size, overrides)
+
+
+def build_loss(config: RunConfig) -> nn.Module:
+    lc = config.loss
+    kw: dict = {}
+    if lc.method == "supcon":
+        kw["temperature"] = lc.temperature
+        if lc.base_temperature is not None:
+            kw["base_temperature"] = lc.base_temperature
+        return get_loss("supcon", **kw)
+    kw = {"temperature": lc.temperature}
+    if lc.chunk_size is not None:
+        kw["chunk_size"] = lc.chunk_size
+    if lc.method != "schane":
+        kw["M"] = lc.M
+    if lc.method in ("ucl", "h-ucl") and lc.tau_plus:
+        kw["tau_plus"] = lc.tau_plus
+    if lc.method in ("h-ucl", "h-scl", "schane"):
+        if lc.tau_schedule is not None:
+            kw["tau"] = threshold_schedule(config)(1)
+        elif lc.tau is not None:
+            kw["tau"] = lc.tau
+        elif lc.beta is not None:
+            kw["beta"] = lc.beta
+    return get_loss(lc.method, **kw)
+
+
+def threshold_schedule(config: RunConfig):
+    start, end = config.loss.tau_schedule
+    return linear_threshold(start, end, config.train.epochs, config.loss.temperature)
+
+
+class ContrastiveTask(L.LightningModule):
+    """Encoder + projection head trained with one loss of :mod:`hscl.losses`."""
+
+    def __init__(self, config: dict, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from hscl.config import config_from_dict
+
+        self.config: RunConfig = config_from_dict(config)
+        mc = self.config.model
+        encoder_kw = {"stem": mc.stem} if mc.stem is not None else {}
+        self.model = build_model(
+            mc.encoder,
+            in_channels,
+            projection_dim=mc.projection_dim,
+            hidden_dim=mc.hidden_dim,
+            normalization=mc.normalization,
+            **encoder_kw,
+        )
+        self.loss_fn = build_loss(self.config)
+        aug = augment_config(self.config, in_channels, image_size)
+        self.augment = Augment(aug)  # training views, batched on the device
+        self.eval_transform = EvalTransform(aug)  # features for kNN / linear evaluation
+        self.channels_last = False
+        self._schedule = threshold_schedule(self.config) if self.config.loss.tau_schedule else None
+
+    def configure_optimizers(self):
+        tc = self.config.train
+        return torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+
+    def on_train_epoch_start(self) -> None:
+        # every random draw of the epoch (augmentation, kornia) follows from (seed, epoch)
+        seed = int(epoch_generator(self.config.train.seed, self.current_epoch, stream=1).initial_seed())
+        torch.manual_seed(seed)
+        if self._schedule is not None:
+            self.loss_fn.hardening = self._schedule.hardening(self.current_epoch + 1)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch  # (B, V, C, H, W) uint8, (B,)
+        B, V = images.shape[:2]
+        x = self.augment(images.flatten(0, 1))  # (B*V, C, S, S), sample-major
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        _, z = self.model(x)  # (B*V, d)
+        loss = self.loss_fn(z.view(B, V, -1), labels)
+        self.log("loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=B)
+        stats = getattr(self.loss_fn, "last_stats", None)
+        if stats is not None and self._schedule is not None:
+            valid = max(stats.num_valid_anchors, 1)
+            self.log("fallback_fraction", stats.num_fallbacks / valid, on_step=False, on_epoch=True, batch_size=B)
+        return loss
+
+    def encode(self, images: Tensor, batch_size: int = 512) -> Tensor:
+        """Encoder features of uint8 images with the evaluation transform. Shape: ``(N, F)``."""
+        return extract_features(
+            self.model.encoder,
+            images,
+            self.eval_transform,
+            batch_size=batch_size,
+            channels_last=self.channels_last,
+            bf16=self._bf16,
+        )
+
+    @property
+    def _bf16(self) -> bool:
+        return self.trainer is not None and "bf16" in str(self.trainer.precision)
+
+
+# --------------------------------------------------------------------------------------------
+# callbacks
+
+
+class EpochLogger(L.Callback):
+    """One CSV row per epoch, the kNN monitor, and an atomic ``last.ckpt``."""
+
+    def __init__(self, paths: RunPaths, data: ImageData, config: RunConfig) -> None:
+        self.paths = paths
+        self.config = config
+        tc = config.train
+        self.monitor = None
+        if tc.knn_k > 0:
+            train_sub = data.subset(min(tc.knn_train, len(data.train_labels)), None, seed=tc.seed + 7)
+            test_sub = data.subset(None, min(tc.knn_test, len(data.test_labels)), seed=tc.seed + 7)
+            self.monitor = (train_sub.train_images, train_sub.train_labels, test_sub.test_images, test_sub.test_labels)
+        self._start = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # drop rows of epochs that will be re-run (an interrupted run resumes at its checkpoint)
+        start_epoch = trainer.current_epoch
+        rows = read_metrics(self.paths.metrics) if self.paths.metrics.exists() else []
+        rows = [r for r in rows if int(r["epoch"]) <= start_epoch]
+        with self.paths.metrics.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        seconds = time.perf_counter() - self._start
+        metrics = trainer.callback_metrics
+        steps = len(trainer.train_dataloader) if trainer.train_dataloader is not None else 0
+        images = steps * self.config.train.batch_size * self.config.data.views
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "loss": float(metrics.get("loss", math.nan)),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "knn_top1": math.nan,
+            "images_per_s": images / seconds if seconds > 0 else math.nan,
+            "epoch_seconds": seconds,
+            "tau": getattr(pl_module.loss_fn.hardening, "tau", "") if hasattr(pl_module.loss_fn, "hardening") else "",
+            "fallback_fraction": float(metrics["fallback_fraction"]) if "fallback_fraction" in metrics else "",
+        }
+        if self.monitor is not None:
+            train_x, train_y, test_x, test_y = self.monitor
+            with torch.no_grad():
+                bank = pl_module.encode(train_x)
+                queries = pl_module.encode(test_x)
+            row["knn_top1"] = knn_accuracy(bank, train_y, queries, test_y, k=self.config.train.knn_k)
+            pl_module.log("knn_top1", row["knn_top1"], prog_bar=True)
+        with self.paths.metrics.open("a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=METRIC_FIELDS).writerow(row)
+        # atomic: a kill during the write leaves the previous last.ckpt intact
+        self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        tmp = self.paths.last.with_suffix(".ckpt.tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.paths.last)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    with Path(path).open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --------------------------------------------------------------------------------------------
+# precision
+
+
+def resolve_precision(setting: str, model: nn.Module, sample: Tensor, device: torch.device) -> tuple[str, bool]:
+    """Lightning precision and channels_last for ``setting`` ("auto", "bf16", "32").
+
+    "auto" on CPU times a few forward+backward steps of this model in float32, float32 with
+    channels_last, and (when oneDNN supports bf16 here) bf16 autocast with channels_last, and picks
+    the fastest: bf16 is only a win where the CPU has native bf16 (AMX / AVX512-BF16).
+    """
+    if device.type == "cuda":
+        if setting == "32":
+            return "32-true", False
+        return ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"), False
+    supported = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if setting == "bf16":
+        if not supported:
+            warnings.warn("bf16 requested but this CPU has no bf16 support in oneDNN; it will be slow", stacklevel=2)
+        return "bf16-mixed", True
+    candidates = [("32-true", False), ("32-true", True)]
+    if setting == "auto" and supported:
+        candidates.append(("bf16-mixed", True))
+    timings = {c: _probe(model, sample, bf16=c[0] == "bf16-mixed", channels_last=c[1]) for c in candidates}
+    log.info(
+        "precision probe (s/step): %s", {f"{p}{'+cl' if cl else ''}": round(t, 4) for (p, cl), t in timings.items()}
+    )
+    if setting == "32":
+        return "32-true", timings[("32-true", True)] < timings[("32-true", False)]
+    return min(timings, key=timings.get)
+
+
+def _probe(model: nn.Module, sample: Tensor, bf16: bool, channels_last: bool, steps: int = 3) -> float:
+    import copy
+
+    probe = copy.deepcopy(model).train()
+    x = sample
+    if channels_last:
+        probe = probe.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            _, z = probe(x)
+            loss = z.float().square().mean()
+        loss.backward()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def load_data(config: RunConfig) -> ImageData:
+    data = load_dataset(config.data.dataset, data_dir=config.data.data_dir)
+    if config.data.train_subset is not None or config.data.test_subset is not None:
+        data = data.subset(config.data.train_subset, config.data.test_subset, seed=config.train.seed)
+    return data
+
+
+def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: ImageData | None = None) -> Path:
+    """Pre-train per ``config`` into ``out_dir``; returns the path of the final checkpoint.
+
+    ``resume=True`` continues from ``out_dir/checkpoints/last.ckpt`` when it exists.
+    """
+    import yaml
+
+    paths = run_paths(out_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if paths.last.exists() and not resume:
+        raise FileExistsError(
+            f"{paths.root} already holds a run (checkpoints/last.ckpt); pass --resume to continue it or choose "
+            "another --out directory"
+        )
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    data = data if data is not None else load_data(config)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    resolved = config_to_dict(config)
+    paths.config.write_text(yaml.safe_dump({**resolved, "git_revision": _git_revision()}, sort_keys=False))
+
+    task = ContrastiveTask(resolved, data.channels, data.size, data.num_classes)
+    device = torch.device("cpu")
+    probe_batch = min(64, len(data.train_labels))
+    sample = task.augment(data.train_images[:probe_batch])
+    precision, channels_last = resolve_precision(config.train.precision, task.model, sample, device)
+    if config.train.channels_last is not None:
+        channels_last = config.train.channels_last
+    task.channels_last = channels_last
+    if channels_last:
+        task.model = task.model.to(memory_format=torch.channels_last)
+
+    logger = False
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(str(paths.root), name="tensorboard", version="")
+    except ImportError:
+        pass
+    trainer = L.Trainer(
+        max_epochs=config.train.epochs,
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        logger=logger,
+        callbacks=[EpochLogger(paths, data, config)],
+        enable_checkpointing=False,
+        enable_progress_bar=config.train.progress,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+    )
+    ckpt = str(paths.last) if resume and paths.last.exists() else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+        trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt)
+    trainer.save_checkpoint(paths.final)
+    (paths.root / "train_summary.json").write_text(
+        json.dumps({"precision": precision, "channels_last": channels_last, "epochs": config.train.epochs}, indent=2)
+    )
+    return paths.final
+
+
+def load_task(
+    checkpoint: str | Path, data: ImageData | None = None, data_dir: str | None = None
+) -> tuple[ContrastiveTask, RunConfig]:
+    """A trained task from any checkpoint hscl wrote (``final.ckpt`` or ``checkpoints/last.ckpt``).
+
+    ``data_dir`` points at the dataset when it is not where the run found it.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
+    task = ContrastiveTask.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    config = task.config
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    task.eval()
+    return task, config
