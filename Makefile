@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint format clean
+.PHONY: demo test test-slow bench bench-train fashion-mnist format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,16 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install --quiet $(FIND_LINKS) -c constraints.txt -e '.[dev]'
 	touch $@
 
-demo: $(STAMP)
-	$(VENV)/bin/hscl demo
+demo: $(STAMP) fashion-mnist
+	$(VENV)/bin/hscl reproduce table1 --preset quick --out runs/table1-quick
 
-test: $(STAMP)
+# the embedded default data: Fashion-MNIST from the Debian package (needs root; skipped when present)
+fashion-mnist:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
+		echo 'could not install dataset-fashion-mnist; pass --data-dir or set HSCL_DATA to a Fashion-MNIST folder'
+
+test: $(STAMP) fashion-mnist
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m pytest -q -m "not slow"

@@ -59,6 +59,7 @@ class ModelConfig:
     hidden_dim: int = 512
     normalization: str = "sphere"
     stem: str | None = None  # resnets: "cifar" (default) or "imagenet"
+    widths: list[int] | None = None  # convnet: channels of its four blocks (default 32, 64, 128, 256)
 
 
 @dataclass

@@ -178,7 +178,9 @@ class ContrastiveTask(L.LightningModule):
 
         self.config: RunConfig = config_from_dict(config)
         mc = self.config.model
-        encoder_kw = {"stem": mc.stem} if mc.stem is not None else {}
+        encoder_kw: dict = {"stem": mc.stem} if mc.stem is not None else {}
+        if mc.widths is not None:
+            encoder_kw["widths"] = tuple(mc.widths)
         self.model = build_model(
             mc.encoder,
             in_channels,
