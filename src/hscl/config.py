@@ -159,6 +159,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise TypeError(f"{where} must be a number, got {value!r}")
         return float(value)
     if annotation is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. precision 32 from YAML / the command line
         if not isinstance(value, str):
             raise TypeError(f"{where} must be a string, got {value!r}")
         return value

@@ -4,8 +4,8 @@ The path of one step: a batch of ``B x V`` uint8 images (indices from :class:`Vi
 batched kornia augmentation on the training device -> encoder features ``h`` -> projection ``z``
 (normalised) -> :mod:`hscl.losses`. A callback writes one CSV row per epoch (loss, lr, kNN top-1
 monitor, throughput) and an atomic ``last.ckpt``; the global RNG is reseeded from
-``(seed, epoch)`` at each epoch start, so ``--resume`` after an interruption reaches the same final
-weights as an uninterrupted run.
+``(seed, epoch, step)`` at each step and the batches follow from ``(seed, epoch)``, so ``--resume``
+after an interruption reaches the same final weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -201,15 +201,17 @@ class ContrastiveTask(L.LightningModule):
         return torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
 
     def on_train_epoch_start(self) -> None:
-        # every random draw of the epoch (augmentation, kornia) follows from (seed, epoch)
-        seed = int(epoch_generator(self.config.train.seed, self.current_epoch, stream=1).initial_seed())
-        torch.manual_seed(seed)
         if self._schedule is not None:
             self.loss_fn.hardening = self._schedule.hardening(self.current_epoch + 1)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch  # (B, V, C, H, W) uint8, (B,)
         B, V = images.shape[:2]
+        # the augmentation's random draws (kornia uses the global RNG) follow from (seed, epoch, step)
+        # alone, whatever else consumed the RNG before: a resumed run repeats them exactly
+        torch.manual_seed(
+            int(epoch_generator(self.config.train.seed, self.current_epoch, 1 + batch_idx).initial_seed())
+        )
         x = self.augment(images.flatten(0, 1))  # (B*V, C, S, S), sample-major
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -235,7 +237,8 @@ class ContrastiveTask(L.LightningModule):
 
     @property
     def _bf16(self) -> bool:
-        return self.trainer is not None and "bf16" in str(self.trainer.precision)
+        trainer = self._trainer  # None for a task loaded for evaluation: float32 features
+        return trainer is not None and "bf16" in str(trainer.precision)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,11 +403,17 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
 
     task = ContrastiveTask(resolved, data.channels, data.size, data.num_classes)
     device = torch.device("cpu")
-    probe_batch = min(64, len(data.train_labels))
-    sample = task.augment(data.train_images[:probe_batch])
-    precision, channels_last = resolve_precision(config.train.precision, task.model, sample, device)
-    if config.train.channels_last is not None:
-        channels_last = config.train.channels_last
+    choice_file = paths.root / "precision.json"
+    if resume and choice_file.exists():  # a resumed run keeps the numerics it started with
+        choice = json.loads(choice_file.read_text())
+        precision, channels_last = choice["precision"], choice["channels_last"]
+    else:
+        probe_batch = min(64, len(data.train_labels))
+        sample = task.augment(data.train_images[:probe_batch])
+        precision, channels_last = resolve_precision(config.train.precision, task.model, sample, device)
+        if config.train.channels_last is not None:
+            channels_last = config.train.channels_last
+        choice_file.write_text(json.dumps({"precision": precision, "channels_last": channels_last}))
     task.channels_last = channels_last
     if channels_last:
         task.model = task.model.to(memory_format=torch.channels_last)

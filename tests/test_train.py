@@ -1,0 +1,145 @@
+"""Training: every registered method runs; SIGKILL mid-run + --resume reaches the same weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hscl.cli import main
+from hscl.config import load_config
+from hscl.losses import LOSSES
+from hscl.train import load_task, train
+
+TINY = [
+    "data.dataset=digits",
+    "data.train_subset=400",
+    "data.test_subset=200",
+    "model.encoder=convnet",
+    "model.widths=[8, 16, 16, 32]",
+    "model.hidden_dim=64",
+    "model.projection_dim=16",
+    "train.batch_size=64",
+    "train.knn_train=200",
+    "train.knn_test=100",
+    "train.knn_k=20",
+    "train.precision=32",
+    "train.channels_last=false",
+    "train.progress=false",
+    "eval.linear_epochs=5",
+]
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("method", list(LOSSES))
+def test_every_method_trains(method, tmp_path):
+    extra = ["loss.beta=1.0"] if method in ("h-ucl", "h-scl", "schane") else []
+    config = load_config(None, [*TINY, f"loss.method={method}", "train.epochs=2", *extra])
+    final = train(config, tmp_path / "run")
+    rows = _rows(tmp_path / "run" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["loss"]) > 0 and 0 <= float(r["knn_top1"]) <= 100 for r in rows)
+    task, _ = load_task(final)
+    assert not any(torch.isnan(p).any() for p in task.parameters())
+
+
+def test_threshold_schedule_follows_eq4(tmp_path):
+    config = load_config(None, [*TINY, "loss.method=h-scl", "loss.tau_schedule=[-0.5, 0.5]", "train.epochs=3"])
+    train(config, tmp_path / "run")
+    taus = [float(r["tau"]) for r in _rows(tmp_path / "run" / "metrics.csv")]
+    cuts = [-0.5, 0.0, 0.5]  # l(epoch) from start to end over 3 epochs
+    assert taus == pytest.approx([pytest.approx(2.718281828 ** (c / 0.5)) for c in cuts])
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    config = load_config(None, [*TINY, "loss.method=ucl", "train.epochs=1"])
+    train(config, tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, tmp_path / "run")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hscl.cli", *args]
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    sets = []
+    for item in [*TINY, "data.train_subset=1000", "train.batch_size=32", "train.epochs=4", "loss.method=h-scl"]:
+        sets += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(_cli("train", *sets, "--out", str(reference)), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cli("train", *sets, "--out", str(run)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (run / "final.ckpt").exists()
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    assert killed_at < 3  # the checkpoint is from an early epoch: work remained
+
+    result = subprocess.run(
+        _cli("train", *sets, "--out", str(run), "--resume"), env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    a = torch.load(reference / "final.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    b = torch.load(run / "final.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+    assert [int(r["epoch"]) for r in _rows(run / "metrics.csv")] == [1, 2, 3, 4]  # nothing lost, nothing twice
+    ref_rows, run_rows = _rows(reference / "metrics.csv"), _rows(run / "metrics.csv")
+    assert [r["loss"] for r in run_rows] == [r["loss"] for r in ref_rows]
+
+
+def test_evaluate_cli_on_a_checkpoint(tmp_path, capsys):
+    config = load_config(None, [*TINY, "loss.method=scl", "train.epochs=1"])
+    final = train(config, tmp_path / "run")
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(final), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert 0 <= result["linear_top1"] <= result["linear_top5"] <= 100
+    assert "linear top-1" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "missing.ckpt")]) == 2
+
+
+def test_reproduce_table1_on_a_tiny_preset(tmp_path, capsys):
+    preset = tmp_path / "configs" / "table1" / "tiny"
+    preset.mkdir(parents=True)
+    for key, loss in [("ucl", "method: ucl"), ("h-scl-beta", "method: h-scl\n  beta: 1.0")]:
+        (preset / f"{key}.yaml").write_text(f"loss:\n  {loss}\ntrain:\n  epochs: 2\n")
+    out = tmp_path / "out"
+    args = ["reproduce", "table1", "--preset", "tiny", "--configs", str(tmp_path / "configs"), "--out", str(out)]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["methods"]) == ["ucl", "h-scl-beta"]
+    for name in ("table1.csv", "table1.md", "fig1.png", "fig1.csv"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = (out / "ucl" / "seed0" / "eval.json").read_text()
+    assert main(args) == 0  # finished runs are reused, not retrained
+    assert (out / "ucl" / "seed0" / "eval.json").read_text() == first
+    assert "UCL" in capsys.readouterr().out
+    assert main(["reproduce", "table1", "--preset", "nope", "--configs", str(tmp_path / "configs")]) == 2
