@@ -37,6 +37,9 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_losses.py
 
+bench-train: $(STAMP) fashion-mnist
+	$(PY) benchmarks/bench_train.py
+
 format: $(STAMP)
 	$(PY) -m ruff format src tests benchmarks
 	$(PY) -m ruff check --fix src tests benchmarks

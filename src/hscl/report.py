@@ -52,6 +52,9 @@ def plot_curves(
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for label, (x, y) in curves.items():
         ax.plot(x, y, marker="o", markersize=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
