@@ -59,6 +59,7 @@ target "hscl >= 3x reference".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -73,6 +74,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance
@@ -435,19 +437,64 @@ class ReferenceLoop:
         gc.collect()
 
 
+def _system_cpu() -> tuple[float, float] | None:
+    """(busy, steal) CPU seconds of the whole machine since boot, from ``/proc/stat`` (Linux), else None."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def _own_cpu() -> float:
+    """CPU seconds used so far by this process and its live children (the DataLoader workers)."""
+    proc = psutil.Process()
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+class CpuMonitor:
+    """Share of the machine's CPU time taken by *other* processes and by hypervisor steal over a window, to
+    tell a clean measurement from a disturbed one."""
+
+    def __enter__(self) -> CpuMonitor:
+        self._system, self._own, self._start = _system_cpu(), _own_cpu(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = (time.perf_counter() - self._start) * (os.cpu_count() or 1)
+        system, own = _system_cpu(), _own_cpu()
+        self.other_pct = self.steal_pct = float("nan")
+        if self._system is not None and system is not None and wall > 0:
+            busy = system[0] - self._system[0]
+            self.other_pct = 100.0 * max(0.0, busy - (own - self._own)) / wall
+            self.steal_pct = 100.0 * (system[1] - self._system[1]) / wall
+        self.load1 = os.getloadavg()[0]
+
+
 def measure(loop, warmup: int, steps: int, batch: int) -> dict:
     for _ in range(warmup):
         loop.step()
     waited = 0.0
-    start = time.perf_counter()
-    for _ in range(steps):
-        waited += loop.step()
-    seconds = time.perf_counter() - start
+    with CpuMonitor() as monitor:
+        start = time.perf_counter()
+        for _ in range(steps):
+            waited += loop.step()
+        seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
         "img_per_s": steps * batch * VIEWS / seconds,
         "step_ms": 1e3 * seconds / steps,
         "data_wait_ms": 1e3 * waited / steps,
+        "other_cpu_pct": monitor.other_pct,
+        "steal_pct": monitor.steal_pct,
+        "load1": monitor.load1,
     }
 
 
@@ -555,16 +602,25 @@ def run_workload(workload: Workload, args) -> dict:
             (hscl_runs if side == "hscl" else ref_runs).append(result)
             print(
                 f"  [{workload.name}] repeat {repeat + 1}/{args.repeats} {side:9s}: {result['img_per_s']:8.1f} img/s "
-                f"({result['step_ms']:.0f} ms/step, waited on data {result['data_wait_ms']:.0f} ms/step)",
+                f"({result['step_ms']:.0f} ms/step, waited on data {result['data_wait_ms']:.0f} ms/step; other "
+                f"processes {result['other_cpu_pct']:.0f}% CPU, steal {result['steal_pct']:.0f}%, "
+                f"load {result['load1']:.2f}) [{time.strftime('%H:%M:%S')}]",
                 flush=True,
             )
     bf16 = None
     if args.bf16_steps > 0:
         loop = HsclLoop(workload, copy.deepcopy(init), B, bf16=True)
         bf16 = measure(loop, 1, args.bf16_steps, B)
-        print(f"  [{workload.name}] hscl bf16 autocast: {bf16['img_per_s']:8.1f} img/s", flush=True)
+        print(
+            f"  [{workload.name}] hscl bf16 autocast: {bf16['img_per_s']:8.1f} img/s ({bf16['step_ms']:.0f} ms/step; "
+            f"other processes {bf16['other_cpu_pct']:.0f}% CPU, steal {bf16['steal_pct']:.0f}%) "
+            f"[{time.strftime('%H:%M:%S')}]",
+            flush=True,
+        )
         del loop
-    parts = breakdown(workload, B, dataset, args.micro_reps)
+    with CpuMonitor() as monitor:
+        parts = breakdown(workload, B, dataset, args.micro_reps)
+    parts["other_cpu_pct"], parts["steal_pct"] = monitor.other_pct, monitor.steal_pct
     hscl_ips = statistics.median(r["img_per_s"] for r in hscl_runs)
     ref_ips = statistics.median(r["img_per_s"] for r in ref_runs)
     return {
@@ -590,7 +646,7 @@ def report(results: list[dict], args, check: dict) -> str:
         "",
         f"Batch {args.batch} x {VIEWS} views, {args.warmup} warm-up + {args.steps} timed steps, median of "
         f"{args.repeats} repeat(s); torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs.",
+        f"{os.cpu_count()} CPUs; 1-min load average at start {args.load_at_start:.2f}.",
         "",
         "| workload | hscl img/s | reference img/s | speedup | hscl bf16-autocast img/s |",
         "|---|---:|---:|---:|---:|",
@@ -602,17 +658,34 @@ def report(results: list[dict], args, check: dict) -> str:
             f"{r['speedup']:.2f}x | {bf16} |"
         )
     lines += ["", "Workloads:"] + [f"- {r['workload']}: {r['description']}" for r in results]
-    lines += ["", "Per repeat (img/s):", "", "| workload | side | runs | reference waited on data (ms/step) |"]
-    lines.append("|---|---|---|---|")
+    lines += [
+        "",
+        "Per repeat (other processes' CPU and hypervisor steal as % of all cores during the timed steps):",
+        "",
+        "| workload | side | img/s per repeat | waited on data (ms/step) | other processes % | steal % |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def joined(runs: list[dict], key: str, fmt: str) -> str:
+        return ", ".join(format(x[key], fmt) for x in runs)
+
     for r in results:
         for side, runs in (("hscl", r["hscl_runs"]), ("reference", r["reference_runs"])):
-            waits = ", ".join(f"{x['data_wait_ms']:.0f}" for x in runs) if side == "reference" else "-"
-            values = ", ".join(f"{x['img_per_s']:.1f}" for x in runs)
-            lines.append(f"| {r['workload']} | {side} | {values} | {waits} |")
+            lines.append(
+                f"| {r['workload']} | {side} | {joined(runs, 'img_per_s', '.1f')} | "
+                f"{joined(runs, 'data_wait_ms', '.0f')} | {joined(runs, 'other_cpu_pct', '.0f')} | "
+                f"{joined(runs, 'steal_pct', '.0f')} |"
+            )
     lines += [
         "",
         "Breakdown (ms per step of B x 2 images, separate micro-timings, median; reference data = one batch "
-        "built in a single process, shared by 2 workers in the real loop):",
+        "built in a single process, shared by 2 workers in the real loop; other processes' CPU / steal during "
+        "the micro-timings: "
+        + ", ".join(
+            f"{r['workload']} {r['breakdown']['other_cpu_pct']:.0f}% / {r['breakdown']['steal_pct']:.0f}%"
+            for r in results
+        )
+        + "):",
         "",
         "| workload | side | data + augmentation | model fwd+bwd | loss fwd+bwd | Adam step | sum | measured step |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -657,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch < 2 or args.steps < 1 or args.warmup < 0 or args.repeats < 1:
         parser.error("need --batch >= 2, --steps >= 1, --warmup >= 0, --repeats >= 1")
 
+    args.load_at_start = os.getloadavg()[0]
     check = check_reference_loss()
     print(
         f"reference loss check: reference={check['reference']:.12f} hscl={check['hscl']:.12f} "
