@@ -40,6 +40,8 @@ Protocol: for every repeat (``--repeats``, default 3; the order of the two sides
 each side builds its loop afresh (the reference a new DataLoader, whose workers are shut down after its
 measurement so they cannot steal CPU from the other side), runs ``--warmup`` steps (default 3, untimed),
 then ``--steps`` timed steps (default 20). The medians over repeats are reported, as this VM has CPU steal.
+Each timed window also records the CPU taken by other processes and the hypervisor steal (from ``/proc/stat``
+and ``psutil``) so that a disturbed measurement shows as such; run it on an otherwise idle machine.
 A breakdown per side comes from separate micro-timings (median of a few calls each): data / augmentation
 per batch, model forward + backward (with a fixed random output gradient), loss forward + backward, Adam
 step. For the reference, "data" is the single-process cost of one batch (``B`` calls of ``__getitem__`` +
