@@ -33,8 +33,8 @@ class Hardening:
     log_threshold: float = -math.inf
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        """Return the weights ``eta(g)``, same shape as ``g``."""
-        raise NotImplementedError
+        """Return the weights ``eta(g) = exp(beta * g) * 1[g >= log_threshold]``, same shape as ``g``."""
+        return torch.exp(self.beta * g) * (g >= self.log_threshold).to(g.dtype)
 
 
 @dataclass(frozen=True)
