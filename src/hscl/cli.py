@@ -158,21 +158,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
+def _reproduce_table1(args: argparse.Namespace) -> None:
     from hscl.reproduce import reproduce_table1
 
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     methods = args.methods.split(",") if args.methods else None
-    out = args.out or f"runs/{args.experiment}-{args.preset}"
     reproduce_table1(
-        args.preset,
-        out,
+        args.preset or "quick",
+        args.out or f"runs/table1-{args.preset or 'quick'}",
         seeds=seeds,
         overrides=args.set,
         config_dir=args.configs,
         data_dir=args.data_dir,
         methods=methods,
     )
+
+
+#: ``hscl reproduce EXPERIMENT``: experiment name -> function of the parsed arguments. Each entry
+#: imports its module lazily, so a missing optional dependency only affects its own experiment.
+REPRODUCERS: dict = {
+    "table1": _reproduce_table1,
+}
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    REPRODUCERS[args.experiment](args)
     return 0
 
 
@@ -203,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     rp = sub.add_parser("reproduce", help="reproduce a table of the paper")
-    rp.add_argument("experiment", choices=["table1"])
-    rp.add_argument("--preset", default="quick", help="configs/table1/<preset>/ (quick, cifar10, cifar100, ...)")
-    rp.add_argument("--out", help="output directory (default runs/<experiment>-<preset>)")
+    rp.add_argument("experiment", choices=sorted(REPRODUCERS))
+    rp.add_argument("--preset", help="table1: configs/table1/<preset>/ (quick [default], cifar10, cifar100, ...)")
+    rp.add_argument("--out", help="output directory (default runs/<experiment>[-<preset>])")
     rp.add_argument("--seeds", help="comma-separated seeds (default 0)")
     rp.add_argument("--methods", help="comma-separated subset: ucl,h-ucl,scl,h-scl-beta,h-scl-tau")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every config")
