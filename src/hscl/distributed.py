@@ -1,0 +1,173 @@
+"""Data-parallel training: the loss over the batch of ALL ranks, with exact gradients.
+
+Under data parallelism (Lightning DDP: one process per device, gloo on CPU, NCCL on GPUs) each of
+the ``W`` ranks holds ``B_k`` samples of one global batch of ``B = sum_k B_k`` samples, in rank order.
+The contrastive losses of :mod:`hscl.losses` are not a sum of per-sample terms: every anchor's
+negatives and positives are the other rows of the batch, and ``M = V*B - 2`` counts them. So the
+loss a rank can compute on its own rows is a different (smaller-batch) loss. Here each rank
+gathers the embeddings ``z`` (B_k, V, d) and labels (B_k,) of all ranks, so that every anchor sees
+the negatives and positives of the whole global batch, and the training step is that of one
+process on the concatenated batch:
+
+* value: ``L(Z)``, the loss of the global batch ``Z`` (B, V, d), e.g. the mean over its valid
+  (anchor, positive) pairs; the same number on every rank.
+* gradient: ``dL / dtheta`` of one process on ``Z``.
+
+How the gradient is assembled. Write ``L = sum_k L_k`` where ``L_k`` holds the pair terms whose
+anchor is a row of rank ``k`` (each normalised by the global pair count). Rank ``k``'s rows enter
+``L`` as anchors (in ``L_k``) and as positives / negatives of every other rank's anchors (in
+``L_j``), so ``dL / dz_k = sum_j dL_j / dz_k``. Each rank evaluates ``L`` on the gathered batch in
+which only its own slot is attached to the graph (the other ranks' rows are gathered values); its
+backward therefore yields exactly ``dL / dz_k``, all of it, with no collective in the backward
+(an all-gather with an all-reduce backward over per-rank ``L_k`` gives the same numbers). The
+encoder gradient of rank ``k`` is ``dL / dz_k * dz_k / dtheta``, and the true gradient is their sum
+over ranks; DDP all-reduces gradients by their MEAN (it divides by ``W``), so the returned loss
+carries a gradient multiplied by ``W`` while its value stays ``L``.
+
+Cost. Every rank evaluates all ``V*B`` anchors of the global loss: ``O((V*B)^2 d)`` per rank, with
+``chunk_size`` bounding its memory to ``O(chunk_size * V*B)``. ``hscl.losses`` has no argument to
+restrict the anchors to a subset of the rows, which is what would split that cost by ``W``;
+benchmarks/bench_scaling.py measures it against the encoder's cost.
+
+Batch normalisation in the encoder / head normalises over each rank's own rows unless the model
+uses ``torch.nn.SyncBatchNorm`` (GPU only in PyTorch; see :func:`hscl.train.train`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["world_size", "rank", "launch_rank", "shard", "all_gather_rows", "gather_batch", "global_batch_loss"]
+
+
+def world_size() -> int:
+    """Number of processes in the default process group (1 when torch.distributed is not in use)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank in the default process group (0 when torch.distributed is not in use)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def launch_rank(devices_per_node: int = 1) -> int:
+    """The global rank a launcher gave this process, read from the environment before the process
+    group exists: ``RANK`` (torchrun) or ``SLURM_PROCID``, else Lightning's ``NODE_RANK`` and
+    ``LOCAL_RANK`` (its launcher and multi-node runs set them). 0 for a plain single process."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return int(os.environ.get("NODE_RANK", 0)) * int(devices_per_node) + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def shard(num_samples: int, num_shards: int | None = None, index: int | None = None) -> slice:
+    """The contiguous samples of a global batch that rank ``index`` of ``num_shards`` processes.
+
+    Shards follow ``torch.tensor_split``: sizes differ by at most one, and concatenating them in rank
+    order gives back the global batch (which is what :func:`gather_batch` does).
+    Defaults: the current process group.
+    """
+    num_shards = world_size() if num_shards is None else int(num_shards)
+    index = rank() if index is None else int(index)
+    if num_shards < 1 or not 0 <= index < num_shards:
+        raise ValueError(f"shard index must lie in [0, num_shards={num_shards}), got {index}")
+    if num_samples < num_shards:
+        raise ValueError(
+            f"a batch of {num_samples} samples cannot be split over {num_shards} processes "
+            "(each needs at least one); raise train.batch_size or use fewer devices"
+        )
+    size, extra = divmod(num_samples, num_shards)
+    start = index * size + min(index, extra)
+    return slice(start, start + size + (1 if index < extra else 0))
+
+
+def all_gather_rows(x: Tensor) -> list[Tensor]:
+    """Every rank's ``x``, in rank order, as values (no gradient). Ranks may hold different row counts.
+
+    Shape: ``x`` ``(n_k, ...)`` (the trailing dimensions equal on all ranks) -> a list of ``W``
+    tensors ``(n_j, ...)``.
+    """
+    W = world_size()
+    if W == 1:
+        return [x.detach()]
+    counts = torch.zeros(W, dtype=torch.long, device=x.device)
+    counts[rank()] = x.shape[0]
+    dist.all_reduce(counts)  # (W,) rows of each rank
+    width = int(counts.max())
+    padded = x.detach()
+    if x.shape[0] < width:  # all_gather needs one shape on every rank
+        padded = torch.cat([padded, padded.new_zeros((width - x.shape[0], *x.shape[1:]))])
+    parts = [torch.empty_like(padded) for _ in range(W)]
+    dist.all_gather(parts, padded.contiguous())
+    return [part[: int(n)] for part, n in zip(parts, counts)]
+
+
+def gather_batch(z: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The global batch: all ranks' samples concatenated in rank order; this rank's slot stays ``z``.
+
+    Only this rank's rows are attached to the autograd graph (the others are gathered values), so a
+    backward through any function of the global batch gives this rank the complete derivative with
+    respect to its own rows (see the module docstring).
+
+    Shape: ``z`` ``(B_k, V, d)``, ``labels`` ``(B_k,)`` or None -> ``(B, V, d)``, ``(B,)`` or None.
+    """
+    if z.dim() < 1:
+        raise ValueError(f"z must have a leading sample dimension, got shape {tuple(z.shape)}")
+    if world_size() == 1:
+        return z, labels
+    parts = all_gather_rows(z)
+    parts[rank()] = z  # (B_k, V, d), attached
+    global_labels = None
+    if labels is not None:
+        if labels.shape[0] != z.shape[0]:
+            raise ValueError(f"labels must have one entry per sample ({z.shape[0]}), got shape {tuple(labels.shape)}")
+        global_labels = torch.cat(all_gather_rows(labels))  # (B,)
+    return torch.cat(parts), global_labels
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity in the forward; multiplies the incoming gradient by ``factor`` in the backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.factor, None
+
+
+def global_batch_loss(
+    loss_fn: nn.Module, z: Tensor, labels: Tensor | None = None, *, gradients_averaged: bool = True
+) -> Tensor:
+    """``loss_fn`` on the batch of all ranks: the step of one process on the concatenated batch.
+
+    Args:
+        loss_fn: any loss of :mod:`hscl.losses` (or a callable ``loss_fn(z, labels) -> scalar``); its
+            ``last_stats`` then describe the global batch, identical on every rank.
+        z: this rank's embeddings.
+        labels: this rank's class ids (or None).
+        gradients_averaged: the data-parallel wrapper averages gradients over ranks (DDP does), so the
+            gradient is multiplied by the world size to undo it; ``False`` when they are summed.
+
+    Shape:
+        z: ``(B_k, V, d)``; labels: ``(B_k,)``; output: scalar, the value of the global batch's loss.
+
+    With one process this is ``loss_fn(z, labels)``.
+    """
+    W = world_size()
+    if W == 1:
+        return loss_fn(z, labels)
+    global_z, global_labels = gather_batch(z, labels)  # (B, V, d), (B,)
+    loss = loss_fn(global_z, global_labels)
+    if loss.dim() != 0:
+        raise ValueError(
+            f"global_batch_loss needs a scalar loss (reduction 'mean', 'sum' or 'anchor_mean'), got shape "
+            f"{tuple(loss.shape)}"
+        )
+    return _ScaleGradient.apply(loss, float(W)) if gradients_averaged else loss

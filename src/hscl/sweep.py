@@ -1,0 +1,771 @@
+"""Grid sweeps: one trial per grid point, recorded in an Optuna study with SQLite storage.
+
+The H-SCL paper picks its hyper-parameters by grid search (Sec. V-A): beta in {0.1, 0.5, 1, 2, 5}
+for H-SCL(beta), and the start / end of the threshold schedule of eq. (4) in {-0.5, -0.3, -0.1} x
+{-0.1, 0, 0.1} for H-SCL(tau). ``hscl sweep CONFIG --grid beta=0.1,0.5,1,2,5`` runs each point of
+the product of the ``--grid`` options as one trial: pre-training (:func:`hscl.train.train`, resumed
+from its checkpoint when the point was interrupted) then linear-probe and kNN evaluation.
+
+Bookkeeping. Every trial lives in an Optuna study (``<out>/study.db``, SQLite). A worker claims a
+grid point under an exclusive file lock next to the database (``study.db.lock``): it reads the
+study, marks stale trials failed, picks the first point with neither a COMPLETE nor a live RUNNING
+trial, and creates that point's trial, all before releasing the lock, so no two workers ever run
+the same point and a finished point is never run again. While a trial runs, a thread stamps a
+heartbeat on it. A RUNNING trial is stale when the worker that owns it is gone: on this machine,
+its process no longer exists (a kill, a crash, a reboot); on another machine, its heartbeat is
+older than ``stale_after`` seconds. A stale trial is marked FAIL (``failure = "stale"``) and its
+point is claimed again, its training resuming from the point's last checkpoint. So any number of
+workers (``--workers N``, or the same command started in other shells on this machine) share one
+study, and an interrupted sweep resumes where it stopped with no point lost or run twice.
+
+When every point is complete, the sweep writes ``sweep_results.{csv,json,md}`` (the metrics per
+point and the best point) and ``accuracy_vs_<parameter>.png`` (with its data as ``.csv``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import importlib
+import itertools
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hscl.config import RunConfig, config_to_dict, load_config
+from hscl.report import markdown_table, write_json, write_table
+
+__all__ = [
+    "GRID_ALIASES",
+    "METRICS",
+    "Sweep",
+    "parse_grid",
+    "grid_points",
+    "point_overrides",
+    "point_key",
+    "point_slug",
+    "train_and_evaluate",
+    "run_worker",
+    "run_sweep",
+    "write_results",
+]
+
+#: short grid names -> config keys; ``tau_start`` / ``tau_end`` set ``loss.tau_schedule`` (eq. (4))
+GRID_ALIASES = {
+    "beta": "loss.beta",
+    "tau": "loss.tau",
+    "temperature": "loss.temperature",
+    "tau_start": "loss.tau_schedule[0]",
+    "tau_end": "loss.tau_schedule[1]",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+}
+#: the metrics a default trial reports; the sweep maximises one of them
+METRICS = ("linear_top1", "knn_top1", "linear_top5")
+#: each hardening key clears the other two (a config may give only one)
+_HARDENING_KEYS = ("loss.beta", "loss.tau", "loss.tau_schedule")
+STUDY_NAME = "hscl-sweep"
+#: config settings that do not change a trial's result: they may differ between workers and runs
+_NOT_IDENTITY = (("train", "progress"), ("train", "threads"), ("data", "data_dir"))
+
+TrialFn = Callable[[RunConfig, Path], dict]
+
+
+# --------------------------------------------------------------------------------------------
+# the grid
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``["beta=0.1,0.5", "tau_start=-0.5,-0.3"]`` -> ``{"beta": [0.1, 0.5], "tau_start": [-0.5, -0.3]}``.
+
+    Names are the short aliases of :data:`GRID_ALIASES` or dotted config keys (``loss.temperature``);
+    each value is a YAML scalar.
+    """
+    grid: dict[str, list] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--grid {item!r} must look like NAME=V1,V2,... (e.g. beta=0.1,0.5,1,2,5)")
+        name, text = (part.strip() for part in item.split("=", 1))
+        if name not in GRID_ALIASES and "." not in name:
+            raise ValueError(
+                f"--grid name {name!r} is unknown; use one of {', '.join(GRID_ALIASES)} or a dotted config key "
+                "such as loss.temperature"
+            )
+        if name in grid:
+            raise ValueError(f"--grid {name} is given twice")
+        values = [yaml.safe_load(v) for v in text.split(",") if v.strip()]
+        if not values:
+            raise ValueError(f"--grid {name} has no values")
+        for value in values:
+            if not isinstance(value, (int, float, str, bool)) or value is None:
+                raise ValueError(f"--grid {name}: {value!r} is not a number, string or boolean")
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) == len(values) and any(isinstance(v, float) for v in values):
+            values = [float(v) for v in values]  # beta=0.1,0.5,1 -> one type: 0.1, 0.5, 1.0
+        if len(set(map(repr, values))) != len(values):
+            raise ValueError(f"--grid {name} repeats a value: {values}")
+        grid[name] = values
+    if not grid:
+        raise ValueError("give at least one --grid NAME=V1,V2,...")
+    if ("tau_start" in grid) != ("tau_end" in grid):
+        given = "tau_start" if "tau_start" in grid else "tau_end"
+        other = "tau_end" if given == "tau_start" else "tau_start"
+        raise ValueError(f"--grid {given} needs --grid {other} too (they form loss.tau_schedule = [start, end])")
+    return grid
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values, the first name varying slowest."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def point_overrides(point: dict) -> list[str]:
+    """The ``key=value`` config overrides of one grid point (a hardening clears the other two kinds)."""
+    out: list[str] = []
+    point = dict(point)
+    if "tau_start" in point:
+        start, end = point.pop("tau_start"), point.pop("tau_end")
+        point["loss.tau_schedule"] = [start, end]
+    for name, value in point.items():
+        key = GRID_ALIASES.get(name, name)
+        if key in _HARDENING_KEYS:
+            out += [f"{other}=null" for other in _HARDENING_KEYS if other != key]
+        out.append(f"{key}={json.dumps(value)}")
+    return out
+
+
+def point_key(point: dict) -> str:
+    """The identity of a grid point in the study (canonical JSON)."""
+    return json.dumps(point, sort_keys=True)
+
+
+def point_slug(point: dict) -> str:
+    """A directory name for a point: ``beta=0.5``, ``tau_start=-0.5_tau_end=0.1``."""
+    text = "_".join(f"{name}={value}" for name, value in point.items())
+    return "".join(c if c.isalnum() or c in "=-_.+" else "-" for c in text)
+
+
+# --------------------------------------------------------------------------------------------
+# the sweep
+
+
+@dataclass
+class Sweep:
+    """One sweep: a base config, its overrides and a grid; where its study and runs live.
+
+    Args:
+        config: path of the YAML run config (None: the defaults).
+        grid: ``{name: values}`` (see :func:`parse_grid`).
+        out: folder of the runs (``<out>/trials/<point>``) and of the results.
+        overrides: ``key=value`` overrides applied to every point before the point's own.
+        storage: the SQLite file of the study (default ``<out>/study.db``); several workers, in this
+            process or others, share a sweep through it.
+        metric: the trial metric the sweep maximises (one of :data:`METRICS` for the default trial).
+        trial: ``"module:function"`` of a trial function ``fn(config, run_dir) -> {metric: value}``;
+            None: :func:`train_and_evaluate`.
+        stale_after: seconds without a heartbeat after which a RUNNING trial of another machine is
+            considered dead (trials of this machine are checked by their process id at once).
+        heartbeat: seconds between heartbeats of a running trial.
+    """
+
+    config: str | None
+    grid: dict[str, list]
+    out: str
+    overrides: list[str] = field(default_factory=list)
+    storage: str | None = None
+    metric: str = "linear_top1"
+    trial: str | None = None
+    stale_after: float = 300.0
+    heartbeat: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.heartbeat > 0 or not self.stale_after > self.heartbeat:
+            raise ValueError(
+                f"heartbeat must be > 0 and stale_after > heartbeat, got heartbeat={self.heartbeat}, "
+                f"stale_after={self.stale_after}"
+            )
+        if self.trial is None and self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.storage) if self.storage else self.out_dir / "study.db"
+
+    @property
+    def points(self) -> list[dict]:
+        return grid_points(self.grid)
+
+    def run_dir(self, point: dict) -> Path:
+        return self.out_dir / "trials" / point_slug(point)
+
+    def base_config(self) -> RunConfig:
+        return load_config(self.config, list(self.overrides))
+
+    def point_config(self, point: dict) -> RunConfig:
+        """The validated config of one point (raises naming the bad value)."""
+        try:
+            return load_config(self.config, [*self.overrides, *point_overrides(point)])
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"grid point {point_slug(point)}: {err}") from err
+
+    def trial_fn(self) -> TrialFn:
+        if self.trial is None:
+            return train_and_evaluate
+        module, _, name = self.trial.partition(":")
+        if not module or not name:
+            raise ValueError(f"trial must look like module:function, got {self.trial!r}")
+        return getattr(importlib.import_module(module), name)
+
+
+# --------------------------------------------------------------------------------------------
+# the default trial: pre-train, then evaluate
+
+
+_DATA_CACHE: dict = {}
+
+
+def train_and_evaluate(config: RunConfig, run_dir: Path) -> dict:
+    """Pre-train ``config`` into ``run_dir`` (resuming its checkpoint) and evaluate the encoder.
+
+    Returns the linear probe's top-1 / top-5 and the kNN top-1 on the test split (in %), and the
+    seconds spent; also written to ``run_dir/eval.json`` (a finished point is not evaluated twice).
+    """
+    from hscl.reproduce import evaluate_task
+    from hscl.train import load_data, load_task, run_paths, train
+
+    paths = run_paths(run_dir)
+    eval_file = Path(run_dir) / "eval.json"
+    if eval_file.exists() and paths.final.exists():
+        return json.loads(eval_file.read_text())
+    dc = config.data
+    key = (dc.dataset, dc.data_dir, dc.train_subset, dc.test_subset, config.train.seed)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_data(config)
+    data = _DATA_CACHE[key]
+    start = time.perf_counter()
+    if not paths.final.exists():
+        train(config, run_dir, resume=True, data=data)
+    train_seconds = time.perf_counter() - start
+    task, _ = load_task(paths.final, data=data)
+    result = {**evaluate_task(task, data, config), "train_seconds": train_seconds}
+    eval_file.write_text(json.dumps(result, indent=2))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# the study
+
+
+def _machine() -> str:
+    """This machine (and PID namespace): processes on it can be checked by id."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    return "/".join(parts)
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (to tell it from a later process with the same id)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime in clock ticks after boot
+
+
+def _process_alive(pid: int, start: str | None) -> bool:
+    if start is not None and Path("/proc").is_dir():
+        return _process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _worker_identity() -> dict:
+    pid = os.getpid()
+    return {"machine": _machine(), "pid": pid, "start": _process_start(pid)}
+
+
+def _lock_path(sweep: Sweep) -> Path:
+    return Path(f"{sweep.db_path}.lock")
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock between processes (released by the kernel if the holder dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_study(sweep: Sweep):
+    """The study of ``sweep`` (created on first use), and its storage."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sweep.db_path.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{sweep.db_path.resolve()}", engine_kwargs={"connect_args": {"timeout": 120}}
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=STUDY_NAME,
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),  # each trial's parameters are fixed by its point
+        load_if_exists=True,
+    )
+    base = json.loads(json.dumps(config_to_dict(sweep.base_config())))
+    for section, key in _NOT_IDENTITY:  # settings that do not change a trial's result
+        base[section].pop(key, None)
+    attrs = study.user_attrs
+    if "base_config" not in attrs:
+        study.set_user_attr("base_config", base)
+        study.set_user_attr("metric", sweep.metric)
+        study.set_user_attr("trial", sweep.trial or "hscl.sweep:train_and_evaluate")
+    else:
+        if attrs["base_config"] != base:
+            changed = sorted(_diff_keys(attrs["base_config"], base))
+            raise ValueError(
+                f"the study in {sweep.db_path} was run with another base config (differs in {', '.join(changed)}); "
+                "use another --out / --storage, or the same config and --set options"
+            )
+        if attrs.get("metric") != sweep.metric:
+            raise ValueError(f"the study in {sweep.db_path} maximises {attrs.get('metric')!r}, not {sweep.metric!r}")
+    return study, storage
+
+
+def _diff_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in set(a) | set(b):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _is_stale(trial, now: float, stale_after: float, machine: str) -> str | None:
+    """Why a RUNNING trial is stale (its worker is gone), or None while its worker lives."""
+    worker = trial.user_attrs.get("worker")
+    if worker is None:  # not claimed by this module (e.g. created by hand): judge by age alone
+        started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+        return "no worker recorded" if now - started > stale_after else None
+    if worker["machine"] == machine:
+        if not _process_alive(worker["pid"], worker.get("start")):
+            return f"worker process {worker['pid']} on this machine is gone"
+        return None
+    beat = trial.user_attrs.get("heartbeat", 0.0)
+    if now - beat > stale_after:
+        return f"no heartbeat from {worker['machine'].split('/')[0]} for {now - beat:.0f} s"
+    return None
+
+
+def _trial_id(storage, study, number: int) -> int:
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+def _fail_stale(study, storage, sweep: Sweep) -> list[int]:
+    """Mark the stale RUNNING trials FAIL (``failure="stale"``); returns their numbers."""
+    from optuna.trial import TrialState
+
+    now, machine, failed = time.time(), _machine(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = _is_stale(trial, now, sweep.stale_after, machine)
+        if reason is None:
+            continue
+        trial_id = _trial_id(storage, study, trial.number)
+        storage.set_trial_user_attr(trial_id, "failure", "stale")
+        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        failed.append(trial.number)
+    return failed
+
+
+def _status(study, points: list[dict]) -> dict[str, dict]:
+    """Per point key: its COMPLETE trial (or None), whether one is RUNNING, and its failures."""
+    from optuna.trial import TrialState
+
+    status = {point_key(p): {"point": p, "complete": None, "running": False, "failures": []} for p in points}
+    for trial in study.get_trials(deepcopy=False):
+        entry = status.get(trial.user_attrs.get("point"))
+        if entry is None:
+            continue
+        if trial.state == TrialState.COMPLETE:
+            entry["complete"] = trial
+        elif trial.state == TrialState.RUNNING:
+            entry["running"] = True
+        elif trial.state == TrialState.FAIL:
+            entry["failures"].append(trial)
+    return status
+
+
+class _Heartbeat:
+    """Stamps ``heartbeat = time.time()`` on a running trial every ``interval`` seconds."""
+
+    def __init__(self, storage, trial_id: int, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+            except Exception:  # the trial was finished (e.g. judged stale) or the database is busy: retry later
+                continue
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _distribution(value, values: list):
+    """The Optuna distribution a grid value is recorded under: numbers as a single-valued range (the
+    ranges of a parameter may differ between trials, so the grid may grow between runs), others as a
+    categorical over the grid's values."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(value, bool) or isinstance(value, str):
+        return CategoricalDistribution(values)
+    if isinstance(value, int):
+        return IntDistribution(value, value)
+    return FloatDistribution(value, value)
+
+
+def _claim(sweep: Sweep, study, storage, skip: set[str]):
+    """Under the lock: fail stale trials, pick a pending point, create its RUNNING trial.
+
+    Returns ``(trial, point)``, or ``(None, n_running)`` when no point is pending (``n_running``
+    points still run in other workers).
+    """
+    from optuna.trial import TrialState
+
+    with _locked(_lock_path(sweep)):
+        _fail_stale(study, storage, sweep)
+        for stray in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            # enqueued but never asked: its claimer died inside this section (ask below would pop it)
+            trial_id = _trial_id(storage, study, stray.number)
+            storage.set_trial_user_attr(trial_id, "failure", "stray")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        status = _status(study, sweep.points)
+        pending = [
+            e["point"] for key, e in status.items() if e["complete"] is None and not e["running"] and key not in skip
+        ]
+        if not pending:
+            return None, sum(e["running"] for e in status.values())
+        point = pending[0]
+        study.enqueue_trial(point)
+        trial = study.ask({name: _distribution(value, sweep.grid[name]) for name, value in point.items()})
+        if trial.params != point:  # the enqueued point, nothing else, was popped
+            raise RuntimeError(f"optuna gave the trial {trial.params}, expected the grid point {point}")
+        now = time.time()
+        trial.set_user_attr("point", point_key(point))
+        trial.set_user_attr("run_dir", str(sweep.run_dir(point)))
+        trial.set_user_attr("worker", _worker_identity())
+        trial.set_user_attr("heartbeat", now)
+        return trial, point
+
+
+def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool = True, poll: float = 5.0) -> int:
+    """Run pending points of ``sweep`` until every point is complete (or failed in this worker).
+
+    Returns the number of trials this worker completed. Points running in other live workers are
+    waited for (and taken over if their worker dies), so when this returns the sweep is finished
+    unless some point failed with an error.
+    """
+    from optuna.trial import TrialState
+    from tqdm import tqdm
+
+    fn = trial_fn or sweep.trial_fn()
+    points = sweep.points
+    for point in points:  # every point's config is valid before anything runs
+        sweep.point_config(point)
+    with _locked(_lock_path(sweep)):
+        study, storage = _open_study(sweep)
+    errored: set[str] = set()
+    done = 0
+    bar = None
+    if progress:
+        complete = sum(e["complete"] is not None for e in _status(study, points).values())
+        bar = tqdm(total=len(points), initial=complete, desc=f"sweep {sweep.out_dir.name}", unit="point")
+    try:
+        while True:
+            trial, point = _claim(sweep, study, storage, errored)
+            if trial is None:
+                if point == 0:  # nothing pending, nothing running elsewhere
+                    break
+                time.sleep(poll)  # points run in other workers: wait for them (or for them to turn stale)
+                continue
+            config = sweep.point_config(point)
+            run_dir = sweep.run_dir(point)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "point.json").write_text(json.dumps(point))
+            trial_id = _trial_id(storage, study, trial.number)
+            with _Heartbeat(storage, trial_id, sweep.heartbeat):
+                try:
+                    metrics = fn(config, run_dir)
+                except KeyboardInterrupt:
+                    trial.set_user_attr("failure", "interrupted")
+                    study.tell(trial, state=TrialState.FAIL)
+                    raise
+                except Exception as err:  # a broken point must not stop the others
+                    trial.set_user_attr("failure", "error")
+                    trial.set_user_attr("failure_reason", f"{type(err).__name__}: {err}"[:2000])
+                    study.tell(trial, state=TrialState.FAIL)
+                    errored.add(point_key(point))
+                    print(f"hscl sweep: point {point_slug(point)} failed: {type(err).__name__}: {err}", flush=True)
+                    continue
+            if sweep.metric not in metrics:
+                raise ValueError(f"the trial function returned {sorted(metrics)}, without the metric {sweep.metric!r}")
+            clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            trial.set_user_attr("metrics", clean)
+            study.tell(trial, clean[sweep.metric])
+            done += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{point_slug(point)}: {sweep.metric} {clean[sweep.metric]:.2f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return done
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+def write_results(sweep: Sweep) -> dict:
+    """The results table (metric per point, best point) and the plot of the metrics against the grid."""
+    with _locked(_lock_path(sweep)):
+        study, storage = _open_study(sweep)
+        _fail_stale(study, storage, sweep)
+    status = _status(study, sweep.points)
+    names = list(sweep.grid)
+    rows = []
+    for entry in status.values():
+        trial = entry["complete"]
+        metrics = trial.user_attrs.get("metrics", {}) if trial is not None else {}
+        rows.append(
+            {
+                **entry["point"],
+                **metrics,
+                "state": "complete" if trial is not None else ("running" if entry["running"] else "pending"),
+                "trial": trial.number if trial is not None else None,
+                "failed_attempts": len(entry["failures"]),
+                "run_dir": str(sweep.run_dir(entry["point"])),
+            }
+        )
+    finished = [r for r in rows if r["state"] == "complete"]
+    best = max(finished, key=lambda r: r[sweep.metric]) if finished else None
+    metric_names = [m for m in (*METRICS, "train_seconds") if any(m in r for r in rows)]
+    if sweep.metric not in metric_names:
+        metric_names.insert(0, sweep.metric)
+    header = [*names, *metric_names, "state", "failed attempts", "best"]
+    table_rows = [
+        [
+            *(r[n] for n in names),
+            *(f"{r[m]:.2f}" if m in r else "-" for m in metric_names),
+            r["state"],
+            r["failed_attempts"],
+            "**best**" if r is best else "",
+        ]
+        for r in rows
+    ]
+    table = markdown_table(header, table_rows)
+    base = sweep.base_config()
+    title = (
+        f"Sweep of {base.name} ({base.loss.method}) over {', '.join(names)}: {base.data.dataset}, "
+        f"{base.model.encoder}, {base.train.epochs} epochs, batch {base.train.batch_size}; maximising {sweep.metric}"
+    )
+    result = {
+        "title": title,
+        "config": sweep.config,
+        "overrides": sweep.overrides,
+        "grid": sweep.grid,
+        "metric": sweep.metric,
+        "best": best,
+        "points": rows,
+        "complete": len(finished) == len(rows),
+        "table_markdown": table,
+    }
+    out = sweep.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "sweep_results.json", result)
+    write_table(
+        out / "sweep_results.csv",
+        [*names, *metric_names, "state", "trial", "failed_attempts"],
+        [
+            [
+                *(r[n] for n in names),
+                *(r.get(m, "") for m in metric_names),
+                r["state"],
+                r["trial"],
+                r["failed_attempts"],
+            ]
+            for r in rows
+        ],
+    )
+    best_text = (
+        f"best: {point_slug({n: best[n] for n in names})} ({sweep.metric} {best[sweep.metric]:.2f})"
+        if best
+        else "best: - (no point complete)"
+    )
+    (out / "sweep_results.md").write_text(f"{title}\n\n{table}\n\n{best_text}\n")
+    result["plot"] = str(_plot(sweep, rows, metric_names)) if finished else None
+    result["best_text"] = best_text
+    return result
+
+
+def _plot(sweep: Sweep, rows: list[dict], metric_names: list[str]) -> Path:
+    """Accuracy against the first grid parameter; one line per value of the others (if any)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(sweep.grid)
+    x_name, others = names[0], names[1:]
+    if len(names) == 2 and {"tau_start", "tau_end"} == set(names):
+        x_name, others = "tau_end", ["tau_start"]
+    accuracy = [m for m in metric_names if m in METRICS]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    data_rows = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["state"] == "complete":
+            groups.setdefault(tuple(r[o] for o in others), []).append(r)
+    numeric = all(isinstance(r[x_name], (int, float)) for r in rows)
+    styles = {"linear_top1": "-", "knn_top1": "--", "linear_top5": ":"}
+    for index, (group, members) in enumerate(groups.items()):
+        members.sort(key=lambda r: r[x_name] if numeric else str(r[x_name]))
+        xs = [r[x_name] for r in members]
+        suffix = ", ".join(f"{o}={v}" for o, v in zip(others, group))
+        for metric in accuracy:  # one colour per group, one line style per metric
+            ys = [r[metric] for r in members]
+            label = metric + (f" ({suffix})" if suffix else "")
+            shown = xs if numeric else [str(x) for x in xs]
+            ax.plot(shown, ys, marker="o", color=f"C{index}", linestyle=styles.get(metric, "-"), label=label)
+            data_rows += [[label, x, y] for x, y in zip(xs, ys)]
+    values = [r[x_name] for r in rows]
+    if numeric and min(values) > 0 and max(values) / min(values) >= 10:
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(values))
+        ax.set_xticklabels([f"{v:g}" for v in sorted(values)])
+    ax.set_xlabel(x_name)
+    ax.set_ylabel("test accuracy (%)")
+    base = sweep.base_config()
+    ax.set_title(f"{base.name}: accuracy against {x_name}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = sweep.out_dir / f"accuracy_vs_{x_name}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    write_table(path.with_suffix(".csv"), ["series", x_name, "accuracy"], data_rows)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def _worker_main(sweep: Sweep, threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    run_worker(sweep, progress=False)
+
+
+def _watch(sweep: Sweep, procs: list, progress: bool, poll: float = 2.0) -> None:
+    """Wait for the worker processes, with a progress bar over the study's complete points."""
+    from tqdm import tqdm
+
+    with _locked(_lock_path(sweep)):
+        study, _ = _open_study(sweep)
+    points = sweep.points
+    bar = tqdm(total=len(points), desc=f"sweep {sweep.out_dir.name}", unit="point", disable=not progress)
+    while True:
+        alive = any(proc.is_alive() for proc in procs)
+        complete = sum(e["complete"] is not None for e in _status(study, points).values())
+        bar.update(complete - bar.n)
+        if not alive:
+            break
+        time.sleep(poll)
+    bar.close()
+    for proc in procs:
+        proc.join()
+
+
+def run_sweep(sweep: Sweep, *, workers: int = 1, trial_fn: TrialFn | None = None, progress: bool = True) -> dict:
+    """Run the sweep with ``workers`` processes sharing its study, then write the results.
+
+    With one worker the trials run in this process. Other workers may be started at any time with the
+    same arguments (here or in other shells): they share the study. Returns :func:`write_results`.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    for point in sweep.points:
+        sweep.point_config(point)
+    sweep.out_dir.mkdir(parents=True, exist_ok=True)
+    (sweep.out_dir / "sweep.json").write_text(json.dumps(dataclasses.asdict(sweep), indent=2))
+    if workers == 1:
+        run_worker(sweep, trial_fn=trial_fn, progress=progress)
+    else:
+        if trial_fn is not None:
+            raise ValueError("with several workers the trial function is given by name (Sweep.trial)")
+        import multiprocessing
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        procs = [context.Process(target=_worker_main, args=(sweep, threads)) for _ in range(workers)]
+        for proc in procs:
+            proc.start()
+        try:
+            _watch(sweep, procs, progress)
+        except KeyboardInterrupt:  # the workers got the signal too: they mark their trials and stop
+            for proc in procs:
+                proc.join()
+            raise
+        if any(proc.exitcode != 0 for proc in procs):
+            codes = [proc.exitcode for proc in procs]
+            raise RuntimeError(f"sweep workers exited with codes {codes}; run the same command again to resume")
+    result = write_results(sweep)
+    return result
+
+
+def summary(result: dict) -> str:
+    """The printed summary of a sweep's results."""
+    lines = [result["title"], "", result["table_markdown"], "", result["best_text"]]
+    if not result["complete"]:
+        lines.append("(incomplete: run the same command again to finish the remaining points)")
+    if result.get("plot"):
+        lines.append(f"written: sweep_results.csv/.json/.md, {Path(result['plot']).name} (+ .csv)")
+    return "\n".join(lines)

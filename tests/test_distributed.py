@@ -1,0 +1,170 @@
+"""hscl.distributed: a 2-process DDP step (gloo, CPU) equals one process on the concatenated batch.
+
+Each case builds the same tiny float64 encoder in both ranks and in the parent; the ranks take their
+shard of one batch, step on ``global_batch_loss`` and average the gradients over the ranks as
+DistributedDataParallel does (all-reduce, divide by the world size; the Lightning DDP run in
+test_train_ddp_cli uses DDP itself). The parent computes the loss and the encoder
+gradients of one process on the whole batch; values and gradients must agree to float64 round-off.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from hscl.distributed import all_gather_rows, gather_batch, global_batch_loss, rank, shard, world_size
+from hscl.losses import get_loss
+
+IN_DIM, D, V, B, CLASSES = 6, 5, 2, 12, 3
+
+
+def _soft_eta(g):
+    """A user hardening (generic autograd path): smooth, positive, non-decreasing."""
+    return torch.sigmoid(2.0 * g)
+
+
+#: name -> (method, loss kwargs, sample counts per rank)
+CASES: dict[str, tuple[str, dict, tuple[int, int]]] = {
+    "h-scl beta": ("h-scl", {"beta": 1.0}, (6, 6)),
+    "h-scl beta chunked": ("h-scl", {"beta": 1.0, "chunk_size": 5}, (6, 6)),
+    "h-scl threshold": ("h-scl", {"tau": math.exp(0.2 / 0.5)}, (6, 6)),  # some anchors fall back
+    "scl uneven shards": ("scl", {}, (7, 5)),
+    "ucl": ("ucl", {}, (6, 6)),
+    "ucl chunked": ("ucl", {"chunk_size": 7}, (6, 6)),
+    "h-ucl debiased chunked": ("h-ucl", {"beta": 0.5, "tau_plus": 0.1, "chunk_size": 4}, (6, 6)),
+    "h-scl callable chunked": ("h-scl", {"hardening": _soft_eta, "chunk_size": 5}, (6, 6)),
+    "schane": ("schane", {"beta": 1.0}, (6, 6)),
+    "supcon": ("supcon", {}, (6, 6)),
+}
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(IN_DIM, 8), nn.Tanh(), nn.Linear(8, D)).double()
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(B, V, IN_DIM, generator=generator, dtype=torch.float64)
+    labels = torch.arange(B) % CLASSES
+    return x, labels
+
+
+def _step(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, labels: torch.Tensor, forward: nn.Module):
+    """One step on ``x`` (b, V, IN_DIM); returns the loss value, the gradients, and #valid anchors."""
+    model.zero_grad()
+    z = forward(x.flatten(0, 1)).view(x.shape[0], V, D)  # (b, V, d)
+    loss = global_batch_loss(loss_fn, z, labels)
+    loss.backward()
+    stats = getattr(loss_fn, "last_stats", None)
+    valid = stats.num_valid_anchors if stats is not None else -1
+    return float(loss.detach()), [p.grad.detach().clone() for p in model.parameters()], valid
+
+
+def _worker(rank_: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank_, world_size=world)
+    try:
+        assert world_size() == world and rank() == rank_
+        x, labels = _batch()
+        results = {}
+        for name, (method, kwargs, sizes) in CASES.items():
+            start = sum(sizes[:rank_])
+            mine = slice(start, start + sizes[rank_])
+            model = _model()
+            value, grads, valid = _step(model, get_loss(method, **kwargs), x[mine], labels[mine], model)
+            for grad in grads:  # what DDP does in its backward hooks: the mean over ranks
+                dist.all_reduce(grad)
+                grad /= world
+            results[name] = (value, grads, valid)
+        # the gather itself: uneven row counts, rank order, and only the own slot attached
+        z = torch.full((rank_ + 2, 3), float(rank_), requires_grad=True)
+        global_z, global_labels = gather_batch(z, torch.full((rank_ + 2,), rank_))
+        results["gather"] = (
+            global_z.detach(),
+            global_labels,
+            [p.requires_grad for p in all_gather_rows(z)],
+            global_z.requires_grad,
+        )
+        torch.save(results, Path(out_dir) / f"rank{rank_}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_results():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(2, str(Path(tmp) / "init"), tmp), nprocs=2, join=True)
+        yield [torch.load(Path(tmp) / f"rank{k}.pt") for k in range(2)]
+
+
+def _one_process(name: str):
+    method, kwargs, _ = CASES[name]
+    x, labels = _batch()
+    model = _model()
+    return _step(model, get_loss(method, **kwargs), x, labels, model)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_processes_equal_one_process_on_the_concatenated_batch(two_process_results, name):
+    value, grads, valid = _one_process(name)
+    assert all(g.abs().sum() > 0 for g in grads)  # the reference has something to compare
+    for rank_, results in enumerate(two_process_results):
+        got_value, got_grads, got_valid = results[name]
+        assert got_value == pytest.approx(value, rel=1e-12, abs=1e-12), f"rank {rank_}: loss differs"
+        assert got_valid == valid  # the loss's statistics describe the global batch
+        for got, want in zip(got_grads, grads):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=f"rank {rank_}: gradient differs")
+
+
+def test_one_rank_alone_sees_a_different_loss():
+    """The check above can fail: a rank's shard alone has fewer negatives and a different M."""
+    value, grads, _ = _one_process("h-scl beta")
+    x, labels = _batch()
+    model = _model()
+    half_value, half_grads, _ = _step(model, get_loss("h-scl", beta=1.0), x[:6], labels[:6], model)
+    assert abs(half_value - value) > 1e-3
+    assert not torch.allclose(half_grads[0], grads[0])
+
+
+def test_gather_keeps_rank_order_and_uneven_shards(two_process_results):
+    for results in two_process_results:
+        global_z, global_labels, parts_require_grad, attached = results["gather"]
+        assert global_z.shape == (5, 3)  # 2 rows from rank 0, 3 from rank 1
+        torch.testing.assert_close(global_z[:, 0], torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0]))
+        assert global_labels.tolist() == [0, 0, 1, 1, 1]
+        assert parts_require_grad == [False, False]  # other ranks' rows are values
+        assert attached  # this rank's slot keeps its graph
+
+
+def test_shard_splits_like_tensor_split():
+    for samples in (8, 9, 13):
+        for shards in (1, 2, 3, 4):
+            slices = [shard(samples, shards, k) for k in range(shards)]
+            sizes = [s.stop - s.start for s in slices]
+            assert sizes == [len(t) for t in torch.arange(samples).tensor_split(shards)]
+            assert slices[0].start == 0 and slices[-1].stop == samples
+            assert all(a.stop == b.start for a, b in itertools.pairwise(slices))
+
+
+def test_shard_rejects_bad_input():
+    with pytest.raises(ValueError, match="cannot be split over 4 processes"):
+        shard(3, 4, 0)
+    with pytest.raises(ValueError, match="shard index"):
+        shard(8, 2, 2)
+
+
+def test_single_process_is_the_plain_loss():
+    _, labels = _batch()
+    z = torch.randn(B, V, D, dtype=torch.float64)
+    loss_fn = get_loss("h-scl", beta=1.0)
+    assert world_size() == 1 and rank() == 0
+    assert float(global_batch_loss(loss_fn, z, labels)) == float(loss_fn(z, labels))
