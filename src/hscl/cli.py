@@ -174,10 +174,30 @@ def _reproduce_table1(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from hscl.finetune import run_cli
+
+    return run_cli(args)
+
+
+def _reproduce_schane(args: argparse.Namespace) -> None:
+    from hscl.finetune import reproduce_schane
+
+    reproduce_schane(
+        args.out or f"runs/schane-{args.preset or 'quick'}",
+        preset=args.preset or "quick",
+        overrides=args.set or [],
+        seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
+        data_dir=args.data_dir,
+        config_dir=args.configs,
+    )
+
+
 #: ``hscl reproduce EXPERIMENT``: experiment name -> function of the parsed arguments. Each entry
 #: imports its module lazily, so a missing optional dependency only affects its own experiment.
 REPRODUCERS: dict = {
     "table1": _reproduce_table1,
+    "schane": _reproduce_schane,
 }
 
 
@@ -214,7 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="reproduce a table of the paper")
     rp.add_argument("experiment", choices=sorted(REPRODUCERS))
-    rp.add_argument("--preset", help="table1: configs/table1/<preset>/ (quick [default], cifar10, cifar100, ...)")
+    rp.add_argument(
+        "--preset",
+        help="table1: configs/table1/<preset>/ (quick [default], cifar10, cifar100, ...); "
+        "schane: configs/schane/<preset>.yaml (quick [default])",
+    )
     rp.add_argument("--out", help="output directory (default runs/<experiment>[-<preset>])")
     rp.add_argument("--seeds", help="comma-separated seeds (default 0)")
     rp.add_argument("--methods", help="comma-separated subset: ucl,h-ucl,scl,h-scl-beta,h-scl-tau")
@@ -222,6 +246,56 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data-dir")
     rp.add_argument("--configs", help="a configs/ folder other than ./configs")
     rp.set_defaults(func=cmd_reproduce)
+
+    ft = sub.add_parser(
+        "finetune",
+        help="fine-tune a pre-trained encoder with a linear head: CE, SCHaNe or SupCon+CE (full or few-shot)",
+        description="Fine-tune CHECKPOINT (any checkpoint hscl train wrote, or a state_dict file of an hscl model: "
+        "the architecture is read off its tensor shapes; --encoder/--in-channels/... override it) with "
+        "(1 - lam) CE + lam L on the training split, or on N-way K-shot episodes with --few-shot.",
+    )
+    ft.add_argument("checkpoint", help="final.ckpt / last.ckpt of hscl train, or a state_dict (.pt) of an hscl model")
+    ft.add_argument("--objective", choices=["ce", "schane", "supcon+ce"], default="schane")
+    ft.add_argument("--lam", type=float, default=0.9, help="weight of the contrastive term (default 0.9)")
+    ft.add_argument("--beta", type=float, default=1.0, help="SCHaNe's hardness exp(beta g) (default 1)")
+    ft.add_argument("--temperature", type=float, default=0.5, help="gamma of the contrastive term (default 0.5)")
+    ft.add_argument(
+        "--embedding",
+        choices=["projection", "features"],
+        default="projection",
+        help="contrastive term on the projection z (default) or on the encoder features h",
+    )
+    ft.add_argument("--epochs", type=int, default=10)
+    ft.add_argument("--batch-size", type=int, default=256)
+    ft.add_argument("--views", type=int, default=2, help="augmented views per image (default 2)")
+    ft.add_argument("--lr", type=float, default=1e-3)
+    ft.add_argument("--weight-decay", type=float, default=1e-6)
+    ft.add_argument("--bn", choices=["train", "frozen"], help="batch norm: train (default) / frozen (few-shot default)")
+    ft.add_argument("--augment", help="augmentation preset (default: the pre-training run's)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--dataset", help="default: the checkpoint's (fashion-mnist for a state_dict)")
+    ft.add_argument("--data-dir")
+    ft.add_argument("--classes", help="comma-separated class ids to fine-tune on / draw episodes from")
+    ft.add_argument("--train-subset", type=int, help="stratified subset of the training split")
+    ft.add_argument("--test-subset", type=int, help="stratified subset of the test split")
+    ft.add_argument("--few-shot", action="store_true", help="N-way K-shot episodes instead of full fine-tuning")
+    ft.add_argument("--ways", type=int, default=5)
+    ft.add_argument("--shots", default="1,5,10", help="comma-separated K (default 1,5,10)")
+    ft.add_argument("--queries", type=int, default=15, help="query images per class (default 15)")
+    ft.add_argument("--episodes", type=int, default=100)
+    ft.add_argument("--steps", type=int, default=30, help="fine-tuning steps per episode (default 30)")
+    ft.add_argument("--encoder", choices=["convnet", "resnet18", "resnet50"], help="state_dict: the encoder")
+    ft.add_argument("--in-channels", type=int, help="state_dict: input channels")
+    ft.add_argument("--widths", help="state_dict, convnet: comma-separated block widths")
+    ft.add_argument("--stem", choices=["cifar", "imagenet"], help="state_dict, resnets: the stem")
+    ft.add_argument("--projection-dim", type=int, help="state_dict: projection width")
+    ft.add_argument("--hidden-dim", type=int, help="state_dict: projection head hidden width")
+    ft.add_argument("--normalization", choices=["sphere", "ball", "none"], help="state_dict: default sphere")
+    ft.add_argument("--out", help="output directory (default runs/finetune-<objective>[-fewshot])")
+    ft.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    ft.add_argument("--json", help="also write the result here")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ft.set_defaults(func=cmd_finetune)
 
     demo = sub.add_parser("losses", help="the six methods' losses on a real batch of digits")
     demo.add_argument("--batch", type=int, default=512, help="samples in the batch (default 512)")

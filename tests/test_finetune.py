@@ -1,0 +1,468 @@
+"""SCHaNe fine-tuning: the objective against float64 loops written from the papers' definitions, lam = 0
+is exactly cross-entropy, loading checkpoints and state_dicts, exact resume, episodes, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hscl.cli import main
+from hscl.config import load_config
+from hscl.data.images import load_dataset
+from hscl.finetune import (
+    FewShotConfig,
+    FinetuneConfig,
+    FineTuneModel,
+    FinetuneObjective,
+    few_shot,
+    finetune,
+    load_pretrained,
+    mean_ci95,
+    paired_ci95,
+    sample_episode,
+    select_classes,
+    train_step,
+)
+from hscl.models import build_model
+from hscl.train import train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY = [
+    "data.dataset=digits",
+    "data.train_subset=300",
+    "data.test_subset=100",
+    "model.encoder=convnet",
+    "model.widths=[8, 16, 16, 32]",
+    "model.hidden_dim=32",
+    "model.projection_dim=16",
+    "train.batch_size=64",
+    "train.knn_train=100",
+    "train.knn_test=50",
+    "train.knn_k=10",
+    "train.precision=32",
+    "train.channels_last=false",
+    "train.progress=false",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# float64 loops from the definitions
+
+
+def loop_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over all B * V rows of -log softmax(logits)[label]."""
+    B, V, C = logits.shape
+    terms = []
+    for i in range(B):
+        for v in range(V):
+            row = logits[i, v]
+            terms.append(-(row[labels[i]] - torch.log(sum(torch.exp(row[c]) for c in range(C)))))
+    return sum(terms) / len(terms)
+
+
+def loop_schane(z: torch.Tensor, labels: torch.Tensor, beta: float, temperature: float) -> torch.Tensor:
+    """SCHaNe (arXiv 2308.14893) with the negatives' weights normalised to mean 1 per anchor:
+
+    loss(r, p) = -log(e^{g_rp} / (e^{g_rp} + sum_k w_rk e^{g_rk})),  w_rk = exp(beta g_rk) / mean_k' exp(beta g_rk'),
+    averaged over the positives of each anchor, then over the anchors that have positives and negatives.
+    """
+    B, V, _ = z.shape
+    rows = [z[i, v] / torch.sqrt((z[i, v] ** 2).sum()) for v in range(V) for i in range(B)]
+    label = [int(labels[i]) for v in range(V) for i in range(B)]
+    anchors = []
+    for r, zr in enumerate(rows):
+        positives = [s for s in range(len(rows)) if s != r and label[s] == label[r]]
+        negatives = [s for s in range(len(rows)) if label[s] != label[r]]
+        if not positives or not negatives:
+            continue
+        g = {s: (zr * rows[s]).sum() / temperature for s in range(len(rows))}
+        mean_tilt = sum(torch.exp(beta * g[k]) for k in negatives) / len(negatives)
+        denominator_negatives = sum(torch.exp(beta * g[k]) / mean_tilt * torch.exp(g[k]) for k in negatives)
+        per_positive = [-torch.log(torch.exp(g[p]) / (torch.exp(g[p]) + denominator_negatives)) for p in positives]
+        anchors.append(sum(per_positive) / len(per_positive))
+    return sum(anchors) / len(anchors)
+
+
+def loop_supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Khosla et al.'s L_out without rescaling: -mean_p log(e^{g_rp} / sum_{s != r} e^{g_rs}), mean over anchors."""
+    B, V, _ = z.shape
+    rows = [z[i, v] / torch.sqrt((z[i, v] ** 2).sum()) for v in range(V) for i in range(B)]
+    label = [int(labels[i]) for v in range(V) for i in range(B)]
+    anchors = []
+    for r, zr in enumerate(rows):
+        others = [s for s in range(len(rows)) if s != r]
+        positives = [s for s in others if label[s] == label[r]]
+        if not positives:
+            continue
+        g = {s: (zr * rows[s]).sum() / temperature for s in others}
+        log_norm = torch.log(sum(torch.exp(g[s]) for s in others))
+        anchors.append(-sum(g[p] - log_norm for p in positives) / len(positives))
+    return sum(anchors) / len(anchors)
+
+
+def _batch(seed: int, B: int = 7, V: int = 2, d: int = 5, C: int = 3, labels=None):
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, V, d, generator=generator, dtype=torch.float64)
+    logits = torch.randn(B, V, C, generator=generator, dtype=torch.float64)
+    if labels is None:
+        labels = torch.randint(0, C, (B,), generator=generator)
+    return z, logits, torch.as_tensor(labels)
+
+
+@pytest.mark.parametrize(
+    ("lam", "beta", "temperature", "V", "labels"),
+    [
+        (0.9, 1.0, 0.5, 2, None),
+        (0.3, 0.0, 0.2, 2, None),
+        (0.5, 4.0, 1.0, 3, None),
+        (1.0, 1.0, 0.5, 1, [0, 0, 1, 1, 1, 2, 0]),  # one view: the class-2 sample has no positive
+    ],
+)
+def test_schane_objective_equals_float64_loop(lam, beta, temperature, V, labels):
+    z, logits, labels = _batch(lam.__hash__() % 97, V=V, labels=labels)
+    objective = FinetuneObjective("schane", lam=lam, beta=beta, temperature=temperature)
+    z1, l1 = z.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    loss, parts = objective(l1, z1, labels)
+    z2, l2 = z.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    term = loop_schane(z2, labels, beta, temperature)
+    expected = (1 - lam) * loop_cross_entropy(l2, labels) + lam * term
+    torch.testing.assert_close(parts["contrastive"], term.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(l1.grad, l2.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_hardness_raises_the_schane_term():
+    """Tilting towards hard negatives never lowers the term (Chebyshev's sum inequality)."""
+    z, logits, labels = _batch(3)
+    values = [float(FinetuneObjective("schane", lam=1.0, beta=b)(logits, z, labels)[0]) for b in (0.0, 0.5, 2.0)]
+    assert values[0] <= values[1] <= values[2]
+    assert values[2] > values[0] + 1e-6
+
+
+def test_supcon_ce_equals_float64_loop():
+    z, logits, labels = _batch(5)
+    loss, _ = FinetuneObjective("supcon+ce", lam=0.4, temperature=0.3)(logits, z, labels)
+    expected = 0.6 * loop_cross_entropy(logits, labels) + 0.4 * loop_supcon(z, labels, 0.3)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lam_zero_is_exactly_cross_entropy():
+    z, logits, labels = _batch(7)
+    z, logits = z.float(), logits.float()
+    reference_logits = logits.clone().requires_grad_(True)
+    reference = F.cross_entropy(reference_logits.reshape(-1, 3), labels.repeat_interleave(2))
+    reference.backward()
+    for objective in ("ce", "schane", "supcon+ce"):
+        x, e = logits.clone().requires_grad_(True), z.clone().requires_grad_(True)
+        loss, parts = FinetuneObjective(objective, lam=0.0)(x, e, labels)
+        loss.backward()
+        assert torch.equal(loss, reference) and parts["contrastive"] is None
+        assert torch.equal(x.grad, reference_logits.grad)
+        assert e.grad is None  # the embedding gets no gradient at all
+
+
+def test_lam_zero_trains_exactly_like_cross_entropy():
+    """One optimiser step of a whole model: SCHaNe with lam = 0 and CE give identical gradients and weights."""
+    from hscl.data.augment import Augment, augment_preset
+
+    torch.manual_seed(0)
+    base = build_model("convnet", 1, widths=(4, 8, 8, 8), hidden_dim=16, projection_dim=8)
+    images = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(12) % 3
+    augment = Augment(augment_preset("grey28").with_overrides(None, size=8))
+    states = []
+    for objective in ("ce", "schane"):
+        model = FineTuneModel(copy.deepcopy(base), 3)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        torch.manual_seed(1)
+        train_step(model, FinetuneObjective(objective, lam=0.0), optimizer, augment, images, labels, 2)
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        states.append((model.state_dict(), grads))
+    (state_a, grads_a), (state_b, grads_b) = states
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+    for key in grads_a:
+        assert (grads_a[key] is None) == (grads_b[key] is None), key
+        if grads_a[key] is not None:
+            assert torch.equal(grads_a[key], grads_b[key]), key
+    assert state_a["classifier.weight"].abs().sum() > 0  # the step did something
+
+
+def test_zero_initialised_head_starts_at_log_classes():
+    model = FineTuneModel(build_model("convnet", 1, widths=(4, 8, 8, 8), hidden_dim=16, projection_dim=8), 4)
+    logits, h, z = model(torch.randn(5, 1, 8, 8))
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    loss, _ = FinetuneObjective("ce")(logits[:, None], z[:, None], labels)
+    assert float(loss.detach()) == pytest.approx(math.log(4), abs=1e-7)
+    assert h.shape == (5, 8) and z.shape == (5, 8)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"objective": "focal"}, "objective must be one of ce, schane, supcon\\+ce"),
+        ({"lam": 1.5}, "lam must lie in"),
+        ({"beta": -1.0}, "beta must lie in"),
+        ({"temperature": 0.0}, "temperature must lie in"),
+        ({"embedding": "logits"}, "embedding must be one of"),
+        ({"bn": "off"}, "bn must be one of"),
+        ({"views": 0}, "views must be an integer >= 1"),
+    ],
+)
+def test_bad_settings_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FinetuneConfig(**kwargs)
+
+
+def test_objective_checks_shapes():
+    z, logits, labels = _batch(1)
+    with pytest.raises(ValueError, match=r"logits must have shape \(B, V, C\)"):
+        FinetuneObjective()(logits[:, 0], z, labels)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        FinetuneObjective()(logits, z, labels[:3])
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+
+
+def test_confidence_intervals_closed_form():
+    mean, half = mean_ci95([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert half == pytest.approx(3.182446305 * math.sqrt(5 / 3) / 2, rel=1e-8)  # t_{0.975, 3} s / sqrt(n)
+    assert paired_ci95([3.0, 5.0], [1.0, 2.0])[0] == 2.5
+    assert math.isnan(mean_ci95([1.0])[1])
+    with pytest.raises(ValueError, match="same length"):
+        paired_ci95([1.0], [1.0, 2.0])
+
+
+# --------------------------------------------------------------------------------------------
+# data and episodes
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_select_classes_relabels(digits):
+    part = select_classes(digits, [7, 2])
+    assert part.classes == ["7", "2"]
+    assert set(part.train_labels.tolist()) == {0, 1}
+    assert int((part.train_labels == 0).sum()) == int((digits.train_labels == 7).sum())
+    assert torch.equal(part.test_images[part.test_labels == 1], digits.test_images[digits.test_labels == 2])
+    with pytest.raises(ValueError, match="not classes of"):
+        select_classes(digits, [3, 10])
+
+
+def test_episodes_are_disjoint_and_stratified(digits):
+    pool = [5, 6, 7, 8, 9]
+    ep = sample_episode(
+        digits.train_labels, digits.test_labels, pool, ways=3, shots=4, queries=6, generator=torch.Generator()
+    )
+    assert len(ep.classes) == 3 and set(ep.classes) <= set(pool)
+    assert ep.support_index.unique().numel() == 12 and ep.query_index.unique().numel() == 18
+    for label, cls in enumerate(ep.classes):
+        assert (digits.train_labels[ep.support_index[ep.support_labels == label]] == cls).all()
+        assert (digits.test_labels[ep.query_index[ep.query_labels == label]] == cls).all()
+        assert int((ep.support_labels == label).sum()) == 4
+    with pytest.raises(ValueError, match="ways=6 exceeds"):
+        sample_episode(digits.train_labels, digits.test_labels, pool, ways=6, shots=1, queries=1,
+                       generator=torch.Generator())  # fmt: skip
+    with pytest.raises(ValueError, match="fewer than the 1000 needed"):
+        sample_episode(digits.train_labels, digits.test_labels, pool, ways=2, shots=1000, queries=1,
+                       generator=torch.Generator())  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints, fine-tuning, resume
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny H-SCL run on digits (one epoch)."""
+    out = tmp_path_factory.mktemp("pretrain")
+    config = load_config(None, [*TINY, "loss.method=h-scl", "loss.beta=1.0", "train.epochs=1"])
+    data = load_dataset("digits").subset(300, 100, seed=0)
+    return train(config, out / "run", data=data)
+
+
+def test_loads_hscl_checkpoints_and_state_dicts(checkpoint, tmp_path):
+    pre = load_pretrained(checkpoint)
+    assert pre.source == "hscl-checkpoint" and pre.config.loss.method == "h-scl"
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        h, z = pre.model(x)
+    # the model's state_dict: architecture read off the shapes, same outputs
+    torch.save(pre.model.state_dict(), tmp_path / "model.pt")
+    plain = load_pretrained(tmp_path / "model.pt")
+    assert plain.source == "state_dict" and plain.head_loaded
+    assert plain.architecture["widths"] == [8, 16, 16, 32] and plain.architecture["projection_dim"] == 16
+    with torch.no_grad():
+        h2, z2 = plain.model(x)
+    assert torch.equal(h, h2) and torch.equal(z, z2)
+    # the encoder alone: a new projection head
+    torch.save(pre.model.encoder.state_dict(), tmp_path / "encoder.pt")
+    encoder_only = load_pretrained(tmp_path / "encoder.pt", projection_dim=8)
+    assert not encoder_only.head_loaded and encoder_only.model.head.out_dim == 8
+    with torch.no_grad():
+        assert torch.equal(encoder_only.model.encoder(x), h)
+    # wrong architecture, not a model, missing file
+    with pytest.raises(ValueError, match="do not fit"):
+        load_pretrained(tmp_path / "model.pt", widths=[8, 16, 16, 64])
+    torch.save({"epochs": torch.tensor(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="cannot tell the encoder"):
+        load_pretrained(tmp_path / "other.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(ValueError, match="neither an hscl checkpoint nor a state_dict"):
+        load_pretrained(tmp_path / "text.pt")
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(tmp_path / "missing.pt")
+
+
+def test_finetune_learns_and_resumes_exactly(checkpoint, digits, tmp_path, monkeypatch):
+    import hscl.finetune as ft
+
+    pre = load_pretrained(checkpoint)
+    data = digits.subset(500, 200, seed=1)
+    config = FinetuneConfig(objective="schane", epochs=3, batch_size=32, lr=1e-2)
+    reference = finetune(pre.model, data, config, out_dir=tmp_path / "a", progress=False)
+    assert reference.test_top1 > 25.0  # chance is 10%; the zero head predicts one class
+    assert reference.history[-1]["ce"] < reference.history[0]["ce"] < math.log(10)
+    assert [h["epoch"] for h in reference.history] == [1, 2, 3]
+    assert all(h["contrastive"] > 0 for h in reference.history)
+
+    saves = []
+    original = ft._atomic_save
+
+    def save_then_die(obj, path):
+        original(obj, path)
+        saves.append(path)
+        if len(saves) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_atomic_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(pre.model, data, config, out_dir=tmp_path / "b", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        finetune(pre.model, data, config, out_dir=tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="another fine-tuning config"):
+        other = FinetuneConfig(objective="ce", epochs=3, batch_size=32, lr=1e-2)
+        finetune(pre.model, data, other, out_dir=tmp_path / "b", resume=True, progress=False)
+    resumed = finetune(pre.model, data, config, out_dir=tmp_path / "b", resume=True, progress=False)
+    a, b = reference.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [h["test_top1"] for h in resumed.history] == [h["test_top1"] for h in reference.history]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in reference.history]
+
+
+def test_few_shot_is_paired_and_resumable(checkpoint, digits, tmp_path, monkeypatch):
+    import hscl.finetune as ft
+
+    pre = load_pretrained(checkpoint)
+    configs = {o: FinetuneConfig(objective=o, bn="frozen") for o in ("ce", "schane")}
+    fewshot = FewShotConfig(ways=3, shots=[1, 2], queries=4, episodes=3, steps=2)
+    calls = []
+    original = ft.run_episode
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["seed"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "run_episode", counting)
+    first = few_shot(pre.model, digits, [5, 6, 7, 8], configs, fewshot, out_dir=tmp_path / "fs", progress=False)
+    assert len(calls) == 2 * 2 * 3 and calls[0] == calls[1]  # each episode: both objectives, one seed
+    assert sorted(first) == [1, 2] and [r["episode"] for r in first[2]] == [0, 1, 2]
+    assert all(0 <= r["accuracy"][o] <= 100 for rows in first.values() for r in rows for o in configs)
+    with pytest.raises(FileExistsError, match="--resume"):
+        few_shot(pre.model, digits, [5, 6, 7, 8], configs, fewshot, out_dir=tmp_path / "fs", progress=False)
+    again = few_shot(
+        pre.model, digits, [5, 6, 7, 8], configs, fewshot, out_dir=tmp_path / "fs", resume=True, progress=False
+    )
+    assert again == first and len(calls) == 12  # nothing recomputed
+    changed = FewShotConfig(ways=3, shots=[1, 2], queries=4, episodes=3, steps=3)
+    with pytest.raises(ValueError, match="another setting"):
+        few_shot(pre.model, digits, [5, 6, 7, 8], configs, changed, out_dir=tmp_path / "fs", resume=True)
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def test_finetune_cli(checkpoint, tmp_path, capsys):
+    out = tmp_path / "ft"
+    args = ["finetune", str(checkpoint), "--objective", "schane", "--epochs", "1", "--batch-size", "64"]
+    args += ["--train-subset", "300", "--test-subset", "100", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert 0 <= result["test_top1"] <= 100 and result["config"]["lam"] == 0.9
+    assert "SCHaNe: test top-1" in capsys.readouterr().out
+    # the fine-tuned weights are a state_dict hscl finetune accepts again, here few-shot with CE
+    few = ["finetune", str(out / "model.pt"), "--objective", "ce", "--dataset", "digits", "--few-shot"]
+    few += ["--ways", "3", "--shots", "1", "--episodes", "2", "--steps", "2", "--out", str(tmp_path / "fs")]
+    assert main([*few, "--no-progress"]) == 0
+    assert "3-way 1-shot CE" in capsys.readouterr().out
+    assert main([*args[:4], "--lam", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "lam must lie in [0.0, 1.0]" in capsys.readouterr().err
+    assert main(["finetune", str(tmp_path / "missing.ckpt")]) == 2
+    with pytest.raises(SystemExit):
+        main(["finetune", str(checkpoint), "--objective", "focal"])
+
+
+def test_reproduce_schane_on_a_tiny_preset(tmp_path, capsys):
+    preset = tmp_path / "configs" / "schane"
+    preset.mkdir(parents=True)
+    pretrain = {
+        "data": {"dataset": "digits"},
+        "model": {"encoder": "convnet", "widths": [8, 16, 16, 32], "hidden_dim": 32, "projection_dim": 16},
+        "loss": {"method": "h-scl", "beta": 1.0},
+        "train": {"epochs": 1, "batch_size": 64, "knn_train": 100, "knn_test": 50, "knn_k": 10, "precision": "32",
+                  "channels_last": False, "progress": False},
+    }  # fmt: skip
+    experiment = {
+        "name": "tiny",
+        "pretrain": pretrain,
+        "finetune": {"epochs": 1, "batch_size": 64},
+        "full": {"train_subset": 200, "test_subset": 100, "seeds": [0]},
+        "fewshot": {"shots": [1, 3], "episodes": 2, "steps": 2, "queries": 4},
+        "embedding_points": 60,
+    }
+    (preset / "tiny.yaml").write_text(json.dumps(experiment))  # JSON is YAML
+    out = tmp_path / "out"
+    args = ["reproduce", "schane", "--preset", "tiny", "--configs", str(tmp_path / "configs"), "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["fewshot"]) == {"1", "3"}
+    assert {"diff_vs_ce", "diff_ci95"} <= set(results["full"]["schane"])
+    for name in ("schane.csv", "schane.md", "fewshot.png", "fewshot.csv", "tsne.png", "tsne.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "tsne.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    emb = results["embedding"]
+    assert all(0 < emb["isotropy_features"][o] <= 1 for o in ("ce", "schane"))
+    assert "5-way 3-shot" in (out / "schane.md").read_text()
+    stamp = (out / "full" / "ce" / "seed0" / "result.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0  # finished parts are reused
+    assert (out / "full" / "ce" / "seed0" / "result.json").stat().st_mtime_ns == stamp
+    assert "pre-training: cached" in capsys.readouterr().out
+    bad = [*args, "--set", "heldout_classes=[4, 5]"]
+    assert main(bad) == 2
