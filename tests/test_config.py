@@ -9,7 +9,7 @@ import pytest
 from hscl.config import load_config
 from hscl.reproduce import TABLE1_ORDER, find_preset
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "table1").rglob("*.yaml"))  # run configs of Table I
 
 
 def test_there_is_a_config_for_every_cell_of_table1():
@@ -17,7 +17,7 @@ def test_there_is_a_config_for_every_cell_of_table1():
         assert list(find_preset(preset)) == list(TABLE1_ORDER)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[2])) for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])
 def test_every_config_file_loads_and_validates(path):
     config = load_config(path)
     assert config.train.lr == 1e-3 and config.train.weight_decay == 1e-6

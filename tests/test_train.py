@@ -110,6 +110,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     assert [int(r["epoch"]) for r in _rows(run / "metrics.csv")] == [1, 2, 3, 4]  # nothing lost, nothing twice
     ref_rows, run_rows = _rows(reference / "metrics.csv"), _rows(run / "metrics.csv")
     assert [r["loss"] for r in run_rows] == [r["loss"] for r in ref_rows]
+    # the geometry monitor's probe set and measurements are unaffected by the kill as well
+    for key in ("assumption1", "loss_h_scl", "nc1", "effective_rank"):
+        assert [r[key] for r in run_rows] == [r[key] for r in ref_rows], key
+    spectrum_epochs = [line.split(",")[0] for line in (run / "spectrum.csv").read_text().splitlines()[1:]]
+    assert spectrum_epochs == ["1", "2", "3", "4"]
 
 
 def test_evaluate_cli_on_a_checkpoint(tmp_path, capsys):

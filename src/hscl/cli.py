@@ -114,6 +114,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         ("batch_size", "train.batch_size"),
         ("seed", "train.seed"),
         ("precision", "train.precision"),
+        ("accelerator", "train.accelerator"),
+        ("devices", "train.devices"),
+        ("num_nodes", "train.num_nodes"),
+        ("strategy", "train.strategy"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -134,6 +138,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     final = train(config, out, resume=args.resume)
     print(f"final checkpoint: {final}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from hscl.config import load_config
+    from hscl.sweep import Sweep, parse_grid, run_sweep, summary
+
+    overrides = list(args.set or [])
+    if args.data_dir is not None:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    grid = parse_grid(args.grid or [])
+    sweep = Sweep(
+        config=args.config,
+        grid=grid,
+        out=args.out or f"runs/sweep-{load_config(args.config, overrides).name}",
+        overrides=overrides,
+        storage=args.storage,
+        metric=args.metric,
+        trial=args.trial,
+        stale_after=args.stale_after,
+        heartbeat=min(30.0, args.stale_after / 4),
+    )
+    print(summary(run_sweep(sweep, workers=args.workers)))
     return 0
 
 
@@ -174,6 +201,70 @@ def _reproduce_table1(args: argparse.Namespace) -> None:
     )
 
 
+def _reproduce_fig4_fig5(args: argparse.Namespace) -> None:
+    from hscl.reproduce_geometry import reproduce_fig4_fig5
+
+    reproduce_fig4_fig5(
+        args.out or "runs/fig4-fig5", overrides=args.set, config_dir=args.configs, data_dir=args.data_dir
+    )
+
+
+def _reproduce_collapse(args: argparse.Namespace) -> None:
+    from hscl.reproduce_geometry import reproduce_collapse
+
+    reproduce_collapse(
+        args.out or "runs/collapse",
+        overrides=args.set,
+        config_dir=args.configs,
+        data_dir=args.data_dir,
+        methods=args.methods.split(",") if args.methods else None,
+        normalizations=args.normalizations.split(",") if args.normalizations else None,
+    )
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Geometry diagnostics of a checkpoint on its run's fixed probe set."""
+    import json
+    import math
+
+    from hscl.hardening import Exponential, Threshold
+    from hscl.train import diagnostics_hardening, load_data, load_task, measure_geometry, probe_set
+
+    task, config = load_task(args.checkpoint, data_dir=args.data_dir)
+    if args.probe_size is not None:
+        config.diagnostics.probe_size = args.probe_size
+    if args.beta is not None and args.tau is not None:
+        raise ValueError("give at most one of --beta and --tau")
+    if args.beta is not None:
+        hardening = Exponential(args.beta)
+    elif args.tau is not None:
+        hardening = Threshold(args.tau)
+    else:
+        hardening = diagnostics_hardening(config, task.loss_fn)
+    data = load_data(config)
+    x, labels = probe_set(task, data, config)
+    metrics, values = measure_geometry(task, x, labels, hardening)
+    print(
+        f"hscl diagnose {args.checkpoint}: probe {labels.shape[0]} training images x 2 views, "
+        f"{metrics['diag_hardening']}"
+    )
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        shown = f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+    print(
+        f"  {'singular values':<{width}}  "
+        + " ".join(f"{float(v):.3g}" for v in values[:12])
+        + (" ..." if len(values) > 12 else "")
+    )
+    if args.json:
+        payload = {"checkpoint": str(args.checkpoint), **metrics, "singular_values": [float(v) for v in values]}
+        with open(args.json, "w") as handle:
+            json.dump(payload, handle, indent=2)
+        print(f"written: {args.json}")
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from hscl.finetune import run_cli
 
@@ -193,10 +284,20 @@ def _reproduce_schane(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from hscl.report import html_report
+
+    path = html_report(args.run_dir, args.out)
+    print(f"written: {path}")
+    return 0
+
+
 #: ``hscl reproduce EXPERIMENT``: experiment name -> function of the parsed arguments. Each entry
 #: imports its module lazily, so a missing optional dependency only affects its own experiment.
 REPRODUCERS: dict = {
     "table1": _reproduce_table1,
+    "fig4-fig5": _reproduce_fig4_fig5,
+    "collapse": _reproduce_collapse,
     "schane": _reproduce_schane,
 }
 
@@ -223,8 +324,36 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--seed", type=int)
     tr.add_argument("--precision", choices=["auto", "bf16", "32"])
+    tr.add_argument("--accelerator", choices=["cpu", "gpu"], help="cpu (default; DDP over gloo) or gpu (NCCL)")
+    tr.add_argument("--devices", type=int, help="processes (CPU) or GPUs per node; the batch is split over them")
+    tr.add_argument("--num-nodes", type=int, help="nodes (Lightning's MASTER_ADDR / NODE_RANK variables, or torchrun)")
+    tr.add_argument("--strategy", choices=["auto", "ddp", "ddp_spawn", "ddp_fork"], help="Lightning strategy")
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     tr.set_defaults(func=cmd_train)
+
+    sw = sub.add_parser("sweep", help="grid search, one trial per point, in a resumable Optuna study (SQLite)")
+    sw.add_argument("config", help="YAML run config, e.g. configs/table1/quick/h-scl-beta.yaml")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        metavar="NAME=V1,V2,...",
+        help="values of one parameter (beta, tau, tau_start, tau_end, temperature, lr, batch_size or a dotted "
+        "config key); several --grid options form their product",
+    )
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every point")
+    sw.add_argument("--out", help="folder of the trials and results (default runs/sweep-<config name>)")
+    sw.add_argument("--storage", help="SQLite file of the study (default <out>/study.db); workers share it")
+    sw.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
+    sw.add_argument("--metric", default="linear_top1", help="maximised: linear_top1 (default), knn_top1, linear_top5")
+    sw.add_argument("--trial", metavar="MODULE:FUNCTION", help="a custom trial fn(config, run_dir) -> {metric: value}")
+    sw.add_argument(
+        "--stale-after",
+        type=float,
+        default=300.0,
+        help="seconds without heartbeat before a running trial of another machine counts as dead (default 300)",
+    )
+    sw.add_argument("--data-dir")
+    sw.set_defaults(func=cmd_sweep)
 
     ev = sub.add_parser("evaluate", help="linear probe + kNN of a checkpoint's frozen encoder")
     ev.add_argument("checkpoint")
@@ -241,11 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--out", help="output directory (default runs/<experiment>[-<preset>])")
     rp.add_argument("--seeds", help="comma-separated seeds (default 0)")
-    rp.add_argument("--methods", help="comma-separated subset: ucl,h-ucl,scl,h-scl-beta,h-scl-tau")
+    rp.add_argument(
+        "--methods",
+        help="comma-separated subset (table1: ucl,h-ucl,scl,h-scl-beta,h-scl-tau; collapse: ucl,h-ucl,scl,h-scl)",
+    )
+    rp.add_argument("--normalizations", help="collapse: comma-separated subset of sphere,ball,none")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every config")
     rp.add_argument("--data-dir")
     rp.add_argument("--configs", help="a configs/ folder other than ./configs")
     rp.set_defaults(func=cmd_reproduce)
+
+    dg = sub.add_parser("diagnose", help="geometry diagnostics of a checkpoint (Assumption 1, Lemma 1, collapse)")
+    dg.add_argument("checkpoint")
+    dg.add_argument("--probe-size", type=int, help="probe samples (default: the run's diagnostics.probe_size)")
+    dg.add_argument("--beta", type=float, help="tilt the quartet / Assumption 1 with exp(beta g)")
+    dg.add_argument("--tau", type=float, help="... or with the threshold exp(g) >= tau")
+    dg.add_argument("--data-dir", help="where the checkpoint's dataset is (if not where it was trained)")
+    dg.add_argument("--json", help="also write the measurements here")
+    dg.set_defaults(func=cmd_diagnose)
 
     ft = sub.add_parser(
         "finetune",
@@ -296,6 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--json", help="also write the result here")
     ft.add_argument("--no-progress", action="store_true", help="no progress bars")
     ft.set_defaults(func=cmd_finetune)
+
+    rep = sub.add_parser("report", help="one self-contained HTML page of a run or experiment directory")
+    rep.add_argument("run_dir")
+    rep.add_argument("--out", help="output file (default <run_dir>/report.html)")
+    rep.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("losses", help="the six methods' losses on a real batch of digits")
     demo.add_argument("--batch", type=int, default=512, help="samples in the batch (default 512)")

@@ -23,6 +23,7 @@ __all__ = [
     "LossConfig",
     "TrainConfig",
     "EvalConfig",
+    "DiagnosticsConfig",
     "RunConfig",
     "load_config",
     "apply_overrides",
@@ -92,6 +93,12 @@ class TrainConfig:
     knn_test: int = 2000
     threads: int | None = None
     progress: bool = True
+    #: data-parallel training (Lightning): processes = devices x num_nodes, each holding a shard of the
+    #: global batch of batch_size samples; the loss gathers all shards (hscl.distributed)
+    accelerator: str = "cpu"  # "cpu" (DDP over gloo) or "gpu" (NCCL, SyncBatchNorm)
+    devices: int = 1  # processes per node (CPU) or GPUs per node
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning strategy: auto (DDP when devices x num_nodes > 1), ddp, ddp_spawn, ddp_fork
 
 
 @dataclass
@@ -103,6 +110,21 @@ class EvalConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Per-epoch geometry diagnostics (:mod:`hscl.geometry`) on a fixed, seeded probe set."""
+
+    enabled: bool = True
+    #: samples in the probe set (a stratified subset of the training split, two augmented views each)
+    probe_size: int = 512
+    #: hardening for the loss quartet / Assumption 1 / alphas; default: the run's own hardening
+    #: (the threshold in force that epoch under a schedule), or exponential tilting beta = 1
+    beta: float | None = None
+    tau: float | None = None
+    #: evaluate every this many epochs (and always at the last one)
+    every: int = 1
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
@@ -110,6 +132,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -240,10 +263,35 @@ def validate_config(config: RunConfig) -> None:
         raise ValueError(f"train.precision must be auto, bf16 or 32, got {config.train.precision!r}")
     if not config.train.lr > 0:
         raise ValueError(f"train.lr must be > 0, got {config.train.lr}")
+    tc = config.train
+    if tc.accelerator not in ("cpu", "gpu"):
+        raise ValueError(f"train.accelerator must be cpu or gpu, got {tc.accelerator!r}")
+    if tc.devices < 1 or tc.num_nodes < 1:
+        raise ValueError(f"train.devices and train.num_nodes must be >= 1, got {tc.devices} and {tc.num_nodes}")
+    if tc.strategy not in ("auto", "ddp", "ddp_spawn", "ddp_fork"):
+        raise ValueError(f"train.strategy must be auto, ddp, ddp_spawn or ddp_fork, got {tc.strategy!r}")
+    if tc.batch_size < tc.devices * tc.num_nodes:
+        raise ValueError(
+            f"train.batch_size ({tc.batch_size}) is the global batch, split over devices x num_nodes = "
+            f"{tc.devices * tc.num_nodes} processes; it must be at least that"
+        )
     if config.loss.tau_schedule is not None and len(config.loss.tau_schedule) != 2:
         raise ValueError(f"loss.tau_schedule must be [start, end], got {config.loss.tau_schedule}")
     given = [k for k in ("beta", "tau", "tau_schedule") if getattr(config.loss, k) is not None]
     if len(given) > 1:
         raise ValueError(f"give at most one of loss.beta, loss.tau, loss.tau_schedule; got {', '.join(given)}")
+    dc = config.diagnostics
+    if dc.probe_size < 4:
+        raise ValueError(f"diagnostics.probe_size must be >= 4, got {dc.probe_size}")
+    if dc.every < 1:
+        raise ValueError(f"diagnostics.every must be >= 1, got {dc.every}")
+    if dc.beta is not None and dc.tau is not None:
+        raise ValueError("give at most one of diagnostics.beta and diagnostics.tau")
+    if dc.beta is not None and dc.beta < 0:
+        raise ValueError(f"diagnostics.beta must be >= 0, got {dc.beta}")
+    if dc.tau is not None and not dc.tau > 0:
+        raise ValueError(f"diagnostics.tau must be > 0, got {dc.tau}")
+    if config.model.normalization not in ("sphere", "ball", "none"):
+        raise ValueError(f"model.normalization must be sphere, ball or none, got {config.model.normalization!r}")
     if given and config.loss.method not in ("h-ucl", "h-scl", "schane"):
         raise ValueError(f"loss.{given[0]} is a hardening; method {config.loss.method!r} has none")

@@ -29,6 +29,7 @@ from hscl.config import RunConfig, config_to_dict
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, augment_preset, preset_for
 from hscl.data.images import ImageData, load_dataset
 from hscl.data.views import ViewSampler, epoch_generator
+from hscl.distributed import global_batch_loss, launch_rank, rank, shard, world_size
 from hscl.evaluate import extract_features, knn_accuracy
 from hscl.hardening import linear_threshold
 from hscl.losses import get_loss
@@ -146,7 +147,9 @@ def build_loss(config: RunConfig) -> nn.Module:
         if lc.base_temperature is not None:
             kw["base_temperature"] = lc.base_temperature
         return get_loss("supcon", **kw)
-    kw = {"temperature": lc.temperature}
+    # the model already normalises its output; the loss re-normalises only on the sphere, so that
+    # "ball" and "none" (the geometry paper's settings) reach the loss as they are
+    kw = {"temperature": lc.temperature, "normalize": config.model.normalization == "sphere"}
     if lc.chunk_size is not None:
         kw["chunk_size"] = lc.chunk_size
     if lc.method != "schane":
@@ -205,18 +208,23 @@ class ContrastiveTask(L.LightningModule):
             self.loss_fn.hardening = self._schedule.hardening(self.current_epoch + 1)
 
     def training_step(self, batch, batch_idx):
-        images, labels = batch  # (B, V, C, H, W) uint8, (B,)
+        images, labels = batch  # (B, V, C, H, W) uint8, (B,): the global batch
         B, V = images.shape[:2]
+        if world_size() > 1:  # this rank's samples; the loss gathers the other ranks' embeddings
+            mine = shard(B)
+            images, labels = images[mine], labels[mine]
         # the augmentation's random draws (kornia uses the global RNG) follow from (seed, epoch, step)
         # alone, whatever else consumed the RNG before: a resumed run repeats them exactly
         torch.manual_seed(
             int(epoch_generator(self.config.train.seed, self.current_epoch, 1 + batch_idx).initial_seed())
+            + rank() * 2**40  # each rank draws its own augmentations
         )
-        x = self.augment(images.flatten(0, 1))  # (B*V, C, S, S), sample-major
+        x = self.augment(images.flatten(0, 1))  # (B_k*V, C, S, S), sample-major
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        _, z = self.model(x)  # (B*V, d)
-        loss = self.loss_fn(z.view(B, V, -1), labels)
+        _, z = self.model(x)  # (B_k*V, d)
+        # the loss of the global batch (B, V, d) and, under DDP, gradients that average to its gradient
+        loss = global_batch_loss(self.loss_fn, z.view(images.shape[0], V, -1), labels)
         self.log("loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=B)
         stats = getattr(self.loss_fn, "last_stats", None)
         if stats is not None and self._schedule is not None:
@@ -248,9 +256,13 @@ class ContrastiveTask(L.LightningModule):
 class EpochLogger(L.Callback):
     """One CSV row per epoch, the kNN monitor, and an atomic ``last.ckpt``."""
 
-    def __init__(self, paths: RunPaths, data: ImageData, config: RunConfig) -> None:
+    def __init__(
+        self, paths: RunPaths, data: ImageData, config: RunConfig, geometry: GeometryMonitor | None = None
+    ) -> None:
         self.paths = paths
         self.config = config
+        self.geometry = geometry
+        self.fields = METRIC_FIELDS + (DIAGNOSTIC_FIELDS if geometry is not None else [])
         tc = config.train
         self.monitor = None
         if tc.knn_k > 0:
@@ -260,12 +272,14 @@ class EpochLogger(L.Callback):
         self._start = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # under DDP rank 0 alone writes the files
+            return
         # drop rows of epochs that will be re-run (an interrupted run resumes at its checkpoint)
         start_epoch = trainer.current_epoch
         rows = read_metrics(self.paths.metrics) if self.paths.metrics.exists() else []
         rows = [r for r in rows if int(r["epoch"]) <= start_epoch]
         with self.paths.metrics.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
@@ -274,6 +288,10 @@ class EpochLogger(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self._start
+        extra: dict = {}
+        if self.geometry is not None and self.geometry.latest is not None:
+            extra = self.geometry.latest  # measured this epoch, before this callback; not training time
+            seconds -= extra.get("diagnostics_seconds", 0.0)
         metrics = trainer.callback_metrics
         steps = len(trainer.train_dataloader) if trainer.train_dataloader is not None else 0
         images = steps * self.config.train.batch_size * self.config.data.views
@@ -286,21 +304,180 @@ class EpochLogger(L.Callback):
             "epoch_seconds": seconds,
             "tau": getattr(pl_module.loss_fn.hardening, "tau", "") if hasattr(pl_module.loss_fn, "hardening") else "",
             "fallback_fraction": float(metrics["fallback_fraction"]) if "fallback_fraction" in metrics else "",
+            **extra,
         }
-        if self.monitor is not None:
+        if self.monitor is not None and trainer.is_global_zero:
             train_x, train_y, test_x, test_y = self.monitor
             with torch.no_grad():
                 bank = pl_module.encode(train_x)
                 queries = pl_module.encode(test_x)
             row["knn_top1"] = knn_accuracy(bank, train_y, queries, test_y, k=self.config.train.knn_k)
             pl_module.log("knn_top1", row["knn_top1"], prog_bar=True)
-        with self.paths.metrics.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=METRIC_FIELDS).writerow(row)
+        if trainer.is_global_zero:
+            with self.paths.metrics.open("a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore").writerow(row)
         # atomic: a kill during the write leaves the previous last.ckpt intact
         self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
         tmp = self.paths.last.with_suffix(".ckpt.tmp")
-        trainer.save_checkpoint(tmp)
-        os.replace(tmp, self.paths.last)
+        trainer.save_checkpoint(tmp)  # every rank calls it (a collective); rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.paths.last)
+
+
+#: columns the geometry monitor adds to metrics.csv (see :func:`hscl.geometry.diagnose`)
+DIAGNOSTIC_FIELDS = [
+    "diag_hardening",
+    "loss_ucl",
+    "loss_h_ucl",
+    "loss_scl",
+    "loss_h_scl",
+    "assumption1",
+    "assumption1_excluded",
+    "alpha_h_ucl",
+    "alpha_h_scl",
+    "alpha_hcol",
+    "nc1",
+    "nc2_cos_std",
+    "nc2_etf",
+    "nc2_norm_cv",
+    "ncc_accuracy",
+    "effective_rank",
+    "dims_99",
+    "alignment",
+    "uniformity",
+    "isotropy",
+    "mean_norm",
+    "feature_effective_rank",
+    "diagnostics_seconds",
+]
+
+
+def diagnostics_hardening(config: RunConfig, loss_fn: nn.Module | None = None):
+    """The hardening the diagnostics tilt with: ``diagnostics.beta`` / ``diagnostics.tau`` when set,
+    else the run's own (the threshold in force this epoch under a schedule), else beta = 1."""
+    from hscl.hardening import Exponential, Threshold
+
+    dc = config.diagnostics
+    if dc.beta is not None:
+        return Exponential(dc.beta)
+    if dc.tau is not None:
+        return Threshold(dc.tau)
+    own = getattr(loss_fn, "hardening", None) if loss_fn is not None else None
+    if isinstance(own, (Exponential, Threshold)) and not (isinstance(own, Exponential) and own.beta == 0):
+        return own
+    return Exponential(1.0)
+
+
+def describe_hardening(hardening) -> str:
+    from hscl.hardening import Exponential, Threshold
+
+    if isinstance(hardening, Exponential):
+        return f"beta={hardening.beta:g}"
+    if isinstance(hardening, Threshold):
+        return f"tau={hardening.tau:.6g}"
+    return type(hardening).__name__
+
+
+def probe_set(task: ContrastiveTask, data: ImageData, config: RunConfig) -> tuple[Tensor, Tensor]:
+    """The fixed probe batch of the diagnostics: a stratified subset of the training split with two
+    augmented views each, drawn from ``train.seed`` only (the same for every epoch and on resume).
+
+    Returns float images ``(P * 2, C, S, S)`` (sample-major) and labels ``(P,)``.
+    """
+    n = min(config.diagnostics.probe_size, len(data.train_labels))
+    probe = data.subset(n, None, seed=config.train.seed + 11)
+    images = probe.train_images
+    with torch.random.fork_rng():
+        torch.manual_seed(config.train.seed + 13)
+        x = task.augment(torch.stack([images, images], 1).flatten(0, 1))
+    return x, probe.train_labels.clone()
+
+
+@torch.no_grad()
+def measure_geometry(task: ContrastiveTask, x: Tensor, labels: Tensor, hardening) -> tuple[dict, Tensor]:
+    """Every diagnostic of :func:`hscl.geometry.diagnose` for the model on the probe ``x``, plus the
+    effective rank of the encoder features. Returns (metrics row, singular values of z's covariance)."""
+    from hscl.geometry import diagnose, effective_rank, spectrum
+
+    model = task.model
+    was_training = model.training
+    model.eval()
+    try:
+        if task.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=task._bf16):
+            h, z = model(x)
+        h, z = h.float(), z.float()
+    finally:
+        model.train(was_training)
+    lc = task.config.loss
+    P = labels.shape[0]
+    metrics, values = diagnose(
+        z.view(P, 2, -1),
+        labels,
+        hardening,
+        temperature=lc.temperature,
+        M=lc.M if isinstance(lc.M, (int, float)) else None,
+        normalize=task.config.model.normalization == "sphere",
+    )
+    metrics["feature_effective_rank"] = effective_rank(spectrum(h).singular_values)
+    metrics["diag_hardening"] = describe_hardening(hardening)
+    return metrics, values
+
+
+class GeometryMonitor(L.Callback):
+    """Evaluates :mod:`hscl.geometry` on a fixed probe set at the end of every ``diagnostics.every``
+    epochs (and the last): the loss quartet (Lemma 1 / Fig. 5), the fraction of anchors satisfying
+    Assumption 1 (Fig. 4), the alphas, NC1 / NC2 / NCC, the spectrum and effective rank, alignment,
+    uniformity and isotropy. The row goes to metrics.csv (through :class:`EpochLogger`, which must
+    come after this callback) and the spectrum to ``spectrum.csv``."""
+
+    def __init__(self, paths: RunPaths, data: ImageData, config: RunConfig) -> None:
+        self.paths = paths
+        self.data = data
+        self.config = config
+        self.probe: tuple[Tensor, Tensor] | None = None
+        self.latest: dict | None = None
+
+    @property
+    def spectrum_path(self) -> Path:
+        return self.paths.root / "spectrum.csv"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # under DDP rank 0 alone measures and writes
+            return
+        self.probe = probe_set(pl_module, self.data, self.config)
+        start_epoch = trainer.current_epoch
+        rows = []
+        if self.spectrum_path.exists():
+            with self.spectrum_path.open(newline="") as handle:
+                rows = [r for r in csv.reader(handle)][1:]
+        rows = [r for r in rows if int(r[0]) <= start_epoch]
+        dim = self.config.model.projection_dim
+        with self.spectrum_path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["epoch"] + [f"sv{k + 1}" for k in range(dim)])
+            writer.writerows(rows)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        every = self.config.diagnostics.every
+        if not trainer.is_global_zero or (epoch % every and epoch != self.config.train.epochs):
+            self.latest = None
+            return
+        start = time.perf_counter()
+        x, labels = self.probe
+        hardening = diagnostics_hardening(self.config, pl_module.loss_fn)
+        metrics, values = measure_geometry(pl_module, x, labels, hardening)
+        metrics["diagnostics_seconds"] = time.perf_counter() - start
+        self.latest = metrics
+        with self.spectrum_path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([epoch] + [f"{float(v):.9g}" for v in values])
+
+
+def _callbacks(paths: RunPaths, data: ImageData, config: RunConfig) -> list:
+    geometry = GeometryMonitor(paths, data, config) if config.diagnostics.enabled else None
+    return ([geometry] if geometry else []) + [EpochLogger(paths, data, config, geometry)]
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -399,10 +576,14 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
     data = data if data is not None else load_data(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     resolved = config_to_dict(config)
-    paths.config.write_text(yaml.safe_dump({**resolved, "git_revision": _git_revision()}, sort_keys=False))
+    tc = config.train
+    writer = launch_rank(tc.devices) == 0  # under DDP every process runs this function; one writes
+    if writer:
+        paths.config.write_text(yaml.safe_dump({**resolved, "git_revision": _git_revision()}, sort_keys=False))
 
     task = ContrastiveTask(resolved, data.channels, data.size, data.num_classes)
-    device = torch.device("cpu")
+    device = torch.device("cuda" if tc.accelerator == "gpu" else "cpu")
+    processes = tc.devices * tc.num_nodes
     choice_file = paths.root / "precision.json"
     if resume and choice_file.exists():  # a resumed run keeps the numerics it started with
         choice = json.loads(choice_file.read_text())
@@ -410,10 +591,14 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
     else:
         probe_batch = min(64, len(data.train_labels))
         sample = task.augment(data.train_images[:probe_batch])
-        precision, channels_last = resolve_precision(config.train.precision, task.model, sample, device)
+        if processes > 1 and device.type == "cpu":  # a timing probe could choose differently in each process
+            precision, channels_last = ("bf16-mixed", True) if tc.precision == "bf16" else ("32-true", False)
+        else:
+            precision, channels_last = resolve_precision(config.train.precision, task.model, sample, device)
         if config.train.channels_last is not None:
             channels_last = config.train.channels_last
-        choice_file.write_text(json.dumps({"precision": precision, "channels_last": channels_last}))
+        if writer:
+            choice_file.write_text(json.dumps({"precision": precision, "channels_last": channels_last}))
     task.channels_last = channels_last
     if channels_last:
         task.model = task.model.to(memory_format=torch.channels_last)
@@ -428,11 +613,15 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
         pass
     trainer = L.Trainer(
         max_epochs=config.train.epochs,
-        accelerator="cpu",
-        devices=1,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=tc.strategy,
+        sync_batchnorm=processes > 1 and device.type == "cuda",  # PyTorch's SyncBatchNorm is GPU-only
+        use_distributed_sampler=False,  # each step shards the global batch (ContrastiveTask.training_step)
         precision=precision,
         logger=logger,
-        callbacks=[EpochLogger(paths, data, config)],
+        callbacks=_callbacks(paths, data, config),
         enable_checkpointing=False,
         enable_progress_bar=config.train.progress,
         enable_model_summary=False,
@@ -446,9 +635,17 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
         warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
         trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt)
     trainer.save_checkpoint(paths.final)
-    (paths.root / "train_summary.json").write_text(
-        json.dumps({"precision": precision, "channels_last": channels_last, "epochs": config.train.epochs}, indent=2)
-    )
+    if config.diagnostics.enabled and trainer.is_global_zero:
+        from hscl.report import plot_diagnostics
+
+        plot_diagnostics(paths.root)
+    if trainer.is_global_zero:
+        (paths.root / "train_summary.json").write_text(
+            json.dumps(
+                {"precision": precision, "channels_last": channels_last, "epochs": tc.epochs, "processes": processes},
+                indent=2,
+            )
+        )
     return paths.final
 
 

@@ -1,0 +1,390 @@
+"""``hscl reproduce fig4-fig5`` and ``hscl reproduce collapse``: the geometry experiments.
+
+* fig4-fig5 (H-SCL paper, Sec. IV): four H-SCL runs (threshold tau = e^-0.5 and e^-0.1,
+  exponential tilting beta = 1 and 2); the geometry monitor measures, after every epoch and on a
+  fixed probe set, the fraction of anchors satisfying Assumption 1 (Fig. 4) and the four losses of
+  Lemma 1 with the same positives and M (Fig. 5).
+* collapse (arXiv 2311.05139): SCL, H-SCL, UCL, H-UCL x output normalisation sphere / ball / none,
+  projection output of dimension C - 1; each run is classified as approaching neural collapse,
+  collapsing dimensionally, or neither, from its last epoch's NC1, NC2 and effective rank.
+
+Runs live in ``<out>/<run key>/``; a finished run is skipped and an interrupted one resumed, so
+rerunning the command after a kill loses nothing. Configs: ``configs/figures/<experiment>/``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import yaml
+
+from hscl.config import RunConfig, load_config
+from hscl.report import markdown_table, write_json, write_table
+
+__all__ = ["reproduce_fig4_fig5", "reproduce_collapse", "collapse_verdict", "COLLAPSE_RULES"]
+
+
+def _experiment_dir(name: str, config_dir: str | Path | None) -> Path:
+    from hscl.reproduce import config_roots
+
+    tried = []
+    for root in config_roots(config_dir):
+        folder = root / "figures" / name
+        tried.append(str(folder))
+        if (folder / "base.yaml").is_file() and (folder / "runs.yaml").is_file():
+            return folder
+    raise FileNotFoundError(f"configs for {name!r} not found (base.yaml + runs.yaml); looked in {', '.join(tried)}")
+
+
+def _train_run(config: RunConfig, run_dir: Path, data) -> tuple[list[dict], float]:
+    """Train (or resume, or skip when finished) one run; returns its metrics rows and train seconds."""
+    from hscl.train import read_metrics, run_paths, train
+
+    paths = run_paths(run_dir)
+    start = time.perf_counter()
+    if not paths.final.exists():
+        train(config, run_dir, resume=True, data=data)
+    return read_metrics(paths.metrics), time.perf_counter() - start
+
+
+def _last_value(rows: list[dict], key: str) -> float:
+    for row in reversed(rows):
+        text = row.get(key, "")
+        if text not in ("", None):
+            return float(text)
+    return math.nan
+
+
+def _load_data_cached(config: RunConfig, cache: dict):
+    from hscl.train import load_data
+
+    key = (config.data.dataset, config.data.data_dir, config.data.train_subset, config.data.test_subset)
+    if key not in cache:
+        cache.clear()
+        cache[key] = load_data(config)
+    return cache[key]
+
+
+# --------------------------------------------------------------------------------------------
+# Fig. 4 and Fig. 5
+
+
+def reproduce_fig4_fig5(
+    out_dir: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    config_dir: str | Path | None = None,
+    data_dir: str | None = None,
+) -> dict:
+    """Train the four H-SCL runs and draw Fig. 4 and Fig. 5; returns the results (also written)."""
+    folder = _experiment_dir("fig4-fig5", config_dir)
+    runs = yaml.safe_load((folder / "runs.yaml").read_text())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = list(overrides or []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
+    cache: dict = {}
+    results: dict = {"experiment": "fig4-fig5", "runs": {}}
+    for key, spec in runs.items():
+        config = load_config(folder / "base.yaml", [*spec.get("set", []), *extra, f"name=fig4-fig5-{key}"])
+        if not config.diagnostics.enabled:
+            raise ValueError("fig4-fig5 needs the geometry monitor: do not set diagnostics.enabled=false")
+        print(f"== {spec['label']} -> {out_dir / key}", flush=True)
+        rows, seconds = _train_run(config, out_dir / key, _load_data_cached(config, cache))
+        curve = [
+            {k: (float(r[k]) if r.get(k) not in ("", None) else math.nan) for k in _CURVE_KEYS}
+            | {"epoch": int(r["epoch"])}
+            for r in rows
+        ]
+        last = curve[-1]
+        results["runs"][key] = {
+            "label": spec["label"],
+            "hardening": rows[-1].get("diag_hardening", ""),
+            "assumption1_last": last["assumption1"],
+            "loss_ucl": last["loss_ucl"],
+            "loss_h_ucl": last["loss_h_ucl"],
+            "loss_scl": last["loss_scl"],
+            "loss_h_scl": last["loss_h_scl"],
+            "lemma1_ok": last["loss_h_scl"] <= last["loss_h_ucl"],
+            "knn_top1": last["knn_top1"],
+            "train_seconds": seconds,
+            "curve": curve,
+        }
+    _write_fig4_fig5(results, out_dir, config)
+    return results
+
+
+_CURVE_KEYS = ("assumption1", "loss_ucl", "loss_h_ucl", "loss_scl", "loss_h_scl", "knn_top1", "loss")
+
+
+def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
+    from hscl.report import _pyplot
+
+    header = [
+        "run",
+        "hardening (probe)",
+        "Assumption 1 holds (last epoch)",
+        "L_UCL",
+        "L_H-UCL",
+        "L_SCL",
+        "L_H-SCL",
+        "L_H-SCL <= L_H-UCL",
+        "kNN top-1 (%)",
+    ]
+    rows, csv_rows = [], []
+    for key, r in results["runs"].items():
+        cells = [
+            r["label"],
+            r["hardening"],
+            f"{100 * r['assumption1_last']:.1f}%",
+            f"{r['loss_ucl']:.4f}",
+            f"{r['loss_h_ucl']:.4f}",
+            f"{r['loss_scl']:.4f}",
+            f"{r['loss_h_scl']:.4f}",
+            "yes" if r["lemma1_ok"] else "no",
+            f"{r['knn_top1']:.2f}",
+        ]
+        rows.append(cells)
+        for point in r["curve"]:
+            csv_rows.append([key, r["label"]] + [point["epoch"]] + [point[k] for k in _CURVE_KEYS])
+    table = markdown_table(header, rows)
+    dc, tc = config.data, config.train
+    title = (
+        f"Fig. 4 / Fig. 5 check: {dc.dataset} ({dc.train_subset or 'all'} train images), {config.model.encoder}, "
+        f"{tc.epochs} epochs, batch {tc.batch_size}, probe {config.diagnostics.probe_size} x 2 views"
+    )
+    results["title"], results["table_markdown"] = title, table
+    write_json(out_dir / "results.json", results)
+    write_table(out_dir / "fig4_fig5.csv", ["key", "label", "epoch", *_CURVE_KEYS], csv_rows)
+    (out_dir / "fig4_fig5.md").write_text(f"{title}\n\n{table}\n")
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for r in results["runs"].values():
+        ax.plot(
+            [p["epoch"] for p in r["curve"]], [p["assumption1"] for p in r["curve"]], marker="o", ms=3, label=r["label"]
+        )
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("fraction of anchors satisfying Assumption 1")
+    ax.set_title("Fig. 4: Assumption 1 on the probe set")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "fig4.png")
+    plt.close(fig)
+
+    n = len(results["runs"])
+    cols = 2 if n > 1 else 1
+    fig, axes = plt.subplots(
+        (n + cols - 1) // cols, cols, figsize=(5.2 * cols, 3.6 * ((n + cols - 1) // cols)), dpi=110
+    )
+    axes = list(getattr(axes, "flat", [axes]))
+    for ax, r in zip(axes, results["runs"].values()):
+        epochs = [p["epoch"] for p in r["curve"]]
+        for k, label in (("loss_ucl", "UCL"), ("loss_h_ucl", "H-UCL"), ("loss_scl", "SCL"), ("loss_h_scl", "H-SCL")):
+            ax.plot(epochs, [p[k] for p in r["curve"]], marker="o", ms=2.5, label=label)
+        ax.set_title(r["label"], fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (probe set)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[n:]:
+        ax.axis("off")
+    fig.suptitle("Fig. 5: the four losses, same positives and M (Lemma 1: L_H-SCL <= L_H-UCL under Assumption 1)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "fig5.png")
+    plt.close(fig)
+    print(f"\n{title}\n\n{table}\n\nwritten: {out_dir}/results.json, fig4_fig5.csv, fig4_fig5.md, fig4.png, fig5.png")
+
+
+# --------------------------------------------------------------------------------------------
+# neural vs dimensional collapse
+
+#: thresholds of :func:`collapse_verdict`, applied to the last epoch's probe-set measurements
+COLLAPSE_RULES = {
+    "dimensional_erank_fraction": 0.75,  # effective rank < 0.75 (C - 1): dimensional collapse
+    "neural_nc1": 0.5,  # NC1 below this ...
+    "neural_nc2_etf": 0.1,  # ... and mean |cos + 1/(C-1)| below this: neural collapse (ETF)
+}
+
+
+def collapse_verdict(nc1: float, nc2_etf: float, effective_rank: float, num_classes: int) -> str:
+    """``"dimensional collapse"`` when the effective rank of the embeddings is below
+    ``0.75 (C - 1)``; else ``"neural collapse"`` when NC1 < 0.5 and NC2 (distance to the ETF
+    cosine) < 0.1; else ``"neither"``. Non-finite measurements (a diverged run) give ``"diverged"``."""
+    if not all(math.isfinite(v) for v in (nc1, nc2_etf, effective_rank)):
+        return "diverged"
+    if effective_rank < COLLAPSE_RULES["dimensional_erank_fraction"] * (num_classes - 1):
+        return "dimensional collapse"
+    if nc1 < COLLAPSE_RULES["neural_nc1"] and nc2_etf < COLLAPSE_RULES["neural_nc2_etf"]:
+        return "neural collapse"
+    return "neither"
+
+
+def reproduce_collapse(
+    out_dir: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    config_dir: str | Path | None = None,
+    data_dir: str | None = None,
+    methods: list[str] | None = None,
+    normalizations: list[str] | None = None,
+) -> dict:
+    """Train method x normalisation runs and classify each run's geometry; returns the results."""
+    folder = _experiment_dir("collapse", config_dir)
+    grid = yaml.safe_load((folder / "runs.yaml").read_text())
+    method_specs: dict = grid["methods"]
+    norms: list = list(grid["normalizations"])
+    if methods:
+        unknown = sorted(set(methods) - set(method_specs))
+        if unknown:
+            raise ValueError(f"--methods: unknown {unknown}; collapse has {list(method_specs)}")
+        method_specs = {k: v for k, v in method_specs.items() if k in methods}
+    if normalizations:
+        unknown = sorted(set(normalizations) - set(norms))
+        if unknown:
+            raise ValueError(f"--normalizations: unknown {unknown}; allowed {norms}")
+        norms = [n for n in norms if n in normalizations]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = list(overrides or []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
+    cache: dict = {}
+    results: dict = {"experiment": "collapse", "rules": COLLAPSE_RULES, "runs": {}}
+    config = None
+    for method, spec in method_specs.items():
+        for norm in norms:
+            key = f"{method}-{norm}"
+            config = load_config(
+                folder / "base.yaml",
+                [*spec.get("set", []), f"model.normalization={norm}", *extra, f"name=collapse-{key}"],
+            )
+            data = _load_data_cached(config, cache)
+            C = data.num_classes
+            print(f"== {spec['label']}, {norm} -> {out_dir / key}", flush=True)
+            rows, seconds = _train_run(config, out_dir / key, data)
+            last = {k: _last_value(rows, k) for k in _COLLAPSE_KEYS}
+            first = {k: _last_value(rows[:1], k) for k in _COLLAPSE_KEYS}
+            results["runs"][key] = {
+                "method": method,
+                "label": spec["label"],
+                "normalization": norm,
+                "num_classes": C,
+                "projection_dim": config.model.projection_dim,
+                "first": first,
+                "last": last,
+                "verdict": collapse_verdict(last["nc1"], last["nc2_etf"], last["effective_rank"], C),
+                "train_seconds": seconds,
+                "curve": [{"epoch": int(r["epoch"]), **{k: _last_value([r], k) for k in _COLLAPSE_KEYS}} for r in rows],
+                "spectrum_last": _last_spectrum(out_dir / key),
+            }
+    if config is None:
+        raise ValueError("nothing to run: the method / normalisation selection is empty")
+    _write_collapse(results, out_dir, config)
+    return results
+
+
+_COLLAPSE_KEYS = ("nc1", "nc2_etf", "nc2_norm_cv", "ncc_accuracy", "effective_rank", "dims_99", "knn_top1", "mean_norm")
+
+
+def _last_spectrum(run_dir: Path) -> list[float]:
+    path = run_dir / "spectrum.csv"
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines()[1:] if line.strip()]
+    return [float(v) for v in lines[-1].split(",")[1:]] if lines else []
+
+
+def _write_collapse(results: dict, out_dir: Path, config: RunConfig) -> None:
+    from hscl.report import _pyplot
+
+    header = [
+        "method",
+        "normalisation",
+        "NC1 (first -> last)",
+        "NC2 ETF distance",
+        "NCC acc (%)",
+        "eff. rank / (C-1)",
+        "dims 99%",
+        "mean |z|",
+        "kNN top-1 (%)",
+        "verdict",
+    ]
+    rows, csv_rows = [], []
+    for key, r in results["runs"].items():
+        f, last = r["first"], r["last"]
+        rows.append(
+            [
+                r["label"],
+                r["normalization"],
+                f"{f['nc1']:.3g} -> {last['nc1']:.3g}",
+                f"{last['nc2_etf']:.3f}",
+                f"{100 * last['ncc_accuracy']:.1f}",
+                f"{last['effective_rank']:.2f} / {r['num_classes'] - 1}",
+                f"{last['dims_99']:.0f}",
+                f"{last['mean_norm']:.3g}",
+                f"{last['knn_top1']:.2f}",
+                r["verdict"],
+            ]
+        )
+        csv_rows.append([key, r["method"], r["normalization"], *[last[k] for k in _COLLAPSE_KEYS], r["verdict"]])
+    table = markdown_table(header, rows)
+    dc, tc = config.data, config.train
+    rules = results["rules"]
+    title = (
+        f"Neural vs dimensional collapse: {dc.dataset} ({dc.train_subset or 'all'} train images), "
+        f"{config.model.encoder}, projection dim {config.model.projection_dim}, {tc.epochs} epochs, Adam lr {tc.lr}; "
+        f"probe {config.diagnostics.probe_size} x 2 views. Verdict: dimensional collapse if eff. rank < "
+        f"{rules['dimensional_erank_fraction']} (C-1); neural collapse if NC1 < {rules['neural_nc1']} and NC2 < "
+        f"{rules['neural_nc2_etf']}"
+    )
+    results["title"], results["table_markdown"] = title, table
+    write_json(out_dir / "results.json", results)
+    write_table(out_dir / "collapse.csv", ["key", "method", "normalization", *_COLLAPSE_KEYS, "verdict"], csv_rows)
+    (out_dir / "collapse.md").write_text(f"{title}\n\n{table}\n")
+
+    plt = _pyplot()
+    norms = list(dict.fromkeys(r["normalization"] for r in results["runs"].values()))
+    for name, key, ylabel, log in (
+        ("collapse_nc1.png", "nc1", "NC1 = Tr(S_W S_B^+)/C", True),
+        ("collapse_erank.png", "effective_rank", "effective rank of Cov(z)", False),
+        ("collapse_nc2.png", "nc2_etf", "NC2: mean |cos + 1/(C-1)|", False),
+    ):
+        fig, axes = plt.subplots(1, len(norms), figsize=(4.6 * len(norms), 3.8), dpi=110, squeeze=False)
+        for ax, norm in zip(axes[0], norms):
+            for r in results["runs"].values():
+                if r["normalization"] != norm:
+                    continue
+                xs = [p["epoch"] for p in r["curve"] if math.isfinite(p[key])]
+                ys = [p[key] for p in r["curve"] if math.isfinite(p[key])]
+                (ax.semilogy if log else ax.plot)(xs, ys, marker="o", ms=2.5, label=r["label"])
+            if key == "effective_rank":
+                C = next(iter(results["runs"].values()))["num_classes"]
+                ax.axhline(C - 1, color="grey", ls="--", lw=1, label="C - 1")
+            ax.set_title(f"normalisation: {norm}")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / name)
+        plt.close(fig)
+    fig, axes = plt.subplots(1, len(norms), figsize=(4.6 * len(norms), 3.8), dpi=110, squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        for r in results["runs"].values():
+            if r["normalization"] == norm and r["spectrum_last"]:
+                values = [max(v, 1e-12) for v in r["spectrum_last"]]
+                ax.semilogy(range(1, len(values) + 1), values, marker="o", ms=3, label=r["label"])
+        ax.set_title(f"last-epoch spectrum, {norm}")
+        ax.set_xlabel("index")
+        ax.set_ylabel("singular value of Cov(z)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "collapse_spectrum.png")
+    plt.close(fig)
+    print(
+        f"\n{title}\n\n{table}\n\nwritten: {out_dir}/results.json, collapse.csv, collapse.md, "
+        "collapse_nc1.png, collapse_nc2.png, collapse_erank.png, collapse_spectrum.png"
+    )
