@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-train fashion-mnist format clean
+.PHONY: demo test test-slow bench bench-train fashion-mnist browser format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ fashion-mnist:
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
 		echo 'could not install dataset-fashion-mnist; pass --data-dir or set HSCL_DATA to a Fashion-MNIST folder'
 
-test: $(STAMP) fashion-mnist
+# headless Chromium + ChromeDriver, for the test that opens `hscl report`'s HTML page (needs root)
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || \
+		echo 'could not install chromium + chromium-driver; the HTML report test will be skipped'
+
+test: $(STAMP) fashion-mnist browser
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m pytest -q -m "not slow"
