@@ -402,8 +402,20 @@ def _summarise(config: Table2Config, variants, units: _Units, dataset_names: lis
                 "C_chosen": sorted(r["C"] for r in rows),
                 "pretrain_seconds": float(sum(r["pretrain_seconds"] for r in rows)),
                 "svm_seconds": float(sum(r["svm_seconds"] for r in rows)),
+                "accuracies": sorted([r["repeat"], r["fold"], r["accuracy"]] for r in rows),
             }
     return table
+
+
+def _paired(a: dict, b: dict) -> tuple[float, float, int, int]:
+    """Accuracy of ``a`` minus ``b`` on the (repeat, fold) units both have (the same test folds):
+    mean difference, its standard deviation, units where ``a`` is higher, units compared."""
+    acc_b = {(r, f): v for r, f, v in b["accuracies"]}
+    diffs = [v - acc_b[(r, f)] for r, f, v in a["accuracies"] if (r, f) in acc_b]
+    if not diffs:
+        return math.nan, math.nan, 0, 0
+    std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
+    return float(np.mean(diffs)), std, sum(d > 0 for d in diffs), len(diffs)
 
 
 def _short(name: str) -> str:
@@ -432,11 +444,11 @@ def _write_outputs(out_dir: Path, config: Table2Config, variants, table: dict, d
         if hscl and others:
             hk = max(hscl, key=lambda k: hscl[k]["mean"])
             ok = max(others, key=lambda k: others[k]["mean"])
-            gap = hscl[hk]["mean"] - others[ok]["mean"]
+            gap, gap_std, wins, count = _paired(hscl[hk], others[ok])
             line += (
                 f"; best H-SCL {hscl[hk]['label']} {hscl[hk]['mean']:.2f} vs best other {others[ok]['label']} "
-                f"{others[ok]['mean']:.2f}: {'+' if gap >= 0 else ''}{gap:.2f} points "
-                f"(pooled fold std {max(hscl[hk]['std'], others[ok]['std']):.2f})"
+                f"{others[ok]['mean']:.2f}: paired difference {gap:+.2f} ± {gap_std:.2f} points over the same "
+                f"{count} test folds, higher on {wins} of them"
             )
         verdicts.append(line)
     tc, ev = config.train, config.eval
