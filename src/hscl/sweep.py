@@ -101,7 +101,10 @@ def parse_grid(items: list[str]) -> dict[str, list]:
             )
         if name in grid:
             raise ValueError(f"--grid {name} is given twice")
-        values = [yaml.safe_load(v) for v in text.split(",") if v.strip()]
+        try:
+            values = [yaml.safe_load(v) for v in text.split(",") if v.strip()]
+        except yaml.YAMLError as err:
+            raise ValueError(f"--grid {name}: values must be comma-separated scalars, got {text!r}") from err
         if not values:
             raise ValueError(f"--grid {name} has no values")
         for value in values:
@@ -493,7 +496,7 @@ def _claim(sweep: Sweep, study, storage, skip: set[str]):
         return trial, point
 
 
-def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool = True, poll: float = 5.0) -> int:
+def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool = True, poll: float = 1.0) -> int:
     """Run pending points of ``sweep`` until every point is complete (or failed in this worker).
 
     Returns the number of trials this worker completed. Points running in other live workers are
@@ -704,7 +707,7 @@ def _worker_main(sweep: Sweep, threads: int | None) -> None:
     run_worker(sweep, progress=False)
 
 
-def _watch(sweep: Sweep, procs: list, progress: bool, poll: float = 2.0) -> None:
+def _watch(sweep: Sweep, procs: list, progress: bool, poll: float = 0.5) -> None:
     """Wait for the worker processes, with a progress bar over the study's complete points."""
     from tqdm import tqdm
 

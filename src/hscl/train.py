@@ -633,6 +633,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+        # under DDP the logged loss is already that of the global batch, identical on every rank
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
         trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt)
     trainer.save_checkpoint(paths.final)
     if config.diagnostics.enabled and trainer.is_global_zero:
