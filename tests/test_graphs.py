@@ -309,6 +309,20 @@ def test_tu_dataset_without_node_features_gets_one_hot_degree(tu_root):
     assert degree_features(edge_index, 3, 4).argmax(1).tolist() == [2, 1, 1]
 
 
+def test_tu_dataset_from_the_unpacked_zip_layout(tu_root):
+    """``<dir>/<NAME>/<NAME>_A.txt`` (no raw/ folder) is read too, through a copy in the cache."""
+    import shutil
+
+    from hscl.data.graphs import load_graph_dataset
+
+    (tu_root / "zip").mkdir()
+    shutil.copytree(tu_root / "DS" / "raw", tu_root / "zip" / "DS")
+    data = load_graph_dataset("tu:DS", tu_root / "zip", download=False)
+    reference = load_graph_dataset("tu:DS", tu_root, download=False)
+    assert torch.equal(data.x, reference.x) and torch.equal(data.edge_index, reference.edge_index)
+    assert (tu_root / "cache" / "tu" / "DS" / "raw" / "DS_A.txt").is_file()
+
+
 def test_missing_tu_dataset_names_the_places_tried(tu_root):
     from hscl.data import DatasetNotFoundError
     from hscl.data.graphs import load_graph_dataset

@@ -21,14 +21,16 @@ Datasets (:data:`GRAPH_DATASETS`, :func:`load_graph_dataset`):
   one-hot node degree (0 .. the largest degree in the set).
 
 A TU set is looked for in ``data_dir``, then ``$HSCL_DATA``, then the cache ``$HSCL_CACHE/tu`` (default
-``~/.cache/hscl/tu``), each as ``<root>/<NAME>/raw/``; if none holds it, TUDataset downloads it into the
-cache, and if that fails one error lists the places tried.
+``~/.cache/hscl/tu``), each as ``<root>/<NAME>/raw/`` or as the unpacked TU zip ``<root>/<NAME>/`` (copied
+into the cache's ``raw/`` folder, where TUDataset writes its processed files); if none holds it,
+TUDataset downloads it into the cache, and if that fails one error lists the places tried.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,9 +296,12 @@ def _tu_roots(data_dir: str | os.PathLike | None) -> list[Path]:
     return roots
 
 
+def _has_tu_files(folder: Path, name: str) -> bool:
+    return all((folder / f"{name}_{part}.txt").is_file() for part in ("A", "graph_indicator", "graph_labels"))
+
+
 def _has_tu_raw(root: Path, name: str) -> bool:
-    raw = root / name / "raw"
-    return all((raw / f"{name}_{part}.txt").is_file() for part in ("A", "graph_indicator", "graph_labels"))
+    return _has_tu_files(root / name / "raw", name)
 
 
 def read_tu_dataset(name: str, root: str | os.PathLike, *, download: bool = False) -> GraphData:
@@ -360,6 +365,13 @@ def load_graph_dataset(name: str, data_dir: str | os.PathLike | None = None, *, 
     for root in roots:
         if _has_tu_raw(root, tu_name):
             return read_tu_dataset(tu_name, root)
+        if _has_tu_files(root / tu_name, tu_name):  # the unpacked TU zip: <root>/<NAME>/<NAME>_A.txt, no raw/
+            staged = cache_dir("tu")
+            raw = staged / tu_name / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for path in (root / tu_name).glob(f"{tu_name}_*.txt"):
+                shutil.copyfile(path, raw / path.name)
+            return read_tu_dataset(tu_name, staged)
     tried = [str(r / tu_name / "raw") for r in roots]
     if download:
         try:
@@ -368,6 +380,6 @@ def load_graph_dataset(name: str, data_dir: str | os.PathLike | None = None, *, 
             raise DatasetNotFoundError(
                 f"{tu_name}: not found in {', '.join(tried)}, and the download failed: {err}. Put the TU files "
                 f"({tu_name}_A.txt, {tu_name}_graph_indicator.txt, {tu_name}_graph_labels.txt, ...) in "
-                f"<dir>/{tu_name}/raw/ and pass --data-dir <dir>"
+                f"<dir>/{tu_name}/ (the unpacked TU zip) or <dir>/{tu_name}/raw/ and pass --data-dir <dir>"
             ) from err
     raise DatasetNotFoundError(f"{tu_name}: not found in {', '.join(tried)} (download disabled)")
