@@ -131,6 +131,7 @@ class FinetuneConfig:
         batch_size: images per step ``B`` (each seen in ``views`` augmentations).
         views: augmented views per image ``V``; with ``V >= 2`` every image has a positive (its other view).
         lr, weight_decay: Adam, with a cosine schedule over all steps.
+        head_lr: learning rate of the new linear head (None: ``lr``); a zero head learns slowly at ``lr`` 1e-3.
         bn: ``"train"`` or ``"frozen"`` (see ``BN_MODES``).
         augment: augmentation preset name (None: the pre-training run's, else the one for the images).
         seed: batches, augmentation draws and the linear head follow from it.
@@ -146,6 +147,7 @@ class FinetuneConfig:
     views: int = 2
     lr: float = 1e-3
     weight_decay: float = 1e-6
+    head_lr: float | None = 1e-2
     bn: str = "train"
     augment: str | None = None
     seed: int = 0
@@ -161,6 +163,8 @@ class FinetuneConfig:
         self.views = _check_int("views", self.views, 1)
         self.lr = _check_real("lr", self.lr, 0.0, math.inf, low_open=True)
         self.weight_decay = _check_real("weight_decay", self.weight_decay, 0.0, math.inf)
+        if self.head_lr is not None:
+            self.head_lr = _check_real("head_lr", self.head_lr, 0.0, math.inf, low_open=True)
         self.bn = _check_choice("bn", self.bn, BN_MODES)
         self.seed = _check_int("seed", self.seed, 0)
 
@@ -272,6 +276,15 @@ class FinetuneObjective(nn.Module):
 
     def extra_repr(self) -> str:
         return f"objective={self.objective!r}, lam={self.lam}"
+
+
+def make_optimizer(model: FineTuneModel, config: FinetuneConfig) -> torch.optim.Adam:
+    """Adam over the pre-trained model (``lr``) and the linear head (``head_lr``, default ``lr``)."""
+    groups = [
+        {"params": list(model.model.parameters()), "lr": config.lr},
+        {"params": list(model.classifier.parameters()), "lr": config.head_lr or config.lr},
+    ]
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _set_train_mode(model: nn.Module, bn: str) -> None:
@@ -404,8 +417,8 @@ def _infer_architecture(encoder_state: Mapping[str, Tensor], path: Path) -> dict
         stem = "cifar" if first.shape[-1] == 3 else "imagenet"
         return {"encoder": name, "in_channels": int(first.shape[1]), "stem": stem}
     raise ValueError(
-        f"{path}: cannot tell the encoder from its parameter names (no features.0.weight / stem.0.weight); "
-        f"pass --encoder ({', '.join(ENCODERS)}) and --in-channels for a state_dict of an hscl model"
+        f"{path}: cannot tell the encoder from its parameter names (no features.0.weight / stem.0.weight): not "
+        f"the state_dict of an hscl model (hscl.models.build_model with one of {', '.join(ENCODERS)})"
     )
 
 
@@ -456,7 +469,12 @@ def load_pretrained(
     encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     if not encoder_state:  # an encoder's own state_dict
         encoder_state, state = state, {f"encoder.{k}": v for k, v in state.items()}
-    arch = _infer_architecture(encoder_state, path)
+    try:
+        arch = _infer_architecture(encoder_state, path)
+    except ValueError:
+        if encoder is None or in_channels is None:
+            raise
+        arch = {"encoder": encoder, "in_channels": in_channels}  # loading below says what does not fit
     if has_head and "head.net.0.weight" in state and "head.net.3.weight" in state:
         arch["hidden_dim"] = int(state["head.net.0.weight"].shape[0])
         arch["projection_dim"] = int(state["head.net.3.weight"].shape[0])
@@ -588,7 +606,7 @@ def finetune(
     n = int(data.train_labels.numel())
     batch = min(config.batch_size, n)
     steps_per_epoch = n // batch
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs * steps_per_epoch)
     history: list[dict] = []
     start_epoch, seconds = 0, 0.0
@@ -721,7 +739,7 @@ def run_episode(
     ways = int(support_labels.max()) + 1
     model = FineTuneModel(copy.deepcopy(pretrained), ways, config.embedding)
     objective = FinetuneObjective.from_config(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     train_aug = Augment(augment)
     _set_train_mode(model, config.bn)
@@ -874,7 +892,12 @@ def embedding_isotropy(x: Tensor) -> float:
 
 
 def tsne_figure(
-    path: str | Path, embeddings: Mapping[str, Tensor], labels: Tensor, class_names: Sequence[str], seed: int = 0
+    path: str | Path,
+    embeddings: Mapping[str, Tensor],
+    labels: Tensor,
+    class_names: Sequence[str],
+    seed: int = 0,
+    title: str | None = None,
 ) -> None:
     """Side-by-side t-SNE maps (scikit-learn) of ``{name: (N, d) embeddings}``, coloured by class; PNG + CSV."""
     import matplotlib
@@ -899,6 +922,8 @@ def tsne_figure(
         ax.set_yticks([])
         rows += [[name, float(p[0]), float(p[1]), int(y)] for p, y in zip(points, labels.tolist())]
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=3, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -936,8 +961,13 @@ class SchaneExperiment:
     full: FullConfig = field(default_factory=FullConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
     embedding_points: int = 1000
+    #: torch threads for the whole experiment (None: torch's default); overrides pretrain.train.threads
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None:
+            self.threads = _check_int("threads", self.threads, 1)
+            self.pretrain.train.threads = self.threads
         if not self.objectives:
             raise ValueError("objectives must list at least one of " + ", ".join(OBJECTIVES))
         for objective in self.objectives:
@@ -1025,11 +1055,23 @@ def reproduce_schane(
     if seeds:
         experiment.full.seeds = [int(s) for s in seeds]
     (out_dir / "experiment.json").write_text(json.dumps(config_to_dict(experiment), indent=2))
+    if experiment.threads is not None:
+        torch.set_num_threads(experiment.threads)
     dc = experiment.pretrain.data
     data = load_dataset(dc.dataset, data_dir=dc.data_dir)
 
+    stage_seconds: dict[str, float] = {}  # wall clock of each stage in this invocation (cached stages: ~0)
+    mark = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        stage_seconds[stage] = now - mark
+        mark = now
+
     # 1. pre-training on the pre-training classes (cached)
     final = _pretrain(experiment, data, out_dir / "pretrain")
+    lap("pretrain")
     pretrained = load_pretrained(final)
     augment = pretrained.augment_config(data.channels, data.size, experiment.finetune.augment)
 
@@ -1059,6 +1101,7 @@ def reproduce_schane(
             result_file.write_text(json.dumps(record, indent=2))
             full[objective].append(record)
             correct[objective].append(result.test_correct)
+    lap("full")
 
     # 3. few-shot episodes on the held-out classes
     fs = experiment.fewshot
@@ -1079,13 +1122,16 @@ def reproduce_schane(
         resume=True,
         progress=progress,
     )
+    lap("fewshot")
 
     # 4. embedding quality of the fine-tuned models (first seed): isotropy and t-SNE
     embedding = _embedding_quality(experiment, full_data, augment, out_dir)
+    lap("embedding")
 
     # 5. tables and figures
     results = _summarise(experiment, data, full_data, full, correct, episodes, embedding)
     results["seconds"] = time.perf_counter() - began
+    results["stage_seconds"] = stage_seconds
     header, rows, csv_rows = _table(results, experiment.objectives)
     table = markdown_table(header, rows)
     results["table_markdown"] = table
@@ -1128,7 +1174,8 @@ def _embedding_quality(experiment: SchaneExperiment, data: ImageData, augment: A
         result["isotropy_features"][objective] = embedding_isotropy(h)
         result["isotropy_projection"][objective] = embedding_isotropy(z)
         features[OBJECTIVE_LABELS[objective]] = h
-    tsne_figure(out_dir / "tsne.png", features, labels, data.classes, seed=seed)
+    title = f"t-SNE of the encoder features h of {n} test images after full fine-tuning (seed {seed})"
+    tsne_figure(out_dir / "tsne.png", features, labels, data.classes, seed=seed, title=title)
     cache.write_text(json.dumps(result, indent=2))
     return result
 
@@ -1306,6 +1353,7 @@ def run_cli(args) -> int:
         batch_size=args.batch_size,
         views=args.views,
         lr=args.lr,
+        head_lr=args.head_lr,
         weight_decay=args.weight_decay,
         bn=args.bn or ("frozen" if args.few_shot else "train"),
         seed=args.seed,
