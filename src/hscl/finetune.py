@@ -6,7 +6,7 @@ fine-tuned end to end with one of three objectives on a batch of ``B`` images x 
 
 ==============  ===================================================================================
 ``ce``          ``L = CE(logits, y)``
-``schane``      ``L = (1 - lam) * CE(logits, y) + lam * L_SCHaNe(z, y)`` (eq. (3) of SCHaNe)
+``schane``      ``L = (1 - lam) * CE(logits, y) + lam * L_SCHaNe(z, y)`` (Long et al., SCHaNe)
 ``supcon+ce``   ``L = (1 - lam) * CE(logits, y) + lam * L_SupCon(z, y)`` (Gunel et al., ICLR 2021)
 ==============  ===================================================================================
 
@@ -23,11 +23,12 @@ The contrastive term is computed on the projection ``z`` (``embedding="projectio
 the encoder features ``h`` themselves (``embedding="features"``); both are L2-normalised inside the loss.
 ``lam = 0`` skips the contrastive term: the objective is then exactly cross-entropy.
 
-Few-shot (SCHaNe Sec. 4): N-way K-shot episodes on classes held out from pre-training. Each episode
-draws ``ways`` classes, ``shots`` training images of each (support) and ``queries`` test images of
-each (query set), fine-tunes a copy of the pre-trained model with a fresh linear head on the support
-set for ``steps`` full-batch steps, and scores the queries. Every objective sees the same episodes,
-the same initial weights and the same augmentation draws, so their accuracies are paired.
+Few-shot, as in SCHaNe's few-shot experiments: N-way K-shot episodes on classes held out from
+pre-training. Each episode draws ``ways`` classes, ``shots`` training images of each (support) and
+``queries`` test images of each (query set), fine-tunes a copy of the pre-trained model with a fresh
+linear head on the support set for ``steps`` full-batch steps, and scores the queries. Every
+objective sees the same episodes, the same initial weights and the same augmentation draws, so their
+accuracies are paired.
 
 The linear head starts at zero (weights and bias): every objective starts from the same point, with
 ``CE = log(C)``. Reference: Long et al., "When hard negative sampling meets supervised contrastive
