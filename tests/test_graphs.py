@@ -395,6 +395,17 @@ def test_pretraining_is_deterministic_and_learns():
     assert isinstance(first.model, InfoGraphModel)
 
 
+def test_zero_epochs_is_the_initialised_model():
+    data = _tiny_graphs()
+    result = pretrain_graph_encoder(data, GraphObjective("ucl"), epochs=0, hidden=8, seed=7)
+    torch.manual_seed(7)
+    fresh = InfoGraphModel(data.num_features, 8, 3)
+    assert result.losses == []
+    torch.testing.assert_close(embed_graphs(result.model, data), embed_graphs(fresh, data), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="epochs"):
+        pretrain_graph_encoder(data, GraphObjective("ucl"), epochs=-1)
+
+
 def test_supervised_pretraining_reads_only_the_training_labels():
     """No label leakage: changing the labels of graphs outside ``index`` leaves the trained encoder unchanged."""
     data = _tiny_graphs()

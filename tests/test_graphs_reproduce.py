@@ -151,6 +151,7 @@ def test_config_checks():
         load_table2_config(None, ["train.estimator=dv"])
     quick = load_table2_config(find_table2_preset("quick"))
     assert quick.datasets == ["molecules"] and quick.betas == [1.0, 2.0, 10.0]
+    assert quick.methods == ["untrained", "ucl", "h-ucl", "scl", "h-scl"]
     paper = load_table2_config(find_table2_preset("paper"))
     assert paper.datasets == ["MUTAG", "ENZYMES", "PTC_MR", "IMDB-BINARY", "IMDB-MULTI"]
     assert (paper.train.epochs, paper.train.batch_size, paper.train.lr) == (200, 128, 0.01)
@@ -161,12 +162,15 @@ def test_config_checks():
 
 def test_cli_table2(tu_dir, tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["reproduce", "table2", "--dataset", "tu:TINY", "--data-dir", str(tu_dir), "--methods", "scl",
+    argv = ["reproduce", "table2", "--dataset", "tu:TINY", "--data-dir", str(tu_dir), "--methods", "untrained,scl",
             "--epochs", "1", "--folds", "2", "--repeats", "1", "--out", str(out),
             "--set", "eval.inner_folds=2", "--set", "model.hidden=4"]  # fmt: skip
     assert main(argv) == 0
-    assert "| SCL |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| SCL |" in printed and "| untrained GIN |" in printed
     results = json.loads((out / "results.json").read_text())
-    assert results["config"]["train"]["epochs"] == 1 and list(results["table"]["TINY"]) == ["scl"]
+    assert results["config"]["train"]["epochs"] == 1 and list(results["table"]["TINY"]) == ["untrained", "scl"]
+    units = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
+    assert {u["final_loss"] for u in units if u["variant"] == "untrained"} == {None}  # never trained
     assert main(["reproduce", "table2", "--methods", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "methods" in capsys.readouterr().err

@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--methods",
         help="comma-separated subset (table1: ucl,h-ucl,scl,h-scl-beta,h-scl-tau; collapse, table2: "
-        "ucl,h-ucl,scl,h-scl)",
+        "ucl,h-ucl,scl,h-scl; table2 also: untrained)",
     )
     rp.add_argument("--normalizations", help="collapse: comma-separated subset of sphere,ball,none")
     rp.add_argument("--dataset", help="table2: comma-separated datasets (molecules, MUTAG, ENZYMES, PTC, IMDB-B, ...)")

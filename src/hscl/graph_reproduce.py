@@ -44,6 +44,7 @@ from hscl.report import fmt_mean_std, markdown_table, write_json, write_table
 __all__ = [
     "PAPER_TABLE2_HSCL",
     "Table2Config",
+    "UntrainedGIN",
     "find_table2_preset",
     "load_table2_config",
     "reproduce_table2",
@@ -113,10 +114,11 @@ def _positive_int(where: str, value: int, minimum: int = 1) -> None:
 def validate_table2_config(config: Table2Config) -> None:
     if not config.datasets:
         raise ValueError("datasets must list at least one dataset")
-    unknown = sorted(set(config.methods) - set(GRAPH_METHODS))
+    valid = [*GRAPH_METHODS, UntrainedGIN.method]
+    unknown = sorted(set(config.methods) - set(valid))
     if unknown or not config.methods:
-        raise ValueError(f"methods: unknown {unknown or '(empty)'}; valid: {', '.join(GRAPH_METHODS)}")
-    if any(GRAPH_METHODS[m][1] for m in config.methods) and not config.betas:
+        raise ValueError(f"methods: unknown {unknown or '(empty)'}; valid: {', '.join(valid)}")
+    if any(m in GRAPH_METHODS and GRAPH_METHODS[m][1] for m in config.methods) and not config.betas:
         raise ValueError("betas must list at least one beta for the hardened methods (h-ucl, h-scl)")
     for beta in config.betas:
         if not (math.isfinite(beta) and beta >= 0):
@@ -172,10 +174,24 @@ def load_table2_config(path: str | Path | None = None, overrides: list[str] | No
     return config
 
 
-def table2_variants(config: Table2Config) -> list[GraphObjective]:
+@dataclass(frozen=True)
+class UntrainedGIN:
+    """A reference row, ``untrained``: the same GIN at its random initialisation (no pre-training), embedded
+    and classified under the same SVM protocol. It shows what the pre-training objectives add."""
+
+    method: str = "untrained"
+    beta: float = 0.0
+    supervised: bool = False
+    label: str = "untrained GIN"
+
+
+def table2_variants(config: Table2Config) -> list[GraphObjective | UntrainedGIN]:
     """One objective per row of the table: each method, the hardened ones once per beta."""
-    out = []
+    out: list[GraphObjective | UntrainedGIN] = []
     for method in config.methods:
+        if method == UntrainedGIN.method:
+            out.append(UntrainedGIN())
+            continue
         betas = config.betas if GRAPH_METHODS[method][1] else [0.0]
         for beta in betas:
             out.append(GraphObjective(method, float(beta), config.train.estimator, config.train.detach_weights))
@@ -241,8 +257,9 @@ def svm_accuracy(
 # ----------------------------------------------------------------------------------------------- the run
 
 
-def _variant_key(objective: GraphObjective) -> str:
-    return f"{objective.method}-b{objective.beta:g}" if GRAPH_METHODS[objective.method][1] else objective.method
+def _variant_key(objective: GraphObjective | UntrainedGIN) -> str:
+    hardened = objective.method in GRAPH_METHODS and GRAPH_METHODS[objective.method][1]
+    return f"{objective.method}-b{objective.beta:g}" if hardened else objective.method
 
 
 def _signature(config: Table2Config) -> dict:
@@ -296,12 +313,13 @@ def _check_signature(out_dir: Path, config: Table2Config) -> None:
         write_json(path, signature)
 
 
-def _pretrain_and_embed(data: GraphData, objective: GraphObjective, config: Table2Config, index, seed: int):
+def _pretrain_and_embed(data: GraphData, objective, config: Table2Config, index, seed: int):
+    untrained = isinstance(objective, UntrainedGIN)
     result = pretrain_graph_encoder(
         data,
-        objective,
+        GraphObjective("ucl") if untrained else objective,
         index=index,
-        epochs=config.train.epochs,
+        epochs=0 if untrained else config.train.epochs,
         batch_size=config.train.batch_size,
         lr=config.train.lr,
         hidden=config.model.hidden,
@@ -310,6 +328,10 @@ def _pretrain_and_embed(data: GraphData, objective: GraphObjective, config: Tabl
     )
     embeddings = embed_graphs(result.model, data).numpy().astype(np.float64)
     return embeddings, result
+
+
+def _final_loss(result) -> float:
+    return result.losses[-1] if result.losses else math.nan  # nan: no pre-training (the untrained row)
 
 
 def _run_dataset(name, data, config, variants, units, out_dir, bar) -> None:
@@ -336,10 +358,10 @@ def _run_dataset(name, data, config, variants, units, out_dir, bar) -> None:
                 else:
                     bar.set_postfix_str(f"{name} {objective.label} r{repeat} pre-training on all graphs")
                     emb, result = _pretrain_and_embed(data, objective, config, None, seed=1000 * repeat + 999)
-                    shared = (emb, result.seconds, result.losses[-1])
+                    shared = (emb, result.seconds, _final_loss(result))
                     cache.parent.mkdir(parents=True, exist_ok=True)
                     part = cache.with_suffix(".part.npz")
-                    np.savez(part, embeddings=emb, seconds=result.seconds, final_loss=result.losses[-1])
+                    np.savez(part, embeddings=emb, seconds=result.seconds, final_loss=shared[2])
                     part.replace(cache)
             for fold in todo:
                 train_idx, test_idx = splits[fold]
@@ -351,7 +373,7 @@ def _run_dataset(name, data, config, variants, units, out_dir, bar) -> None:
                     emb, result = _pretrain_and_embed(
                         data, objective, config, torch.as_tensor(train_idx), seed=1000 * repeat + fold
                     )
-                    seconds, final_loss = result.seconds, result.losses[-1]
+                    seconds, final_loss = result.seconds, _final_loss(result)
                 start = time.perf_counter()
                 accuracy, chosen_c = svm_accuracy(
                     emb[train_idx], y[train_idx], emb[test_idx], y[test_idx],
@@ -370,7 +392,7 @@ def _run_dataset(name, data, config, variants, units, out_dir, bar) -> None:
                         "C": chosen_c,
                         "pretrain_seconds": seconds,
                         "svm_seconds": time.perf_counter() - start,
-                        "final_loss": final_loss,
+                        "final_loss": None if math.isnan(final_loss) else final_loss,
                         "train_graphs": len(train_idx) if objective.supervised or shared is None else len(y),
                     }
                 )

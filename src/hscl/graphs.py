@@ -250,15 +250,15 @@ def pretrain_graph_encoder(
 
     Adam(lr), ``epochs`` passes over shuffled mini-batches of ``batch_size`` graphs (a final batch of a
     single graph is skipped: it has no negatives). Labels are read only for supervised objectives, and only
-    those of the graphs in ``index``. Deterministic in ``seed``. ``progress(epoch, mean_loss)`` is called
-    after each epoch.
+    those of the graphs in ``index``. Deterministic in ``seed``; ``epochs=0`` returns the initialised model.
+    ``progress(epoch, mean_loss)`` is called after each epoch.
 
     A small plain loop rather than Lightning: one Table II cell trains up to 100 tiny models (10 folds x 10
     repetitions), each in seconds, where a Trainer's set-up would cost more than the training.
     """
-    for arg, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+    for arg, value, minimum in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{arg} must be an integer >= {minimum}, got {value!r}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     index = torch.arange(len(data)) if index is None else torch.as_tensor(index, dtype=torch.long)
