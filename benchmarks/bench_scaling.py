@@ -13,8 +13,9 @@ What it measures
 2. The loss alone, as each DDP rank evaluates it (:func:`hscl.distributed.global_batch_loss` evaluates
    the loss of the whole global batch on every rank): forward + backward of H-SCL(beta=1) (temperature
    0.5, M = rows - 2) on random embeddings ``(B, 2, 128)`` with 10 classes, for growing global batches
-   ``B``, unchunked and with ``chunk_size`` anchors per block. Time: median of ``--repeats`` calls after
-   one warm-up. Peak memory: in a fresh process per configuration, the highest RSS during the first
+   ``B``, unchunked and with ``chunk_size`` anchors per block, with ``--loss-threads`` torch threads (default
+   1, what each of the 2 ranks has on this 2-core machine). Time: median of ``--repeats`` calls after the
+   first (untimed) one. Peak memory: in a fresh process per configuration, the highest RSS during the first
    call (sampled every millisecond, and the kernel's ru_maxrss) minus the RSS before it.
 
 Every measurement records the load average and, over its window, the share of the CPUs used by other

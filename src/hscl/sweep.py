@@ -657,7 +657,8 @@ def _plot(sweep: Sweep, rows: list[dict], metric_names: list[str]) -> Path:
     x_name, others = names[0], names[1:]
     if len(names) == 2 and {"tau_start", "tau_end"} == set(names):
         x_name, others = "tau_end", ["tau_start"]
-    accuracy = [m for m in metric_names if m in METRICS]
+    # top-1 accuracies (top-5 sits near 100% and would flatten them), and the maximised metric
+    accuracy = [m for m in metric_names if m in ("linear_top1", "knn_top1") or m == sweep.metric]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     data_rows = []
     groups: dict[tuple, list[dict]] = {}
@@ -674,8 +675,19 @@ def _plot(sweep: Sweep, rows: list[dict], metric_names: list[str]) -> Path:
             ys = [r[metric] for r in members]
             label = metric + (f" ({suffix})" if suffix else "")
             shown = xs if numeric else [str(x) for x in xs]
-            ax.plot(shown, ys, marker="o", color=f"C{index}", linestyle=styles.get(metric, "-"), label=label)
+            color = f"C{index}" if len(groups) > 1 else f"C{accuracy.index(metric)}"
+            ax.plot(shown, ys, marker="o", color=color, linestyle=styles.get(metric, "-"), label=label)
             data_rows += [[label, x, y] for x, y in zip(xs, ys)]
+    best = max((r for r in rows if r["state"] == "complete"), key=lambda r: r[sweep.metric])
+    ax.plot(
+        [best[x_name] if numeric else str(best[x_name])],
+        [best[sweep.metric]],
+        marker="*",
+        markersize=14,
+        color="black",
+        linestyle="none",
+        label=f"best ({sweep.metric})",
+    )
     values = [r[x_name] for r in rows]
     if numeric and min(values) > 0 and max(values) / min(values) >= 10:
         ax.set_xscale("log")
