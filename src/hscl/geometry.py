@@ -249,7 +249,11 @@ def assumption1(
     z64, labels = _check_batch(z, labels)
     rows = _rows(z64, labels, _check_temperature(temperature), normalize)
     hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
-    log_w = torch.log(_weights(hardening, rows.G))
+    return _assumption1(rows, _weights(hardening, rows.G))
+
+
+def _assumption1(rows: _Rows, w: Tensor) -> Assumption1:
+    log_w = torch.log(w)
     e_col = _log_tilted_mean_exp(rows.G, log_w, rows.hcol)
     e_scl = _log_tilted_mean_exp(rows.G, log_w, rows.sup)
     keep = torch.isfinite(e_col) & torch.isfinite(e_scl)
@@ -286,7 +290,10 @@ def alphas(
     z64, labels = _check_batch(z, labels)
     rows = _rows(z64, labels, _check_temperature(temperature), normalize)
     hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
-    w = _weights(hardening, rows.G)
+    return _alphas(rows, _weights(hardening, rows.G))
+
+
+def _alphas(rows: _Rows, w: Tensor) -> dict[str, Tensor]:
     count = rows.unsup.sum(1).clamp(min=1).to(torch.float64)
     zero = torch.zeros((), dtype=torch.float64, device=w.device)
     return {
@@ -522,10 +529,12 @@ def diagnose(
     hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
     out: dict[str, float] = {}
     out.update(loss_quartet(z64, labels, hardening, temperature=temperature, M=M, normalize=normalize).as_dict())
-    a1 = assumption1(z64, labels, hardening, temperature=temperature, normalize=normalize)
+    rows_ = _rows(z64, labels, _check_temperature(temperature), normalize)  # shared by Assumption 1 and the alphas
+    w = _weights(hardening, rows_.G)
+    a1 = _assumption1(rows_, w)
     out["assumption1"] = a1.fraction
     out["assumption1_excluded"] = float(a1.num_excluded)
-    al = alphas(z64, labels, hardening, temperature=temperature, normalize=normalize)
+    al = _alphas(rows_, w)
     out["alpha_h_ucl"] = float(al["h-ucl"].mean())
     out["alpha_h_scl"] = float(al["h-scl"].mean())
     out["alpha_hcol"] = float(al["hcol"].mean())
