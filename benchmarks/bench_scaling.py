@@ -34,11 +34,11 @@ import csv
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,33 +58,57 @@ def _cpu_times() -> tuple[int, int, int]:
 
 
 class LoadWindow:
-    """CPU shares over a window: ours (this process and its finished children), others', steal."""
+    """CPU shares over a window: ours (this process and every descendant, sampled every 0.1 s so that
+    processes not waited for by us, such as Lightning's DDP ranks, count too), others', and steal."""
 
     def __enter__(self):
+        import psutil
+
         self.load_start = os.getloadavg()[0]
         self.cpu = _cpu_times()
-        self.ours = self._our_seconds()
-        self.wall = time.perf_counter()
+        self.me = psutil.Process()
+        self.seen: dict[tuple[int, float], float] = {}  # (pid, create time) -> CPU seconds, first / last
+        self.first: dict[tuple[int, float], float] = {}
+        self._stop = threading.Event()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
         return self
 
-    @staticmethod
-    def _our_seconds() -> float:
-        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    def _sample(self) -> None:
+        import psutil
+
+        for proc in [self.me, *self.me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                key = (proc.pid, proc.create_time())
+            except psutil.Error:
+                continue
+            seconds = times.user + times.system
+            self.first.setdefault(key, seconds if proc is self.me or key in self.seen else 0.0)
+            self.seen[key] = seconds
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
         busy, steal, total = (b - a for a, b in zip(self.cpu, _cpu_times()))
         ticks = os.sysconf("SC_CLK_TCK")
         total_seconds = total / ticks
-        ours = self._our_seconds() - self.ours
+        ours = sum(self.seen[key] - self.first[key] for key in self.seen)
+        self.ours = ours / total_seconds if total_seconds else float("nan")
         self.others = max(0.0, busy / ticks - ours) / total_seconds if total_seconds else float("nan")
         self.steal = steal / total if total else float("nan")
         self.load_end = os.getloadavg()[0]
 
     def describe(self) -> str:
         return (
-            f"load {self.load_start:.1f}->{self.load_end:.1f}, others {100 * self.others:.0f}%, "
-            f"steal {100 * self.steal:.0f}%"
+            f"load {self.load_start:.1f}->{self.load_end:.1f}, ours {100 * self.ours:.0f}%, "
+            f"others {100 * self.others:.0f}%, steal {100 * self.steal:.0f}%"
         )
 
 
@@ -92,7 +116,7 @@ class LoadWindow:
 # 1. training throughput with 1 and 2 processes
 
 
-def train_throughput(processes: int, args) -> dict:
+def train_throughput(processes: int, threads: int | None, args) -> dict:
     sets = [
         "data.dataset=fashion-mnist",
         f"data.train_subset={args.train_subset}",
@@ -111,6 +135,8 @@ def train_throughput(processes: int, args) -> dict:
     ]
     if args.data_dir:
         sets.append(f"data.data_dir={args.data_dir}")
+    if threads is not None:
+        sets.append(f"train.threads={threads}")
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "hscl.cli", "train", "--out", tmp, "--devices", str(processes)]
         if processes > 1:
@@ -131,6 +157,7 @@ def train_throughput(processes: int, args) -> dict:
     images = float(last["images_per_s"])
     return {
         "processes": processes,
+        "threads": threads,
         "images_per_s": images,
         "samples_per_s": images / 2,
         "epoch_seconds": float(last["epoch_seconds"]),
@@ -246,18 +273,26 @@ def main(argv: list[str] | None = None) -> int:
 
     training_rows = []
     base = None
-    for processes in (1, 2):
+    cores = os.cpu_count() or 1
+    # (processes, torch threads per process): None lets Lightning choose (cores / processes under DDP)
+    setups = [(1, None), (1, 1), (2, None)]
+    for processes, threads in setups:
         runs = []
         for run in range(args.runs):
-            r = train_throughput(processes, args)
+            r = train_throughput(processes, threads, args)
             runs.append(r)
-            print(f"  train, {processes} process(es), run {run + 1}: {r['images_per_s']:.0f} images/s ({r['load']})")
+            print(
+                f"  train, {processes} x {threads or 'default'} threads, run {run + 1}: {r['images_per_s']:.0f} "
+                f"images/s ({r['load']})",
+                flush=True,
+            )
         raw["training"] += runs
         images = statistics.median(r["images_per_s"] for r in runs)
         base = base or images
         training_rows.append(
             [
                 processes,
+                threads or (cores if processes == 1 else max(1, cores // processes)),
                 f"{images / 2:.0f}",
                 f"{images:.0f}",
                 f"{images / base:.2f}",
@@ -270,7 +305,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.batch} x 2 views, {args.train_subset} images, epoch {args.epochs} of {args.epochs}",
         "",
         _table(
-            ["processes", "samples/s", "images/s", "vs 1 process", "images/s per run", "machine during the runs"],
+            [
+                "processes",
+                "threads each",
+                "samples/s",
+                "images/s",
+                "vs first row",
+                "images/s per run",
+                "machine during the runs",
+            ],
             training_rows,
         ),
         "",

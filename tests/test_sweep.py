@@ -147,9 +147,12 @@ def test_tau_grid_on_a_beta_config_gives_valid_configs(tmp_path):
     assert config.loss.beta is None and config.loss.tau_schedule == [-0.5, 0.1]
 
 
-def test_a_bad_point_fails_before_anything_runs(tmp_path, env):
+def test_a_bad_point_fails_before_anything_runs(tmp_path, env, capsys):
     args = _sweep_args(tmp_path, "batch_size=64,1")
     assert main(args) == 2  # train.batch_size must be >= 2: named, before any trial
+    assert "grid point batch_size=1: train.batch_size must be >= 2" in capsys.readouterr().err
+    assert main([*_sweep_args(tmp_path), "--set", "train.devices=2"]) == 2
+    assert "--workers" in capsys.readouterr().err
     assert not (tmp_path / "log.txt").exists()
 
 

@@ -220,9 +220,15 @@ class Sweep:
     def point_config(self, point: dict) -> RunConfig:
         """The validated config of one point (raises naming the bad value)."""
         try:
-            return load_config(self.config, [*self.overrides, *point_overrides(point)])
+            config = load_config(self.config, [*self.overrides, *point_overrides(point)])
         except (ValueError, TypeError) as err:
             raise ValueError(f"grid point {point_slug(point)}: {err}") from err
+        if config.train.devices * config.train.num_nodes > 1:
+            raise ValueError(
+                "a sweep trial runs in its worker's process (train.devices = train.num_nodes = 1); run points in "
+                "parallel with --workers or more workers on the same --storage"
+            )
+        return config
 
     def trial_fn(self) -> TrialFn:
         if self.trial is None:
