@@ -223,3 +223,40 @@ def test_train_ddp_cli_two_processes(tmp_path):
     spectrum = (out / "spectrum.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in spectrum[1:]] == ["1"]  # the geometry monitor: rank 0 only
     assert "sync_dist" not in result.stderr  # the logged loss is already global
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.strategy=fsdp", "train.strategy must be auto, ddp, ddp_spawn or ddp_fork"),
+        ("train.accelerator=tpu", "train.accelerator must be cpu or gpu"),
+        ("train.devices=0", "train.devices and train.num_nodes must be >= 1"),
+        ("train.num_nodes=0", "train.devices and train.num_nodes must be >= 1"),
+    ],
+)
+def test_distributed_config_is_validated(override, message):
+    from hscl.config import load_config
+
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_global_batch_must_cover_every_process():
+    from hscl.config import load_config
+
+    with pytest.raises(ValueError, match="is the global batch, split over devices x num_nodes = 8"):
+        load_config(None, ["train.batch_size=4", "train.devices=4", "train.num_nodes=2"])
+    assert load_config(None, ["train.batch_size=8", "train.devices=4", "train.num_nodes=2"]).train.devices == 4
+
+
+def test_launch_rank_from_the_environment(monkeypatch):
+    from hscl.distributed import launch_rank
+
+    for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert launch_rank(8) == 0
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert launch_rank(8) == 11  # Lightning: node 1, local rank 3 of 8
+    monkeypatch.setenv("RANK", "5")
+    assert launch_rank(8) == 5  # torchrun's global rank wins

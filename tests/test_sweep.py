@@ -254,7 +254,6 @@ def test_another_base_config_on_the_same_study_is_refused(tmp_path, env):
 # a real sweep: pre-training and evaluation per point
 
 
-@pytest.mark.slow
 def test_real_sweep_trains_and_evaluates_each_point(tmp_path):
     tiny = [
         "data.dataset=digits",
