@@ -319,7 +319,7 @@ class EpochLogger(L.Callback):
         # atomic: a kill during the write leaves the previous last.ckpt intact
         self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
         tmp = self.paths.last.with_suffix(".ckpt.tmp")
-        trainer.save_checkpoint(tmp)  # every rank calls it (a collective); rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it (a collective); rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.paths.last)
 
@@ -636,7 +636,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
         # under DDP the logged loss is already that of the global batch, identical on every rank
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
         trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt)
-    trainer.save_checkpoint(paths.final)
+    trainer.save_checkpoint(paths.final, weights_only=False)
     if config.diagnostics.enabled and trainer.is_global_zero:
         from hscl.report import plot_diagnostics
 
