@@ -39,6 +39,17 @@ __all__ = ["ContrastiveTask", "ViewsDataModule", "train", "resolve_precision", "
 
 log = logging.getLogger("hscl")
 
+
+class _DropLitLoggerTip(logging.Filter):
+    """Lightning (2.6) prints an advertisement for its cloud logger at the start of every run; hscl drops it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropLitLoggerTip())
+
 METRIC_FIELDS = [
     "epoch",
     "loss",
@@ -635,6 +646,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
         warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
         # under DDP the logged loss is already that of the global batch, identical on every rank
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        # Lightning 2.6's own use of a torch pytree API that newer torch deprecates; nothing a user can act on
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt)
     trainer.save_checkpoint(paths.final, weights_only=False)
     if config.diagnostics.enabled and trainer.is_global_zero:
