@@ -22,9 +22,17 @@ from pathlib import Path
 
 import torch
 
-from hscl.config import load_config
+from hscl.engine.config import load_config
+from hscl.engine.train import (
+    diagnostics_hardening,
+    load_data,
+    load_task,
+    measure_geometry,
+    probe_set,
+    read_metrics,
+    train,
+)
 from hscl.geometry import diagnose
-from hscl.train import diagnostics_hardening, load_data, load_task, measure_geometry, probe_set, read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py, from every sub-folder
 
 
 @pytest.fixture(params=["gather", "blocks"])
 def label_layout(request, monkeypatch):
     """Run a test with both layouts of label structure in the fused loss: gathered column tables
     (classes of at most 256 rows) and contiguous class blocks (larger classes)."""
-    from hscl import losses
+    from hscl.losses import core as losses
 
     if request.param == "blocks":
         monkeypatch.setattr(losses, "_GATHER_MAX_CLASS_ROWS", 0)

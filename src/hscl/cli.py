@@ -127,8 +127,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hscl.config import config_to_dict, load_config
-    from hscl.train import train
+    from hscl.engine.config import config_to_dict, load_config
+    from hscl.engine.train import train
 
     config = load_config(args.config, _overrides(args))
     out = args.out or f"runs/{config.name}"
@@ -143,8 +143,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from hscl.config import load_config
-    from hscl.sweep import Sweep, parse_grid, run_sweep, summary
+    from hscl.engine.config import load_config
+    from hscl.engine.sweep import Sweep, parse_grid, run_sweep, summary
 
     overrides = list(args.set or [])
     if args.data_dir is not None:
@@ -168,9 +168,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from hscl.config import config_to_dict
-    from hscl.reproduce import evaluate_task
-    from hscl.train import load_data, load_task
+    from hscl.engine.config import config_to_dict
+    from hscl.engine.train import load_data, load_task
+    from hscl.experiments.table1 import evaluate_task
 
     task, config = load_task(args.checkpoint, data_dir=args.data_dir)
     result = evaluate_task(task, load_data(config), config)
@@ -187,7 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _reproduce_table1(args: argparse.Namespace) -> None:
-    from hscl.reproduce import reproduce_table1
+    from hscl.experiments.table1 import reproduce_table1
 
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     methods = args.methods.split(",") if args.methods else None
@@ -203,7 +203,7 @@ def _reproduce_table1(args: argparse.Namespace) -> None:
 
 
 def _reproduce_fig4_fig5(args: argparse.Namespace) -> None:
-    from hscl.reproduce_geometry import reproduce_fig4_fig5
+    from hscl.experiments.figures import reproduce_fig4_fig5
 
     reproduce_fig4_fig5(
         args.out or "runs/fig4-fig5", overrides=args.set, config_dir=args.configs, data_dir=args.data_dir
@@ -211,7 +211,7 @@ def _reproduce_fig4_fig5(args: argparse.Namespace) -> None:
 
 
 def _reproduce_collapse(args: argparse.Namespace) -> None:
-    from hscl.reproduce_geometry import reproduce_collapse
+    from hscl.experiments.figures import reproduce_collapse
 
     reproduce_collapse(
         args.out or "runs/collapse",
@@ -228,8 +228,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import json
     import math
 
+    from hscl.engine.train import diagnostics_hardening, load_data, load_task, measure_geometry, probe_set
     from hscl.hardening import Exponential, Threshold
-    from hscl.train import diagnostics_hardening, load_data, load_task, measure_geometry, probe_set
 
     task, config = load_task(args.checkpoint, data_dir=args.data_dir)
     if args.probe_size is not None:
@@ -267,13 +267,13 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from hscl.finetune import run_cli
+    from hscl.engine.finetune import run_cli
 
     return run_cli(args)
 
 
 def _reproduce_schane(args: argparse.Namespace) -> None:
-    from hscl.finetune import reproduce_schane
+    from hscl.engine.finetune import reproduce_schane
 
     reproduce_schane(
         args.out or f"runs/schane-{args.preset or 'quick'}",
@@ -286,7 +286,7 @@ def _reproduce_schane(args: argparse.Namespace) -> None:
 
 
 def _reproduce_table2(args: argparse.Namespace) -> None:
-    from hscl.graph_reproduce import find_table2_preset, load_table2_config, reproduce_table2
+    from hscl.experiments.table2 import find_table2_preset, load_table2_config, reproduce_table2
 
     if args.seeds:
         raise ValueError("table2 repeats the cross-validation with seeds 0 .. R-1: use --repeats R instead of --seeds")
@@ -309,7 +309,7 @@ def _reproduce_table2(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hscl.report import html_report
+    from hscl.engine.report import html_report
 
     path = html_report(args.run_dir, args.out)
     print(f"written: {path}")

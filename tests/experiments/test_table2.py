@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch_geometric")
 
 from hscl.cli import main
-from hscl.graph_reproduce import (
+from hscl.experiments.table2 import (
     Table2Config,
     find_table2_preset,
     load_table2_config,
@@ -89,8 +89,8 @@ def test_reproduce_writes_the_table_and_resumes(tu_dir, tmp_path, monkeypatch, c
     def fail(*args, **kwargs):
         raise AssertionError("a finished unit was recomputed")
 
-    monkeypatch.setattr("hscl.graph_reproduce.pretrain_graph_encoder", fail)
-    monkeypatch.setattr("hscl.graph_reproduce.svm_accuracy", fail)
+    monkeypatch.setattr("hscl.experiments.table2.pretrain_graph_encoder", fail)
+    monkeypatch.setattr("hscl.experiments.table2.svm_accuracy", fail)
     again = reproduce_table2(config, out)
     assert again["table"] == results["table"]
     # other settings in the same folder are refused
@@ -114,7 +114,7 @@ def _overrides_of(config: Table2Config) -> list[str]:
 
 
 def test_interrupted_run_continues_after_the_last_unit(tu_dir, tmp_path, monkeypatch):
-    import hscl.graph_reproduce as gr
+    import hscl.experiments.table2 as gr
 
     config = _config(tu_dir)
     out = tmp_path / "run"
@@ -156,7 +156,7 @@ def test_config_checks():
     assert paper.datasets == ["MUTAG", "ENZYMES", "PTC_MR", "IMDB-BINARY", "IMDB-MULTI"]
     assert (paper.train.epochs, paper.train.batch_size, paper.train.lr) == (200, 128, 0.01)
     assert (paper.eval.folds, paper.eval.repeats, paper.model.hidden, paper.model.num_layers) == (10, 10, 32, 3)
-    with pytest.raises(ValueError, match="unknown table2 preset"):
+    with pytest.raises(ValueError, match="unknown preset .nope. for table2"):
         find_table2_preset("nope")
 
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from hscl.cli import main
-from hscl.config import load_config
 from hscl.data.images import load_dataset
-from hscl.finetune import (
+from hscl.engine.config import load_config
+from hscl.engine.finetune import (
     FewShotConfig,
     FinetuneConfig,
     FineTuneModel,
@@ -28,8 +28,8 @@ from hscl.finetune import (
     select_classes,
     train_step,
 )
+from hscl.engine.train import train
 from hscl.models import build_model
-from hscl.train import train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -339,7 +339,7 @@ def test_loads_hscl_checkpoints_and_state_dicts(checkpoint, tmp_path):
 
 
 def test_finetune_learns_and_resumes_exactly(checkpoint, digits, tmp_path, monkeypatch):
-    import hscl.finetune as ft
+    import hscl.engine.finetune as ft
 
     pre = load_pretrained(checkpoint)
     data = digits.subset(500, 200, seed=1)
@@ -376,7 +376,7 @@ def test_finetune_learns_and_resumes_exactly(checkpoint, digits, tmp_path, monke
 
 
 def test_few_shot_is_paired_and_resumable(checkpoint, digits, tmp_path, monkeypatch):
-    import hscl.finetune as ft
+    import hscl.engine.finetune as ft
 
     pre = load_pretrained(checkpoint)
     configs = {o: FinetuneConfig(objective=o, bn="frozen") for o in ("ce", "schane")}

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from hscl.cli import main
-from hscl.config import load_config
+from hscl.engine.config import load_config
+from hscl.engine.train import load_task, train
 from hscl.losses import LOSSES
-from hscl.train import load_task, train
 
 TINY = [
     "data.dataset=digits",

@@ -25,12 +25,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from hscl.config import RunConfig, config_to_dict
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, augment_preset, preset_for
 from hscl.data.images import ImageData, load_dataset
 from hscl.data.views import ViewSampler, epoch_generator
-from hscl.distributed import global_batch_loss, launch_rank, rank, shard, world_size
-from hscl.evaluate import extract_features, knn_accuracy
+from hscl.engine.config import RunConfig, config_to_dict
+from hscl.engine.distributed import global_batch_loss, launch_rank, rank, shard, world_size
+from hscl.engine.evaluate import extract_features, knn_accuracy
 from hscl.hardening import linear_threshold
 from hscl.losses import get_loss
 from hscl.models import build_model
@@ -188,7 +188,7 @@ class ContrastiveTask(L.LightningModule):
     def __init__(self, config: dict, in_channels: int, image_size: int, num_classes: int) -> None:
         super().__init__()
         self.save_hyperparameters()
-        from hscl.config import config_from_dict
+        from hscl.engine.config import config_from_dict
 
         self.config: RunConfig = config_from_dict(config)
         mc = self.config.model
@@ -651,7 +651,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
         trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt)
     trainer.save_checkpoint(paths.final, weights_only=False)
     if config.diagnostics.enabled and trainer.is_global_zero:
-        from hscl.report import plot_diagnostics
+        from hscl.engine.report import plot_diagnostics
 
         plot_diagnostics(paths.root)
     if trainer.is_global_zero:

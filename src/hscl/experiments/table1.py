@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from hscl.config import RunConfig, load_config
-from hscl.evaluate import knn_accuracy, linear_probe, mean_std
-from hscl.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
+from hscl.engine.config import RunConfig, load_config
+from hscl.engine.evaluate import knn_accuracy, linear_probe, mean_std
+from hscl.engine.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
+from hscl.experiments import presets
 
 __all__ = ["find_preset", "list_presets", "reproduce_table1", "evaluate_task", "TABLE1_ORDER"]
 
@@ -32,40 +33,18 @@ TABLE1_ORDER = {
 }
 
 
-def config_roots(extra: str | Path | None = None) -> list[Path]:
-    roots = []
-    if extra is not None:
-        roots.append(Path(extra))
-    roots.append(Path.cwd() / "configs")
-    roots.append(Path(__file__).resolve().parents[2] / "configs")  # the repository (editable install)
-    return roots
-
-
 def list_presets(suite: str = "table1", extra: str | Path | None = None) -> list[str]:
-    names = set()
-    for root in config_roots(extra):
-        folder = root / suite
-        if folder.is_dir():
-            names.update(p.name for p in folder.iterdir() if p.is_dir())
-    return sorted(names)
+    return presets.list_presets(suite, extra)
 
 
 def find_preset(preset: str, suite: str = "table1", extra: str | Path | None = None) -> dict[str, Path]:
     """``{method key: config path}`` of a preset, in Table I's order."""
-    tried = []
-    for root in config_roots(extra):
-        folder = root / suite / preset
-        tried.append(str(folder))
-        if folder.is_dir():
-            files = {p.stem: p for p in folder.glob("*.yaml")}
-            unknown = sorted(set(files) - set(TABLE1_ORDER))
-            if unknown:
-                raise ValueError(f"{folder}: unexpected config(s) {unknown}; expected names {list(TABLE1_ORDER)}")
-            return {key: files[key] for key in TABLE1_ORDER if key in files}
-    raise ValueError(
-        f"unknown preset {preset!r} for {suite}; looked in {', '.join(tried)}; "
-        f"available: {', '.join(list_presets(suite, extra)) or 'none found'}"
-    )
+    folder = presets.find_preset(suite, preset, extra)
+    files = {p.stem: p for p in folder.glob("*.yaml")}
+    unknown = sorted(set(files) - set(TABLE1_ORDER))
+    if unknown:
+        raise ValueError(f"{folder}: unexpected config(s) {unknown}; expected names {list(TABLE1_ORDER)}")
+    return {key: files[key] for key in TABLE1_ORDER if key in files}
 
 
 def evaluate_task(task, data, config: RunConfig) -> dict:
@@ -97,7 +76,7 @@ def evaluate_task(task, data, config: RunConfig) -> dict:
 
 
 def _run_one(config: RunConfig, run_dir: Path, data) -> dict:
-    from hscl.train import load_task, read_metrics, run_paths, train
+    from hscl.engine.train import load_task, read_metrics, run_paths, train
 
     paths = run_paths(run_dir)
     eval_file = run_dir / "eval.json"
@@ -129,7 +108,7 @@ def reproduce_table1(
     methods: list[str] | None = None,
 ) -> dict:
     """Run a Table I preset; returns the results (also written to ``out_dir``)."""
-    from hscl.train import load_data
+    from hscl.engine.train import load_data
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import TINY
 
 from hscl.cli import main
-from hscl.config import load_config
+from hscl.engine.config import load_config
+from hscl.engine.train import DIAGNOSTIC_FIELDS, diagnostics_hardening, load_task, probe_set, train
+from hscl.experiments.figures import collapse_verdict
+from hscl.experiments.presets import packaged_configs
 from hscl.geometry import diagnose
 from hscl.hardening import Exponential, Threshold
-from hscl.reproduce_geometry import collapse_verdict
-from hscl.train import DIAGNOSTIC_FIELDS, diagnostics_hardening, load_task, probe_set, train
-from test_train import TINY
 
 DIAG = [*TINY, "diagnostics.probe_size=96"]
 
@@ -59,7 +60,7 @@ def test_monitor_writes_every_diagnostic_per_epoch(run):
 def test_last_epoch_row_equals_an_independent_recomputation(run):
     """Recompute the probe embeddings from the final checkpoint and call hscl.geometry directly."""
     task, config = load_task(run / "final.ckpt")
-    from hscl.train import load_data
+    from hscl.engine.train import load_data
 
     x, labels = probe_set(task, load_data(config), config)
     assert x.shape[0] == 2 * labels.shape[0] == 192
@@ -78,7 +79,7 @@ def test_diagnostics_hardening_choice():
     assert diagnostics_hardening(base) == Exponential(1.0)
     assert diagnostics_hardening(load_config(None, [*DIAG, "diagnostics.tau=0.5"])) == Threshold(0.5)
     config = load_config(None, [*DIAG, "loss.method=h-scl", "loss.tau=0.7"])
-    from hscl.train import build_loss
+    from hscl.engine.train import build_loss
 
     assert diagnostics_hardening(config, build_loss(config)) == Threshold(0.7)
     with pytest.raises(ValueError, match=r"diagnostics\.probe_size"):
@@ -120,7 +121,7 @@ def _tiny_experiment_configs(tmp_path: Path) -> Path:
     import yaml
 
     root = tmp_path / "configs"
-    repo = Path(__file__).resolve().parents[1] / "configs" / "figures"
+    repo = packaged_configs() / "figures"
     for name in ("fig4-fig5", "collapse"):
         folder = root / "figures" / name
         folder.mkdir(parents=True)
@@ -142,7 +143,7 @@ def _tiny_experiment_configs(tmp_path: Path) -> Path:
 def test_experiment_configs_hold_the_papers_settings():
     import yaml
 
-    repo = Path(__file__).resolve().parents[1] / "configs" / "figures"
+    repo = packaged_configs() / "figures"
     runs = yaml.safe_load((repo / "fig4-fig5" / "runs.yaml").read_text())
     sets = {key: dict(item.split("=") for item in spec["set"]) for key, spec in runs.items()}
     assert float(sets["h-scl-tau-e-0.5"]["loss.tau"]) == pytest.approx(math.exp(-0.5), rel=1e-15)

@@ -4,7 +4,7 @@ Protocol (one dataset, one method variant, repetition ``r``):
 
 1. The graphs are split by ``StratifiedKFold(folds, shuffle=True, random_state=r)``; every variant sees the
    same splits (a paired comparison).
-2. Pre-training (:func:`hscl.graphs.pretrain_graph_encoder`, Adam, InfoGraph's GIN + heads):
+2. Pre-training (:func:`hscl.engine.graph_train.pretrain_graph_encoder`, Adam, InfoGraph's GIN + heads):
 
    * SCL and H-SCL use labels, so they are pre-trained once PER FOLD on that fold's training graphs only;
      the test fold's labels never reach the encoder (``folds`` models per repetition).
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 import yaml
 
-from hscl.config import apply_overrides, config_from_dict, config_to_dict
 from hscl.data.graphs import GraphData, load_graph_dataset
-from hscl.graphs import ESTIMATORS, GRAPH_METHODS, GraphObjective, embed_graphs, pretrain_graph_encoder
-from hscl.report import fmt_mean_std, markdown_table, write_json, write_table
+from hscl.engine.config import apply_overrides, config_from_dict, config_to_dict
+from hscl.engine.graph_train import ESTIMATORS, GRAPH_METHODS, GraphObjective, embed_graphs, pretrain_graph_encoder
+from hscl.engine.report import fmt_mean_std, markdown_table, write_json, write_table
 
 __all__ = [
     "PAPER_TABLE2_HSCL",
@@ -146,19 +146,10 @@ def validate_table2_config(config: Table2Config) -> None:
 
 
 def find_table2_preset(preset: str, config_dir: str | Path | None = None) -> Path:
-    """``configs/table2/<preset>.yaml`` from ``config_dir``, the working directory or the repository."""
-    from hscl.reproduce import config_roots
+    """``table2/<preset>.yaml`` from ``config_dir`` (a user's folder) or the packaged presets."""
+    from hscl.experiments.presets import find_preset
 
-    tried = []
-    for root in config_roots(config_dir):
-        path = root / "table2" / f"{preset}.yaml"
-        tried.append(str(path))
-        if path.is_file():
-            return path
-    available = sorted({p.stem for root in config_roots(config_dir) for p in (root / "table2").glob("*.yaml")})
-    raise ValueError(
-        f"unknown table2 preset {preset!r}; looked for {', '.join(tried)}; available: {', '.join(available) or 'none'}"
-    )
+    return find_preset("table2", preset, config_dir)
 
 
 def load_table2_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Table2Config:

@@ -94,7 +94,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     #: data-parallel training (Lightning): processes = devices x num_nodes, each holding a shard of the
-    #: global batch of batch_size samples; the loss gathers all shards (hscl.distributed)
+    #: global batch of batch_size samples; the loss gathers all shards (hscl.engine.distributed)
     accelerator: str = "cpu"  # "cpu" (DDP over gloo) or "gpu" (NCCL, SyncBatchNorm)
     devices: int = 1  # processes per node (CPU) or GPUs per node
     num_nodes: int = 1

@@ -1,4 +1,4 @@
-"""hscl.distributed: a 2-process DDP step (gloo, CPU) equals one process on the concatenated batch.
+"""hscl.engine.distributed: a 2-process DDP step (gloo, CPU) equals one process on the concatenated batch.
 
 Each case builds the same tiny float64 encoder in both ranks and in the parent; the ranks take their
 shard of one batch, step on ``global_batch_loss`` and average the gradients over the ranks as
@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from hscl.distributed import all_gather_rows, gather_batch, global_batch_loss, rank, shard, world_size
+from hscl.engine.distributed import all_gather_rows, gather_batch, global_batch_loss, rank, shard, world_size
 from hscl.losses import get_loss
 
 IN_DIM, D, V, B, CLASSES = 6, 5, 2, 12, 3
@@ -235,14 +235,14 @@ def test_train_ddp_cli_two_processes(tmp_path):
     ],
 )
 def test_distributed_config_is_validated(override, message):
-    from hscl.config import load_config
+    from hscl.engine.config import load_config
 
     with pytest.raises(ValueError, match=message):
         load_config(None, [override])
 
 
 def test_global_batch_must_cover_every_process():
-    from hscl.config import load_config
+    from hscl.engine.config import load_config
 
     with pytest.raises(ValueError, match="is the global batch, split over devices x num_nodes = 8"):
         load_config(None, ["train.batch_size=4", "train.devices=4", "train.num_nodes=2"])
@@ -250,7 +250,7 @@ def test_global_batch_must_cover_every_process():
 
 
 def test_launch_rank_from_the_environment(monkeypatch):
-    from hscl.distributed import launch_rank
+    from hscl.engine.distributed import launch_rank
 
     for key in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)

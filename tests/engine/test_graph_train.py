@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("torch_geometric")
 
 from hscl.data.graphs import GraphData, degree_features, graphs_from_lists
-from hscl.graphs import (
+from hscl.engine.graph_train import (
     GraphObjective,
     embed_graphs,
     graph_negative_mask,
@@ -426,7 +426,7 @@ def test_supervised_pretraining_reads_only_the_training_labels():
 def test_svm_accuracy_chooses_c_inside_the_training_part():
     import numpy as np
 
-    from hscl.graph_reproduce import svm_accuracy
+    from hscl.experiments.table2 import svm_accuracy
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(80, 4))
@@ -448,7 +448,7 @@ def test_svm_precomputed_kernel_equals_scikit_learn_pipeline(kernel):
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from hscl.graph_reproduce import svm_accuracy
+    from hscl.experiments.table2 import svm_accuracy
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(150, 6)) * rng.uniform(0.1, 10, size=6)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from hscl.config import load_config
-from hscl.reproduce import TABLE1_ORDER, find_preset
+from hscl.engine.config import load_config
+from hscl.experiments.presets import packaged_configs
+from hscl.experiments.table1 import TABLE1_ORDER, find_preset
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "table1").rglob("*.yaml"))  # run configs of Table I
+CONFIGS = sorted((packaged_configs() / "table1").rglob("*.yaml"))  # run configs of Table I
 
 
 def test_there_is_a_config_for_every_cell_of_table1():

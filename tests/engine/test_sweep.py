@@ -1,4 +1,4 @@
-"""hscl.sweep: grid parsing, the shared Optuna study, kill-and-resume, concurrent workers, a real sweep.
+"""hscl.engine.sweep: grid parsing, the shared Optuna study, kill-and-resume, concurrent workers, a real sweep.
 
 The bookkeeping tests run a tiny trial function (``fake_trial`` below, imported by name by the
 worker processes) whose accuracy peaks at beta = 1; it appends to a log file so that the tests can
@@ -23,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hscl.cli import main
-from hscl.sweep import (
+from hscl.engine.sweep import (
     STUDY_NAME,
     Sweep,
     _fail_stale,

@@ -20,27 +20,21 @@ from pathlib import Path
 
 import yaml
 
-from hscl.config import RunConfig, load_config
-from hscl.report import markdown_table, write_json, write_table
+from hscl.engine.config import RunConfig, load_config
+from hscl.engine.report import markdown_table, write_json, write_table
 
 __all__ = ["reproduce_fig4_fig5", "reproduce_collapse", "collapse_verdict", "COLLAPSE_RULES"]
 
 
 def _experiment_dir(name: str, config_dir: str | Path | None) -> Path:
-    from hscl.reproduce import config_roots
+    from hscl.experiments.presets import find_preset
 
-    tried = []
-    for root in config_roots(config_dir):
-        folder = root / "figures" / name
-        tried.append(str(folder))
-        if (folder / "base.yaml").is_file() and (folder / "runs.yaml").is_file():
-            return folder
-    raise FileNotFoundError(f"configs for {name!r} not found (base.yaml + runs.yaml); looked in {', '.join(tried)}")
+    return find_preset("figures", name, config_dir)
 
 
 def _train_run(config: RunConfig, run_dir: Path, data) -> tuple[list[dict], float]:
     """Train (or resume, or skip when finished) one run; returns its metrics rows and train seconds."""
-    from hscl.train import read_metrics, run_paths, train
+    from hscl.engine.train import read_metrics, run_paths, train
 
     paths = run_paths(run_dir)
     start = time.perf_counter()
@@ -58,7 +52,7 @@ def _last_value(rows: list[dict], key: str) -> float:
 
 
 def _load_data_cached(config: RunConfig, cache: dict):
-    from hscl.train import load_data
+    from hscl.engine.train import load_data
 
     key = (config.data.dataset, config.data.data_dir, config.data.train_subset, config.data.test_subset)
     if key not in cache:
@@ -119,7 +113,7 @@ _CURVE_KEYS = ("assumption1", "loss_ucl", "loss_h_ucl", "loss_scl", "loss_h_scl"
 
 
 def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
-    from hscl.report import _pyplot
+    from hscl.engine.report import _pyplot
 
     header = [
         "run",
@@ -297,7 +291,7 @@ def _last_spectrum(run_dir: Path) -> list[float]:
 
 
 def _write_collapse(results: dict, out_dir: Path, config: RunConfig) -> None:
-    from hscl.report import _pyplot
+    from hscl.engine.report import _pyplot
 
     header = [
         "method",

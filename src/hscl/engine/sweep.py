@@ -3,7 +3,7 @@
 The H-SCL paper picks its hyper-parameters by grid search (Sec. V-A): beta in {0.1, 0.5, 1, 2, 5}
 for H-SCL(beta), and the start / end of the threshold schedule of eq. (4) in {-0.5, -0.3, -0.1} x
 {-0.1, 0, 0.1} for H-SCL(tau). ``hscl sweep CONFIG --grid beta=0.1,0.5,1,2,5`` runs each point of
-the product of the ``--grid`` options as one trial: pre-training (:func:`hscl.train.train`, resumed
+the product of the ``--grid`` options as one trial: pre-training (:func:`hscl.engine.train.train`, resumed
 from its checkpoint when the point was interrupted) then linear-probe and kNN evaluation.
 
 Bookkeeping. Every trial lives in an Optuna study (``<out>/study.db``, SQLite). A worker claims a
@@ -40,8 +40,8 @@ from pathlib import Path
 
 import yaml
 
-from hscl.config import RunConfig, config_to_dict, load_config
-from hscl.report import markdown_table, write_json, write_table
+from hscl.engine.config import RunConfig, config_to_dict, load_config
+from hscl.engine.report import markdown_table, write_json, write_table
 
 __all__ = [
     "GRID_ALIASES",
@@ -252,8 +252,8 @@ def train_and_evaluate(config: RunConfig, run_dir: Path) -> dict:
     Returns the linear probe's top-1 / top-5 and the kNN top-1 on the test split (in %), and the
     seconds spent; also written to ``run_dir/eval.json`` (a finished point is not evaluated twice).
     """
-    from hscl.reproduce import evaluate_task
-    from hscl.train import load_data, load_task, run_paths, train
+    from hscl.engine.train import load_data, load_task, run_paths, train
+    from hscl.experiments.table1 import evaluate_task
 
     paths = run_paths(run_dir)
     eval_file = Path(run_dir) / "eval.json"
@@ -354,7 +354,7 @@ def _open_study(sweep: Sweep):
     if "base_config" not in attrs:
         study.set_user_attr("base_config", base)
         study.set_user_attr("metric", sweep.metric)
-        study.set_user_attr("trial", sweep.trial or "hscl.sweep:train_and_evaluate")
+        study.set_user_attr("trial", sweep.trial or "hscl.engine.sweep:train_and_evaluate")
     else:
         if attrs["base_config"] != base:
             changed = sorted(_diff_keys(attrs["base_config"], base))

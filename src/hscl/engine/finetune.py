@@ -52,10 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hscl.config import RunConfig, config_from_dict, config_to_dict
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, augment_preset, preset_for
 from hscl.data.images import ImageData
 from hscl.data.views import epoch_generator
+from hscl.engine.config import RunConfig, config_from_dict, config_to_dict
 from hscl.losses import get_loss
 from hscl.models import ENCODERS, NORMALIZATIONS, ContrastiveModel, build_model
 
@@ -377,7 +377,7 @@ class Pretrained:
         if preset is not None:
             return augment_preset(preset).with_overrides(None, size=size)
         if self.config is not None:
-            from hscl.train import augment_config
+            from hscl.engine.train import augment_config
 
             return augment_config(self.config, channels, size)
         return preset_for(channels, size)
@@ -451,7 +451,7 @@ def load_pretrained(
     except Exception:  # a Lightning checkpoint holds more than tensors (hyper-parameters)
         obj = None
     if obj is None or (isinstance(obj, Mapping) and "hyper_parameters" in obj and "state_dict" in obj):
-        from hscl.train import load_task
+        from hscl.engine.train import load_task
 
         try:
             task, config = load_task(path, data_dir=data_dir)
@@ -907,7 +907,7 @@ def tsne_figure(
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
-    from hscl.report import write_table
+    from hscl.engine.report import write_table
 
     fig, axes = plt.subplots(1, len(embeddings), figsize=(5.2 * len(embeddings), 4.8), dpi=120, squeeze=False)
     rows = []
@@ -982,22 +982,16 @@ class SchaneExperiment:
 
 
 def find_experiment(preset: str, extra: str | Path | None = None) -> Path:
-    from hscl.reproduce import config_roots
+    from hscl.experiments.presets import find_preset
 
-    tried = []
-    for root in config_roots(extra):
-        path = root / "schane" / f"{preset}.yaml"
-        tried.append(str(path))
-        if path.is_file():
-            return path
-    raise ValueError(f"unknown schane preset {preset!r}; looked for {', '.join(tried)}")
+    return find_preset("schane", preset, extra)
 
 
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> SchaneExperiment:
     """Read a ``SchaneExperiment`` YAML and apply ``section.key=value`` overrides (e.g. ``fewshot.episodes=20``)."""
     import yaml
 
-    from hscl.config import apply_overrides, validate_config
+    from hscl.engine.config import apply_overrides, validate_config
 
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
@@ -1015,7 +1009,7 @@ def _binomial_ci(correct: Tensor) -> tuple[float, float]:
 
 
 def _pretrain(experiment: SchaneExperiment, data: ImageData, out_dir: Path) -> Path:
-    from hscl.train import run_paths, train
+    from hscl.engine.train import run_paths, train
 
     paths = run_paths(out_dir)
     if paths.final.exists():
@@ -1044,7 +1038,7 @@ def reproduce_schane(
     stored in ``out_dir`` when finished and skipped on a rerun.
     """
     from hscl.data.images import load_dataset
-    from hscl.report import markdown_table, write_json, write_table
+    from hscl.engine.report import markdown_table, write_json, write_table
 
     began = time.perf_counter()
     out_dir = Path(out_dir)
@@ -1271,7 +1265,7 @@ def _fewshot_figure(path: Path, results: dict, objectives: list[str]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullLocator
 
-    from hscl.report import write_table
+    from hscl.engine.report import write_table
 
     shots = sorted(int(k) for k in results["fewshot"])
     fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from hscl.evaluate import knn_accuracy, linear_probe, mean_std
+from hscl.engine.evaluate import knn_accuracy, linear_probe, mean_std
 
 
 def _knn_loop(bank, bank_labels, queries, query_labels, k, t):

@@ -30,7 +30,7 @@ restrict the anchors to a subset of the rows, which is what would split that cos
 benchmarks/bench_scaling.py measures it against the encoder's cost.
 
 Batch normalisation in the encoder / head normalises over each rank's own rows unless the model
-uses ``torch.nn.SyncBatchNorm`` (GPU only in PyTorch; see :func:`hscl.train.train`).
+uses ``torch.nn.SyncBatchNorm`` (GPU only in PyTorch; see :func:`hscl.engine.train.train`).
 """
 
 from __future__ import annotations

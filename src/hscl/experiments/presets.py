@@ -1,0 +1,98 @@
+"""The one lookup of experiment presets: YAML files shipped inside the package, or a user's own folder.
+
+The presets live in ``hscl/experiments/configs/`` and are package data, found through
+``importlib.resources`` whether hscl is installed from a wheel, editable, or run from a clone. Every
+command that takes ``--preset`` resolves it here; ``--configs DIR`` puts a user's folder (same layout:
+``DIR/table1/<preset>/``, ``DIR/figures/<name>/``, ``DIR/table2/<preset>.yaml``,
+``DIR/schane/<preset>.yaml``) in front of the packaged one.
+
+Layout per suite:
+
+- ``table1``: a folder per preset holding one run config per method (``ucl.yaml``, ``h-scl-beta.yaml``, ...).
+- ``figures``: a folder per experiment holding ``base.yaml`` and ``runs.yaml``.
+- ``table2`` and ``schane``: one YAML file per preset.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["SUITES", "find_preset", "list_presets", "packaged_configs", "preset_roots"]
+
+#: suite -> "dir" (a preset is a folder) or "file" (a preset is ``<name>.yaml``)
+SUITES = {"table1": "dir", "figures": "dir", "table2": "file", "schane": "file"}
+
+#: files a ``figures`` preset folder must hold
+_FIGURE_FILES = ("base.yaml", "runs.yaml")
+
+
+def packaged_configs() -> Path:
+    """The folder of presets shipped with the installed package."""
+    root = resources.files("hscl.experiments").joinpath("configs")
+    return Path(str(root))
+
+
+def preset_roots(configs: str | Path | None = None) -> list[Path]:
+    """Where presets are looked up, in order: ``configs`` (a user's folder) first, then the packaged ones."""
+    roots = []
+    if configs is not None:
+        folder = Path(configs)
+        if not folder.is_dir():
+            raise ValueError(
+                f"--configs {configs}: not a folder (expected DIR/table1/<preset>/, DIR/table2/<preset>.yaml, ...)"
+            )
+        roots.append(folder)
+    roots.append(packaged_configs())
+    return roots
+
+
+def _check_suite(suite: str) -> str:
+    if suite not in SUITES:
+        raise ValueError(f"unknown preset suite {suite!r}; allowed: {', '.join(SUITES)}")
+    return suite
+
+
+def _candidate(root: Path, suite: str, preset: str) -> Path:
+    return root / suite / (preset if SUITES[suite] == "dir" else f"{preset}.yaml")
+
+
+def _is_preset(path: Path, suite: str) -> bool:
+    if SUITES[suite] == "file":
+        return path.is_file()
+    if suite == "figures":
+        return all((path / name).is_file() for name in _FIGURE_FILES)
+    return path.is_dir() and any(path.glob("*.yaml"))
+
+
+def list_presets(suite: str, configs: str | Path | None = None) -> list[str]:
+    """Names of the presets of ``suite`` found in ``configs`` and in the package."""
+    _check_suite(suite)
+    names = set()
+    for root in preset_roots(configs):
+        folder = root / suite
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            name = path.name if SUITES[suite] == "dir" else path.stem
+            if _is_preset(path, suite) and (SUITES[suite] == "dir" or path.suffix == ".yaml"):
+                names.add(name)
+    return sorted(names)
+
+
+def find_preset(suite: str, preset: str, configs: str | Path | None = None) -> Path:
+    """The folder (``table1``, ``figures``) or YAML file (``table2``, ``schane``) of a preset.
+
+    Raises ``ValueError`` naming the places looked in and the presets available.
+    """
+    _check_suite(suite)
+    if not isinstance(preset, str) or not preset or "/" in preset or "\\" in preset or preset.startswith("."):
+        raise ValueError(f"--preset {preset!r}: a preset is a plain name such as 'quick'")
+    tried = []
+    for root in preset_roots(configs):
+        path = _candidate(root, suite, preset)
+        tried.append(str(path))
+        if _is_preset(path, suite):
+            return path
+    available = ", ".join(list_presets(suite, configs)) or "none found"
+    raise ValueError(f"unknown preset {preset!r} for {suite}; looked in {', '.join(tried)}; available: {available}")
