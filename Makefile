@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-train fashion-mnist browser format clean
+.PHONY: demo test test-slow bench bench-train fashion-mnist browser format clean docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,9 @@ browser:
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || \
 		echo 'could not install chromium + chromium-driver; the HTML report test will be skipped'
 
-test: $(STAMP) fashion-mnist browser
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+test: $(STAMP) fashion-mnist browser docs
+	$(PY) -m ruff check src tests benchmarks docs/hooks.py
+	$(PY) -m ruff format --check src tests benchmarks docs/hooks.py
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
@@ -49,9 +49,16 @@ bench: $(STAMP)
 bench-train: $(STAMP) fashion-mnist
 	$(PY) benchmarks/bench_train.py
 
+# the documentation site into site/ (--strict: any warning, broken link or unresolved reference fails);
+# docs/hooks.py serves KaTeX from npm's katex package, installed once into build/npm/ when missing
+docs: $(STAMP)
+	@test -f build/npm/node_modules/katex/dist/katex.min.js || \
+		npm install --no-save --no-audit --no-fund --prefix build/npm katex@0.16
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 format: $(STAMP)
-	$(PY) -m ruff format src tests benchmarks
-	$(PY) -m ruff check --fix src tests benchmarks
+	$(PY) -m ruff format src tests benchmarks docs/hooks.py
+	$(PY) -m ruff check --fix src tests benchmarks docs/hooks.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .ruff_cache

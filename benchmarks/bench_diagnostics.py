@@ -23,15 +23,8 @@ from pathlib import Path
 import torch
 
 from hscl.engine.config import load_config
-from hscl.engine.train import (
-    diagnostics_hardening,
-    load_data,
-    load_task,
-    measure_geometry,
-    probe_set,
-    read_metrics,
-    train,
-)
+from hscl.engine.monitor import diagnostics_hardening, measure_geometry, probe_set
+from hscl.engine.train import load_data, load_task, read_metrics, train
 from hscl.geometry import diagnose
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py, from every
 def label_layout(request, monkeypatch):
     """Run a test with both layouts of label structure in the fused loss: gathered column tables
     (classes of at most 256 rows) and contiguous class blocks (larger classes)."""
-    from hscl.losses import core as losses
+    from hscl.losses import _fused
 
     if request.param == "blocks":
-        monkeypatch.setattr(losses, "_GATHER_MAX_CLASS_ROWS", 0)
+        monkeypatch.setattr(_fused, "_GATHER_MAX_CLASS_ROWS", 0)  # read from _fused's globals at call time
     return request.param

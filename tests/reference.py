@@ -124,3 +124,90 @@ def reference_supcon(z, labels=None, *, temperature=0.1, base_temperature=0.07):
         terms = [torch.log(torch.exp(torch.dot(Z[r], Z[p]) / temperature) / denom) for p in P]
         per_anchor.append(-(temperature / base_temperature) * torch.stack(terms).mean())
     return torch.stack(per_anchor).mean()
+
+
+def reference_metric_learning(
+    embeddings, labels, *, negatives, hardening=None, temperature=0.5, M=None, reduction="mean"
+):
+    """pytorch-metric-learning's call ``loss_fn(embeddings (N, d), labels (N,))``, loop over rows.
+
+    No instance structure: P(r) = other rows of the label of r; N(r) = every other row (``"unsupervised"``)
+    or the rows of another label (``"supervised"``). Then eq. (3) as in :func:`reference_pairs`.
+    """
+    Z = torch.stack([row.double() / torch.sqrt((row.double() * row.double()).sum()) for row in embeddings])
+    N = Z.shape[0]
+    label = [int(y) for y in labels]
+    per_anchor = []
+    for r in range(N):
+        P = [s for s in range(N) if s != r and label[s] == label[r]]
+        if negatives == "unsupervised":
+            Nr = [s for s in range(N) if s != r]
+        else:
+            Nr = [s for s in range(N) if label[s] != label[r]]
+        if not P or not Nr:
+            continue
+        g = {s: torch.dot(Z[r], Z[s]) / temperature for s in set(P) | set(Nr)}
+        w = [_eta(hardening, g[s]) for s in Nr]
+        if sum(float(x.detach()) for x in w) == 0.0:  # threshold fallback: untilted
+            w = [torch.ones((), dtype=torch.float64) for _ in Nr]
+        E = sum(w_s * torch.exp(g[s]) for w_s, s in zip(w, Nr)) / sum(w)
+        Mr = N - 2 if M is None else len(Nr) if M == "count" else M
+        per_anchor.append([torch.log(1 + Mr * torch.exp(-g[p]) * E) for p in P])
+    if reduction == "anchor_mean":
+        return torch.stack([torch.stack(losses).mean() for losses in per_anchor]).mean()
+    values = torch.stack([loss for losses in per_anchor for loss in losses])
+    return {"mean": values.mean(), "sum": values.sum(), "none": values}[reduction]
+
+
+# ------------------------------------------------------------------------------- graphs (Table II)
+
+LOG2 = math.log(2.0)
+
+
+def random_graph_problem(seed: int, nodes_per_graph=(3, 1, 4, 2, 5, 2), labels=(0, 1, 0, 2, 1, 0), d=5, scale=0.7):
+    """Random float64 local ``(n, d)`` and global ``(G, d)`` head outputs, the graph of each node, labels."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.repeat_interleave(torch.arange(len(nodes_per_graph)), torch.tensor(nodes_per_graph))
+    local = scale * torch.randn(int(batch.numel()), d, generator=generator, dtype=torch.float64)
+    global_ = scale * torch.randn(len(nodes_per_graph), d, generator=generator, dtype=torch.float64)
+    return local, global_, batch, torch.tensor(labels)
+
+
+def reference_local_global(local, global_, batch, labels, supervised: bool, hardening, estimator: str):
+    """The local-global objective written from its definition, one node (anchor) and one graph at a time.
+
+    ``hardening``: a beta (exponential tilting), an hscl hardening or a callable on the score, or None.
+    Weights: w = |N| eta(s) / sum_N eta(s) (all 1 when every eta is 0); JSD: E_neg - E_pos with E_pos over
+    every node and E_neg over the nodes that have negatives (each the mean over its negatives of
+    w (softplus(s) - log 2)); InfoNCE: -s_pos + log(exp(s_pos) + sum_N w exp(s)) averaged over nodes with negatives.
+    """
+    if hardening is None or isinstance(hardening, (int, float)):
+        hardening = Exponential(float(hardening or 0.0))
+    local, global_ = local.double(), global_.double()
+    positives, negatives, infonce = [], [], []
+    for a in range(local.shape[0]):
+        own = int(batch[a])
+        scores = [sum(local[a, k] * global_[j, k] for k in range(local.shape[1])) for j in range(global_.shape[0])]
+        negative_set = [
+            j for j in range(global_.shape[0]) if j != own and (not supervised or int(labels[j]) != int(labels[own]))
+        ]
+        s_pos = scores[own]
+        positives.append(LOG2 - torch.log(1 + torch.exp(-s_pos)))
+        if not negative_set:
+            continue
+        tilts = [_eta(hardening, scores[j]) for j in negative_set]
+        if sum(float(t.detach()) for t in tilts) == 0.0:  # threshold fallback: untilted
+            tilts = [torch.ones((), dtype=torch.float64) for _ in negative_set]
+        total = sum(tilts)
+        weights = [len(negative_set) * t / total for t in tilts]
+        negatives.append(
+            sum(w * (torch.log(1 + torch.exp(scores[j])) - LOG2) for w, j in zip(weights, negative_set))
+            / len(negative_set)
+        )
+        infonce.append(
+            -s_pos + torch.log(torch.exp(s_pos) + sum(w * torch.exp(scores[j]) for w, j in zip(weights, negative_set)))
+        )
+    if estimator == "jsd":
+        e_neg = sum(negatives) / len(negatives) if negatives else torch.zeros((), dtype=torch.float64)
+        return e_neg - sum(positives) / len(positives)
+    return sum(infonce) / len(infonce)

@@ -16,3 +16,21 @@ def test_demo_prints_the_six_methods(capsys):
         assert row, method
         assert float(row.group(1)) > 0
     assert "H-SCL >= SCL: True" in out and "H-UCL >= UCL: True" in out
+
+
+def test_set_takes_scientific_notation(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  lr: 3e-4\n  epochs: 1e1\n")
+    sets = ["--set", "train.weight_decay=5e-4", "--set", "loss.temperature=1E-1"]
+    assert main(["train", "--config", str(config), *sets, "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.0003" in out and "weight_decay: 0.0005" in out and "temperature: 0.1" in out
+    assert "epochs: 10\n" in out
+
+
+def test_a_value_that_is_not_a_number_is_one_line_naming_the_key(capsys):
+    assert main(["train", "--set", "train.lr=1e-3x", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "hscl: error: config.train.lr must be a number, got '1e-3x'"
+    assert main(["train", "--set", "train.epochs=1e-3", "--print-config"]) == 2
+    assert capsys.readouterr().err.strip() == "hscl: error: config.train.epochs must be an integer, got 0.001"

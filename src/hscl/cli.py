@@ -17,17 +17,31 @@ import time
 import torch
 
 from hscl import __version__
-from hscl.losses import LOSSES, get_loss
+from hscl.engine.checkpoints import CheckpointError
+from hscl.losses import METHODS, Method, get_loss, loss_kwargs
 
-#: how each registered method chooses positives, negatives and hardening, and where it comes from
-METHOD_INFO: dict[str, tuple[str, str, str, str]] = {
-    "ucl": ("views", "other samples", "none", "SimCLR (Chen et al. 2020), eq. (3) of H-SCL"),
-    "h-ucl": ("views", "other samples", "exp(beta g) or threshold", "Robinson et al., ICLR 2021"),
-    "scl": ("same label", "other labels", "none", "H-SCL paper's SCL baseline"),
-    "h-scl": ("same label", "other labels", "exp(beta g) or threshold", "Jiang et al., arXiv 2209.00078"),
-    "supcon": ("same label", "all other rows", "none", "Khosla et al., NeurIPS 2020"),
-    "schane": ("same label", "other labels", "exp(beta g), M=|N(r)|", "Long et al., arXiv 2308.14893"),
-}
+_POSITIVES = {"views": "views", "labels": "same label"}
+_NEGATIVES = {"unsupervised": "other samples", "supervised": "other labels", None: "all other rows"}
+
+
+def _describe(method: Method, loss_fn: torch.nn.Module) -> tuple[str, str, str]:
+    """(positives, negatives, hardening) of a registered method, as ``hscl losses`` prints them."""
+    hardening = "exp(beta g) or threshold" if method.hardened else "none"
+    if getattr(loss_fn, "M", None) == "count":
+        hardening = "exp(beta g), M=|N(r)|"
+    return _POSITIVES[method.positives], _NEGATIVES[method.negatives], hardening
+
+
+def _lower_bounds() -> list[tuple[str, str]]:
+    """(hardened, plain) pairs of the H-SCL paper's methods with the same positives and negatives."""
+    paper = [m for m in METHODS.values() if m.table1]
+    return [
+        (h.name, p.name)
+        for h in paper
+        if h.hardened
+        for p in paper
+        if not p.hardened and (p.positives, p.negatives) == (h.positives, h.negatives)
+    ]
 
 
 def _digits_views(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,17 +75,9 @@ def cmd_losses(args: argparse.Namespace) -> int:
     projection = torch.randn(64, args.dim, generator=generator) / 8.0  # fixed random projection
     z_real = (x - x.mean((0, 1), keepdim=True)) @ projection  # (B, 2, dim)
     z_random = torch.randn(z_real.shape, generator=generator)
-    kwargs = {
-        "ucl": {"temperature": args.temperature},
-        "h-ucl": {"beta": args.beta, "temperature": args.temperature},
-        "scl": {"temperature": args.temperature},
-        "h-scl": {"beta": args.beta, "temperature": args.temperature},
-        "supcon": {},
-        "schane": {"beta": args.beta, "temperature": args.temperature},
-    }
     print(
         f"hscl {__version__} losses: {args.batch} scikit-learn digits x 2 views (shift + noise) -> fixed random "
-        f"projection to {args.dim}-d; beta={args.beta}, temperature={args.temperature} (supcon: 0.1 / 0.07)\n"
+        f"projection to {args.dim}-d; beta={args.beta}, temperature={args.temperature}\n"
     )
     header = (
         f"{'method':<8} {'positives':<11} {'negatives':<15} {'hardening':<25} {'loss(digits)':>12} "
@@ -80,8 +86,9 @@ def cmd_losses(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     results = {}
-    for method in LOSSES:
-        loss_fn = get_loss(method, **kwargs[method])
+    for method, entry in METHODS.items():
+        options = {"temperature": args.temperature, "beta": args.beta if entry.hardened else None}
+        loss_fn = get_loss(method, **loss_kwargs(method, options))
         z = z_real.clone().requires_grad_(True)
         start = time.perf_counter()
         value = loss_fn(z, labels)
@@ -91,17 +98,15 @@ def cmd_losses(args: argparse.Namespace) -> int:
         random_value = float(loss_fn(z_random, labels))
         stats = getattr(loss_fn, "last_stats", None)
         pairs = stats.num_pairs if stats is not None else "-"
-        positives, negatives, hardening, _ = METHOD_INFO[method]
+        positives, negatives, hardening = _describe(entry, loss_fn)
         results[method] = float(value)
         print(
             f"{method:<8} {positives:<11} {negatives:<15} {hardening:<25} {float(value):>12.4f} "
             f"{random_value:>12.4f} {pairs!s:>7} {elapsed:>10.1f}"
         )
     print()
-    print(
-        f"checks: H-SCL >= SCL: {results['h-scl'] >= results['scl']} | "
-        f"H-UCL >= UCL: {results['h-ucl'] >= results['ucl']} (exponential tilting never lowers the loss)"
-    )
+    checks = [f"{METHODS[h].label} >= {METHODS[p].label}: {results[h] >= results[p]}" for h, p in _lower_bounds()]
+    print(f"checks: {' | '.join(checks)} (exponential tilting never lowers the loss)")
     return 0
 
 
@@ -129,8 +134,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from hscl.engine.config import config_to_dict, load_config
     from hscl.engine.train import train
+    from hscl.experiments.presets import resolve_config
 
-    config = load_config(args.config, _overrides(args))
+    config = load_config(resolve_config(args.config), _overrides(args))
     out = args.out or f"runs/{config.name}"
     if args.print_config:
         import yaml
@@ -145,7 +151,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from hscl.engine.config import load_config
     from hscl.engine.sweep import Sweep, parse_grid, run_sweep, summary
+    from hscl.experiments.presets import resolve_config
 
+    args.config = str(resolve_config(args.config))
     overrides = list(args.set or [])
     if args.data_dir is not None:
         overrides.append(f"data.data_dir={args.data_dir}")
@@ -169,8 +177,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from hscl.engine.config import config_to_dict
+    from hscl.engine.evaluate import evaluate_task
     from hscl.engine.train import load_data, load_task
-    from hscl.experiments.table1 import evaluate_task
 
     task, config = load_task(args.checkpoint, data_dir=args.data_dir)
     result = evaluate_task(task, load_data(config), config)
@@ -228,7 +236,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     import json
     import math
 
-    from hscl.engine.train import diagnostics_hardening, load_data, load_task, measure_geometry, probe_set
+    from hscl.engine.monitor import diagnostics_hardening, measure_geometry, probe_set
+    from hscl.engine.train import load_data, load_task
     from hscl.hardening import Exponential, Threshold
 
     task, config = load_task(args.checkpoint, data_dir=args.data_dir)
@@ -267,13 +276,13 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from hscl.engine.finetune import run_cli
+    from hscl.experiments.schane import run_cli
 
     return run_cli(args)
 
 
 def _reproduce_schane(args: argparse.Namespace) -> None:
-    from hscl.engine.finetune import reproduce_schane
+    from hscl.experiments.schane import reproduce_schane
 
     reproduce_schane(
         args.out or f"runs/schane-{args.preset or 'quick'}",
@@ -308,6 +317,23 @@ def _reproduce_table2(args: argparse.Namespace) -> None:
     reproduce_table2(config, args.out or f"runs/table2-{preset}")
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    """``hscl presets``: the packaged presets; ``hscl presets NAME`` prints one config (to copy and edit)."""
+    from hscl.experiments.presets import SUITES, list_presets, packaged_configs, resolve_config
+
+    if args.name is not None:
+        print(resolve_config(args.name).read_text(), end="")
+        return 0
+    root = packaged_configs()
+    print(f"packaged presets (in {root}); run one with `hscl reproduce SUITE --preset NAME`:")
+    for suite in SUITES:
+        print(f"  {suite}: {', '.join(list_presets(suite, args.configs)) or '-'}")
+    print("run configs for `hscl train --config NAME` (print one with `hscl presets NAME`):")
+    for path in sorted((root / "table1").rglob("*.yaml")):
+        print(f"  {path.relative_to(root).with_suffix('')}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from hscl.engine.report import html_report
 
@@ -338,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     tr = sub.add_parser("train", help="pre-train one configuration")
-    tr.add_argument("--config", help="YAML run config (e.g. configs/table1/quick/h-scl-beta.yaml)")
+    tr.add_argument(
+        "--config", help="YAML run config: a file, or a packaged one by name (e.g. table1/quick/h-scl-beta)"
+    )
     tr.add_argument("--out", help="run directory (default runs/<name>)")
     tr.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set loss.beta=2")
@@ -357,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     sw = sub.add_parser("sweep", help="grid search, one trial per point, in a resumable Optuna study (SQLite)")
-    sw.add_argument("config", help="YAML run config, e.g. configs/table1/quick/h-scl-beta.yaml")
+    sw.add_argument("config", help="YAML run config: a file, or a packaged one by name (e.g. table1/quick/h-scl-beta)")
     sw.add_argument(
         "--grid",
         action="append",
@@ -390,16 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("experiment", choices=sorted(REPRODUCERS))
     rp.add_argument(
         "--preset",
-        help="table1: configs/table1/<preset>/ (quick [default], cifar10, cifar100, ...); "
-        "schane: configs/schane/<preset>.yaml (quick [default]); table2: configs/table2/<preset>.yaml "
-        "(quick [default], paper)",
+        help="a packaged preset (see `hscl presets`): table1: quick [default], cifar10, cifar100, stl10, "
+        "tiny-imagenet; table2: quick [default], paper; schane: quick [default]",
     )
     rp.add_argument("--out", help="output directory (default runs/<experiment>[-<preset>])")
     rp.add_argument("--seeds", help="comma-separated seeds (default 0)")
     rp.add_argument(
         "--methods",
-        help="comma-separated subset (table1: ucl,h-ucl,scl,h-scl-beta,h-scl-tau; collapse, table2: "
-        "ucl,h-ucl,scl,h-scl; table2 also: untrained)",
+        help="comma-separated subset of the preset's methods (table1: its config names, e.g. scl,h-scl-beta; "
+        "collapse, table2: method names; table2 also: untrained)",
     )
     rp.add_argument("--normalizations", help="collapse: comma-separated subset of sphere,ball,none")
     rp.add_argument("--dataset", help="table2: comma-separated datasets (molecules, MUTAG, ENZYMES, PTC, IMDB-B, ...)")
@@ -409,7 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--repeats", type=int, help="table2: repetitions of the cross-validation")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every config")
     rp.add_argument("--data-dir")
-    rp.add_argument("--configs", help="a configs/ folder other than ./configs")
+    rp.add_argument(
+        "--configs",
+        help="your own presets folder, looked in before the packaged ones (DIR/table1/<preset>/*.yaml, "
+        "DIR/figures/<name>/{base,runs}.yaml, DIR/table2/<preset>.yaml, DIR/schane/<preset>.yaml)",
+    )
     rp.set_defaults(func=cmd_reproduce)
 
     dg = sub.add_parser("diagnose", help="geometry diagnostics of a checkpoint (Assumption 1, Lemma 1, collapse)")
@@ -429,7 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(1 - lam) CE + lam L on the training split, or on N-way K-shot episodes with --few-shot.",
     )
     ft.add_argument("checkpoint", help="final.ckpt / last.ckpt of hscl train, or a state_dict (.pt) of an hscl model")
-    ft.add_argument("--objective", choices=["ce", "schane", "supcon+ce"], default="schane")
+    ft.add_argument(
+        "--objective",
+        default="schane",
+        help="ce, schane (default), or <method>+ce for any registered method, e.g. supcon+ce, h-scl+ce",
+    )
     ft.add_argument("--lam", type=float, default=0.9, help="weight of the contrastive term (default 0.9)")
     ft.add_argument("--beta", type=float, default=1.0, help="SCHaNe's hardness exp(beta g) (default 1)")
     ft.add_argument("--temperature", type=float, default=0.5, help="gamma of the contrastive term (default 0.5)")
@@ -477,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output file (default <run_dir>/report.html)")
     rep.set_defaults(func=cmd_report)
 
+    ps = sub.add_parser("presets", help="list the packaged presets and run configs, or print one")
+    ps.add_argument("name", nargs="?", help="a run config to print, e.g. table1/quick/h-scl-beta")
+    ps.add_argument("--configs", help="also list the presets of this folder")
+    ps.set_defaults(func=cmd_presets)
+
     demo = sub.add_parser("losses", help="the six methods' losses on a real batch of digits")
     demo.add_argument("--batch", type=int, default=512, help="samples in the batch (default 512)")
     demo.add_argument("--dim", type=int, default=128, help="embedding dimension (default 128)")
@@ -488,10 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a bad input (config, argument, checkpoint file) is one line on stderr and exit code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except CheckpointError as err:  # a checkpoint / weights file: one line naming the file and what is wrong
+        print(f"hscl: error: {err}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"hscl: error: {err}", file=sys.stderr)
         return 2

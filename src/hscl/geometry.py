@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hscl.hardening import Exponential, Hardening
-from hscl.losses import contrastive_loss
+from hscl.losses import METHODS, contrastive_loss
 
 __all__ = [
     "Assumption1",
@@ -57,7 +57,8 @@ __all__ = [
     "uniformity",
 ]
 
-QUARTET = ("ucl", "h-ucl", "scl", "h-scl")
+#: the H-SCL paper's four settings (its Table I methods: UCL, H-UCL, SCL, H-SCL), from the registry
+QUARTET = tuple(m.name for m in METHODS.values() if m.table1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,8 +189,8 @@ def loss_quartet(
     for method in QUARTET:
         kw = {
             "positives": "views",
-            "negatives": "supervised" if method.endswith("scl") else "unsupervised",
-            "hardening": hardening if method.startswith("h-") else None,
+            "negatives": METHODS[method].negatives,
+            "hardening": hardening if METHODS[method].hardened else None,
             "temperature": temperature,
             "M": M,
             "normalize": normalize,
@@ -200,7 +201,7 @@ def loss_quartet(
             values = contrastive_loss(z64, labels, **kw)
         per_pair[method] = values
         means[method] = float(values.mean()) if values.numel() else math.nan
-    return Quartet(means["ucl"], means["h-ucl"], means["scl"], means["h-scl"], per_pair)
+    return Quartet(*(means[method] for method in QUARTET), per_pair)
 
 
 def _log_tilted_mean_exp(G: Tensor, log_w: Tensor, mask: Tensor) -> Tensor:

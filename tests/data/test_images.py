@@ -21,6 +21,7 @@ from PIL import Image
 
 from hscl.data import DATASETS, DatasetNotFoundError, ImageData, load_dataset
 from hscl.data import images as im
+from hscl.data.images import image_files
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -314,11 +315,11 @@ def test_tiny_imagenet_tree_and_cache(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache is valid")
 
-    decode_all = im._decode_all
-    monkeypatch.setattr(im, "_decode_all", no_decoding)
+    decode_all = image_files._decode_all
+    monkeypatch.setattr(image_files, "_decode_all", no_decoding)
     again = im.read_tiny_imagenet(root, cache_dir=cache)
     assert torch.equal(again.train_images, data.train_images) and again.classes == data.classes
-    monkeypatch.setattr(im, "_decode_all", decode_all)
+    monkeypatch.setattr(image_files, "_decode_all", decode_all)
     # Another file invalidates the cache.
     Image.new("RGB", (64, 64), colours["n02"]).save(root / "train" / "n02" / "images" / "n02_9.JPEG")
     assert im.read_tiny_imagenet(root, cache_dir=cache).train_images.shape[0] == 7

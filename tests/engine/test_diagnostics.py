@@ -14,7 +14,8 @@ from test_train import TINY
 
 from hscl.cli import main
 from hscl.engine.config import load_config
-from hscl.engine.train import DIAGNOSTIC_FIELDS, diagnostics_hardening, load_task, probe_set, train
+from hscl.engine.monitor import DIAGNOSTIC_FIELDS, diagnostics_hardening, probe_set
+from hscl.engine.train import load_task, train
 from hscl.experiments.figures import collapse_verdict
 from hscl.experiments.presets import packaged_configs
 from hscl.geometry import diagnose

@@ -1,9 +1,8 @@
-"""Graph contrastive learning (Table II): the objectives against a float64 loop, the hardening direction,
-the GIN encoder, the TU and molecule readers, pre-training without label leakage, and the SVM protocol."""
+"""Graph contrastive learning (Table II): the named objectives against a float64 loop, the GIN encoder, the TU
+and molecule readers, pre-training without label leakage, and the SVM protocol. The local-global objective
+itself (hardening direction, any hardening) is tested in tests/losses/test_local_global.py."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -11,61 +10,11 @@ import torch
 pytest.importorskip("torch_geometric")
 
 from hscl.data.graphs import GraphData, degree_features, graphs_from_lists
-from hscl.engine.graph_train import (
-    GraphObjective,
-    embed_graphs,
-    graph_negative_mask,
-    local_global_loss,
-    negative_weights,
-    pretrain_graph_encoder,
-)
+from hscl.engine.graph_train import GRAPH_METHODS, GraphObjective, embed_graphs, pretrain_graph_encoder
+from hscl.hardening import Exponential, Threshold
+from hscl.losses import METHODS
 from hscl.models.gin import GINEncoder, InfoGraphModel
-
-LOG2 = math.log(2.0)
-
-
-def _random_problem(seed: int, nodes_per_graph=(3, 1, 4, 2, 5, 2), labels=(0, 1, 0, 2, 1, 0), d: int = 5, scale=0.7):
-    generator = torch.Generator().manual_seed(seed)
-    batch = torch.repeat_interleave(torch.arange(len(nodes_per_graph)), torch.tensor(nodes_per_graph))
-    local = scale * torch.randn(int(batch.numel()), d, generator=generator, dtype=torch.float64)
-    global_ = scale * torch.randn(len(nodes_per_graph), d, generator=generator, dtype=torch.float64)
-    return local, global_, batch, torch.tensor(labels)
-
-
-def _loop_loss(local, global_, batch, labels, supervised: bool, beta: float, estimator: str) -> torch.Tensor:
-    """The objective written from its definition, one node (anchor) and one graph at a time, float64.
-
-    Weights: w = |N| exp(beta s) / sum_N exp(beta s); JSD: E_neg - E_pos with E_pos over every node and
-    E_neg over the nodes that have negatives (each the mean over its negatives of w (softplus(s) - log 2));
-    InfoNCE: -s_pos + log(exp(s_pos) + sum_N w exp(s)) averaged over nodes with negatives.
-    """
-    local, global_ = local.double(), global_.double()
-    positives, negatives, infonce = [], [], []
-    for a in range(local.shape[0]):
-        own = int(batch[a])
-        scores = [sum(local[a, k] * global_[j, k] for k in range(local.shape[1])) for j in range(global_.shape[0])]
-        negative_set = [
-            j for j in range(global_.shape[0]) if j != own and (not supervised or int(labels[j]) != int(labels[own]))
-        ]
-        s_pos = scores[own]
-        positives.append(LOG2 - torch.log(1 + torch.exp(-s_pos)))
-        if not negative_set:
-            continue
-        tilts = [torch.exp(beta * scores[j]) for j in negative_set]
-        total = sum(tilts)
-        weights = [len(negative_set) * t / total for t in tilts]
-        negatives.append(
-            sum(w * (torch.log(1 + torch.exp(scores[j])) - LOG2) for w, j in zip(weights, negative_set))
-            / len(negative_set)
-        )
-        infonce.append(
-            -s_pos + torch.log(torch.exp(s_pos) + sum(w * torch.exp(scores[j]) for w, j in zip(weights, negative_set)))
-        )
-    if estimator == "jsd":
-        e_neg = sum(negatives) / len(negatives) if negatives else torch.zeros((), dtype=torch.float64)
-        return e_neg - sum(positives) / len(positives)
-    return sum(infonce) / len(infonce)
-
+from reference import random_graph_problem, reference_local_global
 
 # ------------------------------------------------------------------------------------- objectives
 
@@ -73,12 +22,12 @@ def _loop_loss(local, global_, batch, labels, supervised: bool, beta: float, est
 @pytest.mark.parametrize("estimator", ["jsd", "infonce"])
 @pytest.mark.parametrize("method,beta", [("ucl", 0.0), ("h-ucl", 1.0), ("h-ucl", 10.0), ("scl", 0.0), ("h-scl", 2.0)])
 def test_loss_matches_float64_loop(method, beta, estimator):
-    local, global_, batch, labels = _random_problem(1)
+    local, global_, batch, labels = random_graph_problem(1)
     local.requires_grad_(True)
     global_.requires_grad_(True)
     objective = GraphObjective(method, beta, estimator)
     value = objective(local, global_, batch, labels)
-    expected = _loop_loss(local, global_, batch, labels, objective.supervised, beta, estimator)
+    expected = reference_local_global(local, global_, batch, labels, objective.supervised, beta, estimator)
     torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-10)
     grads = torch.autograd.grad(value, (local, global_))
     expected_grads = torch.autograd.grad(expected, (local, global_))
@@ -86,108 +35,54 @@ def test_loss_matches_float64_loop(method, beta, estimator):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
 
 
-def test_ucl_jsd_is_infograph_loss():
-    """With every other graph a negative, E_neg is the plain mean over all (node, other graph) pairs."""
-    local, global_, batch, _ = _random_problem(2)
-    scores = local @ global_.T
-    pos = torch.zeros_like(scores, dtype=torch.bool)
-    pos[torch.arange(batch.numel()), batch] = True
-    e_pos = (LOG2 - torch.nn.functional.softplus(-scores[pos])).mean()
-    e_neg = (torch.nn.functional.softplus(scores[~pos]) - LOG2).mean()
-    torch.testing.assert_close(local_global_loss(local, global_, batch), e_neg - e_pos)
-
-
-def test_supervised_negatives_and_anchor_without_negatives():
-    # graph 1 (label 1) is the only graph of another label for the nodes of graphs 0 and 2;
-    # with all labels equal, no node has a negative: JSD keeps only its positive term
-    local, global_, batch, _ = _random_problem(3, nodes_per_graph=(2, 2, 1), labels=(0, 1, 0))
-    mask = graph_negative_mask(batch, 3, torch.tensor([0, 1, 0]))
-    assert mask.tolist() == [[False, True, False]] * 2 + [[True, False, True]] * 2 + [[False, True, False]]
-    same = torch.zeros(3, dtype=torch.long)
-    value = local_global_loss(local, global_, batch, same, negatives="supervised", beta=1.0)
-    expected = _loop_loss(local, global_, batch, same, True, 1.0, "jsd")
-    torch.testing.assert_close(value, expected)
+@pytest.mark.parametrize("estimator", ["jsd", "infonce"])
+@pytest.mark.parametrize("method", ["h-ucl", "h-scl"])
+@pytest.mark.parametrize("hardening", [Exponential(2.0), Threshold(1.0), lambda s: torch.sigmoid(3.0 * s)])
+def test_objective_takes_any_hardening(method, hardening, estimator):
+    local, global_, batch, labels = random_graph_problem(7)
     local.requires_grad_(True)
-    nce = local_global_loss(local, global_, batch, same, negatives="supervised", estimator="infonce")
-    assert float(nce.detach()) == 0.0 and nce.requires_grad
+    objective = GraphObjective(method, estimator=estimator, hardening=hardening)
+    value = objective(local, global_, batch, labels)
+    expected = reference_local_global(local, global_, batch, labels, objective.supervised, hardening, estimator)
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-10)
+    (grad,) = torch.autograd.grad(value, local)
+    (expected_grad,) = torch.autograd.grad(expected, local)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-10)
 
 
-def test_hardening_weights_grow_with_similarity_and_average_one():
-    """The direction test: a MORE similar (harder) negative must weigh more. The sign-reversed variant
-    exp(-beta s) (weighting easier negatives more) fails the monotonicity check below."""
-    generator = torch.Generator().manual_seed(4)
-    scores = torch.randn(7, 9, generator=generator, dtype=torch.float64) * 3
-    mask = torch.rand(7, 9, generator=generator) < 0.7
-    mask[0] = False  # an anchor without negatives
-    mask[1] = False
-    mask[1, 4] = True  # an anchor with one negative
-    for beta in (0.5, 1.0, 2.0, 10.0):
-        w = negative_weights(scores, mask, beta)
-        assert torch.all(w[~mask] == 0)
-        for row in range(1, 7):
-            negatives = mask[row].nonzero().flatten()
-            ws, ss = w[row, negatives], scores[row, negatives]
-            torch.testing.assert_close(ws.mean(), torch.ones((), dtype=torch.float64))  # mean 1 per anchor
-            order = ss.argsort()
-            assert torch.all(ws[order][1:] > ws[order][:-1]), f"weights must increase with similarity (beta={beta})"
-            # the closed form: ratios of weights are exp(beta * score differences)
-            torch.testing.assert_close(ws / ws[0], torch.exp(beta * (ss - ss[0])))
-        assert torch.all(w[0] == 0)
-    torch.testing.assert_close(negative_weights(scores, mask, 0.0), mask.double())
-    reversed_weights = negative_weights(-scores, mask, 1.0)  # what a sign error would compute
-    row = mask[2].nonzero().flatten()
-    order = scores[2, row].argsort()
-    assert torch.all(reversed_weights[2, row][order][1:] < reversed_weights[2, row][order][:-1])
+def test_objective_hardening_equals_beta_and_labels_the_row():
+    local, global_, batch, labels = random_graph_problem(8)
+    by_beta = GraphObjective("h-scl", 2.0)
+    by_hardening = GraphObjective("h-scl", hardening=Exponential(2.0))
+    assert torch.equal(by_beta(local, global_, batch, labels), by_hardening(local, global_, batch, labels))
+    assert by_beta.label == by_hardening.label == "H-SCL(beta=2)"
+    assert GraphObjective("h-ucl", hardening=Threshold(1.5)).label == "H-UCL(tau=1.5)"
+    assert GraphObjective("scl").label == "SCL"
 
 
-def test_hardening_raises_the_negative_term():
-    """Tilting toward high scores (Chebyshev: w and softplus(s) similarly ordered) never lowers the JSD loss."""
-    for seed in range(5):
-        local, global_, batch, _ = _random_problem(seed, scale=1.5)
-        plain = local_global_loss(local, global_, batch)
-        for beta in (1.0, 2.0, 10.0):
-            assert float(local_global_loss(local, global_, batch, beta=beta)) >= float(plain) - 1e-12
+def test_graph_methods_come_from_the_registry():
+    assert GRAPH_METHODS == {
+        "ucl": ("unsupervised", False),
+        "h-ucl": ("unsupervised", True),
+        "scl": ("supervised", False),
+        "h-scl": ("supervised", True),
+    }
+    assert all(METHODS[name].graph for name in GRAPH_METHODS)
 
 
-def test_large_beta_and_scores_stay_finite():
-    local, global_, batch, _ = _random_problem(5, scale=6.0)
-    local.requires_grad_(True)
-    for estimator in ("jsd", "infonce"):
-        value = local_global_loss(local.float(), global_.float(), batch, beta=10.0, estimator=estimator)
-        assert torch.isfinite(value)
-        (grad,) = torch.autograd.grad(value, local)
-        assert torch.isfinite(grad).all()
-
-
-def test_detached_weights_same_value_other_gradient():
-    local, global_, batch, _ = _random_problem(6)
-    local.requires_grad_(True)
-    a = local_global_loss(local, global_, batch, beta=2.0)
-    b = local_global_loss(local, global_, batch, beta=2.0, detach_weights=True)
-    torch.testing.assert_close(a, b)
-    ga, gb = (torch.autograd.grad(v, local)[0] for v in (a, b))
-    assert not torch.allclose(ga, gb)
-
-
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        ({"beta": -1.0}, "beta"),
-        ({"estimator": "nce"}, "estimator"),
-        ({"negatives": "labels"}, "negatives"),
-        ({"negatives": "supervised"}, "labels"),
-    ],
-)
-def test_loss_bad_input(kwargs, match):
-    local, global_, batch, _ = _random_problem(0)
-    with pytest.raises(ValueError, match=match):
-        local_global_loss(local, global_, batch, **kwargs)
-    with pytest.raises(ValueError, match="batch"):
-        local_global_loss(local, global_, batch[:-1])
+def test_objective_bad_input():
     with pytest.raises(ValueError, match="method"):
         GraphObjective("supcon")
     with pytest.raises(ValueError, match="no hardening"):
         GraphObjective("scl", beta=1.0)
+    with pytest.raises(ValueError, match="no hardening"):
+        GraphObjective("ucl", hardening=Exponential(1.0))
+    with pytest.raises(ValueError, match="not both"):
+        GraphObjective("h-ucl", 1.0, hardening=Threshold(1.0))
+    with pytest.raises(TypeError, match="hardening"):
+        GraphObjective("h-ucl", hardening=2.0)
+    with pytest.raises(ValueError, match="beta"):
+        GraphObjective("h-ucl", -1.0)
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -23,17 +23,8 @@ import yaml
 from optuna.trial import TrialState
 
 from hscl.cli import main
-from hscl.engine.sweep import (
-    STUDY_NAME,
-    Sweep,
-    _fail_stale,
-    _machine,
-    _open_study,
-    grid_points,
-    parse_grid,
-    point_overrides,
-    run_sweep,
-)
+from hscl.engine._sweep_study import STUDY_NAME, _fail_stale, _machine, _open_study
+from hscl.engine.sweep import Sweep, grid_points, parse_grid, point_overrides, run_sweep
 
 TESTS = Path(__file__).parent
 BETAS = [0.1, 0.5, 1.0, 2.0, 5.0]

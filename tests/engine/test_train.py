@@ -95,15 +95,15 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (run / "final.ckpt").exists()
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    killed_at = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert killed_at < 3  # the checkpoint is from an early epoch: work remained
 
     result = subprocess.run(
         _cli("train", *sets, "--out", str(run), "--resume"), env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    a = torch.load(reference / "final.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    b = torch.load(run / "final.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    a = torch.load(reference / "final.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    b = torch.load(run / "final.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)

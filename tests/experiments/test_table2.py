@@ -156,7 +156,7 @@ def test_config_checks():
     assert paper.datasets == ["MUTAG", "ENZYMES", "PTC_MR", "IMDB-BINARY", "IMDB-MULTI"]
     assert (paper.train.epochs, paper.train.batch_size, paper.train.lr) == (200, 128, 0.01)
     assert (paper.eval.folds, paper.eval.repeats, paper.model.hidden, paper.model.num_layers) == (10, 10, 32, 3)
-    with pytest.raises(ValueError, match="unknown preset .nope. for table2"):
+    with pytest.raises(ValueError, match=r"unknown preset .nope. for table2"):
         find_table2_preset("nope")
 
 

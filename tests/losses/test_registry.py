@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from hscl import hardening as hd
-from hscl.losses import LOSSES, available_losses, contrastive_loss, get_loss
+from hscl.losses import (
+    LOSSES,
+    METHODS,
+    ContrastiveLoss,
+    available_losses,
+    contrastive_loss,
+    get_loss,
+    get_method,
+    loss_kwargs,
+)
 
 
 @pytest.mark.parametrize("method", available_losses())
@@ -90,3 +105,69 @@ def test_user_subclass_of_hardening_takes_the_generic_path():
         z, y, positives="labels", negatives="supervised", hardening=lambda g: (g + 3.0).clamp(min=0.0) ** 3
     )
     torch.testing.assert_close(ours, as_function, rtol=1e-13, atol=0)
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+
+def test_methods_are_the_one_list():
+    assert list(METHODS) == ["ucl", "h-ucl", "scl", "h-scl", "supcon", "schane"]
+    assert LOSSES == {name: method.loss for name, method in METHODS.items()}
+    assert available_losses() == list(METHODS)
+    assert [m.label for m in METHODS.values()] == ["UCL", "H-UCL", "SCL", "H-SCL", "SupCon", "SCHaNe"]
+    assert [name for name, m in METHODS.items() if m.graph] == ["ucl", "h-ucl", "scl", "h-scl"]
+    assert [name for name, m in METHODS.items() if m.supervised] == ["scl", "h-scl", "supcon", "schane"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        METHODS["ucl"].hardened = True
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_entry_describes_its_class(name):
+    method = METHODS[name]
+    assert method.name == name and "arXiv" in method.reference
+    parameters = inspect.signature(method.loss.__init__).parameters
+    assert method.hardened == all(p in parameters for p in ("beta", "tau", "hardening"))
+    loss_fn = method.loss()
+    if method.negatives is None:  # supcon: every other row is in the denominator
+        assert not isinstance(loss_fn, ContrastiveLoss)
+    else:
+        assert (loss_fn.positives, loss_fn.negatives) == (method.positives, method.negatives)
+        assert (loss_fn.hardening is not None) == method.hardened
+    doc = method.loss.__doc__
+    assert "arXiv" in doc and "Implements eq." in doc and "Shape:" in doc
+
+
+def test_get_method_normalises_and_explains():
+    assert get_method(" H_SCL ") is METHODS["h-scl"]
+    assert get_method("SupCon") is METHODS["supcon"]
+    with pytest.raises(ValueError, match="unknown loss method 'hcl'; valid methods: ucl, h-ucl, scl, h-scl, supcon"):
+        get_method("hcl")
+    with pytest.raises(TypeError, match="method must be a string"):
+        get_method(None)
+
+
+def test_loss_kwargs_keeps_what_the_class_accepts():
+    options = {"beta": 2.0, "tau": None, "temperature": 0.3, "M": None, "tau_plus": 0.1, "epochs": 5}
+    assert loss_kwargs("h-scl", options) == {"beta": 2.0, "temperature": 0.3}
+    assert loss_kwargs("UCL", options) == {"temperature": 0.3, "tau_plus": 0.1}
+    assert loss_kwargs("supcon", options) == {"temperature": 0.3}
+    for name in METHODS:
+        get_loss(name, **loss_kwargs(name, options))  # always a valid construction
+
+
+def test_method_files_do_not_import_the_registry():
+    """Adding a method is one file + one entry: the method files never import the registry (no cycles)."""
+    for method in METHODS.values():
+        source = Path(sys.modules[method.loss.__module__].__file__).read_text()
+        assert "registry" not in source, method.loss.__module__
+
+
+def test_import_hscl_needs_only_torch():
+    """``import hscl`` / ``import hscl.losses`` load neither Lightning, the engine, the experiments nor PyG."""
+    code = (
+        "import sys, hscl, hscl.losses\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'hscl.engine', 'hscl.experiments', 'torch_geometric')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

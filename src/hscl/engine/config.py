@@ -1,7 +1,12 @@
 """Run configuration: typed dataclasses loaded from YAML and ``key=value`` overrides.
 
 A misspelled key fails loudly (naming the key and listing the valid ones); the resolved config is
-saved with every run. Defaults are the H-SCL paper's image set-up (Sec. V-A): Adam, lr 1e-3,
+saved with every run. Numbers may be written in scientific notation in YAML files and ``--set`` overrides
+(``lr: 3e-4``, ``train.lr=1e-3``; :func:`load_yaml` reads them as floats, which YAML 1.1 does not): a float
+field takes any number; an int field takes an integral one (``epochs: 1e2`` is 100) and refuses a fraction
+(``1e-3``, ``1.5e0``); a value that is not a number is refused with an error naming the key.
+
+Defaults are the H-SCL paper's image set-up (Sec. V-A): Adam, lr 1e-3,
 weight decay 1e-6, batch 512, temperature (gamma) 0.5, M = rows - 2, 200 epochs, 128-d head.
 """
 
@@ -9,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +36,8 @@ __all__ = [
     "apply_overrides",
     "config_to_dict",
     "config_from_dict",
+    "YamlLoader",
+    "load_yaml",
 ]
 
 #: the paper's grids (Sec. V-A)
@@ -140,8 +149,30 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+#: a decimal number as text, scientific notation included: 3, -0.5, .5, 1e-3, 5E-4, +1e3, 2.5e+1
+_NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def _number(value: Any) -> int | float | None:
+    """``value`` as an int or float: a number (not a bool), or a string spelling a decimal number, such as
+    ``"1e-3"`` (YAML 1.1, hence ``yaml.safe_load``, reads ``1e-3`` as a string); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):
+        text = value.strip()
+        return int(text) if text.lstrip("+-").isdigit() else float(text)
+    return None
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert a YAML / command-line value to ``annotation``, or raise naming ``where``."""
+    """Convert a YAML / command-line value to ``annotation``, or raise naming ``where``.
+
+    A float field takes any number, or a string spelling one (``"1e-3"``, ``"5E-4"``, ``"-2.5e-1"``). An int
+    field takes an integer, or a number / numeric string with an integral value (``1e2`` -> 100, ``1E4`` ->
+    10000); a fractional value (``1e-3``, ``1.5e0``, ``0.5``) is refused. Anything else raises naming the key.
+    """
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -174,13 +205,20 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return value
         raise TypeError(f"{where} must be true or false, got {value!r}")
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = _number(value)
+        if isinstance(number, float):
+            # 1e2 or 100.0 (integral, exactly representable) -> 100; 1e-3 or 1.5e0 -> refused
+            if math.isfinite(number) and number.is_integer() and abs(number) <= 2**53:
+                return int(number)
+            number = None
+        if number is None:
             raise TypeError(f"{where} must be an integer, got {value!r}")
-        return value
+        return number
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _number(value)
+        if number is None:
             raise TypeError(f"{where} must be a number, got {value!r}")
-        return float(value)
+        return float(number)
     if annotation is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # e.g. precision 32 from YAML / the command line
@@ -207,9 +245,30 @@ def config_to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
+class YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads scientific notation as a float, as YAML 1.2 does.
+
+    YAML 1.1 (PyYAML) resolves a float only with a dot and a signed exponent (``1.0e-3``), so ``1e-3``,
+    ``5E-4`` and ``1e3`` load as strings; here they (and ``+1e3``, ``-2.5e-1``) load as floats. Everything
+    else is the safe loader's: no Python objects are built.
+    """
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(stream: Any) -> Any:
+    """``yaml.safe_load`` with :class:`YamlLoader`: ``load_yaml("lr: 1e-3") == {"lr": 0.001}``."""
+    return yaml.load(stream, Loader=YamlLoader)  # a SafeLoader subclass: builds no Python objects
+
+
 def _parse_value(text: str) -> Any:
-    """A command-line value: YAML scalars and lists (``5``, ``0.5``, ``null``, ``[-0.5, 0.1]``)."""
-    return yaml.safe_load(text)
+    """A command-line value: YAML scalars and lists (``5``, ``0.5``, ``1e-3``, ``null``, ``[-0.5, 0.1]``)."""
+    return load_yaml(text)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -236,7 +295,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
     data = apply_overrides(data, overrides or [])
@@ -247,10 +306,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def validate_config(config: RunConfig) -> None:
     """Checks that need more than types: choices and ranges, with clear messages."""
-    from hscl.losses import LOSSES
+    from hscl.losses import METHODS
 
-    if config.loss.method not in LOSSES:
-        raise ValueError(f"loss.method {config.loss.method!r} is unknown; valid: {', '.join(LOSSES)}")
+    if config.loss.method not in METHODS:
+        raise ValueError(f"loss.method {config.loss.method!r} is unknown; valid: {', '.join(METHODS)}")
     if config.data.pair_mode not in ("auto", "instance", "same_label"):
         raise ValueError(f"data.pair_mode must be auto, instance or same_label, got {config.data.pair_mode!r}")
     if config.data.views < 2:
@@ -293,5 +352,11 @@ def validate_config(config: RunConfig) -> None:
         raise ValueError(f"diagnostics.tau must be > 0, got {dc.tau}")
     if config.model.normalization not in ("sphere", "ball", "none"):
         raise ValueError(f"model.normalization must be sphere, ball or none, got {config.model.normalization!r}")
-    if given and config.loss.method not in ("h-ucl", "h-scl", "schane"):
+    from hscl.losses import loss_kwargs
+
+    for key in ("tau_plus", "base_temperature"):  # options only some methods take
+        value = getattr(config.loss, key)
+        if value and not loss_kwargs(config.loss.method, {key: value}):
+            raise ValueError(f"loss.{key} does not apply to method {config.loss.method!r}")
+    if given and not METHODS[config.loss.method].hardened:
         raise ValueError(f"loss.{given[0]} is a hardening; method {config.loss.method!r} has none")

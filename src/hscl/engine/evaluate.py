@@ -9,13 +9,14 @@ features vote with weight ``exp(sim / 0.1)`` (Wu et al. 2018, the usual SSL moni
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["extract_features", "knn_accuracy", "linear_probe", "ProbeResult", "mean_std"]
+__all__ = ["ProbeResult", "evaluate_task", "extract_features", "knn_accuracy", "linear_probe", "mean_std"]
 
 
 @torch.no_grad()
@@ -131,3 +132,34 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     if n == 1:
         return mean, 0.0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def evaluate_task(task, data, config) -> dict:
+    """Linear probe and kNN of a trained task (``task.encode``) on its data's train / test splits.
+
+    ``config`` is the run's RunConfig: ``config.eval`` sets the probe, ``config.train.seed`` its seed.
+    """
+    start = time.perf_counter()
+    with torch.no_grad():
+        train_x = task.encode(data.train_images)
+        test_x = task.encode(data.test_images)
+    ec = config.eval
+    probe = linear_probe(
+        train_x,
+        data.train_labels,
+        test_x,
+        data.test_labels,
+        epochs=ec.linear_epochs,
+        lr=ec.linear_lr,
+        batch_size=ec.linear_batch_size,
+        seed=config.train.seed,
+    )
+    knn = knn_accuracy(train_x, data.train_labels, test_x, data.test_labels, k=ec.knn_k)
+    return {
+        "linear_top1": probe.top1,
+        "linear_top5": probe.top5,
+        "linear_train_top1": probe.train_top1,
+        "knn_top1": knn,
+        "feature_dim": int(train_x.shape[1]),
+        "eval_seconds": time.perf_counter() - start,
+    }

@@ -1,59 +1,31 @@
-"""Graph-level contrastive objectives (Table II of the H-SCL paper) and their pre-training loop.
+"""Graph contrastive pre-training for Table II of the H-SCL paper: the named objectives and their loop.
 
-The unsupervised baseline is InfoGraph's local-global objective (Sun et al., ICLR 2020, eq. (4)-(5)):
-a node ("patch") of graph ``i`` and the summary of graph ``i`` form a positive pair; the node and the
-summaries of the other graphs in the batch form negative pairs. With ``l_n`` the local head's output
-for node ``n`` (of graph ``b(n)``) and ``m_j`` the global head's output for graph ``j``, the score is
-``s(n, j) = l_n . m_j``. The H-SCL paper (Jiang et al., arXiv 2209.00078, Sec. V-C) changes only the
-negatives:
-
-==========  =====================================================  ================================
-method      negatives N(n) of node n                                weight of negative j
-==========  =====================================================  ================================
-``ucl``     graphs j != b(n) in the batch                           1
-``h-ucl``   graphs j != b(n)                                        w(n, j), below
-``scl``     graphs j with label y_j != y_b(n)                       1
-``h-scl``   graphs j with y_j != y_b(n)                             w(n, j)
-==========  =====================================================  ================================
-
-Hardening (exponential tilting, Definition 1 with ``eta(t) = exp(beta t)``), normalised to mean 1 per anchor::
-
-    w(n, j) = |N(n)| * exp(beta * s(n, j)) / sum_{k in N(n)} exp(beta * s(n, k)),   j in N(n)
-
-so a negative weighs more the MORE similar it is to the anchor (a harder negative), ``beta = 0`` gives
-weight 1 everywhere, and the weights of an anchor always average 1 (the estimator keeps its scale).
-
-Estimators (``estimator=``):
-
-* ``"jsd"`` (InfoGraph's default; Nowozin et al.'s f-GAN form of the Jensen-Shannon divergence)::
-
-      E_pos = (1/#nodes)  sum_n  [log 2 - softplus(-s(n, b(n)))]
-      E_neg = (1/#anchors) sum_{n: N(n) != {}} (1/|N(n)|) sum_{j in N(n)} w(n, j) [softplus(s(n, j)) - log 2]
-      loss  = E_neg - E_pos
-
-  With ``ucl`` every node has ``G - 1`` negatives and this is exactly InfoGraph's loss.
-* ``"infonce"``: per anchor with at least one negative, the weighted InfoNCE of Robinson et al. (ICLR 2021)::
-
-      loss(n) = -s(n, b(n)) + log(exp(s(n, b(n))) + sum_{j in N(n)} w(n, j) exp(s(n, j)))
-
-  averaged over those anchors; computed as a log-sum-exp.
-
-By default the gradient flows through the weights (as in the reference codes); ``detach_weights=True``
-treats them as constants.
+The objective itself, InfoGraph's local-global loss with the H-SCL paper's negatives and any hardening,
+lives in :mod:`hscl.losses.local_global` (its docstring has the equations); this module names the four
+Table II settings (:data:`GRAPH_METHODS`, derived from :data:`hscl.losses.METHODS`), wraps them as a
+:class:`GraphObjective`, and pre-trains InfoGraph's GIN with one of them.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hscl.data.graphs import GraphData
+from hscl.hardening import Exponential, Hardening, Threshold
+from hscl.losses.local_global import (
+    ESTIMATORS,
+    _check_beta,
+    graph_negative_mask,
+    local_global_loss,
+    log_negative_weights,
+    negative_weights,
+)
+from hscl.losses.registry import METHODS
 from hscl.models.gin import InfoGraphModel
 
 __all__ = [
@@ -69,137 +41,35 @@ __all__ = [
     "pretrain_graph_encoder",
 ]
 
-ESTIMATORS = ("jsd", "infonce")
-
-#: method -> (negatives, hardened); the hardened ones take ``beta``
-GRAPH_METHODS: dict[str, tuple[str, bool]] = {
-    "ucl": ("unsupervised", False),
-    "h-ucl": ("unsupervised", True),
-    "scl": ("supervised", False),
-    "h-scl": ("supervised", True),
-}
-
-_LOG2 = math.log(2.0)
-
-
-def _check_beta(beta: object) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be a finite number >= 0 (exp(beta * s) must be non-decreasing), got {beta!r}")
-    return float(beta)
-
-
-def graph_negative_mask(batch: Tensor, num_graphs: int, labels: Tensor | None = None) -> Tensor:
-    """Negatives of each node: the other graphs (``labels=None``), or the graphs of another label.
-
-    Shape: batch ``(n,)`` graph of each node, labels ``(num_graphs,)`` -> mask ``(n, num_graphs)`` bool.
-    """
-    graphs = torch.arange(num_graphs, device=batch.device)
-    mask = batch[:, None] != graphs[None, :]  # (n, G): j != b(n)
-    if labels is not None:
-        if labels.shape != (num_graphs,):
-            raise ValueError(f"labels must have shape ({num_graphs},) (one per graph), got {tuple(labels.shape)}")
-        mask &= labels[batch][:, None] != labels[None, :]
-    return mask
-
-
-def negative_weights(scores: Tensor, negative_mask: Tensor, beta: float) -> Tensor:
-    """Hardening weights ``w(n, j) = |N(n)| softmax_{j in N(n)}(beta * s(n, j))``, 0 off the mask.
-
-    Each row with negatives has weights of mean 1 over its negatives, increasing with the score;
-    rows without negatives are all 0. ``beta = 0`` gives 1 on every negative.
-
-    Shape: scores ``(n, G)``, negative_mask ``(n, G)`` bool -> ``(n, G)``.
-    """
-    return log_negative_weights(scores, negative_mask, beta).exp()
-
-
-def log_negative_weights(scores: Tensor, negative_mask: Tensor, beta: float) -> Tensor:
-    """``log w(n, j)`` of :func:`negative_weights` (``-inf`` off the mask), without underflow for large beta.
-
-    Shape: scores ``(n, G)``, negative_mask ``(n, G)`` bool -> ``(n, G)``.
-    """
-    beta = _check_beta(beta)
-    if scores.shape != negative_mask.shape:
-        raise ValueError(f"scores {tuple(scores.shape)} and negative_mask {tuple(negative_mask.shape)} must match")
-    count = negative_mask.sum(1, keepdim=True)  # (n, 1) |N(n)|
-    has = count > 0
-    logits = (beta * scores).masked_fill(~negative_mask, -math.inf).masked_fill(~has, 0.0)
-    log_probs = torch.log_softmax(logits, dim=1)  # rows without negatives: uniform, masked below
-    log_w = log_probs + count.clamp(min=1).to(scores.dtype).log()
-    return log_w.masked_fill(~negative_mask, -math.inf)
-
-
-def local_global_loss(
-    local: Tensor,
-    global_: Tensor,
-    batch: Tensor,
-    labels: Tensor | None = None,
-    *,
-    negatives: str = "unsupervised",
-    beta: float = 0.0,
-    estimator: str = "jsd",
-    detach_weights: bool = False,
-) -> Tensor:
-    """The local-global objective of UCL / H-UCL / SCL / H-SCL (see the module docstring).
-
-    Args:
-        local: ``(n, d)`` local-head outputs of the nodes.
-        global_: ``(G, d)`` global-head outputs of the graphs.
-        batch: ``(n,)`` int64, the graph of each node.
-        labels: ``(G,)`` graph labels; required for ``negatives="supervised"``.
-        negatives: ``"unsupervised"`` (other graphs) or ``"supervised"`` (graphs of another label).
-        beta: exponential tilting ``>= 0``; 0 is no hardening.
-        estimator: ``"jsd"`` or ``"infonce"``.
-        detach_weights: treat the hardening weights as constants.
-
-    Returns a scalar. A batch in which no node has a negative (one graph, or one label with supervised
-    negatives) contributes only its positive term (JSD) or an exact 0 attached to the graph (InfoNCE).
-    """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
-    if negatives not in ("unsupervised", "supervised"):
-        raise ValueError(f"negatives must be 'unsupervised' or 'supervised', got {negatives!r}")
-    if local.dim() != 2 or global_.dim() != 2 or local.shape[1] != global_.shape[1]:
-        raise ValueError(f"local (n, d) and global_ (G, d) must share d, got {tuple(local.shape)}, "
-                         f"{tuple(global_.shape)}")  # fmt: skip
-    if batch.shape != (local.shape[0],):
-        raise ValueError(f"batch must have shape ({local.shape[0]},) (one graph id per node), got {tuple(batch.shape)}")
-    if negatives == "supervised" and labels is None:
-        raise ValueError("negatives='supervised' (SCL, H-SCL) needs labels, one per graph")
-    num_graphs = global_.shape[0]
-    scores = local @ global_.T  # (n, G) s(n, j)
-    mask = graph_negative_mask(batch, num_graphs, labels if negatives == "supervised" else None)
-    log_w = log_negative_weights(scores.detach() if detach_weights else scores, mask, beta)  # (n, G)
-    count = mask.sum(1)  # (n,)
-    valid = count > 0
-    positive = scores.gather(1, batch[:, None]).squeeze(1)  # (n,) s(n, b(n))
-    if estimator == "jsd":
-        e_pos = (_LOG2 - F.softplus(-positive)).mean()
-        per_anchor = (log_w.exp() * (F.softplus(scores) - _LOG2)).sum(1) / count.clamp(min=1)  # (n,)
-        e_neg = per_anchor[valid].mean() if bool(valid.any()) else scores.new_zeros(())
-        return e_neg - e_pos
-    terms = torch.cat([positive[:, None], scores + log_w], 1)  # (n, 1 + G)
-    per_anchor = torch.logsumexp(terms, 1) - positive  # (n,)
-    if not bool(valid.any()):
-        return scores.sum() * 0.0
-    return per_anchor[valid].mean()
+#: method -> (negatives, hardened) for the methods with a graph form; the hardened ones take ``beta``
+GRAPH_METHODS: dict[str, tuple[str, bool]] = {m.name: (m.negatives, m.hardened) for m in METHODS.values() if m.graph}
 
 
 @dataclass(frozen=True)
 class GraphObjective:
-    """A named Table II objective: ``method`` in :data:`GRAPH_METHODS`, ``beta`` for the hardened ones."""
+    """A named Table II objective: ``method`` in :data:`GRAPH_METHODS`; the hardened ones take ``beta``
+    (exponential tilting) or ``hardening`` (any :mod:`hscl.hardening` object or callable), not both."""
 
     method: str = "ucl"
     beta: float = 0.0
     estimator: str = "jsd"
     detach_weights: bool = False
+    hardening: Hardening | Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in GRAPH_METHODS:
             raise ValueError(f"method must be one of {', '.join(GRAPH_METHODS)}, got {self.method!r}")
         _check_beta(self.beta)
-        if not GRAPH_METHODS[self.method][1] and self.beta != 0:
+        hardened = GRAPH_METHODS[self.method][1]
+        if not hardened and self.beta != 0:
             raise ValueError(f"method {self.method!r} has no hardening; beta must be 0, got {self.beta}")
+        if self.hardening is not None:
+            if not hardened:
+                raise ValueError(f"method {self.method!r} has no hardening; hardening must be None")
+            if self.beta != 0:
+                raise ValueError(f"give beta or hardening, not both; got beta={self.beta} and {self.hardening!r}")
+            if not (isinstance(self.hardening, Hardening) or callable(self.hardening)):
+                raise TypeError(f"hardening must be an hscl.hardening object or a callable, got {self.hardening!r}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
 
@@ -209,18 +79,29 @@ class GraphObjective:
 
     @property
     def label(self) -> str:
-        """The row name in Table II, e.g. ``H-SCL(beta=2)``."""
-        name = self.method.upper()
-        return f"{name}(beta={self.beta:g})" if GRAPH_METHODS[self.method][1] else name
+        """The row name in Table II, e.g. ``H-SCL(beta=2)`` (``H-SCL(tau=1.5)`` for a threshold)."""
+        name = METHODS[self.method].label
+        if not GRAPH_METHODS[self.method][1]:
+            return name
+        hardening = self.hardening
+        if hardening is None:
+            return f"{name}(beta={self.beta:g})"
+        if type(hardening) is Exponential:
+            return f"{name}(beta={hardening.beta:g})"
+        if type(hardening) is Threshold:
+            return f"{name}(tau={hardening.tau:g})"
+        return f"{name}({getattr(hardening, '__name__', type(hardening).__name__)})"
 
     def __call__(self, local: Tensor, global_: Tensor, batch: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Shape: local ``(n, d)``, global_ ``(G, d)``, batch ``(n,)``, labels ``(G,)``; returns a scalar."""
         return local_global_loss(
             local,
             global_,
             batch,
             labels if self.supervised else None,
             negatives=GRAPH_METHODS[self.method][0],
-            beta=self.beta,
+            beta=None if self.hardening is not None else self.beta,
+            hardening=self.hardening,
             estimator=self.estimator,
             detach_weights=self.detach_weights,
         )

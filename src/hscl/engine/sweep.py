@@ -6,17 +6,8 @@ for H-SCL(beta), and the start / end of the threshold schedule of eq. (4) in {-0
 the product of the ``--grid`` options as one trial: pre-training (:func:`hscl.engine.train.train`, resumed
 from its checkpoint when the point was interrupted) then linear-probe and kNN evaluation.
 
-Bookkeeping. Every trial lives in an Optuna study (``<out>/study.db``, SQLite). A worker claims a
-grid point under an exclusive file lock next to the database (``study.db.lock``): it reads the
-study, marks stale trials failed, picks the first point with neither a COMPLETE nor a live RUNNING
-trial, and creates that point's trial, all before releasing the lock, so no two workers ever run
-the same point and a finished point is never run again. While a trial runs, a thread stamps a
-heartbeat on it. A RUNNING trial is stale when the worker that owns it is gone: on this machine,
-its process no longer exists (a kill, a crash, a reboot); on another machine, its heartbeat is
-older than ``stale_after`` seconds. A stale trial is marked FAIL (``failure = "stale"``) and its
-point is claimed again, its training resuming from the point's last checkpoint. So any number of
-workers (``--workers N``, or the same command started in other shells on this machine) share one
-study, and an interrupted sweep resumes where it stopped with no point lost or run twice.
+Any number of workers share one Optuna study (``<out>/study.db``, SQLite) and an interrupted sweep
+resumes where it stopped, with no point lost or run twice: see :mod:`hscl.engine._sweep_study`.
 
 When every point is complete, the sweep writes ``sweep_results.{csv,json,md}`` (the metrics per
 point and the best point) and ``accuracy_vs_<parameter>.png`` (with its data as ``.csv``).
@@ -24,15 +15,11 @@ point and the best point) and ``accuracy_vs_<parameter>.png`` (with its data as 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import importlib
 import itertools
 import json
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +27,19 @@ from pathlib import Path
 
 import yaml
 
-from hscl.engine.config import RunConfig, config_to_dict, load_config
+from hscl.engine._sweep_plot import _plot
+from hscl.engine._sweep_study import (
+    _claim,
+    _fail_stale,
+    _Heartbeat,
+    _lock_path,
+    _locked,
+    _open_study,
+    _status,
+    _trial_id,
+    point_key,
+)
+from hscl.engine.config import RunConfig, load_config, load_yaml
 from hscl.engine.report import markdown_table, write_json, write_table
 
 __all__ = [
@@ -72,9 +71,6 @@ GRID_ALIASES = {
 METRICS = ("linear_top1", "knn_top1", "linear_top5")
 #: each hardening key clears the other two (a config may give only one)
 _HARDENING_KEYS = ("loss.beta", "loss.tau", "loss.tau_schedule")
-STUDY_NAME = "hscl-sweep"
-#: config settings that do not change a trial's result: they may differ between workers and runs
-_NOT_IDENTITY = (("train", "progress"), ("train", "threads"), ("data", "data_dir"))
 
 TrialFn = Callable[[RunConfig, Path], dict]
 
@@ -102,7 +98,7 @@ def parse_grid(items: list[str]) -> dict[str, list]:
         if name in grid:
             raise ValueError(f"--grid {name} is given twice")
         try:
-            values = [yaml.safe_load(v) for v in text.split(",") if v.strip()]
+            values = [load_yaml(v) for v in text.split(",") if v.strip()]
         except yaml.YAMLError as err:
             raise ValueError(f"--grid {name}: values must be comma-separated scalars, got {text!r}") from err
         if not values:
@@ -144,11 +140,6 @@ def point_overrides(point: dict) -> list[str]:
             out += [f"{other}=null" for other in _HARDENING_KEYS if other != key]
         out.append(f"{key}={json.dumps(value)}")
     return out
-
-
-def point_key(point: dict) -> str:
-    """The identity of a grid point in the study (canonical JSON)."""
-    return json.dumps(point, sort_keys=True)
 
 
 def point_slug(point: dict) -> str:
@@ -252,8 +243,8 @@ def train_and_evaluate(config: RunConfig, run_dir: Path) -> dict:
     Returns the linear probe's top-1 / top-5 and the kNN top-1 on the test split (in %), and the
     seconds spent; also written to ``run_dir/eval.json`` (a finished point is not evaluated twice).
     """
+    from hscl.engine.evaluate import evaluate_task
     from hscl.engine.train import load_data, load_task, run_paths, train
-    from hscl.experiments.table1 import evaluate_task
 
     paths = run_paths(run_dir)
     eval_file = Path(run_dir) / "eval.json"
@@ -273,233 +264,6 @@ def train_and_evaluate(config: RunConfig, run_dir: Path) -> dict:
     result = {**evaluate_task(task, data, config), "train_seconds": train_seconds}
     eval_file.write_text(json.dumps(result, indent=2))
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# the study
-
-
-def _machine() -> str:
-    """This machine (and PID namespace): processes on it can be checked by id."""
-    parts = [socket.gethostname()]
-    with contextlib.suppress(OSError):
-        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
-    with contextlib.suppress(OSError):
-        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
-    return "/".join(parts)
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (to tell it from a later process with the same id)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime in clock ticks after boot
-
-
-def _process_alive(pid: int, start: str | None) -> bool:
-    if start is not None and Path("/proc").is_dir():
-        return _process_start(pid) == start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _worker_identity() -> dict:
-    pid = os.getpid()
-    return {"machine": _machine(), "pid": pid, "start": _process_start(pid)}
-
-
-def _lock_path(sweep: Sweep) -> Path:
-    return Path(f"{sweep.db_path}.lock")
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock between processes (released by the kernel if the holder dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _open_study(sweep: Sweep):
-    """The study of ``sweep`` (created on first use), and its storage."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sweep.db_path.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{sweep.db_path.resolve()}", engine_kwargs={"connect_args": {"timeout": 120}}
-    )
-    study = optuna.create_study(
-        storage=storage,
-        study_name=STUDY_NAME,
-        direction="maximize",
-        sampler=optuna.samplers.RandomSampler(seed=0),  # each trial's parameters are fixed by its point
-        load_if_exists=True,
-    )
-    base = json.loads(json.dumps(config_to_dict(sweep.base_config())))
-    for section, key in _NOT_IDENTITY:  # settings that do not change a trial's result
-        base[section].pop(key, None)
-    attrs = study.user_attrs
-    if "base_config" not in attrs:
-        study.set_user_attr("base_config", base)
-        study.set_user_attr("metric", sweep.metric)
-        study.set_user_attr("trial", sweep.trial or "hscl.engine.sweep:train_and_evaluate")
-    else:
-        if attrs["base_config"] != base:
-            changed = sorted(_diff_keys(attrs["base_config"], base))
-            raise ValueError(
-                f"the study in {sweep.db_path} was run with another base config (differs in {', '.join(changed)}); "
-                "use another --out / --storage, or the same config and --set options"
-            )
-        if attrs.get("metric") != sweep.metric:
-            raise ValueError(f"the study in {sweep.db_path} maximises {attrs.get('metric')!r}, not {sweep.metric!r}")
-    return study, storage
-
-
-def _diff_keys(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in set(a) | set(b):
-            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def _is_stale(trial, now: float, stale_after: float, machine: str) -> str | None:
-    """Why a RUNNING trial is stale (its worker is gone), or None while its worker lives."""
-    worker = trial.user_attrs.get("worker")
-    if worker is None:  # not claimed by this module (e.g. created by hand): judge by age alone
-        started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-        return "no worker recorded" if now - started > stale_after else None
-    if worker["machine"] == machine:
-        if not _process_alive(worker["pid"], worker.get("start")):
-            return f"worker process {worker['pid']} on this machine is gone"
-        return None
-    beat = trial.user_attrs.get("heartbeat", 0.0)
-    if now - beat > stale_after:
-        return f"no heartbeat from {worker['machine'].split('/')[0]} for {now - beat:.0f} s"
-    return None
-
-
-def _trial_id(storage, study, number: int) -> int:
-    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
-
-
-def _fail_stale(study, storage, sweep: Sweep) -> list[int]:
-    """Mark the stale RUNNING trials FAIL (``failure="stale"``); returns their numbers."""
-    from optuna.trial import TrialState
-
-    now, machine, failed = time.time(), _machine(), []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = _is_stale(trial, now, sweep.stale_after, machine)
-        if reason is None:
-            continue
-        trial_id = _trial_id(storage, study, trial.number)
-        storage.set_trial_user_attr(trial_id, "failure", "stale")
-        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        failed.append(trial.number)
-    return failed
-
-
-def _status(study, points: list[dict]) -> dict[str, dict]:
-    """Per point key: its COMPLETE trial (or None), whether one is RUNNING, and its failures."""
-    from optuna.trial import TrialState
-
-    status = {point_key(p): {"point": p, "complete": None, "running": False, "failures": []} for p in points}
-    for trial in study.get_trials(deepcopy=False):
-        entry = status.get(trial.user_attrs.get("point"))
-        if entry is None:
-            continue
-        if trial.state == TrialState.COMPLETE:
-            entry["complete"] = trial
-        elif trial.state == TrialState.RUNNING:
-            entry["running"] = True
-        elif trial.state == TrialState.FAIL:
-            entry["failures"].append(trial)
-    return status
-
-
-class _Heartbeat:
-    """Stamps ``heartbeat = time.time()`` on a running trial every ``interval`` seconds."""
-
-    def __init__(self, storage, trial_id: int, interval: float) -> None:
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
-            except Exception:  # the trial was finished (e.g. judged stale) or the database is busy: retry later
-                continue
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _distribution(value, values: list):
-    """The Optuna distribution a grid value is recorded under: numbers as a single-valued range (the
-    ranges of a parameter may differ between trials, so the grid may grow between runs), others as a
-    categorical over the grid's values."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if isinstance(value, bool) or isinstance(value, str):
-        return CategoricalDistribution(values)
-    if isinstance(value, int):
-        return IntDistribution(value, value)
-    return FloatDistribution(value, value)
-
-
-def _claim(sweep: Sweep, study, storage, skip: set[str]):
-    """Under the lock: fail stale trials, pick a pending point, create its RUNNING trial.
-
-    Returns ``(trial, point)``, or ``(None, n_running)`` when no point is pending (``n_running``
-    points still run in other workers).
-    """
-    from optuna.trial import TrialState
-
-    with _locked(_lock_path(sweep)):
-        _fail_stale(study, storage, sweep)
-        for stray in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            # enqueued but never asked: its claimer died inside this section (ask below would pop it)
-            trial_id = _trial_id(storage, study, stray.number)
-            storage.set_trial_user_attr(trial_id, "failure", "stray")
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        status = _status(study, sweep.points)
-        pending = [
-            e["point"] for key, e in status.items() if e["complete"] is None and not e["running"] and key not in skip
-        ]
-        if not pending:
-            return None, sum(e["running"] for e in status.values())
-        point = pending[0]
-        study.enqueue_trial(point)
-        trial = study.ask({name: _distribution(value, sweep.grid[name]) for name, value in point.items()})
-        if trial.params != point:  # the enqueued point, nothing else, was popped
-            raise RuntimeError(f"optuna gave the trial {trial.params}, expected the grid point {point}")
-        now = time.time()
-        trial.set_user_attr("point", point_key(point))
-        trial.set_user_attr("run_dir", str(sweep.run_dir(point)))
-        trial.set_user_attr("worker", _worker_identity())
-        trial.set_user_attr("heartbeat", now)
-        return trial, point
 
 
 def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool = True, poll: float = 1.0) -> int:
@@ -650,67 +414,6 @@ def write_results(sweep: Sweep) -> dict:
     result["plot"] = str(_plot(sweep, rows, metric_names)) if finished else None
     result["best_text"] = best_text
     return result
-
-
-def _plot(sweep: Sweep, rows: list[dict], metric_names: list[str]) -> Path:
-    """Accuracy against the first grid parameter; one line per value of the others (if any)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(sweep.grid)
-    x_name, others = names[0], names[1:]
-    if len(names) == 2 and {"tau_start", "tau_end"} == set(names):
-        x_name, others = "tau_end", ["tau_start"]
-    # top-1 accuracies (top-5 sits near 100% and would flatten them), and the maximised metric
-    accuracy = [m for m in metric_names if m in ("linear_top1", "knn_top1") or m == sweep.metric]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    data_rows = []
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["state"] == "complete":
-            groups.setdefault(tuple(r[o] for o in others), []).append(r)
-    numeric = all(isinstance(r[x_name], (int, float)) for r in rows)
-    styles = {"linear_top1": "-", "knn_top1": "--", "linear_top5": ":"}
-    for index, (group, members) in enumerate(groups.items()):
-        members.sort(key=lambda r: r[x_name] if numeric else str(r[x_name]))
-        xs = [r[x_name] for r in members]
-        suffix = ", ".join(f"{o}={v}" for o, v in zip(others, group))
-        for metric in accuracy:  # one colour per group, one line style per metric
-            ys = [r[metric] for r in members]
-            label = metric + (f" ({suffix})" if suffix else "")
-            shown = xs if numeric else [str(x) for x in xs]
-            color = f"C{index}" if len(groups) > 1 else f"C{accuracy.index(metric)}"
-            ax.plot(shown, ys, marker="o", color=color, linestyle=styles.get(metric, "-"), label=label)
-            data_rows += [[label, x, y] for x, y in zip(xs, ys)]
-    best = max((r for r in rows if r["state"] == "complete"), key=lambda r: r[sweep.metric])
-    ax.plot(
-        [best[x_name] if numeric else str(best[x_name])],
-        [best[sweep.metric]],
-        marker="*",
-        markersize=14,
-        color="black",
-        linestyle="none",
-        label=f"best ({sweep.metric})",
-    )
-    values = [r[x_name] for r in rows]
-    if numeric and min(values) > 0 and max(values) / min(values) >= 10:
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(values))
-        ax.set_xticklabels([f"{v:g}" for v in sorted(values)])
-    ax.set_xlabel(x_name)
-    ax.set_ylabel("test accuracy (%)")
-    base = sweep.base_config()
-    ax.set_title(f"{base.name}: accuracy against {x_name}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = sweep.out_dir / f"accuracy_vs_{x_name}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    write_table(path.with_suffix(".csv"), ["series", x_name, "accuracy"], data_rows)
-    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,18 +3,16 @@
 The path of one step: a batch of ``B x V`` uint8 images (indices from :class:`ViewSampler`) ->
 batched kornia augmentation on the training device -> encoder features ``h`` -> projection ``z``
 (normalised) -> :mod:`hscl.losses`. A callback writes one CSV row per epoch (loss, lr, kNN top-1
-monitor, throughput) and an atomic ``last.ckpt``; the global RNG is reseeded from
-``(seed, epoch, step)`` at each step and the batches follow from ``(seed, epoch)``, so ``--resume``
-after an interruption reaches the same final weights as an uninterrupted run.
+monitor, throughput) and an atomic ``last.ckpt``, keeping the one before as ``previous.ckpt``
+(:mod:`hscl.engine.monitor`); the global RNG is reseeded from ``(seed, epoch, step)`` at each step and
+the batches follow from ``(seed, epoch)``, so ``--resume`` after an interruption reaches the same final
+weights as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
-import os
 import subprocess
 import time
 import warnings
@@ -28,11 +26,24 @@ from torch import Tensor, nn
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, augment_preset, preset_for
 from hscl.data.images import ImageData, load_dataset
 from hscl.data.views import ViewSampler, epoch_generator
+from hscl.engine.checkpoints import CheckpointError, check_resumable, check_weights, load_checkpoint
 from hscl.engine.config import RunConfig, config_to_dict
 from hscl.engine.distributed import global_batch_loss, launch_rank, rank, shard, world_size
-from hscl.engine.evaluate import extract_features, knn_accuracy
+from hscl.engine.evaluate import extract_features
+from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import them from here)
+    DIAGNOSTIC_FIELDS,
+    METRIC_FIELDS,
+    EpochLogger,
+    GeometryMonitor,
+    _callbacks,
+    describe_hardening,
+    diagnostics_hardening,
+    measure_geometry,
+    probe_set,
+    read_metrics,
+)
 from hscl.hardening import linear_threshold
-from hscl.losses import get_loss
+from hscl.losses import get_loss, get_method, loss_kwargs
 from hscl.models import build_model
 
 __all__ = ["ContrastiveTask", "ViewsDataModule", "train", "resolve_precision", "load_task", "run_paths"]
@@ -50,17 +61,6 @@ class _DropLitLoggerTip(logging.Filter):
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
     logging.getLogger(_name).addFilter(_DropLitLoggerTip())
 
-METRIC_FIELDS = [
-    "epoch",
-    "loss",
-    "lr",
-    "knn_top1",
-    "images_per_s",
-    "epoch_seconds",
-    "tau",
-    "fallback_fraction",
-]
-
 
 @dataclass
 class RunPaths:
@@ -73,6 +73,11 @@ class RunPaths:
     @property
     def last(self) -> Path:
         return self.checkpoints / "last.ckpt"
+
+    @property
+    def previous(self) -> Path:
+        """The checkpoint before ``last.ckpt`` (one epoch older), kept in case ``last.ckpt`` gets damaged."""
+        return self.checkpoints / "previous.ckpt"
 
     @property
     def final(self) -> Path:
@@ -98,7 +103,7 @@ def run_paths(root: str | Path) -> RunPaths:
 def pair_mode_for(config: RunConfig) -> str:
     if config.data.pair_mode != "auto":
         return config.data.pair_mode
-    return "same_label" if config.loss.method in ("scl", "h-scl") else "instance"
+    return get_method(config.loss.method).pairs
 
 
 class _EpochBatches(torch.utils.data.IterableDataset):
@@ -151,30 +156,29 @@ def augment_config(config: RunConfig, channels: int, size: int) -> AugmentConfig
 
 
 def build_loss(config: RunConfig) -> nn.Module:
+    """The loss module of a run: the registered method with the options of ``config.loss`` that it takes."""
     lc = config.loss
-    kw: dict = {}
-    if lc.method == "supcon":
-        kw["temperature"] = lc.temperature
-        if lc.base_temperature is not None:
-            kw["base_temperature"] = lc.base_temperature
-        return get_loss("supcon", **kw)
-    # the model already normalises its output; the loss re-normalises only on the sphere, so that
-    # "ball" and "none" (the geometry paper's settings) reach the loss as they are
-    kw = {"temperature": lc.temperature, "normalize": config.model.normalization == "sphere"}
-    if lc.chunk_size is not None:
-        kw["chunk_size"] = lc.chunk_size
-    if lc.method != "schane":
-        kw["M"] = lc.M
-    if lc.method in ("ucl", "h-ucl") and lc.tau_plus:
-        kw["tau_plus"] = lc.tau_plus
-    if lc.method in ("h-ucl", "h-scl", "schane"):
+    method = get_method(lc.method)
+    hardening: dict = {}
+    if method.hardened:
         if lc.tau_schedule is not None:
-            kw["tau"] = threshold_schedule(config)(1)
+            hardening["tau"] = threshold_schedule(config)(1)
         elif lc.tau is not None:
-            kw["tau"] = lc.tau
+            hardening["tau"] = lc.tau
         elif lc.beta is not None:
-            kw["beta"] = lc.beta
-    return get_loss(lc.method, **kw)
+            hardening["beta"] = lc.beta
+    options = {
+        "temperature": lc.temperature,
+        "base_temperature": lc.base_temperature,
+        # the model already normalises its output; the loss re-normalises only on the sphere, so that
+        # "ball" and "none" (the geometry paper's settings) reach the loss as they are
+        "normalize": config.model.normalization == "sphere",
+        "chunk_size": lc.chunk_size,
+        "M": lc.M,
+        "tau_plus": lc.tau_plus or None,
+        **hardening,
+    }
+    return get_loss(method.name, **loss_kwargs(method.name, options))
 
 
 def threshold_schedule(config: RunConfig):
@@ -261,242 +265,6 @@ class ContrastiveTask(L.LightningModule):
 
 
 # --------------------------------------------------------------------------------------------
-# callbacks
-
-
-class EpochLogger(L.Callback):
-    """One CSV row per epoch, the kNN monitor, and an atomic ``last.ckpt``."""
-
-    def __init__(
-        self, paths: RunPaths, data: ImageData, config: RunConfig, geometry: GeometryMonitor | None = None
-    ) -> None:
-        self.paths = paths
-        self.config = config
-        self.geometry = geometry
-        self.fields = METRIC_FIELDS + (DIAGNOSTIC_FIELDS if geometry is not None else [])
-        tc = config.train
-        self.monitor = None
-        if tc.knn_k > 0:
-            train_sub = data.subset(min(tc.knn_train, len(data.train_labels)), None, seed=tc.seed + 7)
-            test_sub = data.subset(None, min(tc.knn_test, len(data.test_labels)), seed=tc.seed + 7)
-            self.monitor = (train_sub.train_images, train_sub.train_labels, test_sub.test_images, test_sub.test_labels)
-        self._start = 0.0
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:  # under DDP rank 0 alone writes the files
-            return
-        # drop rows of epochs that will be re-run (an interrupted run resumes at its checkpoint)
-        start_epoch = trainer.current_epoch
-        rows = read_metrics(self.paths.metrics) if self.paths.metrics.exists() else []
-        rows = [r for r in rows if int(r["epoch"]) <= start_epoch]
-        with self.paths.metrics.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        seconds = time.perf_counter() - self._start
-        extra: dict = {}
-        if self.geometry is not None and self.geometry.latest is not None:
-            extra = self.geometry.latest  # measured this epoch, before this callback; not training time
-            seconds -= extra.get("diagnostics_seconds", 0.0)
-        metrics = trainer.callback_metrics
-        steps = len(trainer.train_dataloader) if trainer.train_dataloader is not None else 0
-        images = steps * self.config.train.batch_size * self.config.data.views
-        row = {
-            "epoch": trainer.current_epoch + 1,
-            "loss": float(metrics.get("loss", math.nan)),
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
-            "knn_top1": math.nan,
-            "images_per_s": images / seconds if seconds > 0 else math.nan,
-            "epoch_seconds": seconds,
-            "tau": getattr(pl_module.loss_fn.hardening, "tau", "") if hasattr(pl_module.loss_fn, "hardening") else "",
-            "fallback_fraction": float(metrics["fallback_fraction"]) if "fallback_fraction" in metrics else "",
-            **extra,
-        }
-        if self.monitor is not None and trainer.is_global_zero:
-            train_x, train_y, test_x, test_y = self.monitor
-            with torch.no_grad():
-                bank = pl_module.encode(train_x)
-                queries = pl_module.encode(test_x)
-            row["knn_top1"] = knn_accuracy(bank, train_y, queries, test_y, k=self.config.train.knn_k)
-            pl_module.log("knn_top1", row["knn_top1"], prog_bar=True)
-        if trainer.is_global_zero:
-            with self.paths.metrics.open("a", newline="") as handle:
-                csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore").writerow(row)
-        # atomic: a kill during the write leaves the previous last.ckpt intact
-        self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
-        tmp = self.paths.last.with_suffix(".ckpt.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it (a collective); rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.paths.last)
-
-
-#: columns the geometry monitor adds to metrics.csv (see :func:`hscl.geometry.diagnose`)
-DIAGNOSTIC_FIELDS = [
-    "diag_hardening",
-    "loss_ucl",
-    "loss_h_ucl",
-    "loss_scl",
-    "loss_h_scl",
-    "assumption1",
-    "assumption1_excluded",
-    "alpha_h_ucl",
-    "alpha_h_scl",
-    "alpha_hcol",
-    "nc1",
-    "nc2_cos_std",
-    "nc2_etf",
-    "nc2_norm_cv",
-    "ncc_accuracy",
-    "effective_rank",
-    "dims_99",
-    "alignment",
-    "uniformity",
-    "isotropy",
-    "mean_norm",
-    "feature_effective_rank",
-    "diagnostics_seconds",
-]
-
-
-def diagnostics_hardening(config: RunConfig, loss_fn: nn.Module | None = None):
-    """The hardening the diagnostics tilt with: ``diagnostics.beta`` / ``diagnostics.tau`` when set,
-    else the run's own (the threshold in force this epoch under a schedule), else beta = 1."""
-    from hscl.hardening import Exponential, Threshold
-
-    dc = config.diagnostics
-    if dc.beta is not None:
-        return Exponential(dc.beta)
-    if dc.tau is not None:
-        return Threshold(dc.tau)
-    own = getattr(loss_fn, "hardening", None) if loss_fn is not None else None
-    if isinstance(own, (Exponential, Threshold)) and not (isinstance(own, Exponential) and own.beta == 0):
-        return own
-    return Exponential(1.0)
-
-
-def describe_hardening(hardening) -> str:
-    from hscl.hardening import Exponential, Threshold
-
-    if isinstance(hardening, Exponential):
-        return f"beta={hardening.beta:g}"
-    if isinstance(hardening, Threshold):
-        return f"tau={hardening.tau:.6g}"
-    return type(hardening).__name__
-
-
-def probe_set(task: ContrastiveTask, data: ImageData, config: RunConfig) -> tuple[Tensor, Tensor]:
-    """The fixed probe batch of the diagnostics: a stratified subset of the training split with two
-    augmented views each, drawn from ``train.seed`` only (the same for every epoch and on resume).
-
-    Returns float images ``(P * 2, C, S, S)`` (sample-major) and labels ``(P,)``.
-    """
-    n = min(config.diagnostics.probe_size, len(data.train_labels))
-    probe = data.subset(n, None, seed=config.train.seed + 11)
-    images = probe.train_images
-    with torch.random.fork_rng():
-        torch.manual_seed(config.train.seed + 13)
-        x = task.augment(torch.stack([images, images], 1).flatten(0, 1))
-    return x, probe.train_labels.clone()
-
-
-@torch.no_grad()
-def measure_geometry(task: ContrastiveTask, x: Tensor, labels: Tensor, hardening) -> tuple[dict, Tensor]:
-    """Every diagnostic of :func:`hscl.geometry.diagnose` for the model on the probe ``x``, plus the
-    effective rank of the encoder features. Returns (metrics row, singular values of z's covariance)."""
-    from hscl.geometry import diagnose, effective_rank, spectrum
-
-    model = task.model
-    was_training = model.training
-    model.eval()
-    try:
-        if task.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=task._bf16):
-            h, z = model(x)
-        h, z = h.float(), z.float()
-    finally:
-        model.train(was_training)
-    lc = task.config.loss
-    P = labels.shape[0]
-    metrics, values = diagnose(
-        z.view(P, 2, -1),
-        labels,
-        hardening,
-        temperature=lc.temperature,
-        M=lc.M if isinstance(lc.M, (int, float)) else None,
-        normalize=task.config.model.normalization == "sphere",
-    )
-    metrics["feature_effective_rank"] = effective_rank(spectrum(h).singular_values)
-    metrics["diag_hardening"] = describe_hardening(hardening)
-    return metrics, values
-
-
-class GeometryMonitor(L.Callback):
-    """Evaluates :mod:`hscl.geometry` on a fixed probe set at the end of every ``diagnostics.every``
-    epochs (and the last): the loss quartet (Lemma 1 / Fig. 5), the fraction of anchors satisfying
-    Assumption 1 (Fig. 4), the alphas, NC1 / NC2 / NCC, the spectrum and effective rank, alignment,
-    uniformity and isotropy. The row goes to metrics.csv (through :class:`EpochLogger`, which must
-    come after this callback) and the spectrum to ``spectrum.csv``."""
-
-    def __init__(self, paths: RunPaths, data: ImageData, config: RunConfig) -> None:
-        self.paths = paths
-        self.data = data
-        self.config = config
-        self.probe: tuple[Tensor, Tensor] | None = None
-        self.latest: dict | None = None
-
-    @property
-    def spectrum_path(self) -> Path:
-        return self.paths.root / "spectrum.csv"
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:  # under DDP rank 0 alone measures and writes
-            return
-        self.probe = probe_set(pl_module, self.data, self.config)
-        start_epoch = trainer.current_epoch
-        rows = []
-        if self.spectrum_path.exists():
-            with self.spectrum_path.open(newline="") as handle:
-                rows = [r for r in csv.reader(handle)][1:]
-        rows = [r for r in rows if int(r[0]) <= start_epoch]
-        dim = self.config.model.projection_dim
-        with self.spectrum_path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["epoch"] + [f"sv{k + 1}" for k in range(dim)])
-            writer.writerows(rows)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        epoch = trainer.current_epoch + 1
-        every = self.config.diagnostics.every
-        if not trainer.is_global_zero or (epoch % every and epoch != self.config.train.epochs):
-            self.latest = None
-            return
-        start = time.perf_counter()
-        x, labels = self.probe
-        hardening = diagnostics_hardening(self.config, pl_module.loss_fn)
-        metrics, values = measure_geometry(pl_module, x, labels, hardening)
-        metrics["diagnostics_seconds"] = time.perf_counter() - start
-        self.latest = metrics
-        with self.spectrum_path.open("a", newline="") as handle:
-            csv.writer(handle).writerow([epoch] + [f"{float(v):.9g}" for v in values])
-
-
-def _callbacks(paths: RunPaths, data: ImageData, config: RunConfig) -> list:
-    geometry = GeometryMonitor(paths, data, config) if config.diagnostics.enabled else None
-    return ([geometry] if geometry else []) + [EpochLogger(paths, data, config, geometry)]
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    with Path(path).open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-# --------------------------------------------------------------------------------------------
 # precision
 
 
@@ -571,7 +339,10 @@ def load_data(config: RunConfig) -> ImageData:
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: ImageData | None = None) -> Path:
     """Pre-train per ``config`` into ``out_dir``; returns the path of the final checkpoint.
 
-    ``resume=True`` continues from ``out_dir/checkpoints/last.ckpt`` when it exists.
+    ``resume=True`` continues from ``out_dir/checkpoints/last.ckpt`` when it exists, after loading it
+    weights-only and checking it fits this config; a damaged one raises
+    :class:`~hscl.engine.checkpoints.CheckpointError` naming ``checkpoints/previous.ckpt`` (the checkpoint
+    of the epoch before, kept for that case) when it is good.
     """
     import yaml
 
@@ -584,6 +355,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
         )
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    # --resume: last.ckpt is read weights-only and checked first; a damaged one names previous.ckpt
+    resumed = check_resumable(paths) if resume and (paths.last.exists() or paths.previous.exists()) else None
     data = data if data is not None else load_data(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     resolved = config_to_dict(config)
@@ -610,6 +383,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
             channels_last = config.train.channels_last
         if writer:
             choice_file.write_text(json.dumps({"precision": precision, "channels_last": channels_last}))
+    if resumed is not None:  # a checkpoint of another model: say so before Lightning fails to load it
+        check_weights(task, resumed["state_dict"], paths.last, "the model of this config")
+        del resumed
     task.channels_last = channels_last
     if channels_last:
         task.model = task.model.to(memory_format=torch.channels_last)
@@ -640,7 +416,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
         num_sanity_val_steps=0,
         log_every_n_steps=10,
     )
-    ckpt = str(paths.last) if resume and paths.last.exists() else None
+    ckpt = str(paths.last) if resume and paths.last.exists() else None  # checked by check_resumable above
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
@@ -648,7 +424,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
         # Lightning 2.6's own use of a torch pytree API that newer torch deprecates; nothing a user can act on
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-        trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt)
+        trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt, **_weights_only(trainer))
     trainer.save_checkpoint(paths.final, weights_only=False)
     if config.diagnostics.enabled and trainer.is_global_zero:
         from hscl.engine.report import plot_diagnostics
@@ -664,17 +440,30 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
     return paths.final
 
 
+def _weights_only(trainer: L.Trainer) -> dict:
+    """``weights_only=True`` for ``Trainer.fit`` where Lightning takes it (2.4+); older ones load with torch's
+    default, weights-only since torch 2.6, and the file has passed :func:`check_resumable` either way."""
+    import inspect
+
+    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+
+
 def load_task(
     checkpoint: str | Path, data: ImageData | None = None, data_dir: str | None = None
 ) -> tuple[ContrastiveTask, RunConfig]:
     """A trained task from any checkpoint hscl wrote (``final.ckpt`` or ``checkpoints/last.ckpt``).
 
-    ``data_dir`` points at the dataset when it is not where the run found it.
+    ``data_dir`` points at the dataset when it is not where the run found it. The file is loaded weights-only;
+    one that is missing, damaged or of another model raises :class:`~hscl.engine.checkpoints.CheckpointError`.
     """
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} does not exist")
-    task = ContrastiveTask.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    ckpt = load_checkpoint(checkpoint, expect="task")
+    hparams = {k: ckpt["hyper_parameters"][k] for k in ("config", "in_channels", "image_size", "num_classes")}
+    try:
+        task = ContrastiveTask(**hparams)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{checkpoint}: its run config cannot be rebuilt here ({err})") from err
+    check_weights(task, ckpt["state_dict"], checkpoint, f"the {task.config.model.encoder} model of its run config")
+    task.load_state_dict(ckpt["state_dict"], strict=True)
     config = task.config
     if data_dir is not None:
         config.data.data_dir = data_dir

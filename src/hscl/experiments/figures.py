@@ -18,9 +18,7 @@ import math
 import time
 from pathlib import Path
 
-import yaml
-
-from hscl.engine.config import RunConfig, load_config
+from hscl.engine.config import RunConfig, load_config, load_yaml
 from hscl.engine.report import markdown_table, write_json, write_table
 
 __all__ = ["reproduce_fig4_fig5", "reproduce_collapse", "collapse_verdict", "COLLAPSE_RULES"]
@@ -74,7 +72,7 @@ def reproduce_fig4_fig5(
 ) -> dict:
     """Train the four H-SCL runs and draw Fig. 4 and Fig. 5; returns the results (also written)."""
     folder = _experiment_dir("fig4-fig5", config_dir)
-    runs = yaml.safe_load((folder / "runs.yaml").read_text())
+    runs = load_yaml((folder / "runs.yaml").read_text())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = list(overrides or []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
@@ -228,7 +226,7 @@ def reproduce_collapse(
 ) -> dict:
     """Train method x normalisation runs and classify each run's geometry; returns the results."""
     folder = _experiment_dir("collapse", config_dir)
-    grid = yaml.safe_load((folder / "runs.yaml").read_text())
+    grid = load_yaml((folder / "runs.yaml").read_text())
     method_specs: dict = grid["methods"]
     norms: list = list(grid["normalizations"])
     if methods:

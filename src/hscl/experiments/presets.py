@@ -18,7 +18,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["SUITES", "find_preset", "list_presets", "packaged_configs", "preset_roots"]
+__all__ = ["SUITES", "find_preset", "list_presets", "packaged_configs", "preset_roots", "resolve_config"]
 
 #: suite -> "dir" (a preset is a folder) or "file" (a preset is ``<name>.yaml``)
 SUITES = {"table1": "dir", "figures": "dir", "table2": "file", "schane": "file"}
@@ -96,3 +96,25 @@ def find_preset(suite: str, preset: str, configs: str | Path | None = None) -> P
             return path
     available = ", ".join(list_presets(suite, configs)) or "none found"
     raise ValueError(f"unknown preset {preset!r} for {suite}; looked in {', '.join(tried)}; available: {available}")
+
+
+def resolve_config(path: str | Path | None) -> Path | None:
+    """A run config given to ``hscl train`` / ``hscl sweep``: a file, else a packaged one by its name.
+
+    ``table1/quick/h-scl-beta`` (or with ``.yaml``) names
+    ``hscl/experiments/configs/table1/quick/h-scl-beta.yaml`` of the installed package; a path that exists
+    is used as it is. Raises ``ValueError`` when neither exists.
+    """
+    if path is None:
+        return None
+    given = Path(path)
+    if given.is_file():
+        return given
+    root = packaged_configs()
+    for candidate in (root / given, root / given.with_name(given.name + ".yaml")):
+        if candidate.is_file() and candidate.resolve().is_relative_to(root.resolve()):
+            return candidate
+    raise ValueError(
+        f"--config {path}: no such file, nor a packaged config of that name "
+        f"(e.g. table1/quick/h-scl-beta; the packaged ones are under {root})"
+    )

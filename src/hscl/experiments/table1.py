@@ -14,23 +14,30 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from hscl.engine.config import RunConfig, load_config
-from hscl.engine.evaluate import knn_accuracy, linear_probe, mean_std
+from hscl.engine.evaluate import evaluate_task, mean_std
 from hscl.engine.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
 from hscl.experiments import presets
+from hscl.losses import METHODS
 
-__all__ = ["find_preset", "list_presets", "reproduce_table1", "evaluate_task", "TABLE1_ORDER"]
+__all__ = ["TABLE1_CELLS", "TABLE1_ORDER", "find_preset", "list_presets", "reproduce_table1"]
 
-#: Table I's methods, in the paper's order; config files are named by these keys
-TABLE1_ORDER = {
-    "ucl": "UCL",
-    "h-ucl": "H-UCL",
-    "scl": "SCL",
-    "h-scl-beta": "H-SCL(beta)",
-    "h-scl-tau": "H-SCL(tau)",
-}
+
+def _cell(method, variant: str) -> tuple[str, str]:
+    """(config file stem, table label) of one method under one hardening variant ("", "beta", "tau")."""
+    if not variant:
+        return method.name, method.label
+    return f"{method.name}-{variant}", f"{method.label}({variant})"
+
+
+#: every cell a Table I preset may hold (config stem -> label), in the registry's order: each method as it
+#: is, and each hardened method with ``-beta`` (exponential tilting) or ``-tau`` (threshold)
+TABLE1_CELLS: dict[str, str] = dict(
+    _cell(m, v) for m in METHODS.values() for v in (("", "beta", "tau") if m.hardened else ("",))
+)
+
+#: the paper's Table I, in its order (from the registry's ``table1`` field)
+TABLE1_ORDER: dict[str, str] = dict(_cell(m, v) for m in METHODS.values() for v in m.table1)
 
 
 def list_presets(suite: str = "table1", extra: str | Path | None = None) -> list[str]:
@@ -41,38 +48,10 @@ def find_preset(preset: str, suite: str = "table1", extra: str | Path | None = N
     """``{method key: config path}`` of a preset, in Table I's order."""
     folder = presets.find_preset(suite, preset, extra)
     files = {p.stem: p for p in folder.glob("*.yaml")}
-    unknown = sorted(set(files) - set(TABLE1_ORDER))
+    unknown = sorted(set(files) - set(TABLE1_CELLS))
     if unknown:
-        raise ValueError(f"{folder}: unexpected config(s) {unknown}; expected names {list(TABLE1_ORDER)}")
-    return {key: files[key] for key in TABLE1_ORDER if key in files}
-
-
-def evaluate_task(task, data, config: RunConfig) -> dict:
-    """Linear probe and kNN of a trained task on its data's train / test splits."""
-    start = time.perf_counter()
-    with torch.no_grad():
-        train_x = task.encode(data.train_images)
-        test_x = task.encode(data.test_images)
-    ec = config.eval
-    probe = linear_probe(
-        train_x,
-        data.train_labels,
-        test_x,
-        data.test_labels,
-        epochs=ec.linear_epochs,
-        lr=ec.linear_lr,
-        batch_size=ec.linear_batch_size,
-        seed=config.train.seed,
-    )
-    knn = knn_accuracy(train_x, data.train_labels, test_x, data.test_labels, k=ec.knn_k)
-    return {
-        "linear_top1": probe.top1,
-        "linear_top5": probe.top5,
-        "linear_train_top1": probe.train_top1,
-        "knn_top1": knn,
-        "feature_dim": int(train_x.shape[1]),
-        "eval_seconds": time.perf_counter() - start,
-    }
+        raise ValueError(f"{folder}: unexpected config(s) {unknown}; expected names among {list(TABLE1_CELLS)}")
+    return {key: files[key] for key in TABLE1_CELLS if key in files}
 
 
 def _run_one(config: RunConfig, run_dir: Path, data) -> dict:
@@ -132,10 +111,10 @@ def reproduce_table1(
             data_key = (config.data.dataset, config.data.data_dir, config.data.train_subset, config.data.test_subset)
             if data_key not in data_cache:
                 data_cache = {data_key: load_data(config)}
-            print(f"== {TABLE1_ORDER[key]} (seed {seed}) -> {out_dir / key / f'seed{seed}'}", flush=True)
+            print(f"== {TABLE1_CELLS[key]} (seed {seed}) -> {out_dir / key / f'seed{seed}'}", flush=True)
             per_seed.append(_run_one(config, out_dir / key / f"seed{seed}", data_cache[data_key]))
         results["methods"][key] = {
-            "label": TABLE1_ORDER[key],
+            "label": TABLE1_CELLS[key],
             "config": str(files[key]),
             "loss": {k: v for k, v in vars(base.loss).items() if v is not None},
             "runs": per_seed,

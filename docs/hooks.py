@@ -1,0 +1,119 @@
+"""MkDocs hooks of the hscl site (declared under ``hooks:`` in mkdocs.yml).
+
+Two things the site needs from outside ``docs/``, added at build time so that nothing is copied into the
+repository:
+
+- KaTeX, so that equations render offline. Its files come from the npm package ``katex`` (0.16), installed
+  once with ``npm install --no-save --prefix build/npm katex@0.16`` (this hook runs that command when the
+  package is missing; ``HSCL_KATEX_DIR`` may point to another ``katex/dist`` folder). ``katex.min.js``,
+  ``katex.min.css``, ``fonts/`` and ``contrib/auto-render.min.js`` are served as ``assets/katex/...``.
+- The API reference of a whole layer. A line ``<!-- api-modules: hscl.engine -->`` in a page becomes one
+  mkdocstrings block per public module of that package (every ``*.py`` and sub-package whose name does not
+  start with ``_``), so a module added or split later is documented without editing the page.
+- The measured outputs under ``results/``. A page links a figure by its path in the repository
+  (``../../results/table1-quick/fig1.png`` from ``docs/experiments/``), which also resolves when the Markdown
+  is read on a code host; the hook serves every file of ``results/`` (except its Markdown notes) as
+  ``assets/results/...`` and rewrites those links to it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import File
+
+KATEX_VERSION = "0.16"
+KATEX_FILES = ("katex.min.js", "katex.min.css", "contrib/auto-render.min.js")
+MISSING_KATEX = "KaTeX is not available"  # tests/test_docs.py skips on this message
+
+_API_MODULES = re.compile(r"^<!-- api-modules: ([\w.]+) -->$", re.M)
+# a Markdown link or image target: ](target) or ](target "title")
+_LINK = re.compile(r"(\]\()([^)\s]+)((?:\s+\"[^\"]*\")?\))")
+
+
+def _repo_root(config) -> Path:
+    return Path(config["config_file_path"]).resolve().parent
+
+
+def katex_dist(root: Path) -> Path:
+    """The ``katex/dist`` folder to serve, installing the npm package into ``build/npm`` when needed."""
+    override = os.environ.get("HSCL_KATEX_DIR")
+    if override:
+        dist = Path(override)
+        if not (dist / "katex.min.js").is_file():
+            raise PluginError(f"{MISSING_KATEX}: HSCL_KATEX_DIR={override} holds no katex.min.js")
+        return dist
+    prefix = root / "build" / "npm"
+    dist = prefix / "node_modules" / "katex" / "dist"
+    if not (dist / "katex.min.js").is_file():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise PluginError(f"{MISSING_KATEX}: npm is not installed (needed once: npm install katex@0.16)")
+        command = [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix)]
+        done = subprocess.run([*command, f"katex@{KATEX_VERSION}"], capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not (dist / "katex.min.js").is_file():
+            raise PluginError(f"{MISSING_KATEX}: `npm install katex@{KATEX_VERSION}` failed: {done.stderr[-500:]}")
+    return dist
+
+
+def _add(files, config, src_uri: str, path: Path) -> None:
+    existing = files.get_file_from_path(src_uri)
+    if existing is not None:
+        files.remove(existing)
+    files.append(File.generated(config, src_uri, abs_src_path=str(path)))
+
+
+def on_files(files, config):
+    root = _repo_root(config)
+    dist = katex_dist(root)
+    for name in KATEX_FILES:
+        _add(files, config, f"assets/katex/{name}", dist / name)
+    for font in sorted((dist / "fonts").iterdir()):
+        _add(files, config, f"assets/katex/fonts/{font.name}", font)
+    results = root / "results"
+    for path in sorted(results.rglob("*")):
+        if path.is_file() and path.suffix != ".md":
+            _add(files, config, f"assets/results/{path.relative_to(results).as_posix()}", path)
+    return files
+
+
+def public_modules(root: Path, package: str) -> list[str]:
+    """The public modules and sub-packages of ``package`` (found under ``src/``), recursively, by name."""
+    folder = root / "src" / Path(*package.split("."))
+    if not (folder / "__init__.py").is_file():
+        raise PluginError(f"api-modules: {package} is not a package under src/")
+    modules = [f"{package}.{p.stem}" for p in folder.glob("*.py") if not p.name.startswith("_")]
+    for sub in folder.iterdir():
+        if (sub / "__init__.py").is_file() and not sub.name.startswith("_"):
+            modules += [f"{package}.{sub.name}", *public_modules(root, f"{package}.{sub.name}")]
+    return sorted(modules)
+
+
+def on_page_markdown(markdown, page, config, files):
+    """Expand ``api-modules`` markers; point links into ``results/`` at the copies under ``assets/results/``."""
+    root = _repo_root(config)
+    markdown = _API_MODULES.sub(
+        lambda m: "\n\n".join(f"::: {name}" for name in public_modules(root, m.group(1))), markdown
+    )
+    docs = Path(config["docs_dir"]).resolve()
+    results = root / "results"
+    page_dir = Path(page.file.abs_src_path).resolve().parent
+
+    def rewrite(match: re.Match) -> str:
+        target = match.group(2)
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith(("#", "/")):
+            return match.group(0)
+        path, _, fragment = target.partition("#")
+        resolved = Path(os.path.normpath(page_dir / path))
+        if not resolved.is_relative_to(results):
+            return match.group(0)
+        served = docs / "assets" / "results" / resolved.relative_to(results)
+        new = os.path.relpath(served, page_dir).replace(os.sep, "/") + (f"#{fragment}" if fragment else "")
+        return f"{match.group(1)}{new}{match.group(3)}"
+
+    return _LINK.sub(rewrite, markdown)

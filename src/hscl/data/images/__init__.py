@@ -1,0 +1,77 @@
+"""Image datasets: readers for the official on-disk formats, a registry, resolution and checked downloads.
+
+Every reader returns an :class:`ImageData` with uint8 images of shape (N, C, H, W) and int64 labels of
+shape (N,). The formats:
+
+* MNIST / Fashion-MNIST: four idx files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``), plain or gzipped. An idx file starts with two
+  zero bytes, a dtype code (0x08 = uint8), the number of dimensions, then one big-endian int32 per
+  dimension, then the data in C order. Images 1x28x28.
+* CIFAR-10 (python version, folder ``cifar-10-batches-py``): pickled dicts with bytes keys;
+  ``b"data"`` is (N, 3072) uint8, 1024 red then 1024 green then 1024 blue values, each plane row-major
+  32x32; ``b"labels"``; ``batches.meta`` holds ``b"label_names"``. Five training batches, one test batch.
+* CIFAR-100 (python version, folder ``cifar-100-python``): files ``train``, ``test``, ``meta``, same data
+  layout; the 100 fine labels (``b"fine_labels"``, ``b"fine_label_names"``) are used.
+* STL-10 (binary version, folder ``stl10_binary``): ``*_X.bin`` are uint8 3x96x96 images stored column-major
+  (each channel is written column after column), ``*_y.bin`` uint8 labels 1..10 (returned as 0..9),
+  ``class_names.txt``; the 100000 ``unlabeled_X.bin`` images (2.7 GB) are memory-mapped on request.
+* TinyImageNet (folder ``tiny-imagenet-200``): 200 classes of 64x64 JPEGs, ``train/<wnid>/images/*.JPEG``
+  (500 per class) and ``val/images/*.JPEG`` labelled by ``val/val_annotations.txt``; the validation set is
+  the test split (the official test images have no labels). Decoded arrays are cached in one ``.npz``.
+* scikit-learn digits: 1797 8x8 grey images (values 0..16, scaled to 0..255), a fixed stratified split.
+* A generic image folder: ``root/train/<class>/*`` and ``root/test/<class>/*``, or ``root/<class>/*``
+  split 80/20.
+
+:func:`load_dataset` finds a dataset by name in the ``data_dir`` argument, ``$HSCL_DATA``, known system
+locations, the cache directory (``$HSCL_CACHE/<name>``, default ``~/.cache/hscl/<name>``), and finally
+downloads it from the official source with an md5 check.
+
+The package: :mod:`~hscl.data.images.base` (:class:`ImageData`, errors), :mod:`~hscl.data.images.formats`
+(idx, CIFAR, STL-10, digits), :mod:`~hscl.data.images.image_files` (TinyImageNet, image folders),
+:mod:`~hscl.data.images.download` (cache, downloads, archives) and :mod:`~hscl.data.images.registry`
+(:data:`DATASETS`, :func:`load_dataset`).
+"""
+
+from hscl.data.images.base import (
+    ChecksumError,
+    DatasetNotFoundError,
+    ImageData,
+    UnsafeArchiveError,
+    stratified_indices,
+)
+from hscl.data.images.download import Download, cache_dir, download_file, extract_archive
+from hscl.data.images.formats import (
+    read_cifar10,
+    read_cifar100,
+    read_digits,
+    read_fashion_mnist,
+    read_idx,
+    read_mnist,
+    read_stl10,
+)
+from hscl.data.images.image_files import read_image_folder, read_tiny_imagenet
+from hscl.data.images.registry import DATASETS, DatasetSpec, load_dataset
+
+__all__ = [
+    "DATASETS",
+    "ChecksumError",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "Download",
+    "ImageData",
+    "UnsafeArchiveError",
+    "cache_dir",
+    "download_file",
+    "extract_archive",
+    "load_dataset",
+    "read_cifar10",
+    "read_cifar100",
+    "read_digits",
+    "read_fashion_mnist",
+    "read_idx",
+    "read_image_folder",
+    "read_mnist",
+    "read_stl10",
+    "read_tiny_imagenet",
+    "stratified_indices",
+]

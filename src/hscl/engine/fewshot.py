@@ -1,0 +1,349 @@
+"""Few-shot fine-tuning: N-way K-shot episodes, paired confidence intervals, embedding quality.
+
+Few-shot, as in SCHaNe's few-shot experiments: N-way K-shot episodes on classes held out from
+pre-training. Each episode draws ``ways`` classes, ``shots`` training images of each (support) and
+``queries`` test images of each (query set), fine-tunes a copy of the pre-trained model with a fresh
+linear head on the support set for ``steps`` full-batch steps (the objectives and steps of
+:mod:`hscl.engine.finetune`), and scores the queries. Every objective sees the same episodes, the same
+initial weights and the same augmentation draws, so their accuracies are paired.
+
+Reference: Long et al., "When hard negative sampling meets supervised contrastive learning", arXiv
+2308.14893 (SCHaNe).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hscl.data.augment import Augment, AugmentConfig, EvalTransform, preset_for
+from hscl.data.images import ImageData
+from hscl.data.views import epoch_generator
+from hscl.engine.finetune import (
+    BN_MODES,
+    FinetuneConfig,
+    FineTuneModel,
+    FinetuneObjective,
+    _check_choice,
+    _check_int,
+    _check_real,
+    _set_train_mode,
+    accuracy,
+    make_optimizer,
+    predict,
+    train_step,
+)
+from hscl.models import ContrastiveModel
+
+__all__ = [
+    "Episode",
+    "FewShotConfig",
+    "embedding_isotropy",
+    "few_shot",
+    "mean_ci95",
+    "paired_ci95",
+    "run_episode",
+    "sample_episode",
+    "tsne_figure",
+]
+
+
+@dataclass
+class FewShotConfig:
+    """N-way K-shot episodes.
+
+    Attributes:
+        ways: classes per episode ``N`` (drawn from the held-out classes).
+        shots: support images per class ``K``; one set of episodes per value.
+        queries: query images per class (from the test split).
+        episodes: episodes per ``K``.
+        steps: full-batch fine-tuning steps on the support set of an episode.
+        lr, bn: the per-episode optimiser learning rate and batch-norm mode (see :class:`FinetuneConfig`).
+        seed: the episodes follow from ``(seed, K, episode)``.
+    """
+
+    ways: int = 5
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10])
+    queries: int = 15
+    episodes: int = 100
+    steps: int = 30
+    lr: float = 1e-3
+    bn: str = "frozen"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.ways = _check_int("ways", self.ways, 2)
+        if not self.shots:
+            raise ValueError("shots must list at least one K >= 1")
+        self.shots = [_check_int("shots", k, 1) for k in self.shots]
+        self.queries = _check_int("queries", self.queries, 1)
+        self.episodes = _check_int("episodes", self.episodes, 1)
+        self.steps = _check_int("steps", self.steps, 1)
+        self.lr = _check_real("lr", self.lr, 0.0, math.inf, low_open=True)
+        self.bn = _check_choice("bn", self.bn, BN_MODES)
+        self.seed = _check_int("seed", self.seed, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# few-shot episodes
+
+
+@dataclass
+class Episode:
+    """One N-way K-shot episode: indices into a split and labels ``0 .. ways - 1``."""
+
+    classes: list[int]  # the original class of each episode label
+    support_index: Tensor  # (ways * shots,) into the training split
+    support_labels: Tensor  # (ways * shots,)
+    query_index: Tensor  # (ways * queries,) into the test split
+    query_labels: Tensor  # (ways * queries,)
+
+
+def sample_episode(
+    train_labels: Tensor,
+    test_labels: Tensor,
+    classes: Sequence[int],
+    *,
+    ways: int,
+    shots: int,
+    queries: int,
+    generator: torch.Generator,
+) -> Episode:
+    """Draw ``ways`` of ``classes``, ``shots`` training and ``queries`` test images of each, without replacement."""
+    classes = [int(c) for c in classes]
+    if ways > len(classes):
+        raise ValueError(f"ways={ways} exceeds the {len(classes)} held-out classes {classes}")
+    chosen = [classes[int(i)] for i in torch.randperm(len(classes), generator=generator)[:ways]]
+    sup, sup_y, qry, qry_y = [], [], [], []
+    for label, cls in enumerate(chosen):
+        for pool, take, out, out_y, split in (
+            (train_labels, shots, sup, sup_y, "training"),
+            (test_labels, queries, qry, qry_y, "test"),
+        ):
+            members = torch.nonzero(pool == cls).flatten()
+            if members.numel() < take:
+                raise ValueError(f"class {cls} has {members.numel()} {split} images, fewer than the {take} needed")
+            out.append(members[torch.randperm(members.numel(), generator=generator)[:take]])
+            out_y.append(torch.full((take,), label, dtype=torch.long))
+    return Episode(chosen, torch.cat(sup), torch.cat(sup_y), torch.cat(qry), torch.cat(qry_y))
+
+
+def run_episode(
+    pretrained: ContrastiveModel,
+    support_images: Tensor,
+    support_labels: Tensor,
+    query_images: Tensor,
+    query_labels: Tensor,
+    config: FinetuneConfig,
+    *,
+    steps: int,
+    augment: AugmentConfig,
+    seed: int,
+) -> float:
+    """Fine-tune a copy of ``pretrained`` on one support set for ``steps`` full-batch steps; query accuracy (%).
+
+    Shapes: support ``(ways * K, C, H, W)`` uint8 and ``(ways * K,)``; queries likewise. The augmentation
+    draws and everything else random follow from ``seed`` alone.
+    """
+    ways = int(support_labels.max()) + 1
+    model = FineTuneModel(copy.deepcopy(pretrained), ways, config.embedding)
+    objective = FinetuneObjective.from_config(config)
+    optimizer = make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    train_aug = Augment(augment)
+    _set_train_mode(model, config.bn)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():  # 1-shot with one view: no positives, the contrastive term is 0
+        warnings.filterwarnings("ignore", message=".*no valid.*|.*no anchor.*")
+        for _ in range(steps):
+            train_step(model, objective, optimizer, train_aug, support_images, support_labels, config.views)
+            scheduler.step()
+    return accuracy(predict(model, query_images, EvalTransform(augment)), query_labels)
+
+
+def _episode_seed(seed: int, shots: int, episode: int) -> int:
+    return int(epoch_generator(seed, shots, 1 + episode).initial_seed())
+
+
+def few_shot(
+    pretrained: ContrastiveModel,
+    data: ImageData,
+    classes: Sequence[int],
+    configs: Mapping[str, FinetuneConfig],
+    fewshot: FewShotConfig,
+    *,
+    augment: AugmentConfig | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[int, list[dict]]:
+    """Paired few-shot evaluation: for each K in ``fewshot.shots``, ``fewshot.episodes`` episodes, each run
+    with every config of ``configs`` (name -> config) on the same support / query sets and seeds.
+
+    Returns ``{K: [{"episode": e, "classes": [...], "accuracy": {name: %}}, ...]}``. With ``out_dir``, each
+    finished episode is appended to ``out_dir/<K>shot.jsonl``; ``resume=True`` skips the episodes found
+    there, ``resume=False`` refuses to overwrite them.
+    """
+    from tqdm.auto import tqdm
+
+    augment = augment or preset_for(data.channels, data.size)
+    # what an episode's result depends on besides (K, episode): rows of another setting are never mixed in
+    setting = {
+        "objectives": {name: dataclasses.asdict(c) for name, c in configs.items()},
+        "fewshot": {k: v for k, v in dataclasses.asdict(fewshot).items() if k not in ("shots", "episodes")},
+        "classes": [int(c) for c in classes],
+        "data": data.name,
+    }
+    setting = json.loads(json.dumps(setting))
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        setting_file = out_dir / "setting.json"
+        if setting_file.exists():
+            if not resume:
+                raise FileExistsError(
+                    f"{out_dir} holds few-shot episodes of an earlier run; pass --resume to continue it or choose "
+                    "another --out directory"
+                )
+            if json.loads(setting_file.read_text()) != setting:
+                raise ValueError(
+                    f"{out_dir} holds episodes of another setting ({setting_file}); this run is {setting}; choose "
+                    "another output directory"
+                )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        setting_file.write_text(json.dumps(setting, indent=2))
+    results: dict[int, list[dict]] = {}
+    for shots in fewshot.shots:
+        log_file = out_dir / f"{shots}shot.jsonl" if out_dir is not None else None
+        done: dict[int, dict] = {}
+        if log_file is not None and log_file.exists():
+            for line in log_file.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # the line being written when a run was killed
+                    continue
+                done[row["episode"]] = row
+            log_file.write_text("".join(json.dumps(row) + "\n" for row in done.values()))
+        bar = tqdm(range(fewshot.episodes), desc=f"{fewshot.ways}-way {shots}-shot episodes", disable=not progress)
+        for e in bar:
+            if e in done:
+                continue
+            seed = _episode_seed(fewshot.seed, shots, e)
+            episode = sample_episode(
+                data.train_labels,
+                data.test_labels,
+                classes,
+                ways=fewshot.ways,
+                shots=shots,
+                queries=fewshot.queries,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            sup_x, qry_x = data.train_images[episode.support_index], data.test_images[episode.query_index]
+            row = {"episode": e, "classes": episode.classes, "accuracy": {}}
+            for name, config in configs.items():
+                row["accuracy"][name] = run_episode(
+                    pretrained,
+                    sup_x,
+                    episode.support_labels,
+                    qry_x,
+                    episode.query_labels,
+                    config,
+                    steps=fewshot.steps,
+                    augment=augment,
+                    seed=seed,
+                )
+            done[e] = row
+            if log_file is not None:
+                with log_file.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+            bar.set_postfix({n: f"{sum(r['accuracy'][n] for r in done.values()) / len(done):.1f}" for n in configs})
+        results[shots] = [done[e] for e in range(fewshot.episodes)]
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (Student t, ``n - 1`` degrees of freedom).
+
+    The half-width is NaN for fewer than two values.
+    """
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    from scipy import stats
+
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+
+
+def paired_ci95(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean of ``a - b`` over paired samples and the half-width of its 95% CI (see :func:`mean_ci95`)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples must have the same length, got {len(a)} and {len(b)}")
+    return mean_ci95([x - y for x, y in zip(a, b)])
+
+
+# --------------------------------------------------------------------------------------------
+# embedding quality
+
+
+def embedding_isotropy(x: Tensor) -> float:
+    """:func:`hscl.geometry.isotropy` of the L2-normalised rows of ``x`` ``(N, d)`` (the cosine geometry the
+    contrastive term sees; encoder features have arbitrary norms)."""
+    from hscl.geometry import isotropy
+
+    return float(isotropy(F.normalize(x.double(), dim=1)))
+
+
+def tsne_figure(
+    path: str | Path,
+    embeddings: Mapping[str, Tensor],
+    labels: Tensor,
+    class_names: Sequence[str],
+    seed: int = 0,
+    title: str | None = None,
+) -> None:
+    """Side-by-side t-SNE maps (scikit-learn) of ``{name: (N, d) embeddings}``, coloured by class; PNG + CSV."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    from hscl.engine.report import write_table
+
+    fig, axes = plt.subplots(1, len(embeddings), figsize=(5.2 * len(embeddings), 4.8), dpi=120, squeeze=False)
+    rows = []
+    cmap = plt.get_cmap("tab10")
+    for ax, (name, x) in zip(axes[0], embeddings.items()):
+        x = F.normalize(x.double(), dim=1).numpy()
+        points = TSNE(n_components=2, init="pca", perplexity=30.0, random_state=seed).fit_transform(x)
+        for c, cname in enumerate(class_names):
+            mask = (labels == c).numpy()
+            ax.scatter(points[mask, 0], points[mask, 1], s=4, color=cmap(c % 10), label=cname)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        rows += [[name, float(p[0]), float(p[1]), int(y)] for p, y in zip(points, labels.tolist())]
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=3, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    write_table(Path(path).with_suffix(".csv"), ["model", "tsne_x", "tsne_y", "label"], rows)

@@ -1,0 +1,288 @@
+"""The monitors of a training run (Lightning callbacks): the epoch logger and the geometry monitor.
+
+:class:`EpochLogger` writes one ``metrics.csv`` row per epoch (loss, lr, kNN top-1 monitor, throughput) and
+an atomic ``checkpoints/last.ckpt``, keeping the one before as ``previous.ckpt``. :class:`GeometryMonitor`
+measures the loss quartet (Lemma 1 / Fig. 5), Assumption 1
+(Fig. 4), the alphas, neural and dimensional collapse and the spectrum on a seeded probe batch of the training
+split; its row goes into ``metrics.csv`` (through the training run's epoch logger) and the spectrum into
+``spectrum.csv``. ``hscl diagnose`` runs the same measurement on a checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from hscl.data.images import ImageData
+from hscl.engine.checkpoints import check_file, keep_previous
+from hscl.engine.config import RunConfig
+from hscl.engine.evaluate import knn_accuracy
+
+if TYPE_CHECKING:
+    from hscl.engine.train import ContrastiveTask, RunPaths
+
+__all__ = [
+    "METRIC_FIELDS",
+    "EpochLogger",
+    "read_metrics",
+    "DIAGNOSTIC_FIELDS",
+    "diagnostics_hardening",
+    "describe_hardening",
+    "probe_set",
+    "measure_geometry",
+    "GeometryMonitor",
+]
+
+
+METRIC_FIELDS = [
+    "epoch",
+    "loss",
+    "lr",
+    "knn_top1",
+    "images_per_s",
+    "epoch_seconds",
+    "tau",
+    "fallback_fraction",
+]
+
+
+class EpochLogger(L.Callback):
+    """One CSV row per epoch, the kNN monitor, and an atomic ``last.ckpt``."""
+
+    def __init__(
+        self, paths: RunPaths, data: ImageData, config: RunConfig, geometry: GeometryMonitor | None = None
+    ) -> None:
+        self.paths = paths
+        self.config = config
+        self.geometry = geometry
+        self.fields = METRIC_FIELDS + (DIAGNOSTIC_FIELDS if geometry is not None else [])
+        tc = config.train
+        self.monitor = None
+        if tc.knn_k > 0:
+            train_sub = data.subset(min(tc.knn_train, len(data.train_labels)), None, seed=tc.seed + 7)
+            test_sub = data.subset(None, min(tc.knn_test, len(data.test_labels)), seed=tc.seed + 7)
+            self.monitor = (train_sub.train_images, train_sub.train_labels, test_sub.test_images, test_sub.test_labels)
+        self._start = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # under DDP rank 0 alone writes the files
+            return
+        # drop rows of epochs that will be re-run (an interrupted run resumes at its checkpoint)
+        start_epoch = trainer.current_epoch
+        rows = read_metrics(self.paths.metrics) if self.paths.metrics.exists() else []
+        rows = [r for r in rows if int(r["epoch"]) <= start_epoch]
+        with self.paths.metrics.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        seconds = time.perf_counter() - self._start
+        extra: dict = {}
+        if self.geometry is not None and self.geometry.latest is not None:
+            extra = self.geometry.latest  # measured this epoch, before this callback; not training time
+            seconds -= extra.get("diagnostics_seconds", 0.0)
+        metrics = trainer.callback_metrics
+        steps = len(trainer.train_dataloader) if trainer.train_dataloader is not None else 0
+        images = steps * self.config.train.batch_size * self.config.data.views
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "loss": float(metrics.get("loss", math.nan)),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "knn_top1": math.nan,
+            "images_per_s": images / seconds if seconds > 0 else math.nan,
+            "epoch_seconds": seconds,
+            "tau": getattr(pl_module.loss_fn.hardening, "tau", "") if hasattr(pl_module.loss_fn, "hardening") else "",
+            "fallback_fraction": float(metrics["fallback_fraction"]) if "fallback_fraction" in metrics else "",
+            **extra,
+        }
+        if self.monitor is not None and trainer.is_global_zero:
+            train_x, train_y, test_x, test_y = self.monitor
+            with torch.no_grad():
+                bank = pl_module.encode(train_x)
+                queries = pl_module.encode(test_x)
+            row["knn_top1"] = knn_accuracy(bank, train_y, queries, test_y, k=self.config.train.knn_k)
+            pl_module.log("knn_top1", row["knn_top1"], prog_bar=True)
+        if trainer.is_global_zero:
+            with self.paths.metrics.open("a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+        # atomic: a kill during the write leaves the previous last.ckpt intact
+        self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        tmp = self.paths.last.with_suffix(".ckpt.tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it (a collective); rank 0 writes
+        if trainer.is_global_zero:
+            check_file(tmp)  # the archive just written is whole (raises on a failing disk)
+            keep_previous(self.paths)
+            os.replace(tmp, self.paths.last)
+
+
+def _callbacks(paths: RunPaths, data: ImageData, config: RunConfig) -> list:
+    geometry = GeometryMonitor(paths, data, config) if config.diagnostics.enabled else None
+    return ([geometry] if geometry else []) + [EpochLogger(paths, data, config, geometry)]
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    with Path(path).open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+#: columns the geometry monitor adds to metrics.csv (see :func:`hscl.geometry.diagnose`)
+DIAGNOSTIC_FIELDS = [
+    "diag_hardening",
+    "loss_ucl",
+    "loss_h_ucl",
+    "loss_scl",
+    "loss_h_scl",
+    "assumption1",
+    "assumption1_excluded",
+    "alpha_h_ucl",
+    "alpha_h_scl",
+    "alpha_hcol",
+    "nc1",
+    "nc2_cos_std",
+    "nc2_etf",
+    "nc2_norm_cv",
+    "ncc_accuracy",
+    "effective_rank",
+    "dims_99",
+    "alignment",
+    "uniformity",
+    "isotropy",
+    "mean_norm",
+    "feature_effective_rank",
+    "diagnostics_seconds",
+]
+
+
+def diagnostics_hardening(config: RunConfig, loss_fn: nn.Module | None = None):
+    """The hardening the diagnostics tilt with: ``diagnostics.beta`` / ``diagnostics.tau`` when set,
+    else the run's own (the threshold in force this epoch under a schedule), else beta = 1."""
+    from hscl.hardening import Exponential, Threshold
+
+    dc = config.diagnostics
+    if dc.beta is not None:
+        return Exponential(dc.beta)
+    if dc.tau is not None:
+        return Threshold(dc.tau)
+    own = getattr(loss_fn, "hardening", None) if loss_fn is not None else None
+    if isinstance(own, (Exponential, Threshold)) and not (isinstance(own, Exponential) and own.beta == 0):
+        return own
+    return Exponential(1.0)
+
+
+def describe_hardening(hardening) -> str:
+    from hscl.hardening import Exponential, Threshold
+
+    if isinstance(hardening, Exponential):
+        return f"beta={hardening.beta:g}"
+    if isinstance(hardening, Threshold):
+        return f"tau={hardening.tau:.6g}"
+    return type(hardening).__name__
+
+
+def probe_set(task: ContrastiveTask, data: ImageData, config: RunConfig) -> tuple[Tensor, Tensor]:
+    """The fixed probe batch of the diagnostics: a stratified subset of the training split with two
+    augmented views each, drawn from ``train.seed`` only (the same for every epoch and on resume).
+
+    Returns float images ``(P * 2, C, S, S)`` (sample-major) and labels ``(P,)``.
+    """
+    n = min(config.diagnostics.probe_size, len(data.train_labels))
+    probe = data.subset(n, None, seed=config.train.seed + 11)
+    images = probe.train_images
+    with torch.random.fork_rng():
+        torch.manual_seed(config.train.seed + 13)
+        x = task.augment(torch.stack([images, images], 1).flatten(0, 1))
+    return x, probe.train_labels.clone()
+
+
+@torch.no_grad()
+def measure_geometry(task: ContrastiveTask, x: Tensor, labels: Tensor, hardening) -> tuple[dict, Tensor]:
+    """Every diagnostic of :func:`hscl.geometry.diagnose` for the model on the probe ``x``, plus the
+    effective rank of the encoder features. Returns (metrics row, singular values of z's covariance)."""
+    from hscl.geometry import diagnose, effective_rank, spectrum
+
+    model = task.model
+    was_training = model.training
+    model.eval()
+    try:
+        if task.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=task._bf16):
+            h, z = model(x)
+        h, z = h.float(), z.float()
+    finally:
+        model.train(was_training)
+    lc = task.config.loss
+    P = labels.shape[0]
+    metrics, values = diagnose(
+        z.view(P, 2, -1),
+        labels,
+        hardening,
+        temperature=lc.temperature,
+        M=lc.M if isinstance(lc.M, (int, float)) else None,
+        normalize=task.config.model.normalization == "sphere",
+    )
+    metrics["feature_effective_rank"] = effective_rank(spectrum(h).singular_values)
+    metrics["diag_hardening"] = describe_hardening(hardening)
+    return metrics, values
+
+
+class GeometryMonitor(L.Callback):
+    """Evaluates :mod:`hscl.geometry` on a fixed probe set at the end of every ``diagnostics.every``
+    epochs (and the last): the loss quartet (Lemma 1 / Fig. 5), the fraction of anchors satisfying
+    Assumption 1 (Fig. 4), the alphas, NC1 / NC2 / NCC, the spectrum and effective rank, alignment,
+    uniformity and isotropy. The row goes to metrics.csv (through :class:`EpochLogger`, which must
+    come after this callback) and the spectrum to ``spectrum.csv``."""
+
+    def __init__(self, paths: RunPaths, data: ImageData, config: RunConfig) -> None:
+        self.paths = paths
+        self.data = data
+        self.config = config
+        self.probe: tuple[Tensor, Tensor] | None = None
+        self.latest: dict | None = None
+
+    @property
+    def spectrum_path(self) -> Path:
+        return self.paths.root / "spectrum.csv"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # under DDP rank 0 alone measures and writes
+            return
+        self.probe = probe_set(pl_module, self.data, self.config)
+        start_epoch = trainer.current_epoch
+        rows = []
+        if self.spectrum_path.exists():
+            with self.spectrum_path.open(newline="") as handle:
+                rows = [r for r in csv.reader(handle)][1:]
+        rows = [r for r in rows if int(r[0]) <= start_epoch]
+        dim = self.config.model.projection_dim
+        with self.spectrum_path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["epoch"] + [f"sv{k + 1}" for k in range(dim)])
+            writer.writerows(rows)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1
+        every = self.config.diagnostics.every
+        if not trainer.is_global_zero or (epoch % every and epoch != self.config.train.epochs):
+            self.latest = None
+            return
+        start = time.perf_counter()
+        x, labels = self.probe
+        hardening = diagnostics_hardening(self.config, pl_module.loss_fn)
+        metrics, values = measure_geometry(pl_module, x, labels, hardening)
+        metrics["diagnostics_seconds"] = time.perf_counter() - start
+        self.latest = metrics
+        with self.spectrum_path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([epoch] + [f"{float(v):.9g}" for v in values])

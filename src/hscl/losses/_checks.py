@@ -1,0 +1,106 @@
+"""Input checks of the loss family: each bad argument gets a clear error naming it and the allowed values."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from hscl.hardening import Hardening
+
+HardeningLike = Hardening | Callable[[Tensor], Tensor] | None
+MLike = float | int | str | None
+
+
+def _check_z(z: object) -> Tensor:
+    if not isinstance(z, Tensor):
+        raise TypeError(f"z must be a torch.Tensor of shape (B, V, d), got {type(z).__name__}")
+    if z.dim() != 3:
+        raise ValueError(
+            f"z must have shape (B, V, d) (samples, views, features), got a {z.dim()}-d tensor of "
+            f"shape {tuple(z.shape)}; for a single view use z.unsqueeze(1)"
+        )
+    if not z.is_floating_point():
+        raise TypeError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+    if z.shape[0] < 1 or z.shape[1] < 1 or z.shape[2] < 1:
+        raise ValueError(f"z must have B >= 1, V >= 1, d >= 1, got shape {tuple(z.shape)}")
+    if not bool(torch.isfinite(z).all()):
+        bad = int((~torch.isfinite(z)).sum())
+        raise ValueError(
+            f"z contains {bad} non-finite value(s) (NaN or inf); the encoder output is already broken "
+            f"before the loss (check the learning rate, the input data and mixed-precision settings)"
+        )
+    return z
+
+
+def _check_labels(labels: object, batch: int, device: torch.device, required_for: str | None) -> Tensor | None:
+    if labels is None:
+        if required_for is not None:
+            raise ValueError(f"labels are required for {required_for}; pass labels of shape (B,) = ({batch},)")
+        return None
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must have an integer dtype (e.g. torch.long), got {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != batch:
+        raise ValueError(
+            f"labels must have shape (B,) = ({batch},) to match z of B={batch} samples, got shape {tuple(labels.shape)}"
+        )
+    return labels.to(device=device, dtype=torch.long)
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _check_positive_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number > 0, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {name}={value}")
+    return value
+
+
+def _check_M(M: object) -> MLike:
+    if M is None or M == "count":
+        return M  # type: ignore[return-value]
+    if isinstance(M, str):
+        raise ValueError(f"M must be None (rows - 2), a number > 0, or 'count' (|N(r)|), got {M!r}")
+    return _check_positive_real("M", M)
+
+
+def _check_tau_plus(tau_plus: object, negatives: str) -> float:
+    if isinstance(tau_plus, bool) or not isinstance(tau_plus, numbers.Real):
+        raise TypeError(f"tau_plus must be a real number in [0, 1), got {type(tau_plus).__name__}")
+    tau_plus = float(tau_plus)
+    if not 0.0 <= tau_plus < 1.0:
+        raise ValueError(f"tau_plus must lie in [0, 1) (the class prior of H-UCL's debiasing), got {tau_plus}")
+    if tau_plus > 0 and negatives != "unsupervised":
+        raise ValueError(
+            "tau_plus > 0 (debiasing) corrects for false negatives among unsupervised negatives only; "
+            f"it cannot be used with negatives={negatives!r}"
+        )
+    return tau_plus
+
+
+def _check_hardening(hardening: object) -> HardeningLike:
+    if hardening is None or isinstance(hardening, Hardening) or callable(hardening):
+        return hardening  # type: ignore[return-value]
+    raise TypeError(
+        "hardening must be None, hscl.hardening.Exponential(beta), hscl.hardening.Threshold(tau) or a "
+        f"callable eta(g) -> non-negative weights of the same shape, got {type(hardening).__name__}"
+    )
+
+
+def _check_chunk_size(chunk_size: object) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+    return int(chunk_size)

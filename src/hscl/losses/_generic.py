@@ -1,0 +1,161 @@
+"""The autograd path of :func:`~hscl.losses.contrastive_loss` for user hardening callables.
+
+A callable ``eta(g) -> weights`` has no known log-linear form, so ``E(r)`` is computed in a
+max-shifted ratio form from explicit ``(chunk, rows)`` masks and autograd differentiates it; each
+block of anchors is checkpointed when ``chunk_size`` is set, so the backward recomputes it instead
+of keeping its matrices alive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from hscl.losses._fused import _pair_loss
+
+if TYPE_CHECKING:
+    from hscl.losses.core import _Spec
+
+
+# --------------------------------------------------------------------------------------------
+# explicit masks, block of anchors start:stop against every row
+
+
+def _negative_mask(spec: _Spec, start: int, stop: int) -> Tensor:
+    """``N(r)`` for the anchors ``start:stop``. Shape: ``(stop - start, N)`` bool."""
+    ids = spec.instance if spec.negatives == "unsupervised" else spec.labels
+    return ids[start:stop, None] != ids[None, :]
+
+
+def _positive_index(spec: _Spec, start: int, stop: int) -> Tensor:
+    """Columns of the other views of each anchor ``start:stop`` (``positives="views"``).
+
+    Shape: ``(stop - start, V - 1)`` long, ascending along dim 1.
+    """
+    rows = torch.arange(start, stop, device=spec.instance.device)
+    view_ids = torch.arange(spec.views, device=rows.device)
+    columns = view_ids[None, :] * spec.batch + (rows % spec.batch)[:, None]  # (c, V)
+    others = view_ids[None, :] != (rows // spec.batch)[:, None]  # (c, V)
+    return columns[others].view(stop - start, spec.views - 1)
+
+
+def _positive_mask(spec: _Spec, start: int, stop: int) -> Tensor:
+    """``P(r)`` restricted to valid anchors, for ``positives="labels"``. Shape ``(c, N)`` bool."""
+    mask = spec.labels[start:stop, None] == spec.labels[None, :]
+    mask[torch.arange(stop - start, device=mask.device), torch.arange(start, stop, device=mask.device)] = False
+    mask &= spec.valid[start:stop, None]
+    return mask
+
+
+def _block_similarity(Z: Tensor, start: int, stop: int, inv_t: float) -> Tensor:
+    """``g`` for the anchors ``start:stop``. Shape: ``(c, N)``."""
+    return (Z[start:stop] * inv_t) @ Z.T
+
+
+# --------------------------------------------------------------------------------------------
+# generic path (callable hardening): autograd, each block checkpointed when chunked
+
+
+def _generic_block(
+    Z: Tensor,
+    start: int,
+    stop: int,
+    spec: _Spec,
+    eta: Callable,
+    detach: bool,
+    per_pair: bool,
+    row_weight: Tensor,
+    out: dict,
+) -> Tensor:
+    """One block of anchors for a user callable ``eta``: ``E(r)`` in max-shifted ratio form."""
+    S = _block_similarity(Z, start, stop, spec.inv_t)  # (c, N)
+    neg = _negative_mask(spec, start, stop)
+    w = eta(S)
+    if not isinstance(w, Tensor) or w.shape != S.shape:
+        got = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
+        raise ValueError(
+            "hardening callable must return a tensor of weights with the same shape as its input g "
+            f"{tuple(S.shape)}, got {got}"
+        )
+    w = torch.where(neg, w.to(S.dtype), 0.0)  # (c, N) weights on N(r)
+    with torch.no_grad():
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("hardening callable returned non-finite weights (NaN or inf) on negatives")
+        if bool((w < 0).any()):
+            raise ValueError(
+                f"hardening callable returned negative weights (min {float(w.min()):.4g}); a hardening "
+                "function must be non-negative (Definition 1)"
+            )
+    if detach:
+        w = w.detach()
+    support = w > 0
+    fallback = ~support.any(1) & neg.any(1)  # every weight 0: fall back to w = 1
+    if bool(fallback.any()):
+        w = torch.where(fallback[:, None] & neg, 1.0, w)
+        support = torch.where(fallback[:, None], neg, support)
+    t = S.masked_fill(~support, -math.inf)
+    m = t.amax(1).detach()  # max of g over the support: the largest term of num is w(argmax) * 1
+    m = torch.where(torch.isfinite(m), m, 0.0)
+    e = torch.exp(t - m[:, None])  # (c, N), 0 off the support
+    row_ok = spec.valid[start:stop]
+    num = torch.where(row_ok, (w * e).sum(1), 1.0)
+    den = torch.where(row_ok, w.sum(1), 1.0)
+    log_e = torch.where(row_ok, torch.log(num) - torch.log(den) + m, 0.0)  # log E(r)
+    log_c, log_M = log_e[:, None], spec.log_M[start:stop, None]
+    if spec.positives == "views":
+        index = _positive_index(spec, start, stop)
+        loss = _pair_loss(S.gather(1, index), log_c, log_M, spec.tau_plus, spec.inv_t)
+        loss = torch.where(row_ok[:, None], loss, 0.0)  # (c, V-1)
+        flat = loss[row_ok].reshape(-1)
+    else:
+        pos = _positive_mask(spec, start, stop)
+        loss = torch.where(pos, _pair_loss(S, log_c, log_M, spec.tau_plus, spec.inv_t), 0.0)  # (c, N)
+        flat = loss[pos]
+    row_sum = loss.sum(1)
+    out["log_tilted_mean"][start:stop] = log_e.detach()
+    out["anchor_sum"][start:stop] = row_sum.detach()
+    out["fallback"][start:stop] = fallback
+    out["num_kept"][start:stop] = support.sum(1)
+    return flat if per_pair else (row_sum * row_weight[start:stop]).sum()
+
+
+def _generic_loss(
+    Z: Tensor, row_weight: Tensor, spec: _Spec, eta: Callable, detach: bool, per_pair: bool, chunked: bool, out: dict
+) -> Tensor:
+    N = spec.rows
+    out.update(
+        log_tilted_mean=torch.zeros(N, dtype=Z.dtype, device=Z.device),
+        anchor_sum=torch.zeros(N, dtype=Z.dtype, device=Z.device),
+        fallback=torch.zeros(N, dtype=torch.bool, device=Z.device),
+        num_kept=torch.zeros(N, dtype=torch.long, device=Z.device),
+    )
+    parts = []
+    for start in range(0, N, spec.chunk):
+        stop = min(N, start + spec.chunk)
+        args = (Z, start, stop, spec, eta, detach, per_pair, row_weight, out)
+        if chunked and torch.is_grad_enabled() and Z.requires_grad:
+            # the backward recomputes this block instead of keeping its (c, N) matrices alive
+            parts.append(torch.utils.checkpoint.checkpoint(_generic_block, *args, use_reentrant=False))
+        else:
+            parts.append(_generic_block(*args))
+    return torch.cat(parts) if per_pair else torch.stack(parts).sum()
+
+
+def _pair_index(spec: _Spec) -> Tensor:
+    """``(num_pairs, 2)`` rows ``(r, p)`` of the valid pairs, row-major (the order of ``"none"``)."""
+    pieces = []
+    for start in range(0, spec.rows, spec.chunk):
+        stop = min(spec.rows, start + spec.chunk)
+        if spec.positives == "views":
+            index = _positive_index(spec, start, stop)
+            rows = torch.arange(start, stop, device=index.device)[:, None].expand_as(index)
+            ok = spec.valid[start:stop]
+            pieces.append(torch.stack([rows[ok].reshape(-1), index[ok].reshape(-1)], 1))
+        else:
+            r, p = _positive_mask(spec, start, stop).nonzero(as_tuple=True)
+            pieces.append(torch.stack([r + start, p], 1))
+    return torch.cat(pieces)

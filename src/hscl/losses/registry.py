@@ -1,0 +1,114 @@
+"""The one list of contrastive methods; the training engine, fine-tuning, tables and CLI derive from it.
+
+Adding a method is one file (its module class) plus one entry in :data:`METHODS`. The method files
+never import this module.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import nn
+
+from hscl.losses.h_scl import HSCL
+from hscl.losses.h_ucl import HUCL
+from hscl.losses.schane import SCHaNe
+from hscl.losses.scl import SCL
+from hscl.losses.supcon import SupCon
+from hscl.losses.ucl import UCL
+
+__all__ = ["LOSSES", "METHODS", "Method", "available_losses", "get_loss", "get_method", "loss_kwargs"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One contrastive method: its module class and how it chooses positives and negatives."""
+
+    name: str  # "h-scl"
+    label: str  # "H-SCL" (how tables print it)
+    loss: type[nn.Module]  # the module class
+    positives: str  # "views" | "labels"
+    negatives: str | None  # "unsupervised" | "supervised"; None for supcon (all other rows)
+    hardened: bool  # takes beta= / tau= / hardening=
+    graph: bool  # has a graph (InfoGraph local-global) form: ucl, h-ucl, scl, h-scl
+    reference: str  # e.g. "Jiang et al., arXiv 2209.00078"
+    #: fine-tuning: True when the method is defined together with cross-entropy (SCHaNe's
+    #: ``(1 - lam) * CE + lam * L``), so its fine-tuning objective is called by the method's own name;
+    #: any other method fine-tunes as ``"<name>+ce"``
+    with_ce: bool = False
+    #: the cells of the H-SCL paper's Table I that show this method: ``""`` the method as it is,
+    #: ``"beta"`` / ``"tau"`` its exponential / threshold hardening (config files ``<name>-beta.yaml`` ...)
+    table1: tuple[str, ...] = ()
+    #: how a training batch pairs images by default: ``"instance"`` (two augmented views of one image) or
+    #: ``"same_label"`` (two images of one class, the H-SCL paper's sampling for SCL and H-SCL)
+    pairs: str = "instance"
+
+    @property
+    def supervised(self) -> bool:
+        """Whether the method needs labels (label positives or supervised negatives)."""
+        return self.positives == "labels" or self.negatives == "supervised"
+
+
+_H_SCL = "Jiang et al., arXiv 2209.00078"
+_METHODS = (
+    Method("ucl", "UCL", UCL, "views", "unsupervised", False, True, "Chen et al. (SimCLR), arXiv 2002.05709",
+           table1=("",)),
+    Method("h-ucl", "H-UCL", HUCL, "views", "unsupervised", True, True, "Robinson et al., arXiv 2010.04592",
+           table1=("",)),
+    Method("scl", "SCL", SCL, "labels", "supervised", False, True, _H_SCL, table1=("",), pairs="same_label"),
+    Method("h-scl", "H-SCL", HSCL, "labels", "supervised", True, True, _H_SCL, table1=("beta", "tau"),
+           pairs="same_label"),
+    Method("supcon", "SupCon", SupCon, "labels", None, False, False, "Khosla et al., arXiv 2004.11362"),
+    Method("schane", "SCHaNe", SCHaNe, "labels", "supervised", True, False, "Long et al., arXiv 2308.14893",
+           with_ce=True),
+)  # fmt: skip
+
+#: method name -> :class:`Method`, in the order ucl, h-ucl, scl, h-scl, supcon, schane
+METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
+
+#: method name -> module class; the CLI, configs and tests iterate over this registry
+LOSSES: dict[str, type[nn.Module]] = {name: m.loss for name, m in METHODS.items()}
+
+
+def get_method(name: str) -> Method:
+    """The :class:`Method` called ``name`` (case-insensitive, ``"_"`` read as ``"-"``: ``"H_SCL"`` works)."""
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a string, one of {', '.join(METHODS)}; got {type(name).__name__}")
+    key = name.strip().lower().replace("_", "-")
+    if key not in METHODS:
+        raise ValueError(f"unknown loss method {name!r}; valid methods: {', '.join(METHODS)}")
+    return METHODS[key]
+
+
+def available_losses() -> list[str]:
+    return list(METHODS)
+
+
+def _init_parameters(cls: type[nn.Module]) -> list[str]:
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def get_loss(method: str, **kwargs) -> nn.Module:
+    """The loss module for ``method`` (one of :data:`METHODS`), built with ``kwargs``.
+
+    Example: ``get_loss("h-scl", beta=1.0, temperature=0.5, chunk_size=1024)(z, labels)``.
+    """
+    entry = get_method(method)
+    allowed = _init_parameters(entry.loss)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"get_loss({entry.name!r}) got unexpected keyword(s) {', '.join(unknown)}; it accepts {', '.join(allowed)}"
+        )
+    return entry.loss(**kwargs)
+
+
+def loss_kwargs(method: str, options: Mapping[str, object]) -> dict:
+    """The entries of ``options`` that ``method``'s class accepts (by its ``__init__``), ``None`` values dropped.
+
+    Example: ``loss_kwargs("scl", {"beta": 1.0, "temperature": 0.5, "M": None}) == {"temperature": 0.5}``.
+    """
+    allowed = set(_init_parameters(get_method(method).loss))
+    return {key: value for key, value in options.items() if key in allowed and value is not None}

@@ -1,0 +1,103 @@
+"""The installed package, not the checkout: build the wheel, install it into a new virtual environment outside
+the checkout and run ``hscl reproduce table1 --preset quick --methods scl`` from an empty folder.
+
+No network: the wheel is built without build isolation (this environment's setuptools), installed with
+``--no-deps --no-index``, and the new environment sees this environment's dependencies (torch, Lightning, ...)
+through a ``.pth`` file naming their site-packages folder. That folder holds no ``hscl`` (the checkout is an
+editable install, whose ``.pth`` hook a plain path line does not run), so what runs is the wheel's copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = REPO / "src" / "hscl" / "experiments" / "configs"
+
+#: the quick preset, one epoch on a small subset: the whole pipeline (train, kNN, linear probe, table, figure)
+QUICK = [
+    "train.epochs=1",
+    "data.train_subset=1000",
+    "data.test_subset=500",
+    "train.knn_train=500",
+    "train.knn_test=200",
+    "eval.linear_epochs=2",
+    "diagnostics.probe_size=64",
+    "train.precision=32",
+]
+
+
+def _run(args: list, **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300, **kw)
+    assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _source_copy(dest: Path) -> Path:
+    """The files a wheel is built from, copied so that the build writes nothing into the checkout."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(REPO / "src", dest / "src", ignore=ignore)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = _source_copy(tmp / "source")
+    dist = tmp / "dist"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q"]
+    _run([*pip_wheel, "-w", dist, source])
+    (built,) = dist.glob("hscl-*.whl")
+    return built
+
+
+def test_the_wheel_ships_the_presets(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"hscl/experiments/configs/{p.relative_to(PRESETS).as_posix()}" for p in PRESETS.rglob("*.yaml")}
+    assert "hscl/experiments/configs/table1/quick/scl.yaml" in expected
+    assert expected <= names, sorted(expected - names)
+    assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)
+
+
+def test_the_installed_wheel_reproduces_table1_quick_from_an_empty_folder(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False, clear=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip())
+    # the project's dependencies, from this environment (no network)
+    (site / "_hscl_test_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel])
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update({"PATH": f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}", "OMP_NUM_THREADS": "2"})
+    where = _run([python, "-c", "import hscl; print(hscl.__file__)"], cwd=empty, env=env).stdout.strip()
+    assert Path(where).is_relative_to(env_dir), f"imported {where}, not the wheel's copy"
+    assert not Path(where).is_relative_to(REPO)
+
+    sets = [arg for item in QUICK for arg in ("--set", item)]
+    args = [env_dir / "bin" / "hscl", "reproduce", "table1", "--preset", "quick", "--methods", "scl", *sets]
+    _run([*args, "--out", "out"], cwd=empty, env=env)
+    results = json.loads((empty / "out" / "results.json").read_text())
+    assert list(results["methods"]) == ["scl"]
+    row = results["methods"]["scl"]
+    assert row["label"] == "SCL" and len(row["runs"]) == 1
+    assert 0 <= row["linear_top1_mean"] <= 100 and 0 <= row["knn_top1_mean"] <= 100
+    assert Path(row["config"]).is_relative_to(env_dir)  # the packaged preset, not the checkout's file
+    assert "| SCL |" in (empty / "out" / "table1.md").read_text()
+    assert sorted(p.name for p in empty.iterdir()) == ["out"]  # nothing written outside --out
