@@ -207,60 +207,16 @@ def few_shot(
     setting = json.loads(json.dumps(setting))
     if out_dir is not None:
         out_dir = Path(out_dir)
-        setting_file = out_dir / "setting.json"
-        if setting_file.exists():
-            if not resume:
-                raise FileExistsError(
-                    f"{out_dir} holds few-shot episodes of an earlier run; pass --resume to continue it or choose "
-                    "another --out directory"
-                )
-            if json.loads(setting_file.read_text()) != setting:
-                raise ValueError(
-                    f"{out_dir} holds episodes of another setting ({setting_file}); this run is {setting}; choose "
-                    "another output directory"
-                )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        setting_file.write_text(json.dumps(setting, indent=2))
+        _check_setting(out_dir, setting, resume)
     results: dict[int, list[dict]] = {}
     for shots in fewshot.shots:
         log_file = out_dir / f"{shots}shot.jsonl" if out_dir is not None else None
-        done: dict[int, dict] = {}
-        if log_file is not None and log_file.exists():
-            for line in log_file.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # the line being written when a run was killed
-                    continue
-                done[row["episode"]] = row
-            log_file.write_text("".join(json.dumps(row) + "\n" for row in done.values()))
+        done = _finished_episodes(log_file)
         bar = tqdm(range(fewshot.episodes), desc=f"{fewshot.ways}-way {shots}-shot episodes", disable=not progress)
         for e in bar:
             if e in done:
                 continue
-            seed = _episode_seed(fewshot.seed, shots, e)
-            episode = sample_episode(
-                data.train_labels,
-                data.test_labels,
-                classes,
-                ways=fewshot.ways,
-                shots=shots,
-                queries=fewshot.queries,
-                generator=torch.Generator().manual_seed(seed),
-            )
-            sup_x, qry_x = data.train_images[episode.support_index], data.test_images[episode.query_index]
-            row = {"episode": e, "classes": episode.classes, "accuracy": {}}
-            for name, config in configs.items():
-                row["accuracy"][name] = run_episode(
-                    pretrained,
-                    sup_x,
-                    episode.support_labels,
-                    qry_x,
-                    episode.query_labels,
-                    config,
-                    steps=fewshot.steps,
-                    augment=augment,
-                    seed=seed,
-                )
+            row = _episode_row(pretrained, data, classes, configs, fewshot, shots, e, augment)
             done[e] = row
             if log_file is not None:
                 with log_file.open("a") as handle:
@@ -268,6 +224,77 @@ def few_shot(
             bar.set_postfix({n: f"{sum(r['accuracy'][n] for r in done.values()) / len(done):.1f}" for n in configs})
         results[shots] = [done[e] for e in range(fewshot.episodes)]
     return results
+
+
+def _check_setting(out_dir: Path, setting: dict, resume: bool) -> None:
+    """Refuse to continue the episodes of ``out_dir`` unless resuming the same setting; (re)write
+    ``out_dir/setting.json``."""
+    setting_file = out_dir / "setting.json"
+    if setting_file.exists():
+        if not resume:
+            raise FileExistsError(
+                f"{out_dir} holds few-shot episodes of an earlier run; pass --resume to continue it or choose "
+                "another --out directory"
+            )
+        if json.loads(setting_file.read_text()) != setting:
+            raise ValueError(
+                f"{out_dir} holds episodes of another setting ({setting_file}); this run is {setting}; choose "
+                "another output directory"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setting_file.write_text(json.dumps(setting, indent=2))
+
+
+def _finished_episodes(log_file: Path | None) -> dict[int, dict]:
+    """The episodes already in ``log_file`` (episode -> row); the file is rewritten without a partial last line."""
+    done: dict[int, dict] = {}
+    if log_file is not None and log_file.exists():
+        for line in log_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the line being written when a run was killed
+                continue
+            done[row["episode"]] = row
+        log_file.write_text("".join(json.dumps(row) + "\n" for row in done.values()))
+    return done
+
+
+def _episode_row(
+    pretrained: ContrastiveModel,
+    data: ImageData,
+    classes: Sequence[int],
+    configs: Mapping[str, FinetuneConfig],
+    fewshot: FewShotConfig,
+    shots: int,
+    e: int,
+    augment: AugmentConfig,
+) -> dict:
+    """Episode ``e`` of ``shots``-shot, run with every config: ``{"episode", "classes", "accuracy": {name: %}}``."""
+    seed = _episode_seed(fewshot.seed, shots, e)
+    episode = sample_episode(
+        data.train_labels,
+        data.test_labels,
+        classes,
+        ways=fewshot.ways,
+        shots=shots,
+        queries=fewshot.queries,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    sup_x, qry_x = data.train_images[episode.support_index], data.test_images[episode.query_index]
+    row = {"episode": e, "classes": episode.classes, "accuracy": {}}
+    for name, config in configs.items():
+        row["accuracy"][name] = run_episode(
+            pretrained,
+            sup_x,
+            episode.support_labels,
+            qry_x,
+            episode.query_labels,
+            config,
+            steps=fewshot.steps,
+            augment=augment,
+            seed=seed,
+        )
+    return row
 
 
 # --------------------------------------------------------------------------------------------

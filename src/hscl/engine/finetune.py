@@ -389,19 +389,10 @@ def finetune(
     state is saved atomically after every epoch to ``out_dir/finetune_last.pt``; ``resume=True`` continues
     from it and reaches the same weights as an uninterrupted run, ``resume=False`` refuses to overwrite it.
     """
-    from tqdm.auto import tqdm
-
     augment = augment or preset_for(data.channels, data.size)
     if config.augment is not None:
         augment = augment_preset(config.augment).with_overrides(None, size=data.size)
-    state_file = Path(out_dir) / "finetune_last.pt" if out_dir is not None else None
-    if state_file is not None:
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        if state_file.exists() and not resume:
-            raise FileExistsError(
-                f"{state_file.parent} already holds a fine-tuning run (finetune_last.pt); pass --resume to continue "
-                "it or choose another --out directory"
-            )
+    state_file = _finetune_state_file(out_dir, resume)
     torch.manual_seed(config.seed)
     model = FineTuneModel(copy.deepcopy(pretrained), data.num_classes, config.embedding)
     objective = FinetuneObjective.from_config(config)
@@ -415,41 +406,12 @@ def finetune(
     start_epoch, seconds = 0, 0.0
     resolved = dataclasses.asdict(config)
     if state_file is not None and resume and state_file.exists():
-        from hscl.engine.checkpoints import load_checkpoint
-
-        saved = load_checkpoint(state_file, expect="finetune")  # weights-only; a damaged file: one line
-        if saved["config"] != resolved:
-            raise ValueError(
-                f"{state_file}: was written with another fine-tuning config {saved['config']}; this run uses "
-                f"{resolved}; choose another --out directory"
-            )
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        start_epoch, history, seconds = saved["epoch"], saved["history"], saved["seconds"]
+        start_epoch, history, seconds = _load_finetune_state(state_file, resolved, model, optimizer, scheduler)
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
-        _set_train_mode(model, config.bn)
-        order = torch.randperm(n, generator=epoch_generator(config.seed, epoch))
-        losses, ces, cons = [], [], []
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"fine-tune {config.objective} epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
-            leave=False,
+        losses, ces, cons = _finetune_epoch(
+            model, objective, optimizer, scheduler, train_aug, data, config, epoch, batch, progress
         )
-        for step in bar:
-            index = order[step * batch : (step + 1) * batch]
-            torch.manual_seed(int(epoch_generator(config.seed, epoch, 1 + step).initial_seed()))
-            loss, parts = train_step(
-                model, objective, optimizer, train_aug, data.train_images[index], data.train_labels[index], config.views
-            )
-            scheduler.step()
-            losses.append(loss)
-            ces.append(float(parts["ce"]))
-            if parts["contrastive"] is not None:
-                cons.append(float(parts["contrastive"]))
-            bar.set_postfix(loss=f"{loss:.3f}")
         seconds += time.perf_counter() - began
         logits = predict(model, data.test_images, eval_tf)
         history.append(
@@ -478,3 +440,80 @@ def finetune(
     logits = predict(model, data.test_images, eval_tf)
     correct = logits.argmax(1) == data.test_labels
     return FinetuneResult(accuracy(logits, data.test_labels), history, seconds, model.eval(), correct)
+
+
+def _finetune_state_file(out_dir: str | Path | None, resume: bool) -> Path | None:
+    """``out_dir/finetune_last.pt`` (None without ``out_dir``); refuses to overwrite one unless resuming."""
+    if out_dir is None:
+        return None
+    state_file = Path(out_dir) / "finetune_last.pt"
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    if state_file.exists() and not resume:
+        raise FileExistsError(
+            f"{state_file.parent} already holds a fine-tuning run (finetune_last.pt); pass --resume to continue "
+            "it or choose another --out directory"
+        )
+    return state_file
+
+
+def _load_finetune_state(
+    state_file: Path,
+    resolved: dict,
+    model: FineTuneModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, list[dict], float]:
+    """Restore model, optimizer and scheduler from ``state_file``; returns ``(epoch, history, seconds)``."""
+    from hscl.engine.checkpoints import load_checkpoint
+
+    saved = load_checkpoint(state_file, expect="finetune")  # weights-only; a damaged file: one line
+    if saved["config"] != resolved:
+        raise ValueError(
+            f"{state_file}: was written with another fine-tuning config {saved['config']}; this run uses "
+            f"{resolved}; choose another --out directory"
+        )
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return saved["epoch"], saved["history"], saved["seconds"]
+
+
+def _finetune_epoch(
+    model: FineTuneModel,
+    objective: FinetuneObjective,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_aug: nn.Module,
+    data: ImageData,
+    config: FinetuneConfig,
+    epoch: int,
+    batch: int,
+    progress: bool,
+) -> tuple[list[float], list[float], list[float]]:
+    """One epoch of ``batch``-image steps in the order of ``(seed, epoch)``; the loss, CE and contrastive term
+    of each step (the last only where computed)."""
+    from tqdm.auto import tqdm
+
+    n = int(data.train_labels.numel())
+    _set_train_mode(model, config.bn)
+    order = torch.randperm(n, generator=epoch_generator(config.seed, epoch))
+    losses, ces, cons = [], [], []
+    bar = tqdm(
+        range(n // batch),
+        desc=f"fine-tune {config.objective} epoch {epoch + 1}/{config.epochs}",
+        disable=not progress,
+        leave=False,
+    )
+    for step in bar:
+        index = order[step * batch : (step + 1) * batch]
+        torch.manual_seed(int(epoch_generator(config.seed, epoch, 1 + step).initial_seed()))
+        loss, parts = train_step(
+            model, objective, optimizer, train_aug, data.train_images[index], data.train_labels[index], config.views
+        )
+        scheduler.step()
+        losses.append(loss)
+        ces.append(float(parts["ce"]))
+        if parts["contrastive"] is not None:
+            cons.append(float(parts["contrastive"]))
+        bar.set_postfix(loss=f"{loss:.3f}")
+    return losses, ces, cons

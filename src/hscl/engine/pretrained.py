@@ -114,21 +114,10 @@ def load_pretrained(
 
     # weights-only; a file that is missing, damaged, not a checkpoint or a state_dict: CheckpointError (one line)
     obj = load_checkpoint(path, expect="weights")
-    if obj is None or (isinstance(obj, Mapping) and "hyper_parameters" in obj and "state_dict" in obj):
-        from hscl.engine.train import load_task
-
-        try:
-            task, config = load_task(path, data_dir=data_dir)
-        except Exception as err:
-            if obj is None:
-                raise ValueError(f"{path}: neither an hscl checkpoint nor a state_dict ({err})") from err
-        else:
-            mc = config.model
-            arch = {"encoder": mc.encoder, "in_channels": task.hparams["in_channels"], "widths": mc.widths}
-            arch.update({"stem": mc.stem, "projection_dim": mc.projection_dim, "hidden_dim": mc.hidden_dim})
-            arch["normalization"] = mc.normalization
-            model = task.model.to(memory_format=torch.contiguous_format).eval()
-            return Pretrained(model, "hscl-checkpoint", config, arch)
+    if isinstance(obj, Mapping) and "hyper_parameters" in obj and "state_dict" in obj:
+        pretrained = _from_hscl_checkpoint(path, data_dir)
+        if pretrained is not None:
+            return pretrained
     state = _plain_state(obj, path)
     has_head = any(k.startswith("head.") for k in state)
     encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
@@ -156,6 +145,31 @@ def load_pretrained(
     arch["normalization"] = normalization or "sphere"
     if arch["normalization"] not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {arch['normalization']!r}")
+    model = _build_from_state(arch, state, encoder_state, has_head, path)
+    return Pretrained(model.eval(), "state_dict", None, arch, head_loaded=has_head)
+
+
+def _from_hscl_checkpoint(path: Path, data_dir: str | None) -> Pretrained | None:
+    """The model of a checkpoint ``hscl train`` wrote, built from its run config; None when that config cannot
+    be rebuilt here (the caller then reads the checkpoint's state_dict like any other)."""
+    from hscl.engine.train import load_task
+
+    try:
+        task, config = load_task(path, data_dir=data_dir)
+    except Exception:
+        return None
+    mc = config.model
+    arch = {"encoder": mc.encoder, "in_channels": task.hparams["in_channels"], "widths": mc.widths}
+    arch.update({"stem": mc.stem, "projection_dim": mc.projection_dim, "hidden_dim": mc.hidden_dim})
+    arch["normalization"] = mc.normalization
+    model = task.model.to(memory_format=torch.contiguous_format).eval()
+    return Pretrained(model, "hscl-checkpoint", config, arch)
+
+
+def _build_from_state(
+    arch: dict, state: dict[str, Tensor], encoder_state: dict[str, Tensor], has_head: bool, path: Path
+) -> ContrastiveModel:
+    """``build_model(**arch)`` loaded (strictly) with ``state``, or with ``encoder_state`` when the file has no head."""
     encoder_kw = {k: arch[k] for k in ("widths", "stem") if arch.get(k) is not None}
     if arch["encoder"] == "convnet":
         encoder_kw.pop("stem", None)
@@ -176,4 +190,4 @@ def load_pretrained(
             model.encoder.load_state_dict(encoder_state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: the weights do not fit {arch}: {str(err).splitlines()[0]}") from err
-    return Pretrained(model.eval(), "state_dict", None, arch, head_loaded=has_head)
+    return model

@@ -129,14 +129,26 @@ def plot_diagnostics(run_dir: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(out / name)
 
+    finish(_assumption1_figure(plt, rows, hardening), "fig4_assumption1.png")
+    finish(_losses_figure(plt, rows, hardening), "fig5_losses.png")
+    finish(_spectrum_figure(plt, rows, run_dir / "spectrum.csv"), "spectrum.png")
+    finish(_collapse_figure(plt, rows), "collapse.png")
+    return written
+
+
+def _assumption1_figure(plt, rows: list[dict], hardening: str):
+    """The fraction of anchors satisfying Assumption 1, per epoch."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     ax.plot(*_floats(rows, "assumption1"), marker="o", markersize=3, color="C3")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("epoch")
     ax.set_ylabel("fraction of anchors")
     ax.set_title(f"Assumption 1: E_Hcol[e^g] >= E_H-SCL[e^g] ({hardening})")
-    finish(fig, "fig4_assumption1.png")
+    return fig
 
+
+def _losses_figure(plt, rows: list[dict], hardening: str):
+    """The four losses of Lemma 1 on the probe set, per epoch."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for key, label in (("loss_ucl", "UCL"), ("loss_h_ucl", "H-UCL"), ("loss_scl", "SCL"), ("loss_h_scl", "H-SCL")):
         ax.plot(*_floats(rows, key), marker="o", markersize=3, label=label)
@@ -144,9 +156,11 @@ def plot_diagnostics(run_dir: str | Path) -> list[Path]:
     ax.set_ylabel("loss on the probe set")
     ax.set_title(f"Lemma 1: the four losses, same positives and M ({hardening})")
     ax.legend()
-    finish(fig, "fig5_losses.png")
+    return fig
 
-    spectrum_path = run_dir / "spectrum.csv"
+
+def _spectrum_figure(plt, rows: list[dict], spectrum_path: Path):
+    """The embedding spectrum of each epoch (from ``spectrum.csv``, when there) and the effective rank."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.0), dpi=110)
     if spectrum_path.exists():
         with spectrum_path.open(newline="") as handle:
@@ -167,8 +181,11 @@ def plot_diagnostics(run_dir: str | Path) -> list[Path]:
     right.set_ylabel("dimensions")
     right.set_title("effective rank")
     right.legend()
-    finish(fig, "spectrum.png")
+    return fig
 
+
+def _collapse_figure(plt, rows: list[dict]):
+    """Neural collapse per epoch: NC1, NC2 and nearest-class-mean accuracy."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), dpi=110)
     axes[0].semilogy(*_floats(rows, "nc1"), marker="o", markersize=3)
     axes[0].set_title("NC1 = Tr(S_W S_B^+)/C")
@@ -180,8 +197,7 @@ def plot_diagnostics(run_dir: str | Path) -> list[Path]:
     axes[2].set_title("nearest-class-mean accuracy")
     for ax in axes:
         ax.set_xlabel("epoch")
-    finish(fig, "collapse.png")
-    return written
+    return fig
 
 
 # --------------------------------------------------------------------------------------------

@@ -347,16 +347,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
     import yaml
 
     paths = run_paths(out_dir)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    if paths.last.exists() and not resume:
-        raise FileExistsError(
-            f"{paths.root} already holds a run (checkpoints/last.ckpt); pass --resume to continue it or choose "
-            "another --out directory"
-        )
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    # --resume: last.ckpt is read weights-only and checked first; a damaged one names previous.ckpt
-    resumed = check_resumable(paths) if resume and (paths.last.exists() or paths.previous.exists()) else None
+    resumed = _open_run(paths, config, resume)
     data = data if data is not None else load_data(config)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     resolved = config_to_dict(config)
@@ -368,21 +359,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
     task = ContrastiveTask(resolved, data.channels, data.size, data.num_classes)
     device = torch.device("cuda" if tc.accelerator == "gpu" else "cpu")
     processes = tc.devices * tc.num_nodes
-    choice_file = paths.root / "precision.json"
-    if resume and choice_file.exists():  # a resumed run keeps the numerics it started with
-        choice = json.loads(choice_file.read_text())
-        precision, channels_last = choice["precision"], choice["channels_last"]
-    else:
-        probe_batch = min(64, len(data.train_labels))
-        sample = task.augment(data.train_images[:probe_batch])
-        if processes > 1 and device.type == "cpu":  # a timing probe could choose differently in each process
-            precision, channels_last = ("bf16-mixed", True) if tc.precision == "bf16" else ("32-true", False)
-        else:
-            precision, channels_last = resolve_precision(config.train.precision, task.model, sample, device)
-        if config.train.channels_last is not None:
-            channels_last = config.train.channels_last
-        if writer:
-            choice_file.write_text(json.dumps({"precision": precision, "channels_last": channels_last}))
+    precision, channels_last = _choose_precision(config, task, data, paths, resume, writer, processes, device)
     if resumed is not None:  # a checkpoint of another model: say so before Lightning fails to load it
         check_weights(task, resumed["state_dict"], paths.last, "the model of this config")
         del resumed
@@ -390,41 +367,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
     if channels_last:
         task.model = task.model.to(memory_format=torch.channels_last)
 
-    logger = False
-    try:
-        import tensorboard  # noqa: F401
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        logger = TensorBoardLogger(str(paths.root), name="tensorboard", version="")
-    except ImportError:
-        pass
-    trainer = L.Trainer(
-        max_epochs=config.train.epochs,
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        num_nodes=tc.num_nodes,
-        strategy=tc.strategy,
-        sync_batchnorm=processes > 1 and device.type == "cuda",  # PyTorch's SyncBatchNorm is GPU-only
-        use_distributed_sampler=False,  # each step shards the global batch (ContrastiveTask.training_step)
-        precision=precision,
-        logger=logger,
-        callbacks=_callbacks(paths, data, config),
-        enable_checkpointing=False,
-        enable_progress_bar=config.train.progress,
-        enable_model_summary=False,
-        deterministic=True,
-        num_sanity_val_steps=0,
-        log_every_n_steps=10,
-    )
+    trainer = _build_trainer(config, paths, data, precision, processes, device)
     ckpt = str(paths.last) if resume and paths.last.exists() else None  # checked by check_resumable above
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
-        # under DDP the logged loss is already that of the global batch, identical on every rank
-        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
-        # Lightning 2.6's own use of a torch pytree API that newer torch deprecates; nothing a user can act on
-        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-        trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt, **_weights_only(trainer))
+    _fit(trainer, task, data, config, ckpt)
     trainer.save_checkpoint(paths.final, weights_only=False)
     if config.diagnostics.enabled and trainer.is_global_zero:
         from hscl.engine.report import plot_diagnostics
@@ -438,6 +383,97 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
             )
         )
     return paths.final
+
+
+def _open_run(paths: RunPaths, config: RunConfig, resume: bool) -> dict | None:
+    """Create the run directory, refuse to overwrite a run unless resuming, set the thread count; returns the
+    checked ``last.ckpt`` to resume from (None for a new run)."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if paths.last.exists() and not resume:
+        raise FileExistsError(
+            f"{paths.root} already holds a run (checkpoints/last.ckpt); pass --resume to continue it or choose "
+            "another --out directory"
+        )
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    # --resume: last.ckpt is read weights-only and checked first; a damaged one names previous.ckpt
+    return check_resumable(paths) if resume and (paths.last.exists() or paths.previous.exists()) else None
+
+
+def _choose_precision(
+    config: RunConfig,
+    task: ContrastiveTask,
+    data: ImageData,
+    paths: RunPaths,
+    resume: bool,
+    writer: bool,
+    processes: int,
+    device: torch.device,
+) -> tuple[str, bool]:
+    """Lightning precision and channels_last of the run, recorded in ``precision.json``; a resumed run keeps
+    the numerics it started with."""
+    tc = config.train
+    choice_file = paths.root / "precision.json"
+    if resume and choice_file.exists():  # a resumed run keeps the numerics it started with
+        choice = json.loads(choice_file.read_text())
+        return choice["precision"], choice["channels_last"]
+    probe_batch = min(64, len(data.train_labels))
+    sample = task.augment(data.train_images[:probe_batch])
+    if processes > 1 and device.type == "cpu":  # a timing probe could choose differently in each process
+        precision, channels_last = ("bf16-mixed", True) if tc.precision == "bf16" else ("32-true", False)
+    else:
+        precision, channels_last = resolve_precision(tc.precision, task.model, sample, device)
+    if tc.channels_last is not None:
+        channels_last = tc.channels_last
+    if writer:
+        choice_file.write_text(json.dumps({"precision": precision, "channels_last": channels_last}))
+    return precision, channels_last
+
+
+def _build_trainer(
+    config: RunConfig, paths: RunPaths, data: ImageData, precision: str, processes: int, device: torch.device
+) -> L.Trainer:
+    """The Lightning trainer of a run: TensorBoard logging when installed, hscl's callbacks, no Lightning
+    checkpointing (:mod:`hscl.engine.monitor` writes ``last.ckpt``)."""
+    tc = config.train
+    logger = False
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(str(paths.root), name="tensorboard", version="")
+    except ImportError:
+        pass
+    return L.Trainer(
+        max_epochs=tc.epochs,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=tc.strategy,
+        sync_batchnorm=processes > 1 and device.type == "cuda",  # PyTorch's SyncBatchNorm is GPU-only
+        use_distributed_sampler=False,  # each step shards the global batch (ContrastiveTask.training_step)
+        precision=precision,
+        logger=logger,
+        callbacks=_callbacks(paths, data, config),
+        enable_checkpointing=False,
+        enable_progress_bar=tc.progress,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+    )
+
+
+def _fit(trainer: L.Trainer, task: ContrastiveTask, data: ImageData, config: RunConfig, ckpt: str | None) -> None:
+    """``trainer.fit`` from ``ckpt`` (None: from scratch), without the warnings a user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+        # under DDP the logged loss is already that of the global batch, identical on every rank
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        # Lightning 2.6's own use of a torch pytree API that newer torch deprecates; nothing a user can act on
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+        trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt, **_weights_only(trainer))
 
 
 def _weights_only(trainer: L.Trainer) -> dict:

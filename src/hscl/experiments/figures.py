@@ -289,8 +289,29 @@ def _last_spectrum(run_dir: Path) -> list[float]:
 
 
 def _write_collapse(results: dict, out_dir: Path, config: RunConfig) -> None:
-    from hscl.engine.report import _pyplot
+    table, csv_rows = _collapse_table(results)
+    dc, tc = config.data, config.train
+    rules = results["rules"]
+    title = (
+        f"Neural vs dimensional collapse: {dc.dataset} ({dc.train_subset or 'all'} train images), "
+        f"{config.model.encoder}, projection dim {config.model.projection_dim}, {tc.epochs} epochs, Adam lr {tc.lr}; "
+        f"probe {config.diagnostics.probe_size} x 2 views. Verdict: dimensional collapse if eff. rank < "
+        f"{rules['dimensional_erank_fraction']} (C-1); neural collapse if NC1 < {rules['neural_nc1']} and NC2 < "
+        f"{rules['neural_nc2_etf']}"
+    )
+    results["title"], results["table_markdown"] = title, table
+    write_json(out_dir / "results.json", results)
+    write_table(out_dir / "collapse.csv", ["key", "method", "normalization", *_COLLAPSE_KEYS, "verdict"], csv_rows)
+    (out_dir / "collapse.md").write_text(f"{title}\n\n{table}\n")
+    _plot_collapse(results, out_dir)
+    print(
+        f"\n{title}\n\n{table}\n\nwritten: {out_dir}/results.json, collapse.csv, collapse.md, "
+        "collapse_nc1.png, collapse_nc2.png, collapse_erank.png, collapse_spectrum.png"
+    )
 
+
+def _collapse_table(results: dict) -> tuple[str, list[list]]:
+    """The markdown table of the collapse runs (last epoch, NC1 from the first) and the rows of ``collapse.csv``."""
     header = [
         "method",
         "normalisation",
@@ -321,20 +342,13 @@ def _write_collapse(results: dict, out_dir: Path, config: RunConfig) -> None:
             ]
         )
         csv_rows.append([key, r["method"], r["normalization"], *[last[k] for k in _COLLAPSE_KEYS], r["verdict"]])
-    table = markdown_table(header, rows)
-    dc, tc = config.data, config.train
-    rules = results["rules"]
-    title = (
-        f"Neural vs dimensional collapse: {dc.dataset} ({dc.train_subset or 'all'} train images), "
-        f"{config.model.encoder}, projection dim {config.model.projection_dim}, {tc.epochs} epochs, Adam lr {tc.lr}; "
-        f"probe {config.diagnostics.probe_size} x 2 views. Verdict: dimensional collapse if eff. rank < "
-        f"{rules['dimensional_erank_fraction']} (C-1); neural collapse if NC1 < {rules['neural_nc1']} and NC2 < "
-        f"{rules['neural_nc2_etf']}"
-    )
-    results["title"], results["table_markdown"] = title, table
-    write_json(out_dir / "results.json", results)
-    write_table(out_dir / "collapse.csv", ["key", "method", "normalization", *_COLLAPSE_KEYS, "verdict"], csv_rows)
-    (out_dir / "collapse.md").write_text(f"{title}\n\n{table}\n")
+    return markdown_table(header, rows), csv_rows
+
+
+def _plot_collapse(results: dict, out_dir: Path) -> None:
+    """``collapse_nc1.png``, ``collapse_erank.png``, ``collapse_nc2.png`` (curves per epoch) and
+    ``collapse_spectrum.png`` (last epoch), one panel per normalisation."""
+    from hscl.engine.report import _pyplot
 
     plt = _pyplot()
     norms = list(dict.fromkeys(r["normalization"] for r in results["runs"].values()))
@@ -376,7 +390,3 @@ def _write_collapse(results: dict, out_dir: Path, config: RunConfig) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / "collapse_spectrum.png")
     plt.close(fig)
-    print(
-        f"\n{title}\n\n{table}\n\nwritten: {out_dir}/results.json, collapse.csv, collapse.md, "
-        "collapse_nc1.png, collapse_nc2.png, collapse_erank.png, collapse_spectrum.png"
-    )

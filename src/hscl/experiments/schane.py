@@ -1,4 +1,4 @@
-"""``hscl reproduce schane`` (SCHaNe vs CE) and ``hscl finetune``: pre-train, fine-tune, few-shot, outputs.
+"""``hscl reproduce schane`` (SCHaNe vs CE): pre-train, fine-tune, few-shot, outputs.
 
 One YAML (``configs/schane/<preset>.yaml``, a :class:`SchaneExperiment`): pre-train on some classes
 (cached), compare the fine-tuning ``objectives`` of :mod:`hscl.engine.finetune` by full fine-tuning on
@@ -23,7 +23,7 @@ from torch import Tensor
 from hscl.data.augment import AugmentConfig, EvalTransform
 from hscl.data.images import ImageData
 from hscl.engine.config import RunConfig, config_from_dict, config_to_dict
-from hscl.engine.fewshot import FewShotConfig, embedding_isotropy, few_shot, mean_ci95, tsne_figure
+from hscl.engine.fewshot import FewShotConfig, embedding_isotropy, few_shot, tsne_figure
 from hscl.engine.finetune import (
     OBJECTIVE_LABELS,
     OBJECTIVES,
@@ -36,9 +36,10 @@ from hscl.engine.finetune import (
     select_classes,
 )
 from hscl.engine.pretrained import load_pretrained
-from hscl.experiments._schane_outputs import _binomial_ci, _fewshot_figure, _fmt, _summarise, _table
+from hscl.experiments._schane_outputs import _fewshot_figure, _summarise, _table
+from hscl.models import ContrastiveModel
 
-__all__ = ["FullConfig", "SchaneExperiment", "find_experiment", "load_experiment", "reproduce_schane", "run_cli"]
+__all__ = ["FullConfig", "SchaneExperiment", "find_experiment", "load_experiment", "reproduce_schane"]
 
 
 @dataclass
@@ -135,7 +136,6 @@ def reproduce_schane(
     stored in ``out_dir`` when finished and skipped on a rerun.
     """
     from hscl.data.images import load_dataset
-    from hscl.engine.report import markdown_table, write_json, write_table
 
     began = time.perf_counter()
     out_dir = Path(out_dir)
@@ -171,6 +171,35 @@ def reproduce_schane(
     full_data = data
     if experiment.full.train_subset is not None or experiment.full.test_subset is not None:
         full_data = data.subset(experiment.full.train_subset, experiment.full.test_subset, seed=0)
+    full, correct = _full_finetuning(experiment, pretrained.model, full_data, augment, out_dir, progress)
+    lap("full")
+
+    # 3. few-shot episodes on the held-out classes
+    episodes = _fewshot_episodes(experiment, pretrained.model, data, augment, out_dir, progress)
+    lap("fewshot")
+
+    # 4. embedding quality of the fine-tuned models (first seed): isotropy and t-SNE
+    embedding = _embedding_quality(experiment, full_data, augment, out_dir)
+    lap("embedding")
+
+    # 5. tables and figures
+    results = _summarise(experiment, data, full_data, full, correct, episodes, embedding)
+    results["seconds"] = time.perf_counter() - began
+    results["stage_seconds"] = stage_seconds
+    _write_schane_outputs(experiment, results, out_dir)
+    return results
+
+
+def _full_finetuning(
+    experiment: SchaneExperiment,
+    model: ContrastiveModel,
+    full_data: ImageData,
+    augment: AugmentConfig,
+    out_dir: Path,
+    progress: bool,
+) -> tuple[dict[str, list[dict]], dict[str, list[Tensor]]]:
+    """Full fine-tuning of ``model`` with every (objective, seed), each stored in ``out_dir/full/<objective>/
+    seed<seed>`` and read back from there on a rerun; the records and per-test-image correctness of each."""
     full: dict[str, list[dict]] = {}
     correct: dict[str, list[Tensor]] = {}
     for objective in experiment.objectives:
@@ -185,7 +214,7 @@ def reproduce_schane(
             print(f"== full fine-tuning {objective} (seed {seed}) on {full_data} -> {run_dir}", flush=True)
             config = experiment.objective_config(objective, seed=seed)
             result = finetune(
-                pretrained.model, full_data, config, augment=augment, out_dir=run_dir, resume=True, progress=progress
+                model, full_data, config, augment=augment, out_dir=run_dir, resume=True, progress=progress
             )
             torch.save(result.model.state_dict(), run_dir / "model.pt")
             torch.save(result.test_correct, run_dir / "test_correct.pt")
@@ -193,9 +222,18 @@ def reproduce_schane(
             result_file.write_text(json.dumps(record, indent=2))
             full[objective].append(record)
             correct[objective].append(result.test_correct)
-    lap("full")
+    return full, correct
 
-    # 3. few-shot episodes on the held-out classes
+
+def _fewshot_episodes(
+    experiment: SchaneExperiment,
+    model: ContrastiveModel,
+    data: ImageData,
+    augment: AugmentConfig,
+    out_dir: Path,
+    progress: bool,
+) -> dict[int, list[dict]]:
+    """The few-shot episodes of every objective on the held-out classes (resumable, in ``out_dir/fewshot``)."""
     fs = experiment.fewshot
     configs = {o: experiment.objective_config(o, lr=fs.lr, bn=fs.bn) for o in experiment.objectives}
     print(
@@ -203,8 +241,8 @@ def reproduce_schane(
         f"{[data.classes[c] for c in experiment.heldout_classes]}",
         flush=True,
     )
-    episodes = few_shot(
-        pretrained.model,
+    return few_shot(
+        model,
         data,
         experiment.heldout_classes,
         configs,
@@ -214,16 +252,12 @@ def reproduce_schane(
         resume=True,
         progress=progress,
     )
-    lap("fewshot")
 
-    # 4. embedding quality of the fine-tuned models (first seed): isotropy and t-SNE
-    embedding = _embedding_quality(experiment, full_data, augment, out_dir)
-    lap("embedding")
 
-    # 5. tables and figures
-    results = _summarise(experiment, data, full_data, full, correct, episodes, embedding)
-    results["seconds"] = time.perf_counter() - began
-    results["stage_seconds"] = stage_seconds
+def _write_schane_outputs(experiment: SchaneExperiment, results: dict, out_dir: Path) -> None:
+    """``results.json``, ``schane.csv``, ``schane.md`` and ``fewshot.png`` (+ ``.csv``); prints the table."""
+    from hscl.engine.report import markdown_table, write_json, write_table
+
     header, rows, csv_rows = _table(results, experiment.objectives)
     table = markdown_table(header, rows)
     results["table_markdown"] = table
@@ -232,14 +266,13 @@ def reproduce_schane(
         out_dir / "schane.csv", ["setting", "objective", "top1_mean", "ci95", "diff_vs_ce", "diff_ci95"], csv_rows
     )
     title = (
-        f"SCHaNe vs CE ({experiment.name}): {dc.dataset}; pre-trained with {experiment.pretrain.loss.method} on "
-        f"classes {experiment.pretrain_classes}; accuracy in %, mean with 95% CI"
+        f"SCHaNe vs CE ({experiment.name}): {experiment.pretrain.data.dataset}; pre-trained with "
+        f"{experiment.pretrain.loss.method} on classes {experiment.pretrain_classes}; accuracy in %, mean with 95% CI"
     )
     (out_dir / "schane.md").write_text(f"{title}\n\n{table}\n")
     _fewshot_figure(out_dir / "fewshot.png", results, experiment.objectives)
     print(f"\n{title}\n\n{table}\n")
     print(f"written: {out_dir}/results.json, schane.csv, schane.md, fewshot.png, fewshot.csv, tsne.png, tsne.csv")
-    return results
 
 
 def _embedding_quality(experiment: SchaneExperiment, data: ImageData, augment: AugmentConfig, out_dir: Path) -> dict:
@@ -270,131 +303,3 @@ def _embedding_quality(experiment: SchaneExperiment, data: ImageData, augment: A
     tsne_figure(out_dir / "tsne.png", features, labels, data.classes, seed=seed, title=title)
     cache.write_text(json.dumps(result, indent=2))
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# hscl finetune
-
-
-def _int_list(text: str | None, name: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError as err:
-        raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from err
-
-
-def run_cli(args) -> int:
-    """``hscl finetune CHECKPOINT ...`` (see ``hscl finetune --help``): full fine-tuning, or ``--few-shot``."""
-    from hscl.data.images import load_dataset
-
-    pretrained = load_pretrained(
-        args.checkpoint,
-        encoder=args.encoder,
-        in_channels=args.in_channels,
-        widths=_int_list(args.widths, "--widths"),
-        stem=args.stem,
-        projection_dim=args.projection_dim,
-        hidden_dim=args.hidden_dim,
-        normalization=args.normalization,
-        data_dir=args.data_dir,
-    )
-    run = pretrained.config
-    dataset = args.dataset or (run.data.dataset if run is not None else "fashion-mnist")
-    data_dir = args.data_dir or (run.data.data_dir if run is not None and dataset == run.data.dataset else None)
-    data = load_dataset(dataset, data_dir=data_dir)
-    if data.channels != pretrained.architecture["in_channels"]:
-        raise ValueError(
-            f"{dataset} has {data.channels}-channel images but the model takes {pretrained.architecture['in_channels']}"
-            "; pass --dataset or --in-channels"
-        )
-    classes = _int_list(args.classes, "--classes")
-    augment = pretrained.augment_config(data.channels, data.size, args.augment)
-    config = FinetuneConfig(
-        objective=args.objective,
-        lam=args.lam,
-        beta=args.beta,
-        temperature=args.temperature,
-        embedding=args.embedding,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        views=args.views,
-        lr=args.lr,
-        head_lr=args.head_lr,
-        weight_decay=args.weight_decay,
-        bn=args.bn or ("frozen" if args.few_shot else "train"),
-        seed=args.seed,
-    )
-    out = Path(args.out or f"runs/finetune-{args.objective}{'-fewshot' if args.few_shot else ''}")
-    head = "" if pretrained.head_loaded else " (encoder weights only: new projection head)"
-    print(f"hscl finetune: {pretrained.source} {args.checkpoint}{head}: {pretrained.architecture}")
-    record: dict = {
-        "checkpoint": str(args.checkpoint),
-        "source": pretrained.source,
-        "architecture": pretrained.architecture,
-        "config": dataclasses.asdict(config),
-    }
-    if args.few_shot:
-        pool = classes if classes is not None else list(range(data.num_classes))
-        fewshot = FewShotConfig(
-            ways=args.ways,
-            shots=_int_list(args.shots, "--shots"),
-            queries=args.queries,
-            episodes=args.episodes,
-            steps=args.steps,
-            lr=config.lr,
-            bn=config.bn,
-            seed=args.seed,
-        )
-        print(f"{fewshot.ways}-way K-shot episodes on {[data.classes[c] for c in pool]} of {data.name} -> {out}")
-        episodes = few_shot(
-            pretrained.model,
-            data,
-            pool,
-            {config.objective: config},
-            fewshot,
-            augment=augment,
-            out_dir=out,
-            resume=args.resume,
-            progress=not args.no_progress,
-        )
-        record["fewshot"] = dataclasses.asdict(fewshot)
-        record["results"] = {}
-        for shots, rows in episodes.items():
-            mean, half = mean_ci95([r["accuracy"][config.objective] for r in rows])
-            record["results"][str(shots)] = {"top1_mean": mean, "ci95": half, "episodes": len(rows)}
-            print(
-                f"{fewshot.ways}-way {shots}-shot {OBJECTIVE_LABELS[config.objective]}: {_fmt(mean, half)} % "
-                f"(mean, 95% CI over {len(rows)} episodes)"
-            )
-    else:
-        if classes is not None:
-            data = select_classes(data, classes)
-        if args.train_subset is not None or args.test_subset is not None:
-            data = data.subset(args.train_subset, args.test_subset, seed=args.seed)
-        print(f"fine-tuning {OBJECTIVE_LABELS[config.objective]} on {data} -> {out}")
-        result = finetune(
-            pretrained.model,
-            data,
-            config,
-            augment=augment,
-            out_dir=out,
-            resume=args.resume,
-            progress=not args.no_progress,
-        )
-        torch.save(result.model.state_dict(), out / "model.pt")
-        top1, half = _binomial_ci(result.test_correct)
-        record.update(result.as_dict())
-        record["test_top1_ci95"] = half
-        record["data"] = repr(data)
-        print(
-            f"{OBJECTIVE_LABELS[config.objective]}: test top-1 {_fmt(top1, half)} % (95% CI over "
-            f"{result.test_correct.numel()} test images); weights: {out / 'model.pt'}"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps(record, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2))
-    print(f"written: {out / 'result.json'}")
-    return 0

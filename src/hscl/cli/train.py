@@ -1,0 +1,246 @@
+"""``hscl train``, ``sweep``, ``evaluate``, ``diagnose``, ``report``, ``presets``: a sub-parser and a command each."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.set or [])
+    for flag, key in (
+        ("dataset", "data.dataset"),
+        ("data_dir", "data.data_dir"),
+        ("method", "loss.method"),
+        ("epochs", "train.epochs"),
+        ("batch_size", "train.batch_size"),
+        ("seed", "train.seed"),
+        ("precision", "train.precision"),
+        ("accelerator", "train.accelerator"),
+        ("devices", "train.devices"),
+        ("num_nodes", "train.num_nodes"),
+        ("strategy", "train.strategy"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    """Declare ``hscl train``."""
+    tr = sub.add_parser("train", help="pre-train one configuration")
+    tr.add_argument(
+        "--config", help="YAML run config: a file, or a packaged one by name (e.g. table1/quick/h-scl-beta)"
+    )
+    tr.add_argument("--out", help="run directory (default runs/<name>)")
+    tr.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set loss.beta=2")
+    tr.add_argument("--dataset")
+    tr.add_argument("--data-dir")
+    tr.add_argument("--method")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--precision", choices=["auto", "bf16", "32"])
+    tr.add_argument("--accelerator", choices=["cpu", "gpu"], help="cpu (default; DDP over gloo) or gpu (NCCL)")
+    tr.add_argument("--devices", type=int, help="processes (CPU) or GPUs per node; the batch is split over them")
+    tr.add_argument("--num-nodes", type=int, help="nodes (Lightning's MASTER_ADDR / NODE_RANK variables, or torchrun)")
+    tr.add_argument("--strategy", choices=["auto", "ddp", "ddp_spawn", "ddp_fork"], help="Lightning strategy")
+    tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    tr.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hscl.engine.config import config_to_dict, load_config
+    from hscl.engine.train import train
+    from hscl.experiments.presets import resolve_config
+
+    config = load_config(resolve_config(args.config), _overrides(args))
+    out = args.out or f"runs/{config.name}"
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        return 0
+    final = train(config, out, resume=args.resume)
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    """Declare ``hscl sweep``."""
+    sw = sub.add_parser("sweep", help="grid search, one trial per point, in a resumable Optuna study (SQLite)")
+    sw.add_argument("config", help="YAML run config: a file, or a packaged one by name (e.g. table1/quick/h-scl-beta)")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        metavar="NAME=V1,V2,...",
+        help="values of one parameter (beta, tau, tau_start, tau_end, temperature, lr, batch_size or a dotted "
+        "config key); several --grid options form their product",
+    )
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every point")
+    sw.add_argument("--out", help="folder of the trials and results (default runs/sweep-<config name>)")
+    sw.add_argument("--storage", help="SQLite file of the study (default <out>/study.db); workers share it")
+    sw.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
+    sw.add_argument("--metric", default="linear_top1", help="maximised: linear_top1 (default), knn_top1, linear_top5")
+    sw.add_argument("--trial", metavar="MODULE:FUNCTION", help="a custom trial fn(config, run_dir) -> {metric: value}")
+    sw.add_argument(
+        "--stale-after",
+        type=float,
+        default=300.0,
+        help="seconds without heartbeat before a running trial of another machine counts as dead (default 300)",
+    )
+    sw.add_argument("--data-dir")
+    sw.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from hscl.engine.config import load_config
+    from hscl.engine.sweep import Sweep, parse_grid, run_sweep, summary
+    from hscl.experiments.presets import resolve_config
+
+    args.config = str(resolve_config(args.config))
+    overrides = list(args.set or [])
+    if args.data_dir is not None:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    grid = parse_grid(args.grid or [])
+    sweep = Sweep(
+        config=args.config,
+        grid=grid,
+        out=args.out or f"runs/sweep-{load_config(args.config, overrides).name}",
+        overrides=overrides,
+        storage=args.storage,
+        metric=args.metric,
+        trial=args.trial,
+        stale_after=args.stale_after,
+        heartbeat=min(30.0, args.stale_after / 4),
+    )
+    print(summary(run_sweep(sweep, workers=args.workers)))
+    return 0
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """Declare ``hscl evaluate``."""
+    ev = sub.add_parser("evaluate", help="linear probe + kNN of a checkpoint's frozen encoder")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--data-dir", help="where the checkpoint's dataset is (if not where it was trained)")
+    ev.add_argument("--json", help="also write the result here")
+    ev.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from hscl.engine.config import config_to_dict
+    from hscl.engine.evaluate import evaluate_task
+    from hscl.engine.train import load_data, load_task
+
+    task, config = load_task(args.checkpoint, data_dir=args.data_dir)
+    result = evaluate_task(task, load_data(config), config)
+    result["checkpoint"] = str(args.checkpoint)
+    result["config"] = config_to_dict(config)
+    print(
+        f"{config.loss.method} on {config.data.dataset}: linear top-1 {result['linear_top1']:.2f}%  "
+        f"top-5 {result['linear_top5']:.2f}%  kNN top-1 {result['knn_top1']:.2f}%"
+    )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
+
+
+def add_diagnose(sub: argparse._SubParsersAction) -> None:
+    """Declare ``hscl diagnose``."""
+    dg = sub.add_parser("diagnose", help="geometry diagnostics of a checkpoint (Assumption 1, Lemma 1, collapse)")
+    dg.add_argument("checkpoint")
+    dg.add_argument("--probe-size", type=int, help="probe samples (default: the run's diagnostics.probe_size)")
+    dg.add_argument("--beta", type=float, help="tilt the quartet / Assumption 1 with exp(beta g)")
+    dg.add_argument("--tau", type=float, help="... or with the threshold exp(g) >= tau")
+    dg.add_argument("--data-dir", help="where the checkpoint's dataset is (if not where it was trained)")
+    dg.add_argument("--json", help="also write the measurements here")
+    dg.set_defaults(func=cmd_diagnose)
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Geometry diagnostics of a checkpoint on its run's fixed probe set."""
+    import json
+    import math
+
+    from hscl.engine.monitor import diagnostics_hardening, measure_geometry, probe_set
+    from hscl.engine.train import load_data, load_task
+    from hscl.hardening import Exponential, Threshold
+
+    task, config = load_task(args.checkpoint, data_dir=args.data_dir)
+    if args.probe_size is not None:
+        config.diagnostics.probe_size = args.probe_size
+    if args.beta is not None and args.tau is not None:
+        raise ValueError("give at most one of --beta and --tau")
+    if args.beta is not None:
+        hardening = Exponential(args.beta)
+    elif args.tau is not None:
+        hardening = Threshold(args.tau)
+    else:
+        hardening = diagnostics_hardening(config, task.loss_fn)
+    data = load_data(config)
+    x, labels = probe_set(task, data, config)
+    metrics, values = measure_geometry(task, x, labels, hardening)
+    print(
+        f"hscl diagnose {args.checkpoint}: probe {labels.shape[0]} training images x 2 views, "
+        f"{metrics['diag_hardening']}"
+    )
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        shown = f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+    print(
+        f"  {'singular values':<{width}}  "
+        + " ".join(f"{float(v):.3g}" for v in values[:12])
+        + (" ..." if len(values) > 12 else "")
+    )
+    if args.json:
+        payload = {"checkpoint": str(args.checkpoint), **metrics, "singular_values": [float(v) for v in values]}
+        with open(args.json, "w") as handle:
+            json.dump(payload, handle, indent=2)
+        print(f"written: {args.json}")
+    return 0
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    """Declare ``hscl report``."""
+    rep = sub.add_parser("report", help="one self-contained HTML page of a run or experiment directory")
+    rep.add_argument("run_dir")
+    rep.add_argument("--out", help="output file (default <run_dir>/report.html)")
+    rep.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hscl.engine.report import html_report
+
+    path = html_report(args.run_dir, args.out)
+    print(f"written: {path}")
+    return 0
+
+
+def add_presets(sub: argparse._SubParsersAction) -> None:
+    """Declare ``hscl presets``."""
+    ps = sub.add_parser("presets", help="list the packaged presets and run configs, or print one")
+    ps.add_argument("name", nargs="?", help="a run config to print, e.g. table1/quick/h-scl-beta")
+    ps.add_argument("--configs", help="also list the presets of this folder")
+    ps.set_defaults(func=cmd_presets)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    """``hscl presets``: the packaged presets; ``hscl presets NAME`` prints one config (to copy and edit)."""
+    from hscl.experiments.presets import SUITES, list_presets, packaged_configs, resolve_config
+
+    if args.name is not None:
+        print(resolve_config(args.name).read_text(), end="")
+        return 0
+    root = packaged_configs()
+    print(f"packaged presets (in {root}); run one with `hscl reproduce SUITE --preset NAME`:")
+    for suite in SUITES:
+        print(f"  {suite}: {', '.join(list_presets(suite, args.configs)) or '-'}")
+    print("run configs for `hscl train --config NAME` (print one with `hscl presets NAME`):")
+    for path in sorted((root / "table1").rglob("*.yaml")):
+        print(f"  {path.relative_to(root).with_suffix('')}")
+    return 0
