@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-train fashion-mnist browser format clean docs
+.PHONY: demo test test-slow bench bench-train fashion-mnist browser format clean docs postgres gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,13 @@ browser:
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || \
 		echo 'could not install chromium + chromium-driver; the HTML report test will be skipped'
 
-test: $(STAMP) fashion-mnist browser docs
+# a PostgreSQL server for the multi-machine sweep test, which starts its own on 127.0.0.1 (needs root)
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq postgresql) || \
+		echo 'could not install postgresql; the PostgreSQL sweep test will be skipped'
+
+test: $(STAMP) fashion-mnist browser postgres docs
 	$(PY) -m ruff check src tests benchmarks docs/hooks.py
 	$(PY) -m ruff format --check src tests benchmarks docs/hooks.py
 	$(PY) -m pytest -q -m "not slow"
@@ -48,6 +54,11 @@ bench: $(STAMP)
 
 bench-train: $(STAMP) fashion-mnist
 	$(PY) benchmarks/bench_train.py
+
+# every pipeline briefly on the GPU (under 8 minutes on one current GPU); without a GPU, the small CPU form (CI's);
+# options through ARGS, e.g. make gpu-check ARGS="--json gpu_check.json"
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 # the documentation site into site/ (--strict: any warning, broken link or unresolved reference fails);
 # docs/hooks.py serves KaTeX from npm's katex package, installed once into build/npm/ when missing

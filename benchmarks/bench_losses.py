@@ -12,6 +12,15 @@ with labels drawn uniformly from ``[0, classes)``:
 * ``pml-supcon``     ``pytorch_metric_learning.losses.SupConLoss(temperature=0.1)(emb, labels.repeat(2))``
 * ``pml-ntxent``     ``pytorch_metric_learning.losses.NTXentLoss(temperature=0.5)(emb, arange(B).repeat(2))``
 * ``h-scl chunked``  ``get_loss("h-scl", beta=1.0, chunk_size=1024)(z, labels)``
+* ``floor``          the least any (rows x rows) loss with a gradient does, issue 13's floor:
+                     ``S = Z @ Z.T`` (into a reused buffer), ``S.exp_()``, ``S @ Z`` on the
+                     normalised rows ``Z`` of shape ``(rows, d)``; no autograd. ``h-scl / floor``
+                     is h-scl's forward + backward time over it.
+
+The two ratios of issue 13's targets (``h-scl / floor``, ``supcon / pml-supcon``) are timed in one
+process, the two calls alternating (the ``h-scl`` worker also times ``floor``, the ``supcon`` worker
+``pml-supcon``), so that the load of a shared machine weighs on both sides alike; the other columns
+come from separate processes.
 
 with ``emb = torch.cat(z.unbind(1))`` of shape ``(2B, d)`` (view-major, like hscl's own rows).
 
@@ -34,6 +43,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/bench_losses.py              # full run (several minutes)
     .venv/bin/python benchmarks/bench_losses.py --quick      # smoke: rows 512,1024,2048, C=10, no large
     .venv/bin/python benchmarks/bench_losses.py --rows 1024,4096 --classes 10 --repeats 5 --json out.json
+    .venv/bin/python benchmarks/bench_losses.py --targets   # issue 13: rows 4096,8192, C=10, floor/h-scl/supcon/PML
 
 The output is Markdown: one table per number of classes, a large-batch table for chunked h-scl
 (16384 and 32768 rows, C=10; PML is skipped there as it needs several O(rows^2) buffers), and a
@@ -67,13 +77,21 @@ QUICK_ROWS = (512, 1024, 2048)
 QUICK_CLASSES = (10,)
 LARGE_ROWS = (16384, 32768)
 LARGE_CLASSES = 10
-METHODS = ("h-scl", "scl", "supcon", "pml-supcon", "pml-ntxent", "h-scl-chunked")
+METHODS = ("floor", "h-scl", "scl", "supcon", "pml-supcon", "pml-ntxent", "h-scl-chunked")
+TARGET_METHODS = ("floor", "h-scl", "supcon", "pml-supcon")
+TARGET_ROWS = (4096, 8192)
+#: the ratios of the targets are timed in one process, alternating the two calls, so that a change
+#: of load on a shared machine hits both sides alike
+PARTNER = {"h-scl": "floor", "supcon": "pml-supcon"}
+FLOOR_RATIO = 2.0  # issue 13: h-scl forward + backward within 2x of the floor at 8192 rows, C = 10
+SUPCON_RATIO = 0.3  # issue 13: supcon forward + backward at most 0.3x PML's SupConLoss at 4096 rows
 DISPLAY = {m: m.replace("-chunked", " chunked") for m in METHODS}
 
 # Rough upper bounds of the working memory per (anchor x row) element, in bytes, used only to skip
 # configurations that could not fit in RAM (no swap on the target machine). Deliberately generous
 # (measured: ~13 for h-scl/scl, ~21 for supcon, ~45 for pml-supcon, ~18 per chunk x rows for chunked).
 _BYTES_PER_PAIR = {
+    "floor": 8,
     "h-scl": 24,
     "scl": 24,
     "supcon": 40,
@@ -112,6 +130,19 @@ def _make_loss(method: str):
             def fn(z, labels):
                 ids = torch.arange(z.shape[0], device=z.device).repeat(2)
                 return pml(torch.cat(z.unbind(1)), ids)
+
+        return fn
+
+    if method == "floor":
+        buffers: dict = {}
+
+        def fn(z, labels):
+            Z = torch.nn.functional.normalize(torch.cat(z.detach().unbind(1)), dim=1)  # (rows, d)
+            S = buffers.get(Z.shape[0])
+            if S is None:
+                S = buffers[Z.shape[0]] = torch.empty(Z.shape[0], Z.shape[0])
+            torch.mm(Z, Z.T, out=S).exp_()
+            return S @ Z
 
         return fn
 
@@ -154,10 +185,11 @@ def _step(fn, z: torch.Tensor, labels: torch.Tensor) -> float:
     z.grad = None
     t0 = time.perf_counter()
     loss = fn(z, labels)
-    loss.backward()
+    if loss.requires_grad:
+        loss.backward()
     elapsed = time.perf_counter() - t0
-    if not torch.isfinite(loss.detach()):
-        raise FloatingPointError(f"non-finite loss {loss.item()}")
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise FloatingPointError("non-finite loss")
     return elapsed
 
 
@@ -186,13 +218,29 @@ def run_worker(method: str, rows: int, classes: int, repeats: int, seed: int, in
     finally:
         sampler.stop()
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    # timing pass: at least `repeats` calls and at least MIN_TIMING_S seconds (this VM has CPU steal)
+    # timing pass: at least `repeats` calls and at least MIN_TIMING_S seconds (this VM has CPU steal);
+    # with a partner (the other side of a target ratio), its calls alternate with these
+    partner = PARTNER.get(method)
+    partner_fn = _make_loss(partner) if partner else None
+    if partner_fn is not None:
+        _step(partner_fn, z, labels)
     times: list[float] = []
+    partner_times: list[float] = []
     started = time.perf_counter()
     while len(times) < repeats or (time.perf_counter() - started < MIN_TIMING_S and len(times) < MAX_REPEATS):
         times.append(_step(fn, z, labels))
+        if partner_fn is not None:
+            partner_times.append(_step(partner_fn, z, labels))
     peak = max(sampler.peak, maxrss)
+    paired = {}
+    if partner_times:
+        paired = {
+            "partner": partner,
+            "partner_median_ms": statistics.median(partner_times) * 1e3,
+            "paired_ratio": statistics.median(times) / statistics.median(partner_times),
+        }
     return {
+        **paired,
         "method": method,
         "rows": rows,
         "classes": classes,
@@ -246,6 +294,8 @@ def run_config(method: str, rows: int, classes: int, args) -> dict:
         "--sample-interval-ms",
         str(args.sample_interval_ms),
     ]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -292,6 +342,13 @@ def _ratio(a: dict | None, b: dict | None) -> float | None:
     return None
 
 
+def _paired_ratio(a: dict | None, b: dict | None) -> float | None:
+    """``a``'s time over its partner's, both timed alternately in ``a``'s process; else from two runs."""
+    if a and "paired_ratio" in a:
+        return a["paired_ratio"]
+    return _ratio(a, b)
+
+
 def _parse_rows(text: str) -> tuple[int, ...]:
     values = tuple(int(v) for v in text.split(",") if v.strip())
     if not values or any(v < 2 or v % 2 for v in values):
@@ -315,6 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="rows 512,1024,2048, classes 10, no large-batch section")
     parser.add_argument("--no-large", action="store_true", help="skip the large-batch chunked h-scl section")
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="issue 13's targets only: rows 4096,8192, classes 10, methods floor,h-scl,supcon,pml-supcon",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads in the workers (default: torch's, all cores)"
+    )
+    parser.add_argument("--methods", default=None, help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--json", metavar="PATH", help="also write all results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
@@ -324,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
 
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         method, rows, classes = args.worker[0], int(args.worker[1]), int(args.worker[2])
         if method not in METHODS:
@@ -332,9 +402,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result), flush=True)
         return 0
 
-    rows_list = args.rows or (QUICK_ROWS if args.quick else DEFAULT_ROWS)
-    classes_list = args.classes or (QUICK_CLASSES if args.quick else DEFAULT_CLASSES)
-    large = not (args.quick or args.no_large)
+    rows_list = args.rows or (TARGET_ROWS if args.targets else QUICK_ROWS if args.quick else DEFAULT_ROWS)
+    classes_list = args.classes or (QUICK_CLASSES if args.quick or args.targets else DEFAULT_CLASSES)
+    large = not (args.quick or args.no_large or args.targets)
+    methods = tuple(args.methods.split(",")) if args.methods else TARGET_METHODS if args.targets else METHODS
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
@@ -347,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\nTime: median wall clock of forward+backward (ms). Memory: peak RSS added by the loss in a fresh "
         "process, MB = 1e6 bytes. hscl keeps reusable per-thread buffers between calls "
-        "(hscl.losses.release_workspace() frees them), so the peak is what matters.",
+        "(hscl.losses.release_workspace() frees them), so the peak is what matters. "
+        "h-scl / floor and supcon / pml-supcon: both sides timed alternately in one process.",
         flush=True,
     )
 
@@ -355,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     table: dict[tuple[str, int, int], dict] = {}
     for classes in classes_list:
         for rows in rows_list:
-            for method in METHODS:
+            for method in methods:
                 r = run_config(method, rows, classes, args)
                 results.append(r)
                 table[method, rows, classes] = r
@@ -363,23 +438,29 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  [{DISPLAY[method]:>13} rows={rows:>5} C={classes:>3}] {status}", file=sys.stderr, flush=True)
 
     header = (
-        "| rows (2B) | h-scl ms | h-scl MB | scl ms | supcon ms | pml-supcon ms | pml-supcon MB | pml-ntxent ms "
-        "| h-scl chunked ms | h-scl chunked MB | h-scl / pml-supcon (time) |"
+        "| rows (2B) | floor ms | h-scl ms | h-scl / floor | h-scl MB | scl ms | supcon ms | pml-supcon ms "
+        "| supcon / pml-supcon | pml-supcon MB | pml-ntxent ms | h-scl chunked ms | h-scl chunked MB "
+        "| h-scl / pml-supcon (time) |"
     )
     for classes in classes_list:
         print(f"\n### C = {classes} classes\n")
         print(header)
-        print("|" + "---:|" * 11)
+        print("|" + "---:|" * 14)
         for rows in rows_list:
             g = {m: table.get((m, rows, classes)) for m in METHODS}
             ratio = _ratio(g["h-scl"], g["pml-supcon"])
+            floor_ratio = _paired_ratio(g["h-scl"], g["floor"])
+            supcon_ratio = _paired_ratio(g["supcon"], g["pml-supcon"])
             cells = [
                 str(rows),
+                _ms(g["floor"]),
                 _ms(g["h-scl"]),
+                "-" if floor_ratio is None else f"{floor_ratio:.2f}x",
                 _mb(g["h-scl"]),
                 _ms(g["scl"]),
                 _ms(g["supcon"]),
                 _ms(g["pml-supcon"]),
+                "-" if supcon_ratio is None else f"{supcon_ratio:.2f}x",
                 _mb(g["pml-supcon"]),
                 _ms(g["pml-ntxent"]),
                 _ms(g["h-scl-chunked"]),
@@ -450,6 +531,26 @@ def main(argv: list[str] | None = None) -> int:
         v = r32.get("peak_bytes")
         detail = "n/a: " + (r32.get("error") or r32.get("skipped", "")) if v is None else f"{v / GIB:.3f} GiB"
         checks.append(("(c) chunked h-scl peak at 32768 rows < 2 GiB (fwd+bwd)", v is not None and v < 2 * GIB, detail))
+
+    def _ratio_target(name: str, num: str, den: str, rows: int, limit: float) -> None:
+        found = [(c, _paired_ratio(table.get((num, rows, c)), table.get((den, rows, c)))) for c in classes_list]
+        found = [(c, x) for c, x in found if x is not None]
+        if not found:
+            checks.append((name, None, "not measured (needs " + f"--rows {rows} with {num} and {den})"))
+            return
+        detail = ", ".join(f"C={c}: {x:.2f}x" for c, x in found)
+        checks.append((name, all(x <= limit for _, x in found), detail))
+
+    _ratio_target(
+        f"(d) h-scl forward+backward <= {FLOOR_RATIO:g} x floor at 8192 rows", "h-scl", "floor", 8192, FLOOR_RATIO
+    )
+    _ratio_target(
+        f"(e) supcon forward+backward <= {SUPCON_RATIO:g} x pml-supcon at 4096 rows",
+        "supcon",
+        "pml-supcon",
+        4096,
+        SUPCON_RATIO,
+    )
 
     for name, ok, detail in checks:
         verdict = "SKIP" if ok is None else ("PASS" if ok else "FAIL")

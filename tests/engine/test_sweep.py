@@ -52,6 +52,13 @@ def fake_trial(config, run_dir: Path) -> dict:
     return {"linear_top1": 90.0 - math.log(beta) ** 2, "knn_top1": 80.0 - math.log(beta) ** 2}
 
 
+def env_trial(config, run_dir: Path) -> dict:
+    """Records the distributed-launcher variables the trial sees."""
+    seen = {key: os.environ.get(key) for key in ("RANK", "SLURM_PROCID", "SLURM_NTASKS", "CUDA_VISIBLE_DEVICES")}
+    (run_dir / "env.json").write_text(json.dumps(seen))
+    return {"linear_top1": 1.0}
+
+
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "base.yaml"
     path.write_text("name: fake\nloss:\n  method: h-scl\n  beta: 1.0\n")
@@ -234,6 +241,49 @@ def test_stale_trials_of_other_machines_by_heartbeat(tmp_path):
     assert failed == {"silent elsewhere", "dead here"}
     states = {numbers[t.number]: t.state for t in study.get_trials(deepcopy=False)}
     assert states["beating elsewhere"] == TrialState.RUNNING and states["alive here"] == TrialState.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("storage", "why"),
+    [
+        ("redis://localhost/0", "unknown kind of storage 'redis'"),
+        ("postgresql://user:secret@localhost", "names no database"),
+        ("sqlite://", "SQLite needs a file"),
+        ("journal:", "journal file is missing"),
+        ("postgresql:localhost/db", "not a storage URL"),
+    ],
+)
+def test_a_bad_storage_is_one_line_naming_the_allowed_forms(tmp_path, env, capsys, storage, why):
+    assert main([*_sweep_args(tmp_path), "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hscl: error: --storage ") and why in err
+    assert "postgresql://USER" in err and "sqlite:///PATH" in err and "journal:PATH" in err
+    assert "secret" not in err  # a password is never printed
+    assert not (tmp_path / "log.txt").exists()
+
+
+@pytest.mark.parametrize("form", ["sqlite:///{path}/s.db", "journal:{path}/s.journal", "{path}/s.db"])
+def test_storage_forms_run_the_sweep(tmp_path, env, form):
+    storage = form.format(path=tmp_path / "store")
+    assert main(_sweep_args(tmp_path, "beta=0.5,1", "--storage", storage)) == 0
+    assert main(_sweep_args(tmp_path, "beta=0.5,1", "--storage", storage)) == 0  # resumed: nothing runs again
+    assert Counter(kind for kind, _, _ in _log(tmp_path)) == {"start": 2, "end": 2}
+    assert not (tmp_path / "sweep" / "study.db").exists()
+    saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert saved["storage"].endswith(("s.db", "s.journal"))
+
+
+def test_a_trial_under_srun_or_torchrun_is_one_process(tmp_path, monkeypatch):
+    """``srun hscl sweep`` / torchrun tell each worker about a job of many tasks; a trial is one process on one
+    device, so it must not see them (its Trainer would expect SLURM_NTASKS processes)."""
+    launcher = {"RANK": "3", "SLURM_PROCID": "3", "SLURM_NTASKS": "4", "CUDA_VISIBLE_DEVICES": "3"}
+    for key, value in launcher.items():
+        monkeypatch.setenv(key, value)
+    sweep = Sweep(config=str(_config(tmp_path)), grid={"beta": [1.0]}, out=str(tmp_path / "sweep"))
+    assert run_sweep(sweep, trial_fn=env_trial, progress=False)["complete"]
+    seen = json.loads((tmp_path / "sweep" / "trials" / "beta=1.0" / "env.json").read_text())
+    assert seen == {"RANK": None, "SLURM_PROCID": None, "SLURM_NTASKS": None, "CUDA_VISIBLE_DEVICES": "3"}
+    assert all(os.environ[key] == value for key, value in launcher.items())  # restored after the trial
 
 
 def test_another_base_config_on_the_same_study_is_refused(tmp_path, env):

@@ -165,3 +165,45 @@ def test_unnormalized_embeddings_use_raw_dot_products():
     scaled = contrastive_loss(2.0 * z, labels, normalize=False, temperature=1.0)
     plain = contrastive_loss(z, labels, normalize=False, temperature=0.25)
     torch.testing.assert_close(scaled, plain, rtol=1e-12, atol=0)  # (2z).(2z)/1 = z.z/0.25
+
+
+def _count_host_syncs(monkeypatch) -> list:
+    """Record every Tensor -> Python conversion (each is a host synchronisation on an accelerator)."""
+    calls = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero"):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("positives,negatives", SETTINGS)
+@pytest.mark.parametrize("hardening", [None, Exponential(1.0), Threshold(1.5)], ids=["none", "exp", "thr"])
+def test_host_syncs_are_constant_per_call_not_per_chunk(positives, negatives, hardening, monkeypatch, label_layout):
+    z, labels = _batch(10, B=30, V=2, dtype=torch.float32)
+    counts = []
+    for chunk in [None, 7, 1]:
+        a = z.clone().requires_grad_(True)
+        with monkeypatch.context() as patch:
+            calls = _count_host_syncs(patch)
+            loss = contrastive_loss(
+                a, labels, positives=positives, negatives=negatives, hardening=hardening, chunk_size=chunk
+            )
+            loss.backward()
+        counts.append(len(calls))
+    assert counts[0] == counts[1] == counts[2] <= 2, counts  # the finiteness check and one for the shapes
+
+
+def test_supcon_host_syncs_are_constant(monkeypatch):
+    from hscl.losses import supcon_loss
+
+    z, labels = _batch(11, B=30, V=2, dtype=torch.float32)
+    a = z.clone().requires_grad_(True)
+    with monkeypatch.context() as patch:
+        calls = _count_host_syncs(patch)
+        supcon_loss(a, labels).backward()
+    assert len(calls) <= 2, calls

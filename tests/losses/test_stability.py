@@ -105,3 +105,54 @@ def test_debiased_estimator_clamp_stays_finite():
     loss = contrastive_loss(z, hardening=Exponential(1.0), tau_plus=0.95, temperature=0.1)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("method", ["h-scl", "scl", "supcon", "h-ucl"])
+def test_fp16_autocast_non_finite_z_lets_the_gradient_scaler_skip_the_step(method):
+    # fp16-mixed training: an overflow in the encoder must reach the GradScaler as a non-finite loss
+    # and gradient (the scaler then skips the step), not stop training with an error
+    torch.manual_seed(4)
+    encoder = torch.nn.Linear(16, 32)
+    optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    x = torch.randn(24, 2, 16)
+    x[3, 1, 5] = math.inf
+    labels = torch.randint(0, 3, (24,))
+    loss_fn = get_loss(method) if method in ("scl", "supcon") else get_loss(method, beta=1.0)
+    before = [p.detach().clone() for p in encoder.parameters()]
+    with torch.autocast("cpu", dtype=torch.float16):
+        z = encoder(x)
+        assert z.dtype == torch.float16
+        loss = loss_fn(z, labels)
+    assert not torch.isfinite(loss)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.equal(p, b) for p, b in zip(encoder.parameters(), before, strict=True))  # step skipped
+    assert scaler.get_scale() < 2.0**16  # and the scale backed off
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_z_stays_an_error_outside_fp16(dtype):
+    encoder = torch.nn.Linear(16, 32)
+    x = torch.randn(8, 2, 16)
+    x[0, 0, 0] = math.nan
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        z = encoder(x)
+        assert z.dtype == dtype
+        with pytest.raises(ValueError, match="non-finite"):
+            get_loss("h-scl", beta=1.0)(z, torch.randint(0, 2, (8,)))
+        with pytest.raises(ValueError, match="non-finite"):
+            supcon_loss(z)
+
+
+def test_the_non_finite_decision():
+    from hscl.losses._checks import _nonfinite_allowed
+
+    z = torch.zeros(2, 2, 3)
+    assert not _nonfinite_allowed(z) and not _nonfinite_allowed(z.double()) and not _nonfinite_allowed(z.bfloat16())
+    assert _nonfinite_allowed(z.half())
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert _nonfinite_allowed(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _nonfinite_allowed(z)

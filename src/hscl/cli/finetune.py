@@ -68,6 +68,9 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     ft.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     ft.add_argument("--json", help="also write the result here")
     ft.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ft.add_argument(
+        "--device", default="auto", help="auto (default: a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N"
+    )
     ft.set_defaults(func=cmd_finetune)
 
 
@@ -162,6 +165,7 @@ def _run_few_shot(args, pretrained, data, classes, config, augment, out: Path, r
         out_dir=out,
         resume=args.resume,
         progress=not args.no_progress,
+        device=args.device,
     )
     record["fewshot"] = dataclasses.asdict(fewshot)
     record["results"] = {}
@@ -194,6 +198,7 @@ def _run_full(args, pretrained, data, classes, config, augment, out: Path, recor
         out_dir=out,
         resume=args.resume,
         progress=not args.no_progress,
+        device=args.device,
     )
     torch.save(result.model.state_dict(), out / "model.pt")
     top1, half = _binomial_ci(result.test_correct)

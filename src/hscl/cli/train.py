@@ -19,10 +19,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         ("devices", "train.devices"),
         ("num_nodes", "train.num_nodes"),
         ("strategy", "train.strategy"),
+        ("deterministic", "train.deterministic"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
-            out.append(f"{key}={value}")
+            out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     return out
 
 
@@ -41,11 +42,21 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--seed", type=int)
-    tr.add_argument("--precision", choices=["auto", "bf16", "32"])
+    tr.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "16", "32"],
+        help="auto (default; CUDA: bf16-mixed on compute capability >= 8.0, else fp16-mixed), bf16, 16 (CUDA), 32",
+    )
     tr.add_argument("--accelerator", choices=["cpu", "gpu"], help="cpu (default; DDP over gloo) or gpu (NCCL)")
     tr.add_argument("--devices", type=int, help="processes (CPU) or GPUs per node; the batch is split over them")
     tr.add_argument("--num-nodes", type=int, help="nodes (Lightning's MASTER_ADDR / NODE_RANK variables, or torchrun)")
     tr.add_argument("--strategy", choices=["auto", "ddp", "ddp_spawn", "ddp_fork"], help="Lightning strategy")
+    tr.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deterministic kernels (default: on for CPU, bit-exact --resume; off for GPU, faster)",
+    )
     tr.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     tr.set_defaults(func=cmd_train)
 
@@ -69,7 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_sweep(sub: argparse._SubParsersAction) -> None:
     """Declare ``hscl sweep``."""
-    sw = sub.add_parser("sweep", help="grid search, one trial per point, in a resumable Optuna study (SQLite)")
+    sw = sub.add_parser("sweep", help="grid search, one trial per point, in a resumable Optuna study")
     sw.add_argument("config", help="YAML run config: a file, or a packaged one by name (e.g. table1/quick/h-scl-beta)")
     sw.add_argument(
         "--grid",
@@ -80,7 +91,13 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     )
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every point")
     sw.add_argument("--out", help="folder of the trials and results (default runs/sweep-<config name>)")
-    sw.add_argument("--storage", help="SQLite file of the study (default <out>/study.db); workers share it")
+    sw.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage the workers share (default <out>/study.db): a SQLite file or sqlite:///PATH (one "
+        "machine); postgresql://USER@HOST/DB, mysql+pymysql://USER@HOST/DB or journal:PATH (several machines)",
+    )
+    sw.add_argument("--study", default="hscl-sweep", help="study name in the storage (default hscl-sweep)")
     sw.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
     sw.add_argument("--metric", default="linear_top1", help="maximised: linear_top1 (default), knn_top1, linear_top5")
     sw.add_argument("--trial", metavar="MODULE:FUNCTION", help="a custom trial fn(config, run_dir) -> {metric: value}")
@@ -114,6 +131,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         trial=args.trial,
         stale_after=args.stale_after,
         heartbeat=min(30.0, args.stale_after / 4),
+        study_name=args.study,
     )
     print(summary(run_sweep(sweep, workers=args.workers)))
     return 0
@@ -125,7 +143,14 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("checkpoint")
     ev.add_argument("--data-dir", help="where the checkpoint's dataset is (if not where it was trained)")
     ev.add_argument("--json", help="also write the result here")
+    _add_device(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="auto (default: a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N"
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -135,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hscl.engine.evaluate import evaluate_task
     from hscl.engine.train import load_data, load_task
 
-    task, config = load_task(args.checkpoint, data_dir=args.data_dir)
+    task, config = load_task(args.checkpoint, data_dir=args.data_dir, device=args.device)
     result = evaluate_task(task, load_data(config), config)
     result["checkpoint"] = str(args.checkpoint)
     result["config"] = config_to_dict(config)
@@ -158,6 +183,7 @@ def add_diagnose(sub: argparse._SubParsersAction) -> None:
     dg.add_argument("--tau", type=float, help="... or with the threshold exp(g) >= tau")
     dg.add_argument("--data-dir", help="where the checkpoint's dataset is (if not where it was trained)")
     dg.add_argument("--json", help="also write the measurements here")
+    _add_device(dg)
     dg.set_defaults(func=cmd_diagnose)
 
 
@@ -170,7 +196,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from hscl.engine.train import load_data, load_task
     from hscl.hardening import Exponential, Threshold
 
-    task, config = load_task(args.checkpoint, data_dir=args.data_dir)
+    task, config = load_task(args.checkpoint, data_dir=args.data_dir, device=args.device)
     if args.probe_size is not None:
         config.diagnostics.probe_size = args.probe_size
     if args.beta is not None and args.tau is not None:

@@ -1,16 +1,28 @@
 """The Optuna study of a sweep: storage, the lock between workers, claims, heartbeats, stale trials.
 
-Bookkeeping. Every trial lives in an Optuna study (``<out>/study.db``, SQLite). A worker claims a
-grid point under an exclusive file lock next to the database (``study.db.lock``): it reads the
-study, marks stale trials failed, picks the first point with neither a COMPLETE nor a live RUNNING
-trial, and creates that point's trial, all before releasing the lock, so no two workers ever run
-the same point and a finished point is never run again. While a trial runs, a thread stamps a
-heartbeat on it. A RUNNING trial is stale when the worker that owns it is gone: on this machine,
-its process no longer exists (a kill, a crash, a reboot); on another machine, its heartbeat is
-older than ``stale_after`` seconds. A stale trial is marked FAIL (``failure = "stale"``) and its
-point is claimed again, its training resuming from the point's last checkpoint. So any number of
-workers (``--workers N``, or the same command started in other shells on this machine) share one
-study, and an interrupted sweep resumes where it stopped with no point lost or run twice.
+Storage. ``--storage`` takes any Optuna storage (:func:`parse_storage`): a SQLite file (the default,
+``<out>/study.db``), a PostgreSQL or MySQL server (``postgresql://user@host/db``), or an Optuna journal
+file (``journal:PATH``). SQLite serves the workers of one machine; a database server, or a journal file on
+a file system that several machines mount, serves workers on any number of machines.
+
+Bookkeeping. A worker claims a grid point under an exclusive lock between all the study's workers: a
+file lock next to the SQLite file (``study.db.lock``, released by the kernel if its holder dies), a
+transaction-scoped advisory lock in the database server (PostgreSQL ``pg_advisory_xact_lock``, MySQL
+``GET_LOCK``: released by the server when the holder's connection ends, and by an idle timeout if its
+machine vanishes), or Optuna's NFS-safe lock next to a journal file. Under the lock it reads the study,
+marks stale trials failed, picks the first point with neither a COMPLETE nor a live RUNNING trial, and
+creates that point's RUNNING trial (its point, worker and first heartbeat recorded in the same storage
+call) before releasing the lock, so no two workers ever run the same point and a finished point is never
+run again. While a trial runs, a thread stamps a heartbeat on it, read from the database server's clock
+for a server storage (the workers' clocks need not agree). A RUNNING trial is stale when the worker that
+owns it is gone: on this machine, its process no longer exists (a kill, a crash, a reboot); on another
+machine, its heartbeat is older than ``stale_after`` seconds. A stale trial is marked FAIL
+(``failure = "stale"``) and its point is claimed again, its training resuming from the point's last
+checkpoint when the run folder is shared. A worker that was judged stale but was only cut off (a network
+partition) cannot complete its trial afterwards: the storage refuses to update a finished trial, so its
+result is discarded and every point ends with exactly one COMPLETE trial. So any number of workers
+(``--workers N``, the same command in other shells or on other machines) share one study, and an
+interrupted sweep resumes where it stopped with no point lost or run twice.
 """
 
 from __future__ import annotations
@@ -19,25 +31,295 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import threading
 import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hscl.engine.config import config_to_dict
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hscl.engine.sweep import Sweep
 
 STUDY_NAME = "hscl-sweep"
 #: config settings that do not change a trial's result: they may differ between workers and runs
 _NOT_IDENTITY = (("train", "progress"), ("train", "threads"), ("data", "data_dir"))
+#: the forms ``--storage`` accepts (named by its error messages)
+STORAGE_FORMS = (
+    "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE, mysql+pymysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE, "
+    "sqlite:///PATH, journal:PATH (an Optuna journal file) or a file path (SQLite)"
+)
+_SERVER_DIALECTS = ("postgresql", "mysql", "mariadb")
+_DRIVER_HINTS = {
+    "postgresql": "pip install psycopg2-binary",
+    "mysql": "pip install PyMySQL and write mysql+pymysql://",
+    "mariadb": "pip install PyMySQL and write mariadb+pymysql://",
+}
 
 
 def point_key(point: dict) -> str:
     """The identity of a grid point in the study (canonical JSON)."""
     return json.dumps(point, sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the storage
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where a study lives: ``kind`` is ``"sqlite"`` or ``"journal"`` (``target`` a file path) or
+    ``"server"`` (``target`` a SQLAlchemy URL of a PostgreSQL / MySQL database)."""
+
+    kind: str
+    target: str
+
+    @property
+    def label(self) -> str:
+        """The storage for messages and saved files: a server URL with its password masked."""
+        if self.kind == "server":
+            return _mask_password(self.target)
+        return f"journal:{self.target}" if self.kind == "journal" else self.target
+
+    @property
+    def dialect(self) -> str:
+        return self.target.split(":", 1)[0].split("+", 1)[0] if self.kind == "server" else "sqlite"
+
+
+def _mask_password(url: str) -> str:
+    return re.sub(r"^([^:/]+://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def _storage_error(text: str, why: str) -> ValueError:
+    return ValueError(f"--storage {_mask_password(text)!r}: {why}; use {STORAGE_FORMS}")
+
+
+def parse_storage(text: str | None, default: Path) -> StorageSpec:
+    """The storage named by ``--storage`` (None: the SQLite file ``default``); raises naming the allowed forms.
+
+    ``postgres://`` is read as ``postgresql://``. A server URL must name a database; SQLite must be a file
+    (an in-memory database cannot be shared by workers).
+    """
+    if text is None:
+        return StorageSpec("sqlite", str(default))
+    text = text.strip()
+    if not text:
+        raise _storage_error(text, "empty")
+    if text.startswith("journal:"):
+        path = text[len("journal:") :]
+        path = path[2:] if path.startswith("//") else path  # journal:///abs/path
+        if not path:
+            raise _storage_error(text, "the journal file is missing")
+        return StorageSpec("journal", path)
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", text)
+    if scheme is None:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", text):  # a URL without // (write ./a:b.db for such a file)
+            raise _storage_error(text, "not a storage URL (SCHEME://...) or a file path")
+        return StorageSpec("sqlite", text)
+    dialect = scheme.group(1).lower().split("+", 1)[0]
+    if dialect == "sqlite":
+        path = text[len("sqlite:///") :] if text.lower().startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise _storage_error(text, "SQLite needs a file (sqlite:///relative/path or sqlite:////absolute/path)")
+        return StorageSpec("sqlite", path)
+    if dialect == "postgres":
+        text = "postgresql" + text[len("postgres") :]
+        dialect = "postgresql"
+    if dialect not in _SERVER_DIALECTS:
+        raise _storage_error(text, f"unknown kind of storage {scheme.group(1)!r}")
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError) as err:
+        raise _storage_error(text, f"not a valid URL ({err})") from None
+    if not url.database:
+        raise _storage_error(text, "the URL names no database (.../DATABASE at its end)")
+    return StorageSpec("server", text)
+
+
+#: the DB-API drivers tried, in order, for a server URL that names none (``postgresql://``, ``mysql://``)
+_DRIVERS = {
+    "postgresql": (("psycopg2", "psycopg2"), ("psycopg", "psycopg")),
+    "mysql": (("MySQLdb", "mysqldb"), ("pymysql", "pymysql")),
+    "mariadb": (("MySQLdb", "mysqldb"), ("pymysql", "pymysql")),
+}
+
+
+def _driver_url(spec: StorageSpec) -> str:
+    """The server URL with an installed driver: SQLAlchemy's default for ``postgresql://`` is psycopg (3)
+    from SQLAlchemy 2.1 on, psycopg2 before; either works, whichever is installed."""
+    import importlib.util
+
+    scheme, rest = spec.target.split("://", 1)
+    if "+" in scheme:
+        return spec.target
+    for module, driver in _DRIVERS.get(scheme.lower(), ()):
+        if importlib.util.find_spec(module) is not None:
+            return f"{scheme}+{driver}://{rest}"
+    return spec.target
+
+
+_ENGINES: dict[str, object] = {}
+
+
+def _engine(spec: StorageSpec):
+    """A SQLAlchemy engine of a server storage for the lock and the clock (one per process and URL)."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    if spec.target not in _ENGINES:
+        try:
+            _ENGINES[spec.target] = sqlalchemy.create_engine(_driver_url(spec), poolclass=NullPool)
+        except ImportError as err:
+            raise _driver_error(spec, err) from None
+    return _ENGINES[spec.target]
+
+
+def _driver_error(spec: StorageSpec, err: Exception) -> ValueError:
+    return ValueError(
+        f"--storage {spec.label}: the database driver is missing ({err}); {_DRIVER_HINTS.get(spec.dialect, '')}"
+    )
+
+
+def _connection_error(spec: StorageSpec, err: Exception) -> ValueError:
+    lines = str(getattr(err, "orig", None) or err).strip().splitlines()
+    detail = lines[0] if lines else type(err).__name__
+    return ValueError(f"--storage {spec.label}: cannot use the database ({detail})")
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock between processes (released by the kernel if the holder dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _server_locked(spec: StorageSpec, name: str, hold_timeout: float):
+    """An exclusive lock between all workers of the study ``name``, held by the database server.
+
+    PostgreSQL: a transaction-scoped advisory lock; the server releases it when the transaction ends, when
+    the holder's connection drops, or after ``hold_timeout`` seconds of an idle holder (a machine that
+    vanished without closing its connection). MySQL / MariaDB: ``GET_LOCK``, released with the session.
+    """
+    import sqlalchemy
+    from sqlalchemy.exc import DBAPIError
+
+    key = f"hscl-sweep:{name}"
+    engine = _engine(spec)
+    try:
+        conn = engine.connect()
+    except ImportError as err:
+        raise _driver_error(spec, err) from None
+    except DBAPIError as err:
+        raise _connection_error(spec, err) from None
+    with conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sqlalchemy.text(f"SET LOCAL idle_in_transaction_session_timeout = {int(hold_timeout * 1000)}"))
+            # a signed 64-bit key: two 32-bit halves of the name's checksums
+            number = (zlib.crc32(key.encode()) << 31) ^ zlib.adler32(key.encode())
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": number})
+            try:
+                yield
+            finally:
+                conn.rollback()  # ends the transaction: releases the lock
+        else:
+            lock_name = key[:64]
+            got = conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, -1)"), {"n": lock_name}).scalar()
+            if got != 1:
+                raise RuntimeError(f"the database refused the sweep lock {lock_name!r}")
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:n)"), {"n": lock_name})
+                conn.commit()
+
+
+@contextlib.contextmanager
+def _study_lock(sweep: Sweep):
+    """The lock under which workers open the study and claim points (see the module docstring)."""
+    spec = sweep.storage_spec
+    if spec.kind == "sqlite":
+        with _locked(Path(f"{spec.target}.lock")):
+            yield
+    elif spec.kind == "journal":
+        from optuna.storages.journal import JournalFileSymlinkLock
+
+        Path(spec.target).parent.mkdir(parents=True, exist_ok=True)
+        # NFS-safe (a symlink); a lock left by a dead holder is broken after the grace period
+        lock = JournalFileSymlinkLock(f"{spec.target}.claim", grace_period=int(max(30.0, sweep.heartbeat)))
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+    else:
+        with _server_locked(spec, sweep.study_name, max(60.0, sweep.stale_after)):
+            yield
+
+
+def _make_storage(spec: StorageSpec):
+    import optuna
+
+    if spec.kind == "journal":
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        Path(spec.target).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(spec.target))
+    if spec.kind == "sqlite":
+        path = Path(spec.target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(
+            f"sqlite:///{path.resolve()}", engine_kwargs={"connect_args": {"timeout": 120}}
+        )
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    try:  # NullPool: no idle connections per worker (a server's max_connections bounds the workers)
+        return optuna.storages.RDBStorage(_driver_url(spec), engine_kwargs={"poolclass": NullPool})
+    except ImportError as err:
+        raise _driver_error(spec, err.__cause__ or err) from None
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+        raise _connection_error(spec, err.__cause__ or err) from None
+
+
+def _clock(storage) -> Callable[[], float]:
+    """Seconds since the epoch by the clock all workers of ``storage`` share: the database server's for a
+    PostgreSQL / MySQL storage, this machine's for SQLite and journal files."""
+    engine = getattr(storage, "engine", None)
+    query = {
+        "postgresql": "SELECT EXTRACT(EPOCH FROM clock_timestamp())",
+        "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))",
+        "mariadb": "SELECT UNIX_TIMESTAMP(NOW(6))",
+    }.get(engine.dialect.name if engine is not None else "")
+    if query is None:
+        return time.time
+
+    def now() -> float:
+        import sqlalchemy
+
+        with engine.connect() as conn:
+            return float(conn.execute(sqlalchemy.text(query)).scalar())
+
+    return now
+
+
+# --------------------------------------------------------------------------------------------
+# workers
 
 
 def _machine() -> str:
@@ -76,34 +358,23 @@ def _worker_identity() -> dict:
     return {"machine": _machine(), "pid": pid, "start": _process_start(pid)}
 
 
-def _lock_path(sweep: Sweep) -> Path:
-    return Path(f"{sweep.db_path}.lock")
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock between processes (released by the kernel if the holder dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+# --------------------------------------------------------------------------------------------
+# the study
 
 
 def _open_study(sweep: Sweep):
-    """The study of ``sweep`` (created on first use), and its storage."""
+    """The study of ``sweep`` (created on first use), and its storage.
+
+    With a server storage, call it under :func:`_study_lock`: it may create the database's tables.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sweep.db_path.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{sweep.db_path.resolve()}", engine_kwargs={"connect_args": {"timeout": 120}}
-    )
+    spec = sweep.storage_spec
+    storage = _make_storage(spec)
     study = optuna.create_study(
         storage=storage,
-        study_name=STUDY_NAME,
+        study_name=sweep.study_name,
         direction="maximize",
         sampler=optuna.samplers.RandomSampler(seed=0),  # each trial's parameters are fixed by its point
         load_if_exists=True,
@@ -112,6 +383,7 @@ def _open_study(sweep: Sweep):
     for section, key in _NOT_IDENTITY:  # settings that do not change a trial's result
         base[section].pop(key, None)
     attrs = study.user_attrs
+    where = f"the study {sweep.study_name!r} in {spec.label}"
     if "base_config" not in attrs:
         study.set_user_attr("base_config", base)
         study.set_user_attr("metric", sweep.metric)
@@ -120,11 +392,11 @@ def _open_study(sweep: Sweep):
         if attrs["base_config"] != base:
             changed = sorted(_diff_keys(attrs["base_config"], base))
             raise ValueError(
-                f"the study in {sweep.db_path} was run with another base config (differs in {', '.join(changed)}); "
-                "use another --out / --storage, or the same config and --set options"
+                f"{where} was run with another base config (differs in {', '.join(changed)}); "
+                "use another --out / --storage / --study, or the same config and --set options"
             )
         if attrs.get("metric") != sweep.metric:
-            raise ValueError(f"the study in {sweep.db_path} maximises {attrs.get('metric')!r}, not {sweep.metric!r}")
+            raise ValueError(f"{where} maximises {attrs.get('metric')!r}, not {sweep.metric!r}")
     return study, storage
 
 
@@ -157,20 +429,32 @@ def _trial_id(storage, study, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
 
 
+def _finish(storage, trial_id: int, state, value: float | None = None, **attrs) -> bool:
+    """Set ``attrs`` then ``state`` on a trial; False (nothing changed) when another worker finished it
+    first, e.g. judged it stale: the storage refuses to update a finished trial, atomically."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        for key, attr in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, attr)
+        storage.set_trial_state_values(trial_id, state, None if value is None else [value])
+    except UpdateFinishedTrialError:
+        return False
+    return True
+
+
 def _fail_stale(study, storage, sweep: Sweep) -> list[int]:
     """Mark the stale RUNNING trials FAIL (``failure="stale"``); returns their numbers."""
     from optuna.trial import TrialState
 
-    now, machine, failed = time.time(), _machine(), []
+    now, machine, failed = _clock(storage)(), _machine(), []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = _is_stale(trial, now, sweep.stale_after, machine)
         if reason is None:
             continue
         trial_id = _trial_id(storage, study, trial.number)
-        storage.set_trial_user_attr(trial_id, "failure", "stale")
-        storage.set_trial_user_attr(trial_id, "failure_reason", reason)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        failed.append(trial.number)
+        if _finish(storage, trial_id, TrialState.FAIL, failure="stale", failure_reason=reason):
+            failed.append(trial.number)
     return failed
 
 
@@ -193,17 +477,18 @@ def _status(study, points: list[dict]) -> dict[str, dict]:
 
 
 class _Heartbeat:
-    """Stamps ``heartbeat = time.time()`` on a running trial every ``interval`` seconds."""
+    """Stamps ``heartbeat`` (seconds by :func:`_clock`) on a running trial every ``interval`` seconds."""
 
     def __init__(self, storage, trial_id: int, interval: float) -> None:
         self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._clock = _clock(storage)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+                self.storage.set_trial_user_attr(self.trial_id, "heartbeat", self._clock())
             except Exception:  # the trial was finished (e.g. judged stale) or the database is busy: retry later
                 continue
 
@@ -232,18 +517,16 @@ def _distribution(value, values: list):
 def _claim(sweep: Sweep, study, storage, skip: set[str]):
     """Under the lock: fail stale trials, pick a pending point, create its RUNNING trial.
 
-    Returns ``(trial, point)``, or ``(None, n_running)`` when no point is pending (``n_running``
+    Returns ``(trial_id, point)``, or ``(None, n_running)`` when no point is pending (``n_running``
     points still run in other workers).
     """
-    from optuna.trial import TrialState
+    from optuna.trial import FrozenTrial, TrialState
 
-    with _locked(_lock_path(sweep)):
+    with _study_lock(sweep):
         _fail_stale(study, storage, sweep)
         for stray in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            # enqueued but never asked: its claimer died inside this section (ask below would pop it)
-            trial_id = _trial_id(storage, study, stray.number)
-            storage.set_trial_user_attr(trial_id, "failure", "stray")
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            # enqueued but never asked (a study of an earlier hscl whose claimer died): not a point's trial
+            _finish(storage, _trial_id(storage, study, stray.number), TrialState.FAIL, failure="stray")
         status = _status(study, sweep.points)
         pending = [
             e["point"] for key, e in status.items() if e["complete"] is None and not e["running"] and key not in skip
@@ -251,13 +534,24 @@ def _claim(sweep: Sweep, study, storage, skip: set[str]):
         if not pending:
             return None, sum(e["running"] for e in status.values())
         point = pending[0]
-        study.enqueue_trial(point)
-        trial = study.ask({name: _distribution(value, sweep.grid[name]) for name, value in point.items()})
-        if trial.params != point:  # the enqueued point, nothing else, was popped
-            raise RuntimeError(f"optuna gave the trial {trial.params}, expected the grid point {point}")
-        now = time.time()
-        trial.set_user_attr("point", point_key(point))
-        trial.set_user_attr("run_dir", str(sweep.run_dir(point)))
-        trial.set_user_attr("worker", _worker_identity())
-        trial.set_user_attr("heartbeat", now)
-        return trial, point
+        # one storage call creates the RUNNING trial with its point, owner and first heartbeat
+        template = FrozenTrial(
+            number=-1,
+            trial_id=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params=dict(point),
+            distributions={name: _distribution(value, sweep.grid[name]) for name, value in point.items()},
+            user_attrs={
+                "point": point_key(point),
+                "run_dir": str(sweep.run_dir(point)),
+                "worker": _worker_identity(),
+                "heartbeat": _clock(storage)(),
+            },
+            system_attrs={},
+            intermediate_values={},
+        )
+        trial_id = storage.create_new_trial(storage.get_study_id_from_name(study.study_name), template_trial=template)
+        return trial_id, point

@@ -93,9 +93,15 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     seed: int = 0
-    #: "auto" (bf16 autocast when this device runs it faster, else 32), "bf16", "32"
+    #: "auto" (CPU: bf16 autocast when this CPU runs it faster, else 32; CUDA: bf16-mixed on GPUs with native
+    #: bf16, compute capability >= 8.0, else fp16-mixed with gradient scaling), "bf16", "16" (fp16-mixed, CUDA
+    #: only), "32" (float32; TF32 tensor cores on CUDA)
     precision: str = "auto"
-    channels_last: bool | None = None  # None: with bf16 on CPU
+    channels_last: bool | None = None  # None: chosen with the precision (CPU: as timed; CUDA: on, for convnets)
+    #: Lightning's deterministic flag. None (auto): True on the CPU (--resume reaches the very weights of an
+    #: uninterrupted run), False on GPUs (cuDNN autotuning and non-deterministic kernels: faster; a resumed run
+    #: continues from the exact saved state but is not bit-identical to an uninterrupted one)
+    deterministic: bool | None = None
     #: weighted kNN monitor on encoder features, every epoch (0 disables)
     knn_k: int = 200
     knn_train: int = 10000
@@ -318,8 +324,10 @@ def validate_config(config: RunConfig) -> None:
         raise ValueError(f"train.epochs must be >= 1, got {config.train.epochs}")
     if config.train.batch_size < 2:
         raise ValueError(f"train.batch_size must be >= 2, got {config.train.batch_size}")
-    if config.train.precision not in ("auto", "bf16", "32"):
-        raise ValueError(f"train.precision must be auto, bf16 or 32, got {config.train.precision!r}")
+    if config.train.precision not in ("auto", "bf16", "16", "32"):
+        raise ValueError(f"train.precision must be auto, bf16, 16 or 32, got {config.train.precision!r}")
+    if config.train.precision == "16" and config.train.accelerator != "gpu":
+        raise ValueError("train.precision=16 (fp16-mixed) needs train.accelerator=gpu; on the CPU use auto, bf16 or 32")
     if not config.train.lr > 0:
         raise ValueError(f"train.lr must be > 0, got {config.train.lr}")
     tc = config.train

@@ -31,6 +31,10 @@ benchmarks/bench_scaling.py measures it against the encoder's cost.
 
 Batch normalisation in the encoder / head normalises over each rank's own rows unless the model
 uses ``torch.nn.SyncBatchNorm`` (GPU only in PyTorch; see :func:`hscl.engine.train.train`).
+
+Devices (the end of this module): :func:`resolve_device` turns ``"auto"`` / ``"cpu"`` / ``"cuda:1"`` into a
+device without creating a CUDA context; :func:`place` keeps a data set on a GPU when it fits there and
+:func:`to_device` copies host batches through pinned memory.
 """
 
 from __future__ import annotations
@@ -41,7 +45,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["world_size", "rank", "launch_rank", "shard", "all_gather_rows", "gather_batch", "global_batch_loss"]
+__all__ = [
+    "world_size",
+    "rank",
+    "launch_rank",
+    "shard",
+    "all_gather_rows",
+    "gather_batch",
+    "global_batch_loss",
+    "resolve_device",
+    "fits_on_device",
+    "place",
+    "to_device",
+]
 
 
 def world_size() -> int:
@@ -171,3 +187,57 @@ def global_batch_loss(
             f"{tuple(loss.shape)}"
         )
     return _ScaleGradient.apply(loss, float(W)) if gradients_averaged else loss
+
+
+# --------------------------------------------------------------------------------------------
+# devices
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device a pipeline runs on: ``"auto"`` (or None) is ``cuda`` when a GPU is present, else ``cpu``;
+    any other value is taken as ``torch.device(device)`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    ``torch.cuda.device_count()`` (NVML-based when NVML is present) answers without creating a CUDA context,
+    so calling this before a process forks leaves the forked children able to use CUDA.
+    """
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.device_count() > 0 else "cpu")
+    try:
+        out = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {device!r}") from err
+    if out.type == "cuda" and torch.cuda.device_count() == 0:
+        raise ValueError(f"device {device!r} was asked for but this machine has no CUDA GPU (torch sees none)")
+    return out
+
+
+#: fraction of a GPU's free memory a data set may take to be kept there (the rest is for the model)
+DEVICE_DATA_FRACTION = 0.3
+
+
+def fits_on_device(nbytes: int, device: torch.device, fraction: float = DEVICE_DATA_FRACTION) -> bool:
+    """Whether ``nbytes`` of data may live on ``device`` for a whole run: at most ``fraction`` of the GPU's
+    free memory (CIFAR-10/100 as uint8 is 150 MB, STL-10 with its unlabelled split 2.8 GB). False on the CPU."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= fraction * free
+
+
+def place(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` (a data set's uint8 images, labels) where its batches are read from: moved to ``device`` once when
+    that is a GPU with room for it (:func:`fits_on_device`), else left where it is (the host); batches read
+    from the host then go through :func:`to_device`. On the CPU ``x`` itself is returned."""
+    if device.type != "cuda" or x.device == device:
+        return x
+    if fits_on_device(x.numel() * x.element_size(), device):
+        return x.to(device)
+    return x
+
+
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """A batch on ``device``: a host batch bound for a GPU is staged in pinned memory and copied with
+    ``non_blocking=True`` (the copy overlaps the host's work); anything else is ``x.to(device)``."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)

@@ -4,6 +4,9 @@ Linear evaluation (the H-SCL paper's protocol): freeze the encoder, extract the 
 train and test splits once (no augmentation re-passes), train a linear classifier on the train
 features, report top-1 / top-5 on the test split. kNN: cosine similarity, the ``k`` nearest train
 features vote with weight ``exp(sim / 0.1)`` (Wu et al. 2018, the usual SSL monitor).
+
+Devices: features stay on the encoder's device, and the probe and the kNN run on the device of the
+features they are given (labels are moved there), so a model on a GPU is evaluated on it.
 """
 
 from __future__ import annotations
@@ -28,23 +31,31 @@ def extract_features(
     batch_size: int = 512,
     channels_last: bool = False,
     bf16: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Encoder features of uint8 ``images`` after ``transform`` (normalise / resize).
+    """Encoder features of uint8 ``images`` after ``transform`` (normalise / resize), on the encoder's device.
+
+    ``dtype``: the autocast dtype of the forward (``torch.bfloat16`` / ``torch.float16``; ``bf16=True`` is
+    ``dtype=torch.bfloat16``), None for float32. ``images`` may be on any device; each batch is copied to the
+    encoder's (through pinned memory from the host to a GPU).
 
     Shape: images ``(N, C, H, W)`` uint8 -> features ``(N, F)`` float32.
     """
+    from hscl.engine.distributed import to_device
+
+    dtype = dtype or (torch.bfloat16 if bf16 else None)
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
     out = []
     for start in range(0, images.shape[0], batch_size):
-        x = transform(images[start : start + batch_size].to(device))
+        x = transform(to_device(images[start : start + batch_size], device))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out.append(encoder(x).float().cpu())
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out.append(encoder(x).float())
     encoder.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 0)
+    return torch.cat(out) if out else torch.zeros(0, 0, device=device)
 
 
 def knn_accuracy(
@@ -52,20 +63,23 @@ def knn_accuracy(
 ) -> float:
     """Weighted kNN top-1 accuracy (in %) of ``queries`` against a memory ``bank``.
 
-    Shape: bank ``(N, F)``, bank_labels ``(N,)``, queries ``(Q, F)``, query_labels ``(Q,)``.
+    Shape: bank ``(N, F)``, bank_labels ``(N,)``, queries ``(Q, F)``, query_labels ``(Q,)``. Runs on the
+    bank's device (the other tensors are moved there).
     """
+    device = bank.device
     bank = F.normalize(bank.float(), dim=1)
-    queries = F.normalize(queries.float(), dim=1)
+    queries = F.normalize(queries.to(device).float(), dim=1)
+    bank_labels, query_labels = bank_labels.to(device).long(), query_labels.to(device).long()
     k = min(k, bank.shape[0])
     classes = int(max(bank_labels.max(), query_labels.max())) + 1
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)  # read once at the end: no sync per chunk
     for start in range(0, queries.shape[0], 1024):
         sim = queries[start : start + 1024] @ bank.T  # (q, N)
         top_sim, top_idx = sim.topk(k, dim=1)
-        votes = torch.zeros(sim.shape[0], classes)
+        votes = torch.zeros(sim.shape[0], classes, device=device)
         votes.scatter_add_(1, bank_labels[top_idx], torch.exp(top_sim / t))
-        correct += int((votes.argmax(1) == query_labels[start : start + 1024]).sum())
-    return 100.0 * correct / max(queries.shape[0], 1)
+        correct += (votes.argmax(1) == query_labels[start : start + 1024]).sum()
+    return 100.0 * int(correct) / max(queries.shape[0], 1)
 
 
 @dataclass
@@ -92,8 +106,13 @@ def linear_probe(
 ) -> ProbeResult:
     """Train ``nn.Linear`` on standardised frozen features with Adam (cosine schedule).
 
-    Shape: train_x ``(N, F)``, train_y ``(N,)``, test_x ``(Q, F)``, test_y ``(Q,)``.
+    Shape: train_x ``(N, F)``, train_y ``(N,)``, test_x ``(Q, F)``, test_y ``(Q,)``. Runs on the device of
+    ``train_x`` (the head is created there, the other tensors are moved there); the head's initial weights
+    and the batch order come from CPU generators seeded with ``seed``, the same on every device.
     """
+    device = train_x.device
+    test_x = test_x.to(device)
+    train_y, test_y = train_y.to(device), test_y.to(device)
     generator = torch.Generator().manual_seed(seed)
     mean = train_x.mean(0, keepdim=True)
     std = train_x.std(0, keepdim=True).clamp(min=1e-6)
@@ -101,12 +120,12 @@ def linear_probe(
     test_x = (test_x - mean) / std
     classes = int(max(train_y.max(), test_y.max())) + 1
     torch.manual_seed(seed)
-    head = nn.Linear(train_x.shape[1], classes)
+    head = nn.Linear(train_x.shape[1], classes).to(device)  # initialised on the CPU: the same weights anywhere
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(train_x.shape[0] / batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
     for _ in range(epochs):
-        order = torch.randperm(train_x.shape[0], generator=generator)
+        order = torch.randperm(train_x.shape[0], generator=generator).to(device)
         for start in range(0, train_x.shape[0], batch_size):
             idx = order[start : start + batch_size]
             loss = F.cross_entropy(head(train_x[idx]), train_y[idx])

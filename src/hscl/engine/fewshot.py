@@ -5,7 +5,9 @@ pre-training. Each episode draws ``ways`` classes, ``shots`` training images of 
 ``queries`` test images of each (query set), fine-tunes a copy of the pre-trained model with a fresh
 linear head on the support set for ``steps`` full-batch steps (the objectives and steps of
 :mod:`hscl.engine.finetune`), and scores the queries. Every objective sees the same episodes, the same
-initial weights and the same augmentation draws, so their accuracies are paired.
+initial weights and the same augmentation draws, so their accuracies are paired. Episodes run on ``device``
+(``"auto"``: a CUDA GPU when there is one): the pre-trained model is copied there once, each episode's support
+and query images once.
 
 Reference: Long et al., "When hard negative sampling meets supervised contrastive learning", arXiv
 2308.14893 (SCHaNe).
@@ -29,6 +31,7 @@ from torch import Tensor
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, preset_for
 from hscl.data.images import ImageData
 from hscl.data.views import epoch_generator
+from hscl.engine.distributed import resolve_device, to_device
 from hscl.engine.finetune import (
     BN_MODES,
     FinetuneConfig,
@@ -149,18 +152,22 @@ def run_episode(
     steps: int,
     augment: AugmentConfig,
     seed: int,
+    device: str | torch.device | None = None,
 ) -> float:
     """Fine-tune a copy of ``pretrained`` on one support set for ``steps`` full-batch steps; query accuracy (%).
 
     Shapes: support ``(ways * K, C, H, W)`` uint8 and ``(ways * K,)``; queries likewise. The augmentation
-    draws and everything else random follow from ``seed`` alone.
+    draws and everything else random follow from ``seed`` alone. Runs on ``device`` (None: the device of
+    ``pretrained``; ``"auto"``: a CUDA GPU when there is one).
     """
+    device = next(pretrained.parameters()).device if device is None else resolve_device(device)
     ways = int(support_labels.max()) + 1
-    model = FineTuneModel(copy.deepcopy(pretrained), ways, config.embedding)
+    model = FineTuneModel(copy.deepcopy(pretrained), ways, config.embedding).to(device)
     objective = FinetuneObjective.from_config(config)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    train_aug = Augment(augment)
+    train_aug = Augment(augment).to(device)
+    support_images, support_labels = to_device(support_images, device), to_device(support_labels, device)
     _set_train_mode(model, config.bn)
     torch.manual_seed(seed)
     with warnings.catch_warnings():  # 1-shot with one view: no positives, the contrastive term is 0
@@ -168,7 +175,7 @@ def run_episode(
         for _ in range(steps):
             train_step(model, objective, optimizer, train_aug, support_images, support_labels, config.views)
             scheduler.step()
-    return accuracy(predict(model, query_images, EvalTransform(augment)), query_labels)
+    return accuracy(predict(model, query_images, EvalTransform(augment).to(device)), query_labels)
 
 
 def _episode_seed(seed: int, shots: int, episode: int) -> int:
@@ -186,15 +193,21 @@ def few_shot(
     out_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    device: str | torch.device | None = "auto",
 ) -> dict[int, list[dict]]:
     """Paired few-shot evaluation: for each K in ``fewshot.shots``, ``fewshot.episodes`` episodes, each run
     with every config of ``configs`` (name -> config) on the same support / query sets and seeds.
 
     Returns ``{K: [{"episode": e, "classes": [...], "accuracy": {name: %}}, ...]}``. With ``out_dir``, each
     finished episode is appended to ``out_dir/<K>shot.jsonl``; ``resume=True`` skips the episodes found
-    there, ``resume=False`` refuses to overwrite them.
+    there, ``resume=False`` refuses to overwrite them. Runs on ``device`` (``"auto"``: a CUDA GPU when there
+    is one, else the CPU).
     """
     from tqdm.auto import tqdm
+
+    device = resolve_device(device)
+    if next(pretrained.parameters()).device != device:
+        pretrained = copy.deepcopy(pretrained).to(device)  # once; each episode copies it on the device
 
     augment = augment or preset_for(data.channels, data.size)
     # what an episode's result depends on besides (K, episode): rows of another setting are never mixed in
@@ -280,7 +293,9 @@ def _episode_row(
         queries=fewshot.queries,
         generator=torch.Generator().manual_seed(seed),
     )
-    sup_x, qry_x = data.train_images[episode.support_index], data.test_images[episode.query_index]
+    device = next(pretrained.parameters()).device  # the episode's images go there once, for every config
+    sup_x = to_device(data.train_images[episode.support_index], device)
+    qry_x = to_device(data.test_images[episode.query_index], device)
     row = {"episode": e, "classes": episode.classes, "accuracy": {}}
     for name, config in configs.items():
         row["accuracy"][name] = run_episode(
@@ -331,10 +346,10 @@ def paired_ci95(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 
 def embedding_isotropy(x: Tensor) -> float:
     """:func:`hscl.geometry.isotropy` of the L2-normalised rows of ``x`` ``(N, d)`` (the cosine geometry the
-    contrastive term sees; encoder features have arbitrary norms)."""
+    contrastive term sees; encoder features have arbitrary norms), in float64 on a CPU copy of ``x``."""
     from hscl.geometry import isotropy
 
-    return float(isotropy(F.normalize(x.double(), dim=1)))
+    return float(isotropy(F.normalize(x.detach().cpu().double(), dim=1)))
 
 
 def tsne_figure(
@@ -354,11 +369,12 @@ def tsne_figure(
 
     from hscl.engine.report import write_table
 
+    labels = labels.cpu()
     fig, axes = plt.subplots(1, len(embeddings), figsize=(5.2 * len(embeddings), 4.8), dpi=120, squeeze=False)
     rows = []
     cmap = plt.get_cmap("tab10")
     for ax, (name, x) in zip(axes[0], embeddings.items()):
-        x = F.normalize(x.double(), dim=1).numpy()
+        x = F.normalize(x.detach().cpu().double(), dim=1).numpy()
         points = TSNE(n_components=2, init="pca", perplexity=30.0, random_state=seed).fit_transform(x)
         for c, cname in enumerate(class_names):
             mask = (labels == c).numpy()

@@ -25,7 +25,9 @@ the encoder features ``h`` themselves (``embedding="features"``); both are L2-no
 ``lam = 0`` skips the contrastive term: the objective is then exactly cross-entropy.
 
 The linear head starts at zero (weights and bias): every objective starts from the same point, with
-``CE = log(C)``. Few-shot episodes are in :mod:`hscl.engine.fewshot`, loading a pre-trained model in
+``CE = log(C)``. Everything runs on ``device`` (``"auto"``: a CUDA GPU when there is one): the model and
+the training images are moved there once (the images when they fit; else each batch is copied through pinned
+memory). Few-shot episodes are in :mod:`hscl.engine.fewshot`, loading a pre-trained model in
 :mod:`hscl.engine.pretrained`, the ``hscl reproduce schane`` experiment in :mod:`hscl.experiments.schane`.
 Reference: Long et al., "When hard negative sampling meets supervised contrastive learning", arXiv
 2308.14893 (SCHaNe); Khosla et al., NeurIPS 2020; Gunel et al., ICLR 2021.
@@ -49,6 +51,7 @@ from torch import Tensor, nn
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, augment_preset, preset_for
 from hscl.data.images import ImageData
 from hscl.data.views import epoch_generator
+from hscl.engine.distributed import place, resolve_device, to_device
 from hscl.engine.pretrained import Pretrained, load_pretrained
 from hscl.losses import METHODS, get_loss, loss_kwargs
 from hscl.models import ContrastiveModel
@@ -274,8 +277,11 @@ def train_step(
 ) -> tuple[float, dict]:
     """One optimiser step on ``images`` ``(B, C, H, W)`` uint8 with labels ``(B,)``, each in ``views`` views.
 
-    The augmentation draws from the global RNG (seed it before the call for reproducibility).
+    Runs on the model's device (``images`` and ``labels`` are moved there; ``augment`` must be there). The
+    augmentation draws from the global RNG (seed it before the call for reproducibility).
     """
+    device = next(model.parameters()).device
+    images, labels = to_device(images, device), to_device(labels, device)
     B = images.shape[0]
     x = augment(images.repeat(views, 1, 1, 1))  # (V*B, C, S, S), view-major: row v * B + i
     logits, _, z = model(x)
@@ -290,22 +296,28 @@ def train_step(
 
 @torch.no_grad()
 def predict(model: FineTuneModel, images: Tensor, transform: nn.Module, batch_size: int = 1024) -> Tensor:
-    """Logits of uint8 ``images`` ``(N, C, H, W)`` in eval mode. Shape: ``(N, num_classes)``."""
+    """Logits of uint8 ``images`` ``(N, C, H, W)`` in eval mode, on the model's device. Shape: ``(N, num_classes)``."""
     was_training = model.training
     model.eval()
-    out = [model(transform(images[s : s + batch_size]))[0] for s in range(0, images.shape[0], batch_size)]
+    device = next(model.parameters()).device
+    out = [
+        model(transform(to_device(images[s : s + batch_size], device)))[0]
+        for s in range(0, images.shape[0], batch_size)
+    ]
     model.train(was_training)
     return torch.cat(out)
 
 
 @torch.no_grad()
 def embed(model: FineTuneModel, images: Tensor, transform: nn.Module, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
-    """Encoder features ``h`` ``(N, F)`` and normalised projection ``z`` ``(N, d)`` in eval mode."""
+    """Encoder features ``h`` ``(N, F)`` and normalised projection ``z`` ``(N, d)`` in eval mode, on the model's
+    device."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     hs, zs = [], []
     for s in range(0, images.shape[0], batch_size):
-        h = model.model.encoder(transform(images[s : s + batch_size]))
+        h = model.model.encoder(transform(to_device(images[s : s + batch_size], device)))
         hs.append(h)
         zs.append(model.model.normalization(model.model.head(h)))
     model.train(was_training)
@@ -313,8 +325,8 @@ def embed(model: FineTuneModel, images: Tensor, transform: nn.Module, batch_size
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Top-1 accuracy in %. Shape: logits ``(N, C)``, labels ``(N,)``."""
-    return 100.0 * float((logits.argmax(1) == labels).float().mean())
+    """Top-1 accuracy in %. Shape: logits ``(N, C)``, labels ``(N,)`` (on any device)."""
+    return 100.0 * float((logits.argmax(1) == labels.to(logits.device)).float().mean())
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,8 +393,11 @@ def finetune(
     out_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    device: str | torch.device | None = "auto",
 ) -> FinetuneResult:
     """Fine-tune a copy of ``pretrained`` with a linear head on ``data``'s training split; score its test split.
+
+    Runs on ``device`` (``"auto"``: a CUDA GPU when there is one, else the CPU); the returned model is there.
 
     Each epoch visits the training images in an order drawn from ``(seed, epoch)`` (the last incomplete
     batch is dropped); the augmentation's draws follow from ``(seed, epoch, step)``. With ``out_dir``, the
@@ -393,10 +408,13 @@ def finetune(
     if config.augment is not None:
         augment = augment_preset(config.augment).with_overrides(None, size=data.size)
     state_file = _finetune_state_file(out_dir, resume)
+    device = resolve_device(device)
     torch.manual_seed(config.seed)
-    model = FineTuneModel(copy.deepcopy(pretrained), data.num_classes, config.embedding)
+    model = FineTuneModel(copy.deepcopy(pretrained), data.num_classes, config.embedding).to(device)
     objective = FinetuneObjective.from_config(config)
-    train_aug, eval_tf = Augment(augment), EvalTransform(augment)
+    train_aug, eval_tf = Augment(augment).to(device), EvalTransform(augment).to(device)
+    # the training images and labels on the GPU once when they fit; else batches go through pinned memory
+    train_images, train_labels = place(data.train_images, device), place(data.train_labels, device)
     n = int(data.train_labels.numel())
     batch = min(config.batch_size, n)
     steps_per_epoch = n // batch
@@ -410,7 +428,16 @@ def finetune(
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         losses, ces, cons = _finetune_epoch(
-            model, objective, optimizer, scheduler, train_aug, data, config, epoch, batch, progress
+            model,
+            objective,
+            optimizer,
+            scheduler,
+            train_aug,
+            (train_images, train_labels),
+            config,
+            epoch,
+            batch,
+            progress,
         )
         seconds += time.perf_counter() - began
         logits = predict(model, data.test_images, eval_tf)
@@ -438,7 +465,7 @@ def finetune(
                 state_file,
             )
     logits = predict(model, data.test_images, eval_tf)
-    correct = logits.argmax(1) == data.test_labels
+    correct = (logits.argmax(1) == data.test_labels.to(logits.device)).cpu()
     return FinetuneResult(accuracy(logits, data.test_labels), history, seconds, model.eval(), correct)
 
 
@@ -484,17 +511,18 @@ def _finetune_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     train_aug: nn.Module,
-    data: ImageData,
+    train: tuple[Tensor, Tensor],
     config: FinetuneConfig,
     epoch: int,
     batch: int,
     progress: bool,
 ) -> tuple[list[float], list[float], list[float]]:
-    """One epoch of ``batch``-image steps in the order of ``(seed, epoch)``; the loss, CE and contrastive term
-    of each step (the last only where computed)."""
+    """One epoch of ``batch``-image steps over ``train`` = (uint8 images, labels) in the order of ``(seed, epoch)``;
+    the loss, CE and contrastive term of each step (the last only where computed)."""
     from tqdm.auto import tqdm
 
-    n = int(data.train_labels.numel())
+    train_images, train_labels = train
+    n = int(train_labels.numel())
     _set_train_mode(model, config.bn)
     order = torch.randperm(n, generator=epoch_generator(config.seed, epoch))
     losses, ces, cons = [], [], []
@@ -505,10 +533,10 @@ def _finetune_epoch(
         leave=False,
     )
     for step in bar:
-        index = order[step * batch : (step + 1) * batch]
+        index = order[step * batch : (step + 1) * batch].to(train_images.device)
         torch.manual_seed(int(epoch_generator(config.seed, epoch, 1 + step).initial_seed()))
         loss, parts = train_step(
-            model, objective, optimizer, train_aug, data.train_images[index], data.train_labels[index], config.views
+            model, objective, optimizer, train_aug, train_images[index], train_labels[index], config.views
         )
         scheduler.step()
         losses.append(loss)

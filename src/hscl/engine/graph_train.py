@@ -8,6 +8,7 @@ Table II settings (:data:`GRAPH_METHODS`, derived from :data:`hscl.losses.METHOD
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hscl.data.graphs import GraphData
+from hscl.data.graphs import GraphBatch, GraphData
+from hscl.engine.distributed import resolve_device, to_device
 from hscl.hardening import Exponential, Hardening, Threshold
 from hscl.losses.local_global import (
     ESTIMATORS,
@@ -126,13 +128,16 @@ def pretrain_graph_encoder(
     num_layers: int = 3,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    device: str | torch.device | None = "auto",
 ) -> PretrainResult:
     """Pre-train an :class:`InfoGraphModel` on graphs ``index`` of ``data`` (all graphs by default).
 
     Adam(lr), ``epochs`` passes over shuffled mini-batches of ``batch_size`` graphs (a final batch of a
     single graph is skipped: it has no negatives). Labels are read only for supervised objectives, and only
     those of the graphs in ``index``. Deterministic in ``seed``; ``epochs=0`` returns the initialised model.
-    ``progress(epoch, mean_loss)`` is called after each epoch.
+    ``progress(epoch, mean_loss)`` is called after each epoch. Trains on ``device`` (``"auto"``: a CUDA GPU
+    when there is one, else the CPU): the model is initialised on the CPU from ``seed`` (the same weights on
+    every device) and moved there; each mini-batch is assembled on the host and copied there.
 
     A small plain loop rather than Lightning: one Table II cell trains up to 100 tiny models (10 folds x 10
     repetitions), each in seconds, where a Trainer's set-up would cost more than the training.
@@ -145,8 +150,9 @@ def pretrain_graph_encoder(
     index = torch.arange(len(data)) if index is None else torch.as_tensor(index, dtype=torch.long)
     if index.numel() < 2:
         raise ValueError(f"pre-training needs at least 2 graphs, got {index.numel()}")
+    device = resolve_device(device)
     torch.manual_seed(seed)
-    model = InfoGraphModel(data.num_features, hidden, num_layers)
+    model = InfoGraphModel(data.num_features, hidden, num_layers).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
@@ -159,15 +165,15 @@ def pretrain_graph_encoder(
             chunk = order[first : first + batch_size]
             if chunk.numel() < 2:
                 continue
-            batch = data.batch(chunk)
+            batch = _batch_to(data.batch(chunk), device)
             local, global_ = model(batch)
             loss = objective(local, global_, batch.batch, batch.y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach())
+            total = total + loss.detach().double()  # summed on the device in float64 (as the float sum was)
             steps += 1
-        losses.append(total / max(steps, 1))
+        losses.append(float(total) / max(steps, 1))
         if progress is not None:
             progress(epoch + 1, losses[-1])
     return PretrainResult(model, losses, time.perf_counter() - start)
@@ -175,7 +181,20 @@ def pretrain_graph_encoder(
 
 @torch.no_grad()
 def embed_graphs(model: InfoGraphModel, data: GraphData, batch_size: int = 512) -> Tensor:
-    """Frozen graph summaries of every graph of ``data``: ``(G, model.feature_dim)`` float32."""
+    """Frozen graph summaries of every graph of ``data``: ``(G, model.feature_dim)`` float32, on the CPU (for
+    scikit-learn) whatever the model's device (the batches are computed there)."""
+    device = next(model.parameters()).device
     starts = range(0, len(data), batch_size)
-    out = [model.embed(data.batch(torch.arange(s, min(s + batch_size, len(data))))) for s in starts]
+    out = [
+        model.embed(_batch_to(data.batch(torch.arange(s, min(s + batch_size, len(data)))), device)).cpu()
+        for s in starts
+    ]
     return torch.cat(out) if out else torch.zeros(0, model.feature_dim)
+
+
+def _batch_to(batch: GraphBatch, device: torch.device) -> GraphBatch:
+    """``batch`` with its tensors on ``device`` (itself on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    tensors = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    return dataclasses.replace(batch, **{k: to_device(v, device) for k, v in tensors.items() if isinstance(v, Tensor)})

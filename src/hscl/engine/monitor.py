@@ -10,6 +10,7 @@ split; its row goes into ``metrics.csv`` (through the training run's epoch logge
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -75,6 +76,10 @@ class EpochLogger(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:  # under DDP rank 0 alone writes the files
             return
+        if self.monitor is not None and pl_module.device.type == "cuda":  # copied to the GPU once, if it fits
+            from hscl.engine.distributed import place
+
+            self.monitor = tuple(place(t, pl_module.device) for t in self.monitor)
         # drop rows of epochs that will be re-run (an interrupted run resumes at its checkpoint)
         start_epoch = trainer.current_epoch
         rows = read_metrics(self.paths.metrics) if self.paths.metrics.exists() else []
@@ -195,34 +200,48 @@ def probe_set(task: ContrastiveTask, data: ImageData, config: RunConfig) -> tupl
     """The fixed probe batch of the diagnostics: a stratified subset of the training split with two
     augmented views each, drawn from ``train.seed`` only (the same for every epoch and on resume).
 
-    Returns float images ``(P * 2, C, S, S)`` (sample-major) and labels ``(P,)``.
+    Returns float images ``(P * 2, C, S, S)`` (sample-major) and labels ``(P,)``, on the CPU whatever the
+    device of the task: the views are drawn by a CPU copy of the task's augmentation from the CPU's RNG, so the
+    probe set is the same on every device (:func:`measure_geometry` moves it to the model).
     """
     n = min(config.diagnostics.probe_size, len(data.train_labels))
     probe = data.subset(n, None, seed=config.train.seed + 11)
-    images = probe.train_images
-    with torch.random.fork_rng():
-        torch.manual_seed(config.train.seed + 13)
-        x = task.augment(torch.stack([images, images], 1).flatten(0, 1))
-    return x, probe.train_labels.clone()
+    images = probe.train_images.cpu()
+    augment = task.augment
+    if any(b.device.type != "cpu" for b in augment.buffers()):
+        augment = copy.deepcopy(augment).cpu()  # the task's stays on its device
+    with torch.random.fork_rng(devices=[]):  # the CPU's RNG alone, restored after: no CUDA state is touched
+        torch.default_generator.manual_seed(config.train.seed + 13)  # = torch.manual_seed, for the CPU only
+        x = augment(torch.stack([images, images], 1).flatten(0, 1))
+    return x, probe.train_labels.clone().cpu()
 
 
 @torch.no_grad()
 def measure_geometry(task: ContrastiveTask, x: Tensor, labels: Tensor, hardening) -> tuple[dict, Tensor]:
     """Every diagnostic of :func:`hscl.geometry.diagnose` for the model on the probe ``x``, plus the
-    effective rank of the encoder features. Returns (metrics row, singular values of z's covariance)."""
+    effective rank of the encoder features. Returns (metrics row, singular values of z's covariance).
+
+    The forward runs on the model's device (``x`` is moved there) under the run's autocast; the float64
+    diagnostics then run on a CPU copy of the embeddings (a GPU's float64 is slow, and some of its kernels
+    have no deterministic version).
+    """
     from hscl.geometry import diagnose, effective_rank, spectrum
 
     model = task.model
+    device = next(model.parameters()).device
+    dtype = task._autocast_dtype
     was_training = model.training
     model.eval()
     try:
+        x = x.to(device)
         if task.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=task._bf16):
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             h, z = model(x)
-        h, z = h.float(), z.float()
+        h, z = h.float().cpu(), z.float().cpu()
     finally:
         model.train(was_training)
+    labels = labels.cpu()
     lc = task.config.loss
     P = labels.shape[0]
     metrics, values = diagnose(
@@ -259,7 +278,8 @@ class GeometryMonitor(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:  # under DDP rank 0 alone measures and writes
             return
-        self.probe = probe_set(pl_module, self.data, self.config)
+        x, labels = probe_set(pl_module, self.data, self.config)
+        self.probe = (x.to(pl_module.device), labels)  # on the model's device once, for every epoch
         start_epoch = trainer.current_epoch
         rows = []
         if self.spectrum_path.exists():

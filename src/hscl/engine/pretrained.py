@@ -100,6 +100,7 @@ def load_pretrained(
     hidden_dim: int | None = None,
     normalization: str | None = None,
     data_dir: str | None = None,
+    device: str | torch.device | None = None,
 ) -> Pretrained:
     """A pre-trained model from any checkpoint ``hscl train`` wrote, or from a plain ``state_dict`` file.
 
@@ -108,8 +109,32 @@ def load_pretrained(
     encoder alone (the projection head is then freshly initialised). The architecture (encoder, input
     channels, convnet widths, ResNet stem, head sizes) is read off the tensor shapes; the keyword arguments
     override it (and must agree with the weights). ``normalization`` (no weights) defaults to ``"sphere"``.
+
+    The file is read onto the CPU (a checkpoint written on any GPU loads anywhere); the model is then moved to
+    ``device`` (None: it stays on the CPU; ``"auto"``: a CUDA GPU when there is one).
     """
-    path = Path(path)
+    pretrained = _load_pretrained(
+        Path(path), encoder, in_channels, widths, stem, projection_dim, hidden_dim, normalization, data_dir
+    )
+    if device is not None:
+        from hscl.engine.distributed import resolve_device
+
+        pretrained.model.to(resolve_device(device))
+    return pretrained
+
+
+def _load_pretrained(
+    path: Path,
+    encoder: str | None,
+    in_channels: int | None,
+    widths: Sequence[int] | None,
+    stem: str | None,
+    projection_dim: int | None,
+    hidden_dim: int | None,
+    normalization: str | None,
+    data_dir: str | None,
+) -> Pretrained:
+    """:func:`load_pretrained` on the CPU."""
     from hscl.engine.checkpoints import load_checkpoint
 
     # weights-only; a file that is missing, damaged, not a checkpoint or a state_dict: CheckpointError (one line)
@@ -155,7 +180,7 @@ def _from_hscl_checkpoint(path: Path, data_dir: str | None) -> Pretrained | None
     from hscl.engine.train import load_task
 
     try:
-        task, config = load_task(path, data_dir=data_dir)
+        task, config = load_task(path, data_dir=data_dir, device="cpu")
     except Exception:
         return None
     mc = config.model

@@ -1,4 +1,4 @@
-"""Grid sweeps: one trial per grid point, recorded in an Optuna study with SQLite storage.
+"""Grid sweeps: one trial per grid point, recorded in an Optuna study (SQLite, PostgreSQL, MySQL or a journal file).
 
 The H-SCL paper picks its hyper-parameters by grid search (Sec. V-A): beta in {0.1, 0.5, 1, 2, 5}
 for H-SCL(beta), and the start / end of the threshold schedule of eq. (4) in {-0.5, -0.3, -0.1} x
@@ -6,8 +6,9 @@ for H-SCL(beta), and the start / end of the threshold schedule of eq. (4) in {-0
 the product of the ``--grid`` options as one trial: pre-training (:func:`hscl.engine.train.train`, resumed
 from its checkpoint when the point was interrupted) then linear-probe and kNN evaluation.
 
-Any number of workers share one Optuna study (``<out>/study.db``, SQLite) and an interrupted sweep
-resumes where it stopped, with no point lost or run twice: see :mod:`hscl.engine._sweep_study`.
+Any number of workers share one Optuna study (``<out>/study.db``, SQLite, by default; a PostgreSQL or
+MySQL database for workers on several machines) and an interrupted sweep resumes where it stopped, with
+no point lost or run twice: see :mod:`hscl.engine._sweep_study`.
 
 When every point is complete, the sweep writes ``sweep_results.{csv,json,md}`` (the metrics per
 point and the best point) and ``accuracy_vs_<parameter>.png`` (with its data as ``.csv``).
@@ -15,6 +16,7 @@ point and the best point) and ``accuracy_vs_<parameter>.png`` (with its data as 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import itertools
@@ -29,14 +31,16 @@ import yaml
 
 from hscl.engine._sweep_plot import _plot
 from hscl.engine._sweep_study import (
+    STUDY_NAME,
+    StorageSpec,
     _claim,
     _fail_stale,
+    _finish,
     _Heartbeat,
-    _lock_path,
-    _locked,
     _open_study,
     _status,
-    _trial_id,
+    _study_lock,
+    parse_storage,
     point_key,
 )
 from hscl.engine.config import RunConfig, load_config, load_yaml
@@ -161,14 +165,17 @@ class Sweep:
         grid: ``{name: values}`` (see :func:`parse_grid`).
         out: folder of the runs (``<out>/trials/<point>``) and of the results.
         overrides: ``key=value`` overrides applied to every point before the point's own.
-        storage: the SQLite file of the study (default ``<out>/study.db``); several workers, in this
-            process or others, share a sweep through it.
+        storage: the Optuna storage of the study (see :func:`hscl.engine._sweep_study.parse_storage`):
+            a SQLite file (default ``<out>/study.db``) or ``sqlite:///PATH`` for the workers of one machine;
+            ``postgresql://USER@HOST/DB``, ``mysql+pymysql://USER@HOST/DB`` or ``journal:PATH`` (a file
+            several machines mount) for workers on several machines. Every worker of a sweep gives the same.
         metric: the trial metric the sweep maximises (one of :data:`METRICS` for the default trial).
         trial: ``"module:function"`` of a trial function ``fn(config, run_dir) -> {metric: value}``;
             None: :func:`train_and_evaluate`.
         stale_after: seconds without a heartbeat after which a RUNNING trial of another machine is
             considered dead (trials of this machine are checked by their process id at once).
         heartbeat: seconds between heartbeats of a running trial.
+        study_name: the study's name in the storage (several sweeps may share one database).
     """
 
     config: str | None
@@ -180,6 +187,7 @@ class Sweep:
     trial: str | None = None
     stale_after: float = 300.0
     heartbeat: float = 30.0
+    study_name: str = STUDY_NAME
 
     def __post_init__(self) -> None:
         if not self.heartbeat > 0 or not self.stale_after > self.heartbeat:
@@ -189,14 +197,15 @@ class Sweep:
             )
         if self.trial is None and self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        parse_storage(self.storage, self.out_dir / "study.db")  # a bad --storage fails here, naming its forms
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
 
     @property
-    def db_path(self) -> Path:
-        return Path(self.storage) if self.storage else self.out_dir / "study.db"
+    def storage_spec(self) -> StorageSpec:
+        return parse_storage(self.storage, self.out_dir / "study.db")
 
     @property
     def points(self) -> list[dict]:
@@ -266,6 +275,26 @@ def train_and_evaluate(config: RunConfig, run_dir: Path) -> dict:
     return result
 
 
+#: what a launcher (torchrun, srun, Lightning's multi-node variables) tells a process about a distributed job;
+#: a trial is one process on one device, so its Trainer and writer must not read them (``srun hscl sweep`` would
+#: otherwise make Lightning expect ``--ntasks`` processes, and tasks other than 0 would not write their runs)
+_LAUNCHER_VARIABLES = (
+    *("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE"),
+    *("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK"),
+    *("SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES"),
+)
+
+
+@contextlib.contextmanager
+def _single_process_env():
+    """Hide the launcher's distributed-job variables from a trial (restored after it)."""
+    saved = {key: os.environ.pop(key) for key in _LAUNCHER_VARIABLES if key in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool = True, poll: float = 1.0) -> int:
     """Run pending points of ``sweep`` until every point is complete (or failed in this worker).
 
@@ -280,7 +309,7 @@ def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool 
     points = sweep.points
     for point in points:  # every point's config is valid before anything runs
         sweep.point_config(point)
-    with _locked(_lock_path(sweep)):
+    with _study_lock(sweep):
         study, storage = _open_study(sweep)
     errored: set[str] = set()
     done = 0
@@ -290,8 +319,8 @@ def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool 
         bar = tqdm(total=len(points), initial=complete, desc=f"sweep {sweep.out_dir.name}", unit="point")
     try:
         while True:
-            trial, point = _claim(sweep, study, storage, errored)
-            if trial is None:
+            trial_id, point = _claim(sweep, study, storage, errored)
+            if trial_id is None:
                 if point == 0:  # nothing pending, nothing running elsewhere
                     break
                 time.sleep(poll)  # points run in other workers: wait for them (or for them to turn stale)
@@ -300,26 +329,27 @@ def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool 
             run_dir = sweep.run_dir(point)
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "point.json").write_text(json.dumps(point))
-            trial_id = _trial_id(storage, study, trial.number)
             with _Heartbeat(storage, trial_id, sweep.heartbeat):
                 try:
-                    metrics = fn(config, run_dir)
+                    with _single_process_env():
+                        metrics = fn(config, run_dir)
                 except KeyboardInterrupt:
-                    trial.set_user_attr("failure", "interrupted")
-                    study.tell(trial, state=TrialState.FAIL)
+                    _finish(storage, trial_id, TrialState.FAIL, failure="interrupted")
                     raise
                 except Exception as err:  # a broken point must not stop the others
-                    trial.set_user_attr("failure", "error")
-                    trial.set_user_attr("failure_reason", f"{type(err).__name__}: {err}"[:2000])
-                    study.tell(trial, state=TrialState.FAIL)
+                    reason = f"{type(err).__name__}: {err}"[:2000]
+                    _finish(storage, trial_id, TrialState.FAIL, failure="error", failure_reason=reason)
                     errored.add(point_key(point))
                     print(f"hscl sweep: point {point_slug(point)} failed: {type(err).__name__}: {err}", flush=True)
                     continue
             if sweep.metric not in metrics:
                 raise ValueError(f"the trial function returned {sorted(metrics)}, without the metric {sweep.metric!r}")
             clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            trial.set_user_attr("metrics", clean)
-            study.tell(trial, clean[sweep.metric])
+            if not _finish(storage, trial_id, TrialState.COMPLETE, clean[sweep.metric], metrics=clean):
+                # judged stale while it ran (its heartbeats did not reach the storage): another worker owns the
+                # point now, and a point has one COMPLETE trial
+                print(f"hscl sweep: point {point_slug(point)} was taken over by another worker", flush=True)
+                continue
             done += 1
             if bar is not None:
                 bar.update(1)
@@ -336,7 +366,7 @@ def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool 
 
 def write_results(sweep: Sweep) -> dict:
     """The results table (metric per point, best point) and the plot of the metrics against the grid."""
-    with _locked(_lock_path(sweep)):
+    with _study_lock(sweep):
         study, storage = _open_study(sweep)
         _fail_stale(study, storage, sweep)
     status = _status(study, sweep.points)
@@ -432,7 +462,7 @@ def _watch(sweep: Sweep, procs: list, progress: bool, poll: float = 0.5) -> None
     """Wait for the worker processes, with a progress bar over the study's complete points."""
     from tqdm import tqdm
 
-    with _locked(_lock_path(sweep)):
+    with _study_lock(sweep):
         study, _ = _open_study(sweep)
     points = sweep.points
     bar = tqdm(total=len(points), desc=f"sweep {sweep.out_dir.name}", unit="point", disable=not progress)
@@ -459,7 +489,8 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, trial_fn: TrialFn | None = None
     for point in sweep.points:
         sweep.point_config(point)
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
-    (sweep.out_dir / "sweep.json").write_text(json.dumps(dataclasses.asdict(sweep), indent=2))
+    saved = {**dataclasses.asdict(sweep), "storage": sweep.storage_spec.label}  # no database password on disk
+    (sweep.out_dir / "sweep.json").write_text(json.dumps(saved, indent=2))
     if workers == 1:
         run_worker(sweep, trial_fn=trial_fn, progress=progress)
     else:
@@ -467,6 +498,8 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, trial_fn: TrialFn | None = None
             raise ValueError("with several workers the trial function is given by name (Sweep.trial)")
         import multiprocessing
 
+        with _study_lock(sweep):  # the storage works (one line if not) and its tables exist before the workers
+            _open_study(sweep)
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
         procs = [context.Process(target=_worker_main, args=(sweep, threads)) for _ in range(workers)]

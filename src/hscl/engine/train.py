@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,16 @@ from torch import Tensor, nn
 
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, augment_preset, preset_for
 from hscl.data.images import ImageData, load_dataset
-from hscl.data.views import ViewSampler, epoch_generator
+from hscl.data.views import epoch_generator
 from hscl.engine.checkpoints import CheckpointError, check_resumable, check_weights, load_checkpoint
 from hscl.engine.config import RunConfig, config_to_dict
-from hscl.engine.distributed import global_batch_loss, launch_rank, rank, shard, world_size
+from hscl.engine.datamodule import ViewsDataModule
+from hscl.engine.distributed import (
+    global_batch_loss,
+    launch_rank,
+    rank,
+    resolve_device,
+)
 from hscl.engine.evaluate import extract_features
 from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import them from here)
     DIAGNOSTIC_FIELDS,
@@ -42,11 +47,21 @@ from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import the
     probe_set,
     read_metrics,
 )
+from hscl.engine.precision import enable_tf32, resolve_deterministic, resolve_precision
 from hscl.hardening import linear_threshold
 from hscl.losses import get_loss, get_method, loss_kwargs
 from hscl.models import build_model
 
-__all__ = ["ContrastiveTask", "ViewsDataModule", "train", "resolve_precision", "load_task", "run_paths"]
+__all__ = [
+    "ContrastiveTask",
+    "ViewsDataModule",
+    "train",
+    "resolve_precision",
+    "resolve_deterministic",
+    "enable_tf32",
+    "load_task",
+    "run_paths",
+]
 
 log = logging.getLogger("hscl")
 
@@ -94,53 +109,6 @@ class RunPaths:
 
 def run_paths(root: str | Path) -> RunPaths:
     return RunPaths(Path(root))
-
-
-# --------------------------------------------------------------------------------------------
-# data
-
-
-def pair_mode_for(config: RunConfig) -> str:
-    if config.data.pair_mode != "auto":
-        return config.data.pair_mode
-    return get_method(config.loss.method).pairs
-
-
-class _EpochBatches(torch.utils.data.IterableDataset):
-    """Yields ``(images (B, V, C, H, W) uint8, labels (B,))`` for the epoch ``epoch_fn()``."""
-
-    def __init__(self, images: Tensor, labels: Tensor, sampler: ViewSampler, epoch_fn) -> None:
-        self.images, self.labels, self.sampler, self.epoch_fn = images, labels, sampler, epoch_fn
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self):
-        for index in self.sampler.batches(self.epoch_fn()):  # (B, V)
-            yield self.images[index], self.labels[index[:, 0]]
-
-
-class ViewsDataModule(L.LightningDataModule):
-    """The training split as ``B x V`` view batches; the test split for the kNN monitor."""
-
-    def __init__(self, data: ImageData, config: RunConfig) -> None:
-        super().__init__()
-        self.data = data
-        self.config = config
-        self.sampler = ViewSampler(
-            data.train_labels,
-            batch_size=min(config.train.batch_size, len(data.train_labels)),
-            pair_mode=pair_mode_for(config),
-            views=config.data.views,
-            seed=config.train.seed,
-        )
-
-    def _epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
-
-    def train_dataloader(self):
-        dataset = _EpochBatches(self.data.train_images, self.data.train_labels, self.sampler, self._epoch)
-        return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,16 +186,20 @@ class ContrastiveTask(L.LightningModule):
         tc = self.config.train
         return torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
 
+    def on_fit_start(self) -> None:
+        # in every process (DDP children included: spawned ones do not inherit global flags), on the device
+        if self.device.type == "cuda":
+            enable_tf32()
+
     def on_train_epoch_start(self) -> None:
         if self._schedule is not None:
             self.loss_fn.hardening = self._schedule.hardening(self.current_epoch + 1)
 
     def training_step(self, batch, batch_idx):
-        images, labels = batch  # (B, V, C, H, W) uint8, (B,): the global batch
+        # (B, V, C, H, W) uint8, (B,): the global batch with one process; under DDP this rank's shard of it
+        # (ViewsDataModule reads only those samples) and the loss gathers the other ranks' embeddings
+        images, labels = batch
         B, V = images.shape[:2]
-        if world_size() > 1:  # this rank's samples; the loss gathers the other ranks' embeddings
-            mine = shard(B)
-            images, labels = images[mine], labels[mine]
         # the augmentation's random draws (kornia uses the global RNG) follow from (seed, epoch, step)
         # alone, whatever else consumed the RNG before: a resumed run repeats them exactly
         torch.manual_seed(
@@ -239,7 +211,7 @@ class ContrastiveTask(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         _, z = self.model(x)  # (B_k*V, d)
         # the loss of the global batch (B, V, d) and, under DDP, gradients that average to its gradient
-        loss = global_batch_loss(self.loss_fn, z.view(images.shape[0], V, -1), labels)
+        loss = global_batch_loss(self.loss_fn, z.view(B, V, -1), labels)
         self.log("loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=B)
         stats = getattr(self.loss_fn, "last_stats", None)
         if stats is not None and self._schedule is not None:
@@ -255,64 +227,23 @@ class ContrastiveTask(L.LightningModule):
             self.eval_transform,
             batch_size=batch_size,
             channels_last=self.channels_last,
-            bf16=self._bf16,
+            dtype=self._autocast_dtype,
         )
 
     @property
-    def _bf16(self) -> bool:
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the run's precision (bf16 / fp16 under "bf16-mixed" / "16-mixed"), else None."""
         trainer = self._trainer  # None for a task loaded for evaluation: float32 features
-        return trainer is not None and "bf16" in str(trainer.precision)
+        precision = str(trainer.precision) if trainer is not None else ""
+        if "bf16" in precision:
+            return torch.bfloat16
+        if precision.startswith("16"):
+            return torch.float16
+        return None
 
-
-# --------------------------------------------------------------------------------------------
-# precision
-
-
-def resolve_precision(setting: str, model: nn.Module, sample: Tensor, device: torch.device) -> tuple[str, bool]:
-    """Lightning precision and channels_last for ``setting`` ("auto", "bf16", "32").
-
-    "auto" on CPU times a few forward+backward steps of this model in float32, float32 with
-    channels_last, and (when oneDNN supports bf16 here) bf16 autocast with channels_last, and picks
-    the fastest: bf16 is only a win where the CPU has native bf16 (AMX / AVX512-BF16).
-    """
-    if device.type == "cuda":
-        if setting == "32":
-            return "32-true", False
-        return ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"), False
-    supported = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if setting == "bf16":
-        if not supported:
-            warnings.warn("bf16 requested but this CPU has no bf16 support in oneDNN; it will be slow", stacklevel=2)
-        return "bf16-mixed", True
-    candidates = [("32-true", False), ("32-true", True)]
-    if setting == "auto" and supported:
-        candidates.append(("bf16-mixed", True))
-    timings = {c: _probe(model, sample, bf16=c[0] == "bf16-mixed", channels_last=c[1]) for c in candidates}
-    log.info(
-        "precision probe (s/step): %s", {f"{p}{'+cl' if cl else ''}": round(t, 4) for (p, cl), t in timings.items()}
-    )
-    if setting == "32":
-        return "32-true", timings[("32-true", True)] < timings[("32-true", False)]
-    return min(timings, key=timings.get)
-
-
-def _probe(model: nn.Module, sample: Tensor, bf16: bool, channels_last: bool, steps: int = 3) -> float:
-    import copy
-
-    probe = copy.deepcopy(model).train()
-    x = sample
-    if channels_last:
-        probe = probe.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            _, z = probe(x)
-            loss = z.float().square().mean()
-        loss.backward()
-        times.append(time.perf_counter() - start)
-    return min(times[1:])
+    @property
+    def _bf16(self) -> bool:
+        return self._autocast_dtype == torch.bfloat16
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,7 +309,13 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
     if trainer.is_global_zero:
         (paths.root / "train_summary.json").write_text(
             json.dumps(
-                {"precision": precision, "channels_last": channels_last, "epochs": tc.epochs, "processes": processes},
+                {
+                    "precision": precision,
+                    "channels_last": channels_last,
+                    "deterministic": resolve_deterministic(tc.deterministic, device),
+                    "epochs": tc.epochs,
+                    "processes": processes,
+                },
                 indent=2,
             )
         )
@@ -417,12 +354,17 @@ def _choose_precision(
     if resume and choice_file.exists():  # a resumed run keeps the numerics it started with
         choice = json.loads(choice_file.read_text())
         return choice["precision"], choice["channels_last"]
-    probe_batch = min(64, len(data.train_labels))
-    sample = task.augment(data.train_images[:probe_batch])
-    if processes > 1 and device.type == "cpu":  # a timing probe could choose differently in each process
-        precision, channels_last = ("bf16-mixed", True) if tc.precision == "bf16" else ("32-true", False)
+    if device.type == "cuda":  # decided from the GPU's compute capability: no sample, no timing
+        precision, channels_last = resolve_precision(
+            tc.precision, task.model, None, device, strategy=tc.strategy, processes=processes
+        )
     else:
-        precision, channels_last = resolve_precision(tc.precision, task.model, sample, device)
+        probe_batch = min(64, len(data.train_labels))
+        sample = task.augment(data.train_images[:probe_batch])
+        if processes > 1:  # a timing probe could choose differently in each process
+            precision, channels_last = ("bf16-mixed", True) if tc.precision == "bf16" else ("32-true", False)
+        else:
+            precision, channels_last = resolve_precision(tc.precision, task.model, sample, device)
     if tc.channels_last is not None:
         channels_last = tc.channels_last
     if writer:
@@ -436,6 +378,7 @@ def _build_trainer(
     """The Lightning trainer of a run: TensorBoard logging when installed, hscl's callbacks, no Lightning
     checkpointing (:mod:`hscl.engine.monitor` writes ``last.ckpt``)."""
     tc = config.train
+    deterministic = resolve_deterministic(tc.deterministic, device)
     logger = False
     try:
         import tensorboard  # noqa: F401
@@ -458,7 +401,9 @@ def _build_trainer(
         enable_checkpointing=False,
         enable_progress_bar=tc.progress,
         enable_model_summary=False,
-        deterministic=True,
+        deterministic=deterministic,
+        # cuDNN autotuning where determinism is not asked for (a GPU's default); None: Lightning's default (off)
+        benchmark=None if deterministic else device.type == "cuda",
         num_sanity_val_steps=0,
         log_every_n_steps=10,
     )
@@ -485,13 +430,20 @@ def _weights_only(trainer: L.Trainer) -> dict:
 
 
 def load_task(
-    checkpoint: str | Path, data: ImageData | None = None, data_dir: str | None = None
+    checkpoint: str | Path,
+    data: ImageData | None = None,
+    data_dir: str | None = None,
+    device: str | torch.device | None = "auto",
 ) -> tuple[ContrastiveTask, RunConfig]:
-    """A trained task from any checkpoint hscl wrote (``final.ckpt`` or ``checkpoints/last.ckpt``).
+    """A trained task from any checkpoint hscl wrote (``final.ckpt`` or ``checkpoints/last.ckpt``), in eval mode
+    on ``device`` (``"auto"``: a CUDA GPU when there is one, else the CPU; see
+    :func:`~hscl.engine.distributed.resolve_device`), so that evaluation and diagnostics run there.
 
-    ``data_dir`` points at the dataset when it is not where the run found it. The file is loaded weights-only;
-    one that is missing, damaged or of another model raises :class:`~hscl.engine.checkpoints.CheckpointError`.
+    ``data_dir`` points at the dataset when it is not where the run found it. The file is loaded weights-only
+    (onto the CPU first: a checkpoint written on ``cuda:3`` loads anywhere); one that is missing, damaged or of
+    another model raises :class:`~hscl.engine.checkpoints.CheckpointError`.
     """
+    device = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, expect="task")
     hparams = {k: ckpt["hyper_parameters"][k] for k in ("config", "in_channels", "image_size", "num_classes")}
     try:
@@ -503,5 +455,9 @@ def load_task(
     config = task.config
     if data_dir is not None:
         config.data.data_dir = data_dir
+    task.to(device)
+    if device.type == "cuda":  # NHWC convolutions on the GPU (encode / measure_geometry follow the flag)
+        task.channels_last = True
+        task.model.to(memory_format=torch.channels_last)
     task.eval()
     return task, config

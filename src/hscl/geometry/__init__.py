@@ -2,7 +2,9 @@
 
 Everything here takes a batch of embeddings ``z`` of shape ``(B, V, d)`` (view ``v`` of sample
 ``i`` at ``z[i, v]``; rows flattened view-major, ``r = v * B + i``, as in :mod:`hscl.losses`) and
-integer ``labels`` of shape ``(B,)``, and computes in float64.
+integer ``labels`` of shape ``(B,)``, and computes in float64 on a CPU copy of them, whatever their device
+(float64 is slow on most GPUs, and some of its GPU kernels have no deterministic version); tensors it
+returns are on the CPU.
 
 H-SCL paper (Jiang, Nguyen, Ishwar, Aeron, arXiv 2209.00078), Sec. IV:
 

@@ -23,7 +23,8 @@ def _check_batch(z: object, labels: object, need_views: int = 1) -> tuple[Tensor
     if not torch.isfinite(z).all():
         raise ValueError("z contains NaN or infinite values")
     labels = _check_labels(labels, B)
-    return z.detach().to(torch.float64), labels.to(z.device)
+    # float64 on a CPU copy: GPUs run float64 slowly, and some of their kernels have no deterministic version
+    return z.detach().to("cpu", torch.float64), labels.cpu()
 
 
 def _check_labels(labels: object, n: int) -> Tensor:
@@ -81,4 +82,4 @@ def _weights(hardening, G: Tensor) -> Tensor:
         raise ValueError("hardening(g) must return a tensor of the same shape as g")
     if (w < 0).any() or not torch.isfinite(w).all():
         raise ValueError("hardening(g) must return finite, non-negative weights")
-    return w.to(torch.float64)
+    return w.to(G.device, torch.float64)

@@ -21,7 +21,7 @@ def _check_features(h: object, labels: object) -> tuple[Tensor, Tensor]:
         raise ValueError(f"features must have shape (N>=2, d), got shape {tuple(h.shape)}")
     if not torch.isfinite(h).all():
         raise ValueError("features contain NaN or infinite values")
-    return h.detach().to(torch.float64), _check_labels(labels, h.shape[0]).to(h.device)
+    return h.detach().to("cpu", torch.float64), _check_labels(labels, h.shape[0]).cpu()  # float64 on the CPU
 
 
 def class_means(h: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,7 +119,7 @@ class Spectrum:
 
 def effective_rank(values: Tensor) -> float:
     """``exp`` of the Shannon entropy of ``values / values.sum()`` (Roy and Vetterli 2007)."""
-    values = values.to(torch.float64).clamp(min=0)
+    values = values.to("cpu", torch.float64).clamp(min=0)
     total = values.sum()
     if not float(total) > 0:
         return 0.0
@@ -141,7 +141,7 @@ def spectrum(x: Tensor, variance: float = 0.99) -> Spectrum:
         raise ValueError(f"x must have shape (N>=2, d), got shape {tuple(x.shape)}")
     if not 0 < variance <= 1:
         raise ValueError(f"variance must be in (0, 1], got {variance}")
-    x = x.detach().to(torch.float64)
+    x = x.detach().to("cpu", torch.float64)  # float64 eigvalsh / cumsum on the CPU
     centred = x - x.mean(0)
     cov = centred.T @ centred / x.shape[0]
     values = torch.linalg.eigvalsh(cov).flip(0).clamp(min=0)
@@ -165,7 +165,7 @@ def isotropy(z: Tensor) -> float:
     """
     if not isinstance(z, Tensor) or z.dim() not in (2, 3):
         raise ValueError("z must be a tensor of shape (N, d) or (B, V, d)")
-    x = z.detach().to(torch.float64).reshape(-1, z.shape[-1])
+    x = z.detach().to("cpu", torch.float64).reshape(-1, z.shape[-1])
     if not torch.isfinite(x).all():
         raise ValueError("z contains NaN or infinite values")
     _, vectors = torch.linalg.eigh(x.T @ x)  # columns: eigenvectors

@@ -16,7 +16,7 @@ def alignment(z: Tensor, alpha: float = 2.0, normalize: bool = True) -> float:
     """
     if not isinstance(z, Tensor) or z.dim() != 3 or z.shape[1] < 2:
         raise ValueError("z must be a tensor of shape (B, V>=2, d)")
-    z = z.detach().to(torch.float64)
+    z = z.detach().to("cpu", torch.float64)
     if normalize:
         z = F.normalize(z, dim=-1)
     V = z.shape[1]
@@ -32,7 +32,7 @@ def uniformity(z: Tensor, t: float = 2.0, normalize: bool = True) -> float:
     """
     if not isinstance(z, Tensor) or z.dim() not in (2, 3):
         raise ValueError("z must be a tensor of shape (N, d) or (B, V, d)")
-    x = z.detach().to(torch.float64).reshape(-1, z.shape[-1])
+    x = z.detach().to("cpu", torch.float64).reshape(-1, z.shape[-1])
     if x.shape[0] < 2:
         raise ValueError("uniformity needs at least 2 rows")
     if normalize:

@@ -3,15 +3,21 @@
 None, :class:`~hscl.hardening.Exponential` and :class:`~hscl.hardening.Threshold` all have the
 log-linear form ``log w = beta * g`` on a kept set ``{g >= log_threshold}``, so eq. (3) of
 arXiv 2209.00078 has a closed-form gradient. :class:`_FusedContrastive` computes it block by block
-of anchors, in the forward and again in the backward, so memory is ``O(chunk x rows)`` both ways:
+of anchors, memory ``O(chunk x rows)``:
 
     log E(r)  = logsumexp_{s in N(r)}((1 + beta) g) - logsumexp_{s in N(r)}(beta g)
     loss(r,p) = softplus(log M(r) - g(r,p) + log E(r))
+
+SupCon (Khosla et al.'s L_out) is the same computation with ``N(r)`` = every other row, ``beta = 0``,
+``M = rows - 1`` and the linear pair term ``log M(r) - g(r,p) + log E(r)`` (``-log softmax``).
+
+For the scalar reductions the gradient is computed in the forward, block by block, while the block's
+matrices are at hand: the backward only scales it by the incoming gradient, so ``g`` is never
+recomputed. ``reduction="none"`` (a vector output) recomputes each block in the backward instead.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import threading
 from dataclasses import dataclass
@@ -73,12 +79,11 @@ def _pair_grads(s: Tensor, log_c: Tensor, log_M: Tensor, tau_plus: float, inv_t:
 # --------------------------------------------------------------------------------------------
 # fused path (built-in hardenings)
 #
-# Rows are first reordered by label (stable), so that "same label" is a contiguous block of
-# columns for every anchor: masking supervised negatives is a slice fill, label positives are
-# computed only inside class blocks (N^2 / C entries, not N^2), and instance masks are (c, V)
-# scatters. No (c, N) boolean mask is built for the common cases. The (c, N) matrices live in
-# three reused buffers and are updated in place: on CPU, allocating a fresh 64 MB tensor costs as
-# much as several elementwise passes over it.
+# Every set is a small column table per anchor, built once per call with tensor ops: the rows of a
+# class form a (C, K) table (K = V x the largest class), the views of a sample a (N, V) table.
+# Non-negatives (the class, the sample's views, or the anchor itself) are set to -inf with one
+# scatter, positives are gathered from g with one gather. No (c, N) boolean mask, no Python loop
+# over classes, no host synchronisation per block. The (c, N) matrices live in two reused buffers.
 
 
 class _Workspace(threading.local):
@@ -108,294 +113,387 @@ def release_workspace() -> None:
     _WORKSPACE.buffers.clear()
 
 
-#: classes of at most this many rows use gathered (rows x K) column tables; larger classes use
-#: contiguous blocks (a Python loop over classes, cheap only when there are few of them)
-_GATHER_MAX_CLASS_ROWS = 256
+#: the column tables of an anchor block are built for row tiles of at most this many entries
+#: (``None``: an eighth of the block's ``c x N``), so they never outgrow the (c, N) buffers; a block
+#: of one tile keeps its tables from the forward pass to the gradient, others rebuild them
+_PAIR_TILE_ELEMENTS: int | None = None
+
+#: ``exp`` arguments down to ``-limit`` stay normal numbers: below this spread of ``(1 + beta) g``
+#: the shift of the log-sum-exp can be the constant ``max g = 1 / temperature`` instead of a row max
+_CONSTANT_SHIFT_LIMIT = {torch.float32: 80.0, torch.float64: 700.0}
+
+
+def _label_groups(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Class index (0 .. C - 1 by ascending label) and rank inside its class of every sample, and the
+    class sizes (shape ``(B,)``, 0 past ``C``), from one stable sort: tensor ops only, no host sync.
+
+    Shape: labels ``(B,)``; returns three ``(B,)`` long tensors.
+    """
+    B, device = labels.shape[0], labels.device
+    sorted_labels, order = torch.sort(labels, stable=True)
+    starts_class = torch.ones(B, dtype=torch.bool, device=device)
+    starts_class[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    class_sorted = torch.cumsum(starts_class, 0) - 1  # (B,) class of each sorted sample
+    counts = torch.zeros(B, dtype=torch.long, device=device).index_add_(0, class_sorted, torch.ones_like(order))
+    rank_sorted = torch.arange(B, device=device) - (torch.cumsum(counts, 0) - counts)[class_sorted]
+    sample_class = torch.empty_like(order).scatter_(0, order, class_sorted)
+    sample_rank = torch.empty_like(order).scatter_(0, order, rank_sorted)
+    return sample_class, sample_rank, counts
 
 
 @dataclass
 class _Layout:
-    """The batch in label-sorted row order (identity order when no labels are used).
-
-    Positives and non-negatives of each sorted row are either column tables (for scatters and
-    gathers) or, for large classes, contiguous label blocks ``bounds``.
+    """Column tables of the batch (rows in their own order). Shapes: ``(N,)`` per row unless
+    stated; ``C`` classes, ``K = V * (samples in the largest class)``.
     """
 
-    perm: Tensor  # (N,) original row of each sorted row
-    nonneg_columns: Tensor | None  # (N, K) sorted columns that are not negatives (self included)
-    pos_columns: Tensor | None  # (N, K) sorted columns of the positives, padded
-    pos_valid: Tensor | None  # (N, K) which entries of pos_columns are real positives
-    bounds: list[int] | None  # class blocks [bounds[k], bounds[k+1]) in sorted order
+    instance_columns: Tensor  # (N, V) the rows of the same sample, self included
+    view_columns: Tensor | None  # (N, V - 1) the same without self (positives="views")
+    groups: tuple[Tensor, Tensor, Tensor] | None  # _label_groups of the labels, when the sets use them
+    row_class: Tensor | None  # class index of each row
+    largest_t: Tensor  # () samples in the largest class (0 without labels), on the device
+    classes_t: Tensor  # () C (0 without labels), on the device
+    width: int = 0  # K on the host, set once per call by the caller's one synchronisation
+    class_columns: Tensor | None = None  # (C, K) the rows of each class, padded by repeating one
+    class_inside: Tensor | None = None  # (C, K) which entries of class_columns are real
+    self_index: Tensor | None = None  # position of each row in its class's table
 
 
-def _make_layout(spec: _Spec) -> _Layout:
+def _make_layout(spec: _Spec, groups: tuple[Tensor, Tensor, Tensor] | None) -> _Layout:
+    """The per-row tables, with tensor ops only (no host sync); ``groups`` from :func:`_label_groups`."""
     N, B, V = spec.rows, spec.batch, spec.views
     device = spec.instance.device
     rows = torch.arange(N, device=device)
-    bounds = label_columns = label_valid = None
-    if spec.labels is not None:
-        perm = torch.sort(spec.labels, stable=True).indices
-        counts = torch.unique_consecutive(spec.labels[perm], return_counts=True)[1]
-        ends = torch.cumsum(counts, 0)
-        bounds = [0, *ends.tolist()]
-        kmax = int(counts.max())
-        if kmax <= _GATHER_MAX_CLASS_ROWS:
-            size = torch.repeat_interleave(counts, counts)  # (N,) rows in the class of each sorted row
-            lo = torch.repeat_interleave(ends - counts, counts)
-            offsets = torch.arange(kmax, device=device)
-            label_columns = torch.minimum(lo[:, None] + offsets, (lo + size - 1)[:, None])  # (N, kmax), padded
-            label_valid = (offsets[None, :] < size[:, None]) & (label_columns != rows[:, None])
-    else:
-        perm = rows
-    inverse = torch.empty_like(perm)
-    inverse[perm] = rows
     view_ids = torch.arange(V, device=device)
-    original = view_ids[None, :] * B + (perm % B)[:, None]  # (N, V) original rows of the sample
-    same_instance = inverse[original]
-    if spec.positives == "views":
-        others = view_ids[None, :] != (perm // B)[:, None]
-        pos_columns = same_instance[others].view(N, V - 1)
-        pos_valid = torch.ones_like(pos_columns, dtype=torch.bool)
-    else:
-        pos_columns, pos_valid = label_columns, label_valid
-    nonneg_columns = same_instance if spec.negatives == "unsupervised" else label_columns
+    instance_columns = view_ids[None, :] * B + (rows % B)[:, None]  # (N, V)
+    view_columns = None
+    if V > 1:
+        others = view_ids[None, :] != (rows // B)[:, None]
+        view_columns = instance_columns[others].view(N, V - 1)
+    row_class = None
+    largest_t = classes_t = torch.zeros((), dtype=torch.long, device=device)
+    if groups is not None:
+        sample_class, _, counts = groups
+        row_class = sample_class.repeat(V)
+        largest_t, classes_t = counts.max(), (counts > 0).sum()
     return _Layout(
-        perm=perm, nonneg_columns=nonneg_columns, pos_columns=pos_columns, pos_valid=pos_valid, bounds=bounds
+        instance_columns=instance_columns,
+        view_columns=view_columns,
+        groups=groups,
+        row_class=row_class,
+        largest_t=largest_t,
+        classes_t=classes_t,
     )
 
 
-def _needs_runs(layout: _Layout) -> bool:
-    return layout.bounds is not None and (layout.pos_columns is None or layout.nonneg_columns is None)
+def _finish_layout(layout: _Layout, largest: int, classes: int) -> None:
+    """The (C, K) class tables, once the host knows their shape (from the caller's one sync)."""
+    V = layout.instance_columns.shape[1]
+    layout.width = V * largest
+    if layout.groups is None:
+        return
+    sample_class, sample_rank, counts = layout.groups
+    B, device = sample_class.shape[0], sample_class.device
+    samples = torch.zeros(classes, max(largest, 1), dtype=torch.long, device=device)
+    samples[sample_class, sample_rank] = torch.arange(B, device=device)  # (C, largest)
+    inside = torch.arange(samples.shape[1], device=device)[None, :] < counts[:classes, None]
+    samples = torch.where(inside, samples, samples[:, :1])  # padding repeats a member
+    view_offsets = torch.arange(V, device=device)[None, :, None] * B
+    layout.class_columns = (view_offsets + samples[:, None, :]).reshape(classes, -1)  # (C, K) view-major
+    layout.class_inside = inside.repeat(1, V)
+    row_view = torch.arange(V * B, device=device) // B
+    layout.self_index = row_view * samples.shape[1] + sample_rank.repeat(V)
 
 
-def _runs(layout: _Layout, start: int, stop: int) -> list[tuple[int, int, int, int]]:
-    """Class runs in the anchor block: ``(a, b, lo, hi)`` = anchors ``a:b`` (block-relative) whose
-    same-label columns are ``lo:hi``."""
-    bounds = layout.bounds
-    k = bisect.bisect_right(bounds, start) - 1
-    out = []
-    while k + 1 < len(bounds) and bounds[k] < stop:
-        lo, hi = bounds[k], bounds[k + 1]
-        out.append((max(lo, start) - start, min(hi, stop) - start, lo, hi))
-        k += 1
+@dataclass
+class _Tables:
+    """Column tables of the anchors ``a:b`` (``t = b - a`` rows); padded entries repeat a real
+    column of the same set."""
+
+    nonneg: Tensor  # (t, W) columns that are not negatives (the class, the views, or self)
+    pos: Tensor  # (t, K) columns of the positives
+    real: Tensor | None  # (t, K) float: 1 on real positives (not padding, not self); None: all real
+
+
+def _tables(spec: _Spec, layout: _Layout, a: int, b: int, dtype: torch.dtype) -> _Tables:
+    device = layout.instance_columns.device
+    block = None
+    if layout.class_columns is not None:
+        row_class = layout.row_class[a:b]
+        block = layout.class_columns.index_select(0, row_class)  # (t, K) the rows of the class
+    if spec.negatives == "supervised":
+        nonneg = block
+    elif spec.negatives == "unsupervised":
+        nonneg = layout.instance_columns[a:b]
+    else:  # "all": every row but the anchor is a negative
+        nonneg = torch.arange(a, b, device=device)[:, None]
+    if spec.positives == "views":
+        return _Tables(nonneg, layout.view_columns[a:b], None)
+    real = layout.class_inside.to(dtype).index_select(0, row_class)
+    real.scatter_(1, layout.self_index[a:b, None], 0.0)  # an anchor is not its own positive
+    return _Tables(nonneg, block, real)
+
+
+def _positive_width(spec: _Spec, layout: _Layout) -> int:
+    """Columns of the positive table: ``V - 1`` other views, or the largest label block."""
+    return spec.views - 1 if spec.positives == "views" else max(layout.width, 1)
+
+
+def _tiles(spec: _Spec, layout: _Layout, start: int, stop: int) -> list[tuple[int, int]]:
+    """Row tiles of the anchor block whose tables have at most ``_PAIR_TILE_ELEMENTS`` entries."""
+    c = stop - start
+    budget = _PAIR_TILE_ELEMENTS if _PAIR_TILE_ELEMENTS is not None else max(1, c * spec.rows // 8)
+    step = max(1, min(c, budget // max(layout.width, spec.views, 1)))
+    return [(a, min(stop, a + step)) for a in range(start, stop, step)]
+
+
+def _constant_shift(spec: _Spec, normalized: bool, dtype: torch.dtype) -> float | None:
+    """``1 / temperature`` (the largest ``g`` of unit rows) when ``exp((1 + beta)(g - shift))`` cannot
+    underflow to 0 on the sphere; ``None``: shift each row by its max instead."""
+    spread = (1.0 + spec.beta) * 2.0 * spec.inv_t
+    if normalized and spread <= _CONSTANT_SHIFT_LIMIT.get(dtype, 0.0):
+        return spec.inv_t
+    return None
+
+
+def _fill(value: float, like: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A constant ``(t, W)`` source for scatters (an expanded scalar: much faster than a scalar value)."""
+    return torch.full((1, 1), value, dtype=like.dtype, device=like.device).expand(shape)
+
+
+def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int, stop: int, out: dict, grad) -> None:
+    """Anchors ``start:stop``: statistics and pair values into ``out``; with ``grad``
+    (``("rows", weight (N,))`` or ``("pairs", iterator over padded (t, K) weights)``) also their
+    gradient into ``out["dZ"]``.
+
+    ``columns`` is the right operand of ``g``: ``Z`` (N, d), or ``[Z, 1]`` (N, d + 1) when a constant
+    shift is folded into the product.
+    """
+    N, c = spec.rows, stop - start
+    dtype, device = Z.dtype, Z.device
+    folded = _folded_shift(spec)
+    shift = spec.shift if folded else 0.0  # subtracted inside the product: S = g - shift
+    if folded:  # [Z / t, -shift] from [Z, 1] in one product
+        anchor_scale = torch.full((columns.shape[1],), spec.inv_t, dtype=dtype, device=device)
+        anchor_scale[-1] = -shift
+        anchors = columns[start:stop] * anchor_scale
+    else:
+        anchors = Z[start:stop] * spec.inv_t
+    S = torch.mm(anchors, columns.T, out=_WORKSPACE.get(0, c, N, dtype, device))  # (c, N)
+    tiles = _tiles(spec, layout, start, stop)
+    keep_tables = len(tiles) == 1  # else rebuilt below: all tiles' tables together may be (c, N)
+    tables, positives = [], []
+    for a, b in tiles:  # row tiles of a bounded size, not classes
+        tab = _tables(spec, layout, a, b, dtype)
+        rows = S[a - start : b - start]
+        positives.append(rows.gather(1, tab.pos))  # (t, K) g(r, p) - shift
+        rows.scatter_(1, tab.nonneg, _fill(-math.inf, S, tab.nonneg.shape))
+        tables.append(tab if keep_tables else None)
+    num_neg = spec.num_neg[start:stop]
+    row_ok = spec.valid[start:stop]
+    kept = num_neg
+    if spec.log_threshold != -math.inf:  # every anchor at once: where no negative passes, w = 1
+        keep = S >= spec.log_threshold - shift  # (c, N); non-negatives are -inf
+        kept = keep.sum(1)
+        fallback = (num_neg > 0) & (kept == 0)
+        S.masked_fill_(keep.logical_not_().logical_and_(~fallback[:, None]), -math.inf)
+        kept = torch.where(fallback, num_neg, kept)
+        out["fallback"][start:stop] = fallback
+        out["num_kept"][start:stop] = kept
+    if spec.shift is None:
+        m = S.amax(1)
+        m = torch.where(torch.isfinite(m), m, 0.0)
+        S.sub_(m[:, None])  # g - m <= 0 on the kept negatives, -inf elsewhere
+    else:
+        if not folded:
+            S.sub_(spec.shift)
+        m = torch.full((c,), spec.shift, dtype=dtype, device=device)
+    beta = spec.beta
+    if beta == 0.0:
+        e_a = e_b = S.exp_()  # exp(g - m)
+        num = e_a.sum(1)
+        den = kept.to(dtype)
+    elif beta == 1.0:
+        e_b = S.exp_()  # exp(g - m)
+        den = e_b.sum(1)
+        e_a = torch.mul(e_b, e_b, out=_WORKSPACE.get(1, c, N, dtype, device))  # exp(2 (g - m))
+        num = e_a.sum(1)
+    else:
+        e_b = torch.mul(S, beta, out=_WORKSPACE.get(1, c, N, dtype, device)).exp_()  # exp(beta (g - m))
+        den = e_b.sum(1)
+        e_a = S.mul_(1.0 + beta).exp_()  # exp((1 + beta)(g - m))
+        num = e_a.sum(1)
+    log_num = torch.where(row_ok, torch.log(num), 0.0)
+    log_den = torch.where(row_ok, torch.log(den), 0.0)
+    m = torch.where(row_ok, m, 0.0)
+    log_c = log_num - log_den + m  # log E(r)
+    out["log_tilted_mean"][start:stop] = log_c
+
+    # --- positives: values, and d loss / d g(r,p) and Sigma(r) = sum_p d loss(r,p) / d log E(r)
+    offset = (spec.log_M[start:stop] + log_c - shift)[:, None]  # x = log M + log E - g = offset - (g - shift)
+    ok = row_ok.to(dtype)[:, None]
+    sigma = torch.zeros(c, dtype=dtype, device=device) if grad is not None else None
+    pos_grads = []
+    for i, ((a, b), s) in enumerate(zip(tiles, positives, strict=True)):
+        tab = tables[i] or _tables(spec, layout, a, b, dtype)
+        rows = slice(a - start, b - start)
+        real = ok[rows].expand(tab.pos.shape) if tab.real is None else tab.real  # (t, K)
+        if spec.tau_plus != 0.0:
+            g = s + shift
+            loss = _pair_loss(g, log_c[rows, None], spec.log_M[a:b, None], spec.tau_plus, spec.inv_t)
+        else:
+            x = torch.sub(offset[rows], s, out=s)  # (t, K), in the buffer of s
+            loss = x if spec.pair == "linear" else F.softplus(x, threshold=_SOFTPLUS_LINEAR_FROM)
+        loss = loss * real  # invalid anchors: zeroed below (their weights are 0 already)
+        out["anchor_sum"][a:b] = loss.sum(1) * ok[rows, 0]
+        if "pairs" in out:
+            key = torch.arange(a, b, device=device)[:, None] * N + tab.pos
+            pair = (real > 0) & row_ok[rows, None]
+            out["pairs"].append(loss.flatten())
+            out["keys"].append(torch.where(pair, key, N * N).flatten())  # N * N sorts after every pair
+        if grad is None:
+            continue
+        kind, weight = grad
+        row_weight = weight[a:b] if kind == "rows" else None  # (t,) the same weight for every pair of a row
+        w = real if kind == "rows" else next(weight)  # (t, K) weight of each pair (times row_weight)
+        if spec.tau_plus != 0.0:
+            d_s, d_c = _pair_grads(g, log_c[rows, None], spec.log_M[a:b, None], spec.tau_plus, spec.inv_t)
+            d_s, d_c = d_s.mul_(w), d_c.mul_(w)  # d_s: the positive's own term, kept as is
+        else:  # d loss / d g = -d loss / d log E = -sigmoid(x) (1 for the linear term): d_s = -d_c
+            d_s = d_c = w if spec.pair == "linear" else x.sigmoid_().mul_(w)
+        sigma[rows] = d_c.sum(1) if row_weight is None else d_c.sum(1) * row_weight
+        pos_grads.append((tab.pos, d_s, row_weight))
+    if grad is None:
+        return
+
+    # --- negatives: G = Sigma * ((1 + beta') pA - beta' pB), pA = e_a / num, pB = e_b / den, plus
+    # the positives. Without debiasing, the row factor cA = (1 + beta') Sigma / num is kept out of
+    # the (c, N) matrix (applied to the (c, d) products): H = e_a - kappa e_b + positives / cA.
+    # Sigma(r) = 0 then leaves no positive term either (d loss / d g = -d loss / d log E per pair).
+    beta_g = spec.beta_grad if beta != 0.0 else 0.0
+    c_a = torch.where(row_ok, (1.0 + beta_g) * sigma / num, 0.0)
+    H = e_a
+    if spec.tau_plus == 0.0:
+        factor = c_a
+        pos_scale = -1.0 / torch.where(c_a > 0, c_a, 1.0)
+        if beta_g != 0.0:
+            kappa = torch.where(row_ok, beta_g * num / ((1.0 + beta_g) * den), 0.0)
+            H.addcmul_(e_b, -kappa[:, None])
+    else:
+        factor = torch.ones_like(c_a)
+        pos_scale = factor
+        H.mul_(c_a[:, None])
+        if beta_g != 0.0:
+            H.addcmul_(e_b, torch.where(row_ok, -beta_g * sigma / den, 0.0)[:, None])
+    for (a, b), (pos, d_s, row_weight) in zip(tiles, pos_grads, strict=True):
+        rows = slice(a - start, b - start)
+        scale = pos_scale[rows] if row_weight is None else pos_scale[rows] * row_weight
+        H[rows].scatter_add_(1, pos, d_s * scale[:, None])
+    factor = factor * spec.inv_t  # d/dZ of (Zc / temperature) Z^T
+    dZ = out["dZ"]
+    dZ[start:stop].addcmul_(torch.mm(H, Z), factor[:, None])
+    dZ.add_(torch.mm((Z[start:stop] * factor[:, None]).T, H).T)
+
+
+def _outputs(spec: _Spec, Z: Tensor, per_pair: bool, grad: bool) -> dict:
+    N, dtype, device = spec.rows, Z.dtype, Z.device
+    out = {
+        "log_tilted_mean": torch.zeros(N, dtype=dtype, device=device),
+        "anchor_sum": torch.zeros(N, dtype=dtype, device=device),
+        "fallback": torch.zeros(N, dtype=torch.bool, device=device),
+        "num_kept": spec.num_neg.clone(),
+    }
+    if per_pair:
+        out["pairs"], out["keys"] = [], []
+    if grad:
+        out["dZ"] = torch.zeros_like(Z)
     return out
 
 
-def _negative_logits(spec, layout, S, t, start, stop, runs, fallback):
-    """Fill ``t`` with ``g`` on the kept negatives of anchors ``start:stop`` and ``-inf`` elsewhere.
-
-    Returns the per-anchor fallback flags (threshold passed by no negative).
-    """
-    t.copy_(S)
-    if layout.nonneg_columns is not None:
-        t.scatter_(1, layout.nonneg_columns[start:stop], -math.inf)
-    else:
-        for a, b, lo, hi in runs:
-            t[a:b, lo:hi] = -math.inf
-    if spec.log_threshold == -math.inf:
-        return fallback
-    t.masked_fill_(S < spec.log_threshold, -math.inf)
-    if fallback is None:
-        has_neg = spec.num_neg[start:stop] > 0
-        fallback = has_neg & ~torch.isfinite(t.amax(1))
-    rows = fallback.nonzero().flatten()
-    if rows.numel():
-        t[rows] = S[rows]
-        if layout.nonneg_columns is not None:
-            t[rows] = t[rows].scatter_(1, layout.nonneg_columns[start:stop][rows], -math.inf)
-        else:
-            for a, b, lo, hi in runs:
-                inside = rows[(rows >= a) & (rows < b)]
-                if inside.numel():
-                    t[inside, lo:hi] = -math.inf
-    return fallback
+def _folded_shift(spec: _Spec) -> bool:
+    """Whether the constant shift is folded into the product ``g - shift = [Z / t, -shift] . [Z, 1]``:
+    not with a threshold, whose comparisons must see ``g`` as rounded without the shift."""
+    return spec.shift is not None and spec.log_threshold == -math.inf
 
 
-def _shift(t: Tensor) -> Tensor:
-    """Subtract the row max over the kept negatives in place; returns it (0 for empty rows)."""
-    m = t.amax(1)
-    m = torch.where(torch.isfinite(m), m, 0.0)
-    t.sub_(m[:, None])
-    return m
+def _column_operand(Z: Tensor, spec: _Spec) -> Tensor:
+    if not _folded_shift(spec):
+        return Z
+    return torch.cat([Z, Z.new_ones(Z.shape[0], 1)], 1)  # (N, d + 1): g - shift in one product
 
 
-def _block_pairs(runs, start, device):
-    """Label-positive blocks of an anchor block: ``(a, b, lo, hi, diag_rows, diag_cols)``; the
-    diagonal entries (an anchor with itself) are indexed block-relative."""
-    for a, b, lo, hi in runs:
-        rows = torch.arange(a, b, device=device)
-        yield a, b, lo, hi, rows - a, rows + start - lo
+#: F.normalize's eps: rows are divided by max(||z||, eps)
+_NORM_EPS = 1e-12
+
+
+def _normalized(Z: Tensor, normalize: bool) -> tuple[Tensor, Tensor | None]:
+    """``Z / max(||Z_r||, eps)`` (as :func:`torch.nn.functional.normalize`) and the row norms."""
+    if not normalize:
+        return Z, None
+    norms = torch.linalg.vector_norm(Z, dim=1, keepdim=True)  # (N, 1)
+    return Z / norms.clamp_min(_NORM_EPS), norms
+
+
+def _through_normalize(dZ: Tensor, Zn: Tensor, norms: Tensor | None) -> Tensor:
+    """The gradient w.r.t. the raw rows from the one w.r.t. the normalised rows ``Zn``:
+    ``(dZ - Zn (Zn . dZ)) / ||z||`` (``dZ / eps`` where the norm is clamped)."""
+    if norms is None:
+        return dZ
+    radial = (Zn * dZ).sum(1, keepdim=True) * (norms > _NORM_EPS)  # (N, 1)
+    return dZ.sub_(Zn * radial).div_(norms.clamp_min(_NORM_EPS))
 
 
 class _FusedContrastive(torch.autograd.Function):
-    """Eq. (3) for built-in hardenings, in label-sorted row order, with an analytic backward that
-    recomputes each anchor block.
+    """Eq. (3) for built-in hardenings (and SupCon), over the column tables of a :class:`_Layout`,
+    with an analytic gradient.
 
-    Inputs: ``Z`` (N, d) normalised rows in sorted order; ``row_weight`` (N,) weight of each pair
-    of an anchor in the scalar output. Output: the weighted sum of the pair losses or, with
-    ``per_pair``, the valid pair losses ordered by original ``(r, p)``.
+    Inputs: ``Z`` (N, d) rows (normalised inside when ``normalize``); ``row_weight`` (N,) weight of
+    each pair of an anchor in the scalar output; ``need_grad``: compute the gradient in the forward.
+    Output: the weighted sum of the pair losses or, with ``per_pair``, the valid pair losses ordered
+    by ``(r, p)``.
 
-    Backward, with ``Sigma(r) = sum_p d loss(r,p) / d log E(r)``:
+    Gradient, with ``Sigma(r) = sum_p d loss(r,p) / d log E(r)``:
     ``d log E(r) / d g(r,s) = (1 + beta') pA(r,s) - beta' pB(r,s)`` on kept negatives, where
     ``pA = softmax((1 + beta) g)``, ``pB = softmax(beta g)`` over them and ``beta' = beta`` unless
     the weights are detached (then 0); plus ``d loss(r,p) / d g(r,p)`` on the positives.
     """
 
     @staticmethod
-    def forward(ctx, Z: Tensor, row_weight: Tensor, spec: _Spec, layout: _Layout, per_pair: bool, stats: dict):
-        N = spec.rows
-        dtype, device = Z.dtype, Z.device
-        m_all = torch.zeros(N, dtype=dtype, device=device)
-        log_num_all = torch.zeros(N, dtype=dtype, device=device)
-        log_den_all = torch.zeros(N, dtype=dtype, device=device)
-        fallback_all = torch.zeros(N, dtype=torch.bool, device=device)
-        kept_all = spec.num_neg.clone()
-        anchor_sum = torch.zeros(N, dtype=dtype, device=device)
-        total = torch.zeros((), dtype=dtype, device=device)
-        values, keys = [], []
-        perm = layout.perm
-        for start in range(0, N, spec.chunk):
-            stop = min(N, start + spec.chunk)
-            c = stop - start
-            runs = _runs(layout, start, stop) if _needs_runs(layout) else []
-            S = torch.mm(Z[start:stop] * spec.inv_t, Z.T, out=_WORKSPACE.get(0, c, N, dtype, device))  # g
-            t = _WORKSPACE.get(1, c, N, dtype, device)
-            work = _WORKSPACE.get(2, c, N, dtype, device)
-            fallback = _negative_logits(spec, layout, S, t, start, stop, runs, None)
-            if fallback is not None:
-                fallback_all[start:stop] = fallback
-                kept_all[start:stop] = torch.isfinite(t).sum(1)
-            m = _shift(t)  # t = g - m on kept negatives, -inf elsewhere
-            if spec.beta == 0.0:
-                log_den = torch.log(kept_all[start:stop].to(dtype))
-                log_num = torch.log(torch.exp(t, out=work).sum(1))
-            else:
-                log_den = torch.log(torch.mul(t, spec.beta, out=work).exp_().sum(1))
-                log_num = torch.log(torch.mul(t, 1.0 + spec.beta, out=work).exp_().sum(1))
-            row_ok = spec.valid[start:stop]
-            log_num = torch.where(row_ok, log_num, 0.0)
-            log_den = torch.where(row_ok, log_den, 0.0)
-            m = torch.where(row_ok, m, 0.0)
-            m_all[start:stop], log_num_all[start:stop], log_den_all[start:stop] = m, log_num, log_den
-            log_c = (log_num - log_den + m)[:, None]  # log E(r)
-            log_M = spec.log_M[start:stop, None]
-            if layout.pos_columns is not None:
-                columns = layout.pos_columns[start:stop]  # (c, K)
-                mask = layout.pos_valid[start:stop] & row_ok[:, None]
-                loss = _pair_loss(S.gather(1, columns), log_c, log_M, spec.tau_plus, spec.inv_t)
-                loss = loss * mask  # (c, K)
-                row_sum = loss.sum(1)
-                if per_pair:
-                    values.append(loss[mask])
-                    keys.append((perm[start:stop, None] * N + perm[columns])[mask])
-            else:
-                row_sum = torch.zeros(c, dtype=dtype, device=device)
-                for a, b, lo, hi, di, dj in _block_pairs(runs, start, device):
-                    x = _pair_loss(S[a:b, lo:hi], log_c[a:b], log_M[a:b], spec.tau_plus, spec.inv_t)  # (b-a, hi-lo)
-                    x[di, dj] = 0.0  # an anchor is not its own positive
-                    x.mul_(row_ok[a:b, None])
-                    row_sum[a:b] = x.sum(1)
-                    if per_pair:
-                        off = torch.ones_like(x, dtype=torch.bool)
-                        off[di, dj] = False
-                        off &= row_ok[a:b, None]
-                        values.append(x[off])
-                        keys.append((perm[start + a : start + b, None] * N + perm[lo:hi][None, :])[off])
-            anchor_sum[start:stop] = row_sum
-            total = total + (row_sum * row_weight[start:stop]).sum()
-        stats.update(
-            log_tilted_mean=log_num_all - log_den_all + m_all,
-            anchor_sum=anchor_sum,
-            fallback=fallback_all,
-            num_kept=kept_all,
-        )
-        ctx.spec, ctx.layout, ctx.per_pair = spec, layout, per_pair
-        if per_pair:
-            keys = torch.cat(keys)
-            order = torch.argsort(keys)
+    def forward(ctx, Z, row_weight, spec, layout, per_pair, need_grad, normalize, stats):
+        Zn, norms = _normalized(Z, normalize)
+        columns = _column_operand(Zn, spec)
+        grad = ("rows", row_weight) if need_grad and not per_pair else None
+        out = _outputs(spec, Zn, per_pair, grad is not None)
+        for start in range(0, spec.rows, spec.chunk):
+            _block(Zn, columns, spec, layout, start, min(spec.rows, start + spec.chunk), out, grad)
+        stats.update({key: out[key] for key in ("log_tilted_mean", "anchor_sum", "fallback", "num_kept")})
+        ctx.spec, ctx.layout, ctx.per_pair, ctx.normalize = spec, layout, per_pair, normalize
+        if per_pair:  # padded tables -> the valid pairs in (r, p) order, without a host sync
+            keys = torch.cat(out["keys"])
+            order = torch.argsort(keys)[: spec.num_pairs]
             stats["pair_keys"] = keys[order]
-            ctx.pair_counts = [v.numel() for v in values]
-            ctx.save_for_backward(Z, row_weight, log_num_all, log_den_all, m_all, fallback_all, order)
-            return torch.cat(values)[order]
-        ctx.save_for_backward(Z, row_weight, log_num_all, log_den_all, m_all, fallback_all)
-        return total
+            ctx.padded = keys.numel()
+            ctx.save_for_backward(Z, order)
+            return torch.cat(out["pairs"])[order]
+        ctx.save_for_backward(_through_normalize(out["dZ"], Zn, norms) if grad is not None else None)
+        return (out["anchor_sum"] * row_weight).sum()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        spec: _Spec = ctx.spec
-        layout: _Layout = ctx.layout
-        Z, row_weight, log_num_all, log_den_all, m_all, fallback_all = ctx.saved_tensors[:6]
-        N = spec.rows
-        dtype, device = Z.dtype, Z.device
-        if ctx.per_pair:  # back to the enumeration order of the forward
-            order = ctx.saved_tensors[6]
-            pair_grad = torch.empty_like(grad_out)
-            pair_grad[order] = grad_out
-            pieces = iter(pair_grad.split(ctx.pair_counts))
-        dZ = torch.zeros_like(Z)
-        has_threshold = spec.log_threshold != -math.inf
-        for start in range(0, N, spec.chunk):
-            stop = min(N, start + spec.chunk)
-            c = stop - start
-            runs = _runs(layout, start, stop) if _needs_runs(layout) else []
-            Zc = Z[start:stop]
-            S = torch.mm(Zc * spec.inv_t, Z.T, out=_WORKSPACE.get(0, c, N, dtype, device))  # as in the forward
-            t = _WORKSPACE.get(1, c, N, dtype, device)
-            work = _WORKSPACE.get(2, c, N, dtype, device)
-            _negative_logits(spec, layout, S, t, start, stop, runs, fallback_all[start:stop] if has_threshold else None)
-            _shift(t)  # same shift as the forward for valid anchors, <= 0 everywhere
-            row_ok = spec.valid[start:stop]
-            log_c = (log_num_all[start:stop] - log_den_all[start:stop] + m_all[start:stop])[:, None]
-            log_M = spec.log_M[start:stop, None]
-            if ctx.per_pair:
-                row_grad = None
-            else:
-                row_grad = (grad_out * row_weight[start:stop] * row_ok)[:, None]  # (c, 1)
-            # --- positives: d loss / d g(r,p) and Sigma(r) = sum_p d loss(r,p) / d log E(r)
-            if layout.pos_columns is not None:
-                columns = layout.pos_columns[start:stop]  # (c, K)
-                mask = layout.pos_valid[start:stop] & row_ok[:, None]
-                d_s, d_c = _pair_grads(S.gather(1, columns), log_c, log_M, spec.tau_plus, spec.inv_t)
-                if row_grad is None:
-                    g = torch.zeros_like(d_c)
-                    g[mask] = next(pieces)
-                else:
-                    g = row_grad * mask
-                sigma = (d_c * g).sum(1)  # (c,)
-                pos_grad = d_s * g  # (c, K)
-            else:
-                sigma = torch.zeros(c, dtype=dtype, device=device)
-                blocks = []
-                for a, b, lo, hi, di, dj in _block_pairs(runs, start, device):
-                    if row_grad is None:
-                        g = torch.zeros(b - a, hi - lo, dtype=dtype, device=device)
-                        off = torch.ones_like(g, dtype=torch.bool)
-                        off[di, dj] = False
-                        off &= row_ok[a:b, None]
-                        g[off] = next(pieces)
-                    else:
-                        g = row_grad[a:b]
-                    d_s, d_c = _pair_grads(S[a:b, lo:hi], log_c[a:b], log_M[a:b], spec.tau_plus, spec.inv_t)
-                    d_c.mul_(g)
-                    d_c[di, dj] = 0.0
-                    sigma[a:b] = d_c.sum(1)
-                    d_s.mul_(g)
-                    d_s[di, dj] = 0.0
-                    blocks.append((a, b, lo, hi, d_s))
-            # --- negatives: Sigma(r) * d log E(r) / d g(r,s), in the buffer of t
-            log_num = log_num_all[start:stop, None]
-            if spec.beta_grad == 0.0:
-                grad = t.mul_(1.0 + spec.beta).sub_(log_num).exp_().mul_(sigma[:, None])  # Sigma * pA
-            else:
-                p_b = torch.mul(t, spec.beta, out=work).sub_(log_den_all[start:stop, None]).exp_()  # pB
-                grad = t.mul_(1.0 + spec.beta).sub_(log_num).exp_()  # pA
-                grad.mul_(1.0 + spec.beta_grad).sub_(p_b.mul_(spec.beta_grad)).mul_(sigma[:, None])
-            if layout.pos_columns is not None:
-                grad.scatter_add_(1, columns, pos_grad)
-            else:
-                for a, b, lo, hi, d_s in blocks:
-                    grad[a:b, lo:hi] += d_s
-            grad.mul_(spec.inv_t)  # d/dZ of (Zc / temperature) Z^T
-            dZ[start:stop] += grad @ Z
-            dZ.addmm_(grad.T, Zc)
-        return dZ, None, None, None, None, None
+        if not ctx.per_pair:
+            (dZ,) = ctx.saved_tensors
+            return dZ * grad_out, None, None, None, None, None, None, None
+        spec, layout = ctx.spec, ctx.layout
+        Z, order = ctx.saved_tensors
+        Zn, norms = _normalized(Z, ctx.normalize)
+        padded = torch.zeros(ctx.padded, dtype=Z.dtype, device=Z.device)
+        padded[order] = grad_out
+        width = _positive_width(spec, layout)
+        starts = range(0, spec.rows, spec.chunk)
+        tiles = [tile for start in starts for tile in _tiles(spec, layout, start, min(spec.rows, start + spec.chunk))]
+        weights = iter(piece.view(-1, width) for piece in padded.split([(b - a) * width for a, b in tiles]))
+        columns = _column_operand(Zn, spec)
+        out = _outputs(spec, Zn, False, True)
+        for start in range(0, spec.rows, spec.chunk):
+            _block(Zn, columns, spec, layout, start, min(spec.rows, start + spec.chunk), out, ("pairs", weights))
+        return _through_normalize(out["dZ"], Zn, norms), None, None, None, None, None, None, None

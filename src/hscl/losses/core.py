@@ -26,7 +26,6 @@ Everything is computed in log space:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -47,8 +46,16 @@ from hscl.losses._checks import (
     _check_positive_real,
     _check_tau_plus,
     _check_z,
+    _nonfinite_allowed,
 )
-from hscl.losses._fused import _FusedContrastive, _make_layout
+from hscl.losses._fused import (
+    _constant_shift,
+    _finish_layout,
+    _FusedContrastive,
+    _label_groups,
+    _Layout,
+    _make_layout,
+)
 from hscl.losses._generic import _generic_loss, _pair_index
 
 __all__ = ["NEGATIVES", "POSITIVES", "REDUCTIONS", "LossStats", "contrastive_loss"]
@@ -132,17 +139,20 @@ class _Spec:
     beta: float = 0.0  # slope of log w in g (built-ins)
     beta_grad: float = 0.0  # beta, or 0 when the weights are detached
     log_threshold: float = -math.inf
+    pair: str = "softplus"  # the pair term: eq. (3) ("softplus") or SupCon's -log softmax ("linear")
+    shift: float | None = None  # constant log-sum-exp shift (fused path), None: each row's max
+    num_pairs: int = 0  # valid (anchor, positive) pairs, on the host
 
 
-def _set_sizes(batch: int, views: int, labels: Tensor | None, positives: str, negatives: str, device):
-    """``|P(r)|`` and ``|N(r)|`` for every row, in O(rows) from class counts.
+def _set_sizes(batch: int, views: int, groups: tuple | None, positives: str, negatives: str, device):
+    """``|P(r)|`` and ``|N(r)|`` for every row, from the class sizes of :func:`_label_groups`.
 
     Shape: returns two ``(V*B,)`` long tensors.
     """
     rows = views * batch
-    if labels is not None:
-        _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-        class_rows = views * counts[inverse].repeat(views)  # (N,) rows sharing the label of each row
+    if groups is not None:
+        sample_class, _, counts = groups
+        class_rows = views * counts[sample_class].repeat(views)  # (N,) rows sharing the label of each row
     if positives == "views":
         num_pos = torch.full((rows,), views - 1, dtype=torch.long, device=device)
     else:
@@ -175,7 +185,7 @@ def _row_weight(reduction: str, num_pos: Tensor, valid: Tensor, num_pairs: int, 
     if reduction == "mean":
         row_weight = torch.full((rows,), 1.0 / num_pairs, dtype=dtype, device=num_pos.device)
     elif reduction == "anchor_mean":
-        row_weight = 1.0 / (num_pos.clamp(min=1).to(dtype) * int(valid.sum()))
+        row_weight = 1.0 / (num_pos.clamp(min=1).to(dtype) * valid.sum())
     else:
         row_weight = torch.ones(rows, dtype=dtype, device=num_pos.device)
     return row_weight * valid
@@ -213,22 +223,24 @@ def _no_pairs(Z: Tensor, num_neg: Tensor, reduction: str) -> tuple[Tensor, dict]
 
 
 def _fused_loss(
-    Z: Tensor, row_weight: Tensor, spec: _Spec, hardening, detach_weights: bool, per_pair: bool
+    Z: Tensor,
+    row_weight: Tensor,
+    spec: _Spec,
+    layout: _Layout,
+    hardening,
+    detach_weights: bool,
+    per_pair: bool,
+    normalized: bool,
 ) -> tuple[Tensor, dict]:
-    """The built-in hardenings: rows sorted by label, :class:`_FusedContrastive`, stats back to row order."""
+    """The built-in hardenings (and SupCon): :class:`_FusedContrastive` over the column tables of ``layout``."""
     stats_out: dict = {}
     if hardening is not None:
         spec.beta = float(hardening.beta)
         spec.beta_grad = 0.0 if detach_weights else spec.beta
         spec.log_threshold = float(hardening.log_threshold)
-    layout = _make_layout(spec)
-    perm = layout.perm
-    sorted_spec = dataclasses.replace(spec, valid=spec.valid[perm], log_M=spec.log_M[perm], num_neg=spec.num_neg[perm])
-    loss = _FusedContrastive.apply(Z[perm], row_weight[perm], sorted_spec, layout, per_pair, stats_out)
-    for key in ("log_tilted_mean", "anchor_sum", "fallback", "num_kept"):  # back to row order
-        unsorted = torch.empty_like(stats_out[key])
-        unsorted[perm] = stats_out[key]
-        stats_out[key] = unsorted
+    spec.shift = _constant_shift(spec, normalized, Z.dtype)
+    need_grad = torch.is_grad_enabled() and Z.requires_grad
+    loss = _FusedContrastive.apply(Z, row_weight, spec, layout, per_pair, need_grad, normalized, stats_out)
     if per_pair:
         keys = stats_out.pop("pair_keys")
         stats_out["pair_index"] = torch.stack([keys // spec.rows, keys % spec.rows], 1)
@@ -306,9 +318,16 @@ def contrastive_loss(
 
     A batch without a single valid pair (e.g. one class with supervised negatives) gives an exact
     0 attached to the graph and a ``RuntimeWarning``; never NaN. The loss is computed in float32
-    (float64 for float64 input) with autocast disabled, in log space.
+    (float64 for float64 input) with autocast disabled, in log space. A non-finite ``z`` is an error,
+    except under float16 (``torch.autocast(dtype=torch.float16)`` or a float16 ``z``): there it gives
+    a non-finite loss and gradient, so that a gradient scaler skips the step.
+
+    Cost: the counts and column tables are built once per call with tensor ops; the call has two
+    host synchronisations (the finiteness check of ``z``, skipped under float16, and the table
+    shapes); each block of anchors is then tensor ops only. For the scalar reductions the
+    gradient is computed in the forward (when ``z`` requires it), so the backward is a scaling.
     """
-    z = _check_z(z)
+    z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z))
     positives = _check_choice("positives", positives, POSITIVES)
     negatives = _check_choice("negatives", negatives, NEGATIVES)
     reduction = _check_choice("reduction", reduction, REDUCTIONS)
@@ -331,15 +350,38 @@ def contrastive_loss(
         )
     rows = V * B
     device = z.device
-    num_pos, num_neg = _set_sizes(B, V, labels, positives, negatives, device)
+    uses_labels = labels is not None and (positives == "labels" or negatives == "supervised")
+    groups = _label_groups(labels) if uses_labels else None
+    num_pos, num_neg = _set_sizes(B, V, groups, positives, negatives, device)
     valid = (num_pos > 0) & (num_neg > 0)
     dtype = _compute_dtype(z)
     log_M = _log_M(M, rows, valid, num_neg, dtype, device)
-    num_pairs = int(num_pos[valid].sum())
+    spec = _Spec(
+        batch=B,
+        views=V,
+        rows=rows,
+        positives=positives,
+        negatives=negatives,
+        inv_t=1.0 / temperature,
+        tau_plus=tau_plus,
+        instance=torch.arange(rows, device=device) % B,
+        labels=labels.repeat(V) if labels is not None else None,
+        valid=valid,
+        log_M=log_M,
+        num_neg=num_neg,
+        chunk=chunk_size or rows,
+    )
+    fused = hardening is None or type(hardening) in (Exponential, Threshold)  # built-ins: fused path
+    layout = _make_layout(spec, groups)
+    # the one host synchronisation of the call: the output size and the shape of the class tables
+    num_pairs, largest, classes = torch.stack([(num_pos * valid).sum(), layout.largest_t, layout.classes_t]).tolist()
+    spec.num_pairs = num_pairs
+    if fused:
+        _finish_layout(layout, largest, classes)
 
     with _autocast_off(device):
         Z = z.transpose(0, 1).reshape(rows, d).to(dtype)  # (N, d), row r = v*B + i
-        if normalize:
+        if normalize and not (fused and num_pairs):  # the fused path normalises inside
             Z = F.normalize(Z, dim=1)
         per_pair = reduction == "none"
         if num_pairs == 0:
@@ -354,23 +396,10 @@ def contrastive_loss(
             loss, stats_out = _no_pairs(Z, num_neg, reduction)
         else:
             row_weight = _row_weight(reduction, num_pos, valid, num_pairs, dtype)
-            spec = _Spec(
-                batch=B,
-                views=V,
-                rows=rows,
-                positives=positives,
-                negatives=negatives,
-                inv_t=1.0 / temperature,
-                tau_plus=tau_plus,
-                instance=torch.arange(rows, device=device) % B,
-                labels=labels.repeat(V) if labels is not None else None,
-                valid=valid,
-                log_M=log_M,
-                num_neg=num_neg,
-                chunk=chunk_size or rows,
-            )
-            if hardening is None or type(hardening) in (Exponential, Threshold):  # built-ins: fused path
-                loss, stats_out = _fused_loss(Z, row_weight, spec, hardening, detach_weights, per_pair)
+            if fused:
+                loss, stats_out = _fused_loss(
+                    Z, row_weight, spec, layout, hardening, detach_weights, per_pair, normalize
+                )
             else:
                 stats_out = {}
                 loss = _generic_loss(

@@ -6,12 +6,12 @@ import math
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hscl.losses._checks import _check_labels, _check_positive_real, _check_z
+from hscl.losses._checks import _check_labels, _check_positive_real, _check_z, _nonfinite_allowed
+from hscl.losses._fused import _finish_layout, _label_groups, _make_layout
 from hscl.losses.base import _metric_learning_shape
-from hscl.losses.core import _autocast_off, _compute_dtype
+from hscl.losses.core import _autocast_off, _compute_dtype, _fused_loss, _set_sizes, _Spec
 
 __all__ = ["SupCon", "supcon_loss"]
 
@@ -31,40 +31,58 @@ def supcon_loss(
         loss(r) = -(temperature / base_temperature) * mean_{p in P(r)} log softmax_{s != r}(g(r, .))[p]
 
     and the result is the mean over those anchors. Every other row (positives included) is in the
-    denominator. Implements eq. (2) of Khosla et al., NeurIPS 2020, arXiv 2004.11362.
+    denominator. Implements eq. (2) of Khosla et al., NeurIPS 2020, arXiv 2004.11362. Computed by the
+    fused log-space core of :func:`~hscl.losses.contrastive_loss` (``N(r)`` = every other row,
+    ``beta = 0``, ``M = rows - 1``, pair term ``log M + log E(r) - g(r, p)``) with an analytic gradient.
 
     Shape:
         z: ``(B, V, d)``; labels: ``(B,)`` or None; output: scalar.
     """
-    z = _check_z(z)
+    z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z))
     temperature = _check_positive_real("temperature", temperature)
     base_temperature = _check_positive_real("base_temperature", base_temperature)
     B, V, d = z.shape
     labels = _check_labels(labels, B, z.device, None)
     if labels is None and V < 2:
         raise ValueError(f"supcon_loss without labels needs V >= 2 views per sample, got V={V}")
-    rows = V * B
-    with _autocast_off(z.device):
-        Z = z.transpose(0, 1).reshape(rows, d).to(_compute_dtype(z))
-        if normalize:
-            Z = F.normalize(Z, dim=1)
-        ids = (labels if labels is not None else torch.arange(B, device=z.device)).repeat(V)
-        same = ids[:, None] == ids[None, :]  # (N, N)
-        eye = torch.eye(rows, dtype=torch.bool, device=z.device)
-        same &= ~eye
-        num_pos = same.sum(1)
-        has = num_pos > 0
-        if not bool(has.any()):
+    rows, device, dtype = V * B, z.device, _compute_dtype(z)
+    # the fused core with P(r) = same label (or sample), N(r) = every other row, beta = 0, M = rows - 1
+    # and the linear pair term log M + log E(r) - g(r,p) = -log softmax_{s != r}(g(r, .))[p]
+    positives = "labels" if labels is not None else "views"
+    groups = _label_groups(labels) if labels is not None else None
+    num_pos, _ = _set_sizes(B, V, groups, positives, "unsupervised", device)
+    num_neg = torch.full((rows,), rows - 1, dtype=torch.long, device=device)
+    valid = (num_pos > 0) & (num_neg > 0)
+    spec = _Spec(
+        batch=B,
+        views=V,
+        rows=rows,
+        positives=positives,
+        negatives="all",
+        inv_t=1.0 / temperature,
+        tau_plus=0.0,
+        instance=torch.arange(rows, device=device) % B,
+        labels=labels.repeat(V) if labels is not None else None,
+        valid=valid,
+        log_M=torch.full((rows,), math.log(max(rows - 1, 1)), dtype=dtype, device=device),
+        num_neg=num_neg,
+        chunk=rows,
+        pair="linear",
+    )
+    layout = _make_layout(spec, groups)
+    num_valid, largest, classes = torch.stack([valid.sum(), layout.largest_t, layout.classes_t]).tolist()  # one sync
+    _finish_layout(layout, largest, classes)
+    with _autocast_off(device):
+        Z = z.transpose(0, 1).reshape(rows, d).to(dtype)  # (N, d), row r = v*B + i
+        if num_valid == 0:
             warnings.warn(
                 "supcon_loss: no anchor has a positive in this batch; the loss is 0", RuntimeWarning, stacklevel=2
             )
             return Z.sum() * 0.0
-        logits = (Z @ Z.T / temperature).masked_fill(eye, -math.inf)  # (N, N)
-        log_norm = torch.logsumexp(logits, 1)  # (N,)
-        pos_logit_sum = torch.where(same, logits, 0.0).sum(1)
-        mean_log_prob = (pos_logit_sum - num_pos * log_norm) / num_pos.clamp(min=1)
-        per_anchor = -(temperature / base_temperature) * mean_log_prob
-        return per_anchor[has].mean()
+        # mean over anchors with a positive of the mean over their positives, times T / T_base
+        row_weight = (temperature / base_temperature) / (num_pos.clamp(min=1).to(dtype) * num_valid) * valid
+        loss, _ = _fused_loss(Z, row_weight, spec, layout, None, False, False, normalize)
+        return loss
 
 
 class SupCon(nn.Module):

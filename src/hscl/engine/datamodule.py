@@ -1,0 +1,96 @@
+"""The training data of a run: batches of ``B`` samples x ``V`` views, read on the host or the device.
+
+Under DDP each rank reads only its own shard of the global batch; the sampler's indices are the same on
+every rank (seeded per epoch), so the union of the shards is the one-process batch.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from hscl.data.images import ImageData
+from hscl.data.views import ViewSampler
+from hscl.engine.config import RunConfig
+from hscl.engine.distributed import (
+    place,
+    shard,
+    world_size,
+)
+from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import them from here)
+    DIAGNOSTIC_FIELDS,
+    METRIC_FIELDS,
+    EpochLogger,
+    GeometryMonitor,
+    _callbacks,
+    describe_hardening,
+    diagnostics_hardening,
+    measure_geometry,
+    probe_set,
+    read_metrics,
+)
+from hscl.losses import get_method
+
+
+def pair_mode_for(config: RunConfig) -> str:
+    if config.data.pair_mode != "auto":
+        return config.data.pair_mode
+    return get_method(config.loss.method).pairs
+
+
+class _EpochBatches(torch.utils.data.IterableDataset):
+    """Yields ``(images (B_k, V, C, H, W) uint8, labels (B_k,))`` for the epoch ``epoch_fn()``: the global batch
+    (``B_k = B``) with one process; under DDP this rank's shard of it (:func:`~hscl.engine.distributed.shard`),
+    so that each rank reads (and copies to its device) only its own samples. The indices of every batch are
+    drawn on the host from ``(seed, epoch)``; ``images`` / ``labels`` may live on the GPU (then only the
+    indices are copied)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, sampler: ViewSampler, epoch_fn) -> None:
+        self.images, self.labels, self.sampler, self.epoch_fn = images, labels, sampler, epoch_fn
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        shards = world_size()  # read here: the process group exists by the time the batches are read
+        for index in self.sampler.batches(self.epoch_fn()):  # (B, V)
+            if shards > 1:
+                index = index[shard(index.shape[0], shards)]  # (B_k, V): this rank's samples only
+            if index.device != self.images.device:
+                index = index.to(self.images.device)
+            yield self.images[index], self.labels[index[:, 0]]
+
+
+class ViewsDataModule(L.LightningDataModule):
+    """The training split as ``B x V`` view batches; the test split for the kNN monitor."""
+
+    def __init__(self, data: ImageData, config: RunConfig) -> None:
+        super().__init__()
+        self.data = data
+        self.config = config
+        self.sampler = ViewSampler(
+            data.train_labels,
+            batch_size=min(config.train.batch_size, len(data.train_labels)),
+            pair_mode=pair_mode_for(config),
+            views=config.data.views,
+            seed=config.train.seed,
+        )
+
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def train_dataloader(self):
+        # on a GPU the uint8 training set is copied to it once when it fits (CIFAR, STL-10), and each batch is
+        # then gathered there; otherwise batches are gathered on the host and pinned, so that Lightning's
+        # non_blocking copy to the device overlaps. On the CPU nothing changes.
+        device = self._device()
+        images, labels = place(self.data.train_images, device), place(self.data.train_labels, device)
+        if labels.device != images.device:
+            labels = self.data.train_labels.to(images.device)
+        pin = device.type == "cuda" and images.device.type == "cpu"
+        dataset = _EpochBatches(images, labels, self.sampler, self._epoch)
+        return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin)
