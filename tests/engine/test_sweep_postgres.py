@@ -31,7 +31,7 @@ import psycopg2
 import pytest
 from optuna.trial import TrialState
 
-from hscl.engine import _sweep_study
+from hscl.engine import _sweep_storage
 from hscl.engine._sweep_study import _clock, _fail_stale, _machine, _open_study, _study_lock
 from hscl.engine.sweep import Sweep
 
@@ -277,7 +277,7 @@ def test_heartbeats_are_judged_by_the_servers_clock(tmp_path, postgres, monkeypa
         trial.set_user_attr("heartbeat", beat)
         numbers[trial.number] = name
     skewed = time.time() + 3600.0
-    monkeypatch.setattr(_sweep_study.time, "time", lambda: skewed)  # this machine's clock an hour ahead
+    monkeypatch.setattr(_sweep_storage.time, "time", lambda: skewed)  # this machine's clock an hour ahead
     assert {numbers[n] for n in _fail_stale(study, storage, sweep)} == {"silent"}
     states = {numbers[t.number]: t.state for t in study.get_trials()}
     assert states == {"silent": TrialState.FAIL, "beating": TrialState.RUNNING}

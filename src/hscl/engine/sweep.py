@@ -29,12 +29,11 @@ from pathlib import Path
 
 import yaml
 
-from hscl.engine._sweep_plot import _plot
+from hscl.engine._sweep_results import write_results
 from hscl.engine._sweep_study import (
     STUDY_NAME,
     StorageSpec,
     _claim,
-    _fail_stale,
     _finish,
     _Heartbeat,
     _open_study,
@@ -44,7 +43,6 @@ from hscl.engine._sweep_study import (
     point_key,
 )
 from hscl.engine.config import RunConfig, load_config, load_yaml
-from hscl.engine.report import markdown_table, write_json, write_table
 
 __all__ = [
     "GRID_ALIASES",
@@ -358,92 +356,6 @@ def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool 
         if bar is not None:
             bar.close()
     return done
-
-
-# --------------------------------------------------------------------------------------------
-# results
-
-
-def write_results(sweep: Sweep) -> dict:
-    """The results table (metric per point, best point) and the plot of the metrics against the grid."""
-    with _study_lock(sweep):
-        study, storage = _open_study(sweep)
-        _fail_stale(study, storage, sweep)
-    status = _status(study, sweep.points)
-    names = list(sweep.grid)
-    rows = []
-    for entry in status.values():
-        trial = entry["complete"]
-        metrics = trial.user_attrs.get("metrics", {}) if trial is not None else {}
-        rows.append(
-            {
-                **entry["point"],
-                **metrics,
-                "state": "complete" if trial is not None else ("running" if entry["running"] else "pending"),
-                "trial": trial.number if trial is not None else None,
-                "failed_attempts": len(entry["failures"]),
-                "run_dir": str(sweep.run_dir(entry["point"])),
-            }
-        )
-    finished = [r for r in rows if r["state"] == "complete"]
-    best = max(finished, key=lambda r: r[sweep.metric]) if finished else None
-    metric_names = [m for m in (*METRICS, "train_seconds") if any(m in r for r in rows)]
-    if sweep.metric not in metric_names:
-        metric_names.insert(0, sweep.metric)
-    header = [*names, *metric_names, "state", "failed attempts", "best"]
-    table_rows = [
-        [
-            *(r[n] for n in names),
-            *(f"{r[m]:.2f}" if m in r else "-" for m in metric_names),
-            r["state"],
-            r["failed_attempts"],
-            "**best**" if r is best else "",
-        ]
-        for r in rows
-    ]
-    table = markdown_table(header, table_rows)
-    base = sweep.base_config()
-    title = (
-        f"Sweep of {base.name} ({base.loss.method}) over {', '.join(names)}: {base.data.dataset}, "
-        f"{base.model.encoder}, {base.train.epochs} epochs, batch {base.train.batch_size}; maximising {sweep.metric}"
-    )
-    result = {
-        "title": title,
-        "config": sweep.config,
-        "overrides": sweep.overrides,
-        "grid": sweep.grid,
-        "metric": sweep.metric,
-        "best": best,
-        "points": rows,
-        "complete": len(finished) == len(rows),
-        "table_markdown": table,
-    }
-    out = sweep.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep_results.json", result)
-    write_table(
-        out / "sweep_results.csv",
-        [*names, *metric_names, "state", "trial", "failed_attempts"],
-        [
-            [
-                *(r[n] for n in names),
-                *(r.get(m, "") for m in metric_names),
-                r["state"],
-                r["trial"],
-                r["failed_attempts"],
-            ]
-            for r in rows
-        ],
-    )
-    best_text = (
-        f"best: {point_slug({n: best[n] for n in names})} ({sweep.metric} {best[sweep.metric]:.2f})"
-        if best
-        else "best: - (no point complete)"
-    )
-    (out / "sweep_results.md").write_text(f"{title}\n\n{table}\n\n{best_text}\n")
-    result["plot"] = str(_plot(sweep, rows, metric_names)) if finished else None
-    result["best_text"] = best_text
-    return result
 
 
 # --------------------------------------------------------------------------------------------
