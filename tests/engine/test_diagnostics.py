@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from test_train import TINY
 
+from browser import headless_chrome
 from hscl.cli import main
 from hscl.engine.config import load_config
 from hscl.engine.monitor import DIAGNOSTIC_FIELDS, diagnostics_hardening, probe_set
@@ -192,31 +192,10 @@ def test_reproduce_fig4_fig5_and_collapse_on_tiny_configs(tmp_path, capsys):
 
 
 def test_report_html_renders_in_headless_chromium(run, tmp_path):
-    chromium = shutil.which("chromium")
-    driver = shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver")
     page = tmp_path / "report.html"
     assert main(["report", str(run), "--out", str(page)]) == 0
     pngs = sorted(run.rglob("*.png"))
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    from selenium.webdriver.chrome.service import Service
-
-    browser = webdriver.Chrome(service=Service(driver), options=options)
+    browser = headless_chrome(tmp_path / "profile")
     try:
         browser.get(page.as_uri())
         images = browser.execute_script(

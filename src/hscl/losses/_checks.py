@@ -120,3 +120,27 @@ def _check_chunk_size(chunk_size: object) -> int | None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
     return int(chunk_size)
+
+
+def _callable_weights(eta: Callable, g: Tensor, negative_mask: Tensor) -> Tensor:
+    """``eta(g)`` on the negatives (0 elsewhere), checked: same shape as ``g``, finite, non-negative.
+
+    Shape: g ``(c, N)``, negative_mask ``(c, N)`` bool -> weights ``(c, N)`` in ``g``'s dtype.
+    """
+    w = eta(g)
+    if not isinstance(w, Tensor) or w.shape != g.shape:
+        got = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
+        raise ValueError(
+            "hardening callable must return a tensor of weights with the same shape as its input g "
+            f"{tuple(g.shape)}, got {got}"
+        )
+    w = torch.where(negative_mask, w.to(g.dtype), 0.0)
+    with torch.no_grad():
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("hardening callable returned non-finite weights (NaN or inf) on negatives")
+        if bool((w < 0).any()):
+            raise ValueError(
+                f"hardening callable returned negative weights (min {float(w.min()):.4g}); a hardening "
+                "function must be non-negative (Definition 1)"
+            )
+    return w

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from hscl.losses._checks import _callable_weights
 from hscl.losses._fused import _pair_loss
 
 if TYPE_CHECKING:
@@ -74,22 +75,7 @@ def _generic_block(
     """One block of anchors for a user callable ``eta``: ``E(r)`` in max-shifted ratio form."""
     S = _block_similarity(Z, start, stop, spec.inv_t)  # (c, N)
     neg = _negative_mask(spec, start, stop)
-    w = eta(S)
-    if not isinstance(w, Tensor) or w.shape != S.shape:
-        got = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
-        raise ValueError(
-            "hardening callable must return a tensor of weights with the same shape as its input g "
-            f"{tuple(S.shape)}, got {got}"
-        )
-    w = torch.where(neg, w.to(S.dtype), 0.0)  # (c, N) weights on N(r)
-    with torch.no_grad():
-        if not bool(torch.isfinite(w).all()):
-            raise ValueError("hardening callable returned non-finite weights (NaN or inf) on negatives")
-        if bool((w < 0).any()):
-            raise ValueError(
-                f"hardening callable returned negative weights (min {float(w.min()):.4g}); a hardening "
-                "function must be non-negative (Definition 1)"
-            )
+    w = _callable_weights(eta, S, neg)  # (c, N) weights on N(r), checked
     if detach:
         w = w.detach()
     support = w > 0

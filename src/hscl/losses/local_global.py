@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hscl.hardening import Exponential, Hardening, Threshold
+from hscl.losses._checks import _callable_weights
 
 __all__ = ["ESTIMATORS", "graph_negative_mask", "local_global_loss", "log_negative_weights", "negative_weights"]
 
@@ -142,22 +143,7 @@ def log_negative_weights(
 
 def _log_callable_weights(scores: Tensor, negative_mask: Tensor, eta: Callable, count: Tensor) -> Tensor:
     """``log w`` for a user callable ``eta(s) -> weights``: checked, normalised to mean 1, fallback to 1."""
-    w = eta(scores)
-    if not isinstance(w, Tensor) or w.shape != scores.shape:
-        got = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
-        raise ValueError(
-            "hardening callable must return a tensor of weights with the same shape as its input "
-            f"{tuple(scores.shape)}, got {got}"
-        )
-    w = torch.where(negative_mask, w.to(scores.dtype), 0.0)  # (n, G) weights on N(n)
-    with torch.no_grad():
-        if not bool(torch.isfinite(w).all()):
-            raise ValueError("hardening callable returned non-finite weights (NaN or inf) on negatives")
-        if bool((w < 0).any()):
-            raise ValueError(
-                f"hardening callable returned negative weights (min {float(w.min()):.4g}); a hardening "
-                "function must be non-negative (Definition 1)"
-            )
+    w = _callable_weights(eta, scores, negative_mask)  # (n, G) weights on N(n), checked
     support = w > 0
     fallback = (count > 0) & ~support.any(1, keepdim=True)  # (n, 1) every weight 0: w = 1
     w = torch.where(fallback & negative_mask, 1.0, w)
