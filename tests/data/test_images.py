@@ -446,12 +446,27 @@ def test_unknown_name():
 
 
 def test_registry_is_consistent():
-    assert set(DATASETS) == {"mnist", "fashion-mnist", "cifar10", "cifar100", "stl10", "tiny-imagenet", "digits"}
+    assert set(DATASETS) == {
+        "mnist",
+        "fashion-mnist",
+        "cifar10",
+        "cifar100",
+        "stl10",
+        "tiny-imagenet",
+        "digits",
+        "fashion-mnist-mosaic",
+        "mnist-mosaic",
+        "cifar-fs",
+        "fc100",
+        "mini-imagenet",
+    }
     for name, spec in DATASETS.items():
         assert spec.name == name and callable(spec.reader)
         assert spec.channels in (1, 3) and spec.size > 0 and spec.num_classes >= 10
         assert all(len(d.md5) == 32 for d in spec.downloads)
-        assert bool(spec.files) == bool(spec.downloads)
+        # files to look for come with a download, or (mini-imagenet: none exists) with a hint on providing them
+        assert bool(spec.files) == bool(spec.downloads) or bool(spec.files and spec.hint)
+        assert not spec.source or DATASETS[spec.source].downloads == spec.downloads
 
 
 # ---------------------------------------------------------------------------------------------------------------

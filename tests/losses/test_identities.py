@@ -9,6 +9,7 @@ import torch
 
 from hscl.hardening import Exponential, Threshold
 from hscl.losses import contrastive_loss, get_loss
+from reference import reference_loss
 
 
 def _batch(seed: int, B: int = 24, V: int = 2, d: int = 8, classes: int = 4, dtype=torch.float64):
@@ -207,3 +208,27 @@ def test_supcon_host_syncs_are_constant(monkeypatch):
         calls = _count_host_syncs(patch)
         supcon_loss(a, labels).backward()
     assert len(calls) <= 2, calls
+
+
+@pytest.mark.parametrize("positives,negatives", SETTINGS)
+@pytest.mark.parametrize(
+    "hardening", [None, Exponential(1.0), Exponential(0.3), Threshold(0.5)], ids=["none", "exp1", "exp03", "thr"]
+)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_cpu_blocks_without_chunk_size_match_the_loop(positives, negatives, hardening, normalize, monkeypatch):
+    # without chunk_size the CPU takes anchors in cache-sized blocks (hscl.losses.core._cpu_block); force
+    # blocks of 32 rows on a 96-row batch and check value and gradient against the float64 loop
+    import hscl.losses.core as core
+
+    monkeypatch.setattr(core, "_CPU_BLOCK_ELEMENTS", 1)
+    assert core._cpu_block(96) == 32
+    z, labels = _batch(11, B=48, V=2, d=6, classes=3)
+    kw = {"positives": positives, "negatives": negatives, "hardening": hardening, "temperature": 0.5}
+    a = z.clone().requires_grad_(True)
+    b = z.clone().requires_grad_(True)
+    ours = contrastive_loss(a, labels, normalize=normalize, **kw)
+    ref = reference_loss(b, labels, normalize=normalize, **kw)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-11)

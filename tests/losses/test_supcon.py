@@ -54,3 +54,24 @@ def test_ucl_is_ntxent_plus_log_m_shift_free_form():
     ours = get_loss("ucl", temperature=0.5, M="count")(z)
     theirs = pml_losses.NTXentLoss(temperature=0.5)(torch.cat(z.unbind(1)), torch.arange(B).repeat(2))
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+@pytest.mark.parametrize("chunk_size", [1, 5, 24])
+def test_supcon_chunked_matches_loop(with_labels, chunk_size):
+    generator = torch.Generator().manual_seed(chunk_size)
+    z = torch.randn(12, 2, 6, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 3, (12,), generator=generator) if with_labels else None
+    a = z.clone().requires_grad_(True)
+    b = z.clone().requires_grad_(True)
+    ours = get_loss("supcon", temperature=0.2, chunk_size=chunk_size)(a, labels)
+    ref = reference_supcon(b, labels, temperature=0.2, base_temperature=0.07)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_supcon_chunk_size_is_checked():
+    with pytest.raises(ValueError, match="chunk_size must be None or an integer >= 1"):
+        get_loss("supcon", chunk_size=0)

@@ -215,18 +215,24 @@ class _Tables:
     real: Tensor | None  # (t, K) float: 1 on real positives (not padding, not self); None: all real
 
 
-def _tables(spec: _Spec, layout: _Layout, a: int, b: int, dtype: torch.dtype) -> _Tables:
-    device = layout.instance_columns.device
-    block = None
-    if layout.class_columns is not None:
-        row_class = layout.row_class[a:b]
-        block = layout.class_columns.index_select(0, row_class)  # (t, K) the rows of the class
+def _class_block(layout: _Layout, a: int, b: int) -> Tensor:
+    """(t, K) the rows of the class of each anchor ``a:b``."""
+    return layout.class_columns.index_select(0, layout.row_class[a:b])
+
+
+def _nonneg(spec: _Spec, layout: _Layout, a: int, b: int, block: Tensor | None = None) -> Tensor:
+    """(t, W) the columns that are not negatives of the anchors ``a:b`` (the class, the views, or self)."""
     if spec.negatives == "supervised":
-        nonneg = block
-    elif spec.negatives == "unsupervised":
-        nonneg = layout.instance_columns[a:b]
-    else:  # "all": every row but the anchor is a negative
-        nonneg = torch.arange(a, b, device=device)[:, None]
+        return _class_block(layout, a, b) if block is None else block
+    if spec.negatives == "unsupervised":
+        return layout.instance_columns[a:b]
+    return torch.arange(a, b, device=layout.instance_columns.device)[:, None]  # "all": all rows but self
+
+
+def _tables(spec: _Spec, layout: _Layout, a: int, b: int, dtype: torch.dtype) -> _Tables:
+    block = _class_block(layout, a, b) if layout.class_columns is not None else None
+    row_class = layout.row_class[a:b] if block is not None else None
+    nonneg = _nonneg(spec, layout, a, b, block)
     if spec.positives == "views":
         return _Tables(nonneg, layout.view_columns[a:b], None)
     real = layout.class_inside.to(dtype).index_select(0, row_class)
@@ -261,6 +267,18 @@ def _fill(value: float, like: Tensor, shape: tuple[int, int]) -> Tensor:
     return torch.full((1, 1), value, dtype=like.dtype, device=like.device).expand(shape)
 
 
+def _zero_nonnegatives(
+    E: Tensor, spec: _Spec, layout: _Layout, tiles: list, tables: list, start: int, drop: Tensor | None
+) -> Tensor:
+    """``E`` (c, N) with 0 on the columns that are not kept negatives (``drop``: those below the threshold)."""
+    for i, (a, b) in enumerate(tiles):
+        nonneg = tables[i].nonneg if tables[i] is not None else _nonneg(spec, layout, a, b)
+        E[a - start : b - start].scatter_(1, nonneg, _fill(0.0, E, nonneg.shape))
+    if drop is not None:
+        E.masked_fill_(drop, 0.0)
+    return E
+
+
 def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int, stop: int, out: dict, grad) -> None:
     """Anchors ``start:stop``: statistics and pair values into ``out``; with ``grad``
     (``("rows", weight (N,))`` or ``("pairs", iterator over padded (t, K) weights)``) also their
@@ -282,46 +300,55 @@ def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int,
     S = torch.mm(anchors, columns.T, out=_WORKSPACE.get(0, c, N, dtype, device))  # (c, N)
     tiles = _tiles(spec, layout, start, stop)
     keep_tables = len(tiles) == 1  # else rebuilt below: all tiles' tables together may be (c, N)
+    # A threshold or a row max must not see the non-negatives: they are -inf while those are taken,
+    # then set to the row's shift (exp(0) = 1, zeroed after the exp). exp is never given -inf: on the
+    # CPU a vector of arguments holding -inf takes a slow path (several times the cost of the exp).
+    masked = spec.log_threshold != -math.inf or spec.shift is None
     tables, positives = [], []
     for a, b in tiles:  # row tiles of a bounded size, not classes
         tab = _tables(spec, layout, a, b, dtype)
         rows = S[a - start : b - start]
         positives.append(rows.gather(1, tab.pos))  # (t, K) g(r, p) - shift
-        rows.scatter_(1, tab.nonneg, _fill(-math.inf, S, tab.nonneg.shape))
+        if masked:
+            rows.scatter_(1, tab.nonneg, _fill(-math.inf, S, tab.nonneg.shape))
         tables.append(tab if keep_tables else None)
     num_neg = spec.num_neg[start:stop]
     row_ok = spec.valid[start:stop]
-    kept = num_neg
+    kept, drop = num_neg, None
     if spec.log_threshold != -math.inf:  # every anchor at once: where no negative passes, w = 1
         keep = S >= spec.log_threshold - shift  # (c, N); non-negatives are -inf
         kept = keep.sum(1)
         fallback = (num_neg > 0) & (kept == 0)
-        S.masked_fill_(keep.logical_not_().logical_and_(~fallback[:, None]), -math.inf)
+        drop = keep.logical_not_().logical_and_(~fallback[:, None])  # negatives below the threshold, and more
         kept = torch.where(fallback, num_neg, kept)
         out["fallback"][start:stop] = fallback
         out["num_kept"][start:stop] = kept
     if spec.shift is None:
-        m = S.amax(1)
+        m = S.amax(1)  # the largest negative (the largest kept one when any is kept)
         m = torch.where(torch.isfinite(m), m, 0.0)
-        S.sub_(m[:, None])  # g - m <= 0 on the kept negatives, -inf elsewhere
     else:
-        if not folded:
-            S.sub_(spec.shift)
         m = torch.full((c,), spec.shift, dtype=dtype, device=device)
+    if masked:  # the non-negatives back to finite values: exp(g - m) = 1 there until zeroed
+        for i, (a, b) in enumerate(tiles):  # (S holds g here: no shift is folded when masked)
+            nonneg = tables[i].nonneg if tables[i] is not None else _nonneg(spec, layout, a, b)
+            S[a - start : b - start].scatter_(1, nonneg, m[a - start : b - start, None].expand(nonneg.shape))
+    if spec.shift is None or not folded:
+        S.sub_(m[:, None])  # g - m <= 0 on the negatives
     beta = spec.beta
     if beta == 0.0:
-        e_a = e_b = S.exp_()  # exp(g - m)
+        e_a = e_b = _zero_nonnegatives(S.exp_(), spec, layout, tiles, tables, start, drop)  # exp(g - m)
         num = e_a.sum(1)
         den = kept.to(dtype)
     elif beta == 1.0:
-        e_b = S.exp_()  # exp(g - m)
+        e_b = _zero_nonnegatives(S.exp_(), spec, layout, tiles, tables, start, drop)  # exp(g - m)
         den = e_b.sum(1)
         e_a = torch.mul(e_b, e_b, out=_WORKSPACE.get(1, c, N, dtype, device))  # exp(2 (g - m))
         num = e_a.sum(1)
     else:
         e_b = torch.mul(S, beta, out=_WORKSPACE.get(1, c, N, dtype, device)).exp_()  # exp(beta (g - m))
+        e_b = _zero_nonnegatives(e_b, spec, layout, tiles, tables, start, drop)
         den = e_b.sum(1)
-        e_a = S.mul_(1.0 + beta).exp_()  # exp((1 + beta)(g - m))
+        e_a = _zero_nonnegatives(S.mul_(1.0 + beta).exp_(), spec, layout, tiles, tables, start, drop)
         num = e_a.sum(1)
     log_num = torch.where(row_ok, torch.log(num), 0.0)
     log_den = torch.where(row_ok, torch.log(den), 0.0)
@@ -392,7 +419,7 @@ def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int,
     factor = factor * spec.inv_t  # d/dZ of (Zc / temperature) Z^T
     dZ = out["dZ"]
     dZ[start:stop].addcmul_(torch.mm(H, Z), factor[:, None])
-    dZ.add_(torch.mm((Z[start:stop] * factor[:, None]).T, H).T)
+    dZ.addmm_(H.T, Z[start:stop] * factor[:, None])  # the columns' side, accumulated inside the product
 
 
 def _outputs(spec: _Spec, Z: Tensor, per_pair: bool, grad: bool) -> dict:

@@ -222,6 +222,16 @@ def _no_pairs(Z: Tensor, num_neg: Tensor, reduction: str) -> tuple[Tensor, dict]
     return loss, stats_out
 
 
+#: on the CPU the fused path takes anchors in blocks of about this many (c x N) entries even without
+#: ``chunk_size``: each pass over the (c, N) matrices then runs from cache instead of memory
+_CPU_BLOCK_ELEMENTS = 1 << 20
+
+
+def _cpu_block(rows: int) -> int:
+    """Anchors per block of the fused path on the CPU: ``2**20 / rows``, at least 32."""
+    return max(32, _CPU_BLOCK_ELEMENTS // max(rows, 1))
+
+
 def _fused_loss(
     Z: Tensor,
     row_weight: Tensor,
@@ -239,6 +249,8 @@ def _fused_loss(
         spec.beta_grad = 0.0 if detach_weights else spec.beta
         spec.log_threshold = float(hardening.log_threshold)
     spec.shift = _constant_shift(spec, normalized, Z.dtype)
+    if Z.device.type == "cpu":  # blocks whose (c, N) matrices stay in cache; the values do not depend on it
+        spec.chunk = min(spec.chunk, _cpu_block(spec.rows))
     need_grad = torch.is_grad_enabled() and Z.requires_grad
     loss = _FusedContrastive.apply(Z, row_weight, spec, layout, per_pair, need_grad, normalized, stats_out)
     if per_pair:

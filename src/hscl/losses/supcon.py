@@ -8,7 +8,13 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from hscl.losses._checks import _check_labels, _check_positive_real, _check_z, _nonfinite_allowed
+from hscl.losses._checks import (
+    _check_chunk_size,
+    _check_labels,
+    _check_positive_real,
+    _check_z,
+    _nonfinite_allowed,
+)
 from hscl.losses._fused import _finish_layout, _label_groups, _make_layout
 from hscl.losses.base import _metric_learning_shape
 from hscl.losses.core import _autocast_off, _compute_dtype, _fused_loss, _set_sizes, _Spec
@@ -23,6 +29,7 @@ def supcon_loss(
     temperature: float = 0.1,
     base_temperature: float = 0.07,
     normalize: bool = True,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Khosla et al.'s supervised contrastive loss L_out (SupCon); SimCLR's NT-Xent without labels.
 
@@ -34,6 +41,8 @@ def supcon_loss(
     denominator. Implements eq. (2) of Khosla et al., NeurIPS 2020, arXiv 2004.11362. Computed by the
     fused log-space core of :func:`~hscl.losses.contrastive_loss` (``N(r)`` = every other row,
     ``beta = 0``, ``M = rows - 1``, pair term ``log M + log E(r) - g(r, p)``) with an analytic gradient.
+    ``chunk_size`` processes the anchors in blocks of that many rows (memory ``O(chunk_size x rows)``,
+    the same value and gradient).
 
     Shape:
         z: ``(B, V, d)``; labels: ``(B,)`` or None; output: scalar.
@@ -41,6 +50,7 @@ def supcon_loss(
     z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z))
     temperature = _check_positive_real("temperature", temperature)
     base_temperature = _check_positive_real("base_temperature", base_temperature)
+    chunk_size = _check_chunk_size(chunk_size)
     B, V, d = z.shape
     labels = _check_labels(labels, B, z.device, None)
     if labels is None and V < 2:
@@ -66,7 +76,7 @@ def supcon_loss(
         valid=valid,
         log_M=torch.full((rows,), math.log(max(rows - 1, 1)), dtype=dtype, device=device),
         num_neg=num_neg,
-        chunk=rows,
+        chunk=chunk_size or rows,
         pair="linear",
     )
     layout = _make_layout(spec, groups)
@@ -104,19 +114,35 @@ class SupCon(nn.Module):
         output: scalar.
     """
 
-    def __init__(self, *, temperature: float = 0.1, base_temperature: float = 0.07, normalize: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        temperature: float = 0.1,
+        base_temperature: float = 0.07,
+        normalize: bool = True,
+        chunk_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.temperature = _check_positive_real("temperature", temperature)
         self.base_temperature = _check_positive_real("base_temperature", base_temperature)
         self.normalize = bool(normalize)
+        self.chunk_size = _check_chunk_size(chunk_size)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Shape: z ``(B, V, d)`` with labels ``(B,)`` or None, or embeddings ``(N, d)`` with labels ``(N,)``."""
         if _metric_learning_shape(z, labels, type(self).__name__):
             z = z[:, None]  # (N, 1, d): each row its own instance
         return supcon_loss(
-            z, labels, temperature=self.temperature, base_temperature=self.base_temperature, normalize=self.normalize
+            z,
+            labels,
+            temperature=self.temperature,
+            base_temperature=self.base_temperature,
+            normalize=self.normalize,
+            chunk_size=self.chunk_size,
         )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, base_temperature={self.base_temperature}"
+        return (
+            f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
+            f"normalize={self.normalize}, chunk_size={self.chunk_size}"
+        )

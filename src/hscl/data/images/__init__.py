@@ -1,7 +1,8 @@
 """Image datasets: readers for the official on-disk formats, a registry, resolution and checked downloads.
 
 Every reader returns an :class:`ImageData` with uint8 images of shape (N, C, H, W) and int64 labels of
-shape (N,). The formats:
+shape (N,) (multi-label datasets: bool multi-hot labels of shape (N, num_classes), ``data.multilabel``).
+The formats:
 
 * MNIST / Fashion-MNIST: four idx files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``), plain or gzipped. An idx file starts with two
@@ -22,14 +23,24 @@ shape (N,). The formats:
 * A generic image folder: ``root/train/<class>/*`` and ``root/test/<class>/*``, or ``root/<class>/*``
   split 80/20.
 
+Built from these files:
+
+* ``fashion-mnist-mosaic``, ``mnist-mosaic`` (:mod:`~hscl.data.images.mosaic`): multi-label 2 x 2 mosaics of
+  real images (1 x 56 x 56), labelled by the set of classes they show.
+* The few-shot benchmarks (:mod:`~hscl.data.images.fewshot_splits`): CIFAR-FS and FC100 (class splits of the
+  CIFAR-100 files) and miniImageNet (``train.csv`` / ``val.csv`` / ``test.csv`` over ``images/``), read as a
+  :class:`FewShotBenchmark` of three splits with disjoint classes; ``load_dataset("cifar-fs")`` (``"fc100"``,
+  ``"mini-imagenet"``) gives the test split's classes as episode data for :func:`hscl.engine.fewshot.few_shot`.
+
 :func:`load_dataset` finds a dataset by name in the ``data_dir`` argument, ``$HSCL_DATA``, known system
 locations, the cache directory (``$HSCL_CACHE/<name>``, default ``~/.cache/hscl/<name>``), and finally
 downloads it from the official source with an md5 check.
 
 The package: :mod:`~hscl.data.images.base` (:class:`ImageData`, errors), :mod:`~hscl.data.images.formats`
 (idx, CIFAR, STL-10, digits), :mod:`~hscl.data.images.image_files` (TinyImageNet, image folders),
-:mod:`~hscl.data.images.download` (cache, downloads, archives) and :mod:`~hscl.data.images.registry`
-(:data:`DATASETS`, :func:`load_dataset`).
+:mod:`~hscl.data.images.mosaic` (multi-label mosaics), :mod:`~hscl.data.images.fewshot_splits` (few-shot
+benchmarks), :mod:`~hscl.data.images.download` (cache, downloads, archives) and
+:mod:`~hscl.data.images.registry` (:data:`DATASETS`, :func:`load_dataset`).
 """
 
 from hscl.data.images.base import (
@@ -40,6 +51,16 @@ from hscl.data.images.base import (
     stratified_indices,
 )
 from hscl.data.images.download import Download, cache_dir, download_file, extract_archive
+from hscl.data.images.fewshot_splits import (
+    CIFAR_FS_CLASSES,
+    FC100_SUPERCLASSES,
+    MINI_IMAGENET_WNIDS,
+    FewShotBenchmark,
+    FewShotSplit,
+    read_cifar_fs,
+    read_fc100,
+    read_mini_imagenet,
+)
 from hscl.data.images.formats import (
     read_cifar10,
     read_cifar100,
@@ -50,27 +71,47 @@ from hscl.data.images.formats import (
     read_stl10,
 )
 from hscl.data.images.image_files import read_image_folder, read_tiny_imagenet
+from hscl.data.images.mosaic import (
+    Mosaics,
+    make_mosaics,
+    mosaic_dataset,
+    read_fashion_mnist_mosaic,
+    read_mnist_mosaic,
+)
 from hscl.data.images.registry import DATASETS, DatasetSpec, load_dataset
 
 __all__ = [
+    "CIFAR_FS_CLASSES",
     "DATASETS",
+    "FC100_SUPERCLASSES",
+    "MINI_IMAGENET_WNIDS",
     "ChecksumError",
     "DatasetNotFoundError",
     "DatasetSpec",
     "Download",
+    "FewShotBenchmark",
+    "FewShotSplit",
     "ImageData",
+    "Mosaics",
     "UnsafeArchiveError",
     "cache_dir",
     "download_file",
     "extract_archive",
     "load_dataset",
+    "make_mosaics",
+    "mosaic_dataset",
     "read_cifar10",
     "read_cifar100",
+    "read_cifar_fs",
     "read_digits",
     "read_fashion_mnist",
+    "read_fashion_mnist_mosaic",
+    "read_fc100",
     "read_idx",
     "read_image_folder",
+    "read_mini_imagenet",
     "read_mnist",
+    "read_mnist_mosaic",
     "read_stl10",
     "read_tiny_imagenet",
     "stratified_indices",

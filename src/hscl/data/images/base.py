@@ -1,5 +1,5 @@
-"""The image dataset type: :class:`ImageData` (uint8 images, int64 labels, a train and a test split),
-stratified subsets, and the errors of :mod:`hscl.data.images`."""
+"""The image dataset type: :class:`ImageData` (uint8 images; int64 class labels or bool multi-hot label sets;
+a train and a test split), stratified subsets, and the errors of :mod:`hscl.data.images`."""
 
 from __future__ import annotations
 
@@ -42,9 +42,15 @@ def stratified_indices(labels: np.ndarray | torch.Tensor, n: int, seed: int | Se
     Each class gets ``floor(n * count / N)`` items; the remaining items go to the classes with the largest
     remainders (ties: the larger class, then the lower label). Within a class the items are drawn uniformly
     at random by ``numpy.random.default_rng(seed)``, so the result depends only on the labels, ``n`` and
-    ``seed``.
+    ``seed``. Multi-hot labels ``(N, C)`` are stratified by label set: each distinct row is one stratum
+    (ordered as the rows sort lexicographically).
+
+    Shape: labels ``(N,)`` class indices or ``(N, C)`` multi-hot.
     """
-    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if labels.ndim == 2:  # one stratum per distinct label set
+        labels = np.unique(labels, axis=0, return_inverse=True)[1]
+    labels = labels.reshape(-1)
     total = len(labels)
     if not 0 <= n <= total:
         raise ValueError(f"cannot take a stratified sample of {n} from {total} items")
@@ -77,12 +83,18 @@ def _check_images(name: str, images: object) -> torch.Tensor:
 def _check_labels(name: str, labels: object, count: int, num_classes: int) -> None:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dtype != torch.int64:
-        raise TypeError(f"{name} must have dtype torch.int64, got {labels.dtype}")
-    if labels.ndim != 1:
-        raise ValueError(f"{name} must have shape (N,), got {tuple(labels.shape)}")
+    if labels.ndim not in (1, 2):
+        raise ValueError(f"{name} must have shape (N,) or, multi-hot, (N, C); got {tuple(labels.shape)}")
     if labels.shape[0] != count:
         raise ValueError(f"{name} has {labels.shape[0]} labels for {count} images")
+    if labels.ndim == 2:
+        if labels.dtype != torch.bool:
+            raise TypeError(f"{name}: multi-hot labels (N, C) must have dtype torch.bool, got {labels.dtype}")
+        if labels.shape[1] != num_classes:
+            raise ValueError(f"{name} has {labels.shape[1]} columns for {num_classes} classes")
+        return
+    if labels.dtype != torch.int64:
+        raise TypeError(f"{name} must have dtype torch.int64 (or be multi-hot (N, C) torch.bool), got {labels.dtype}")
     if count and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(
             f"{name} must lie in [0, {num_classes}) for {num_classes} classes, "
@@ -94,12 +106,16 @@ def _check_labels(name: str, labels: object, count: int, num_classes: int) -> No
 class ImageData:
     """A labelled image dataset with a train and a test split.
 
+    Labels are either class indices, int64 ``(N,)`` with values in ``[0, num_classes)``, or (a multi-label
+    dataset, :attr:`multilabel`) label sets, bool ``(N, num_classes)`` multi-hot rows (``True`` where the
+    class is present; a row may hold any number of classes, including none). Both splits use the same kind.
+
     Attributes:
         name: dataset name (e.g. ``"cifar10"``, ``"folder:/path"``).
         train_images: uint8 tensor (N_train, C, H, W), values 0..255.
-        train_labels: int64 tensor (N_train,), values in [0, num_classes).
+        train_labels: int64 tensor (N_train,), values in [0, num_classes); or bool (N_train, num_classes).
         test_images: uint8 tensor (N_test, C, H, W) with the same C, H, W.
-        test_labels: int64 tensor (N_test,).
+        test_labels: int64 tensor (N_test,); or bool (N_test, num_classes), as train_labels.
         classes: class names; ``classes[k]`` is the name of label k.
         unlabeled_images: optional uint8 tensor (N_unlabeled, C, H, W) (STL-10's unlabeled split; a lazy,
             memory-mapped and non-contiguous view: index it in batches).
@@ -128,6 +144,11 @@ class ImageData:
             )
         _check_labels(f"{self.name}: train_labels", self.train_labels, train.shape[0], len(self.classes))
         _check_labels(f"{self.name}: test_labels", self.test_labels, test.shape[0], len(self.classes))
+        if self.train_labels.ndim != self.test_labels.ndim:
+            raise ValueError(
+                f"{self.name}: train_labels {tuple(self.train_labels.shape)} and test_labels "
+                f"{tuple(self.test_labels.shape)} must both be class indices (N,) or both multi-hot (N, C)"
+            )
         if self.unlabeled_images is not None:
             unlabeled = _check_images(f"{self.name}: unlabeled_images", self.unlabeled_images)
             if unlabeled.shape[1:] != train.shape[1:]:
@@ -151,11 +172,17 @@ class ImageData:
         """Number of classes, ``len(classes)``."""
         return len(self.classes)
 
+    @property
+    def multilabel(self) -> bool:
+        """True when the labels are multi-hot label sets (bool ``(N, num_classes)``), False for class indices."""
+        return self.train_labels.ndim == 2
+
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> ImageData:
         """A stratified subset: ``train`` training and ``test`` test images (None keeps a split whole).
 
-        Each class keeps its share of the split (see :func:`stratified_indices`); the images keep their
-        original order; the result is the same for the same ``seed``. ``unlabeled_images`` is kept as is.
+        Each class (for a multi-label dataset: each distinct label set) keeps its share of the split (see
+        :func:`stratified_indices`); the images keep their original order; the result is the same for the
+        same ``seed``. ``unlabeled_images`` is kept as is.
         """
 
         def take(images: torch.Tensor, labels: torch.Tensor, n: int | None, stream: int):
@@ -183,7 +210,7 @@ class ImageData:
             f"ImageData({self.name!r}, train={self.train_images.shape[0]}, "
             f"test={self.test_images.shape[0]}{unlabeled}, "
             f"channels={self.channels}, size={self.train_images.shape[2]}x{self.train_images.shape[3]}, "
-            f"classes={self.num_classes})"
+            f"classes={self.num_classes}{', multilabel' if self.multilabel else ''})"
         )
 
 

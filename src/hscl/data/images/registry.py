@@ -3,6 +3,7 @@ in the data roots, system paths and the cache, then a checked download."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from hscl.data.images.base import DatasetNotFoundError, ImageData, PathLike
 from hscl.data.images.download import Download, _download, _DownloadError, cache_dir
+from hscl.data.images.fewshot_splits import _cifar_fs_episodes, _fc100_episodes, _mini_imagenet_episodes
 from hscl.data.images.formats import (
     _IDX_FILES,
     _idx_names,
@@ -21,6 +23,7 @@ from hscl.data.images.formats import (
     read_stl10,
 )
 from hscl.data.images.image_files import read_image_folder, read_tiny_imagenet
+from hscl.data.images.mosaic import read_fashion_mnist_mosaic, read_mnist_mosaic
 
 __all__ = ["DATASETS", "DatasetSpec", "load_dataset"]
 
@@ -33,7 +36,8 @@ class DatasetSpec:
         name: registry name (``load_dataset(name)``).
         reader: ``reader(directory, **options) -> ImageData``.
         folder: the dataset's own folder name (e.g. ``"cifar-10-batches-py"``); data roots are searched for
-            ``<root>/<folder>``, ``<root>/<name>``, ``<root>/<name>/<folder>`` and ``<root>`` itself.
+            ``<root>/<folder>``, ``<root>/<name>``, ``<root>/<name>/<folder>`` (then ``<root>/<source>`` and
+            ``<root>/<source>/<folder>`` for a derived dataset) and ``<root>`` itself.
         files: required files (or directories) relative to that folder; each entry lists accepted
             alternative names. Empty for data shipped with a package (digits).
         downloads: the official source files with md5s.
@@ -41,6 +45,8 @@ class DatasetSpec:
         channels, size, num_classes: image channels, height/width, classes.
         option_files: (option, file) pairs: ``file`` is required too when ``options[option]`` is true.
         hint: extra advice for the not-found error.
+        source: for a dataset built from another one's files (``cifar-fs`` from ``cifar100``), that dataset's
+            registry name: the two share one cache folder, so the files are downloaded once.
     """
 
     name: str
@@ -54,6 +60,7 @@ class DatasetSpec:
     num_classes: int
     option_files: tuple[tuple[str, str], ...] = ()
     hint: str = ""
+    source: str = ""
 
     def required(self, options: dict | None = None) -> tuple[tuple[str, ...], ...]:
         """Required files for these reader options."""
@@ -63,8 +70,10 @@ class DatasetSpec:
     def candidates(self, root: PathLike) -> list[Path]:
         """Directories under a data root that may hold the files, in search order."""
         root = Path(root).expanduser()
-        paths = [root / self.folder, root / self.name, root / self.name / self.folder, root]
-        return list(dict.fromkeys(paths))
+        paths = [root / self.folder, root / self.name, root / self.name / self.folder]
+        if self.source:
+            paths += [root / self.source, root / self.source / self.folder]
+        return list(dict.fromkeys([*paths, root]))
 
     def missing(self, directory: Path, options: dict | None = None) -> list[str]:
         """Required files not present in ``directory``."""
@@ -101,6 +110,11 @@ _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
 def _idx_downloads(base: str, md5s: Sequence[str]) -> tuple[Download, ...]:
     return tuple(Download(base + f + ".gz", m, f + ".gz", False) for f, m in zip(_IDX_FILES, md5s))
+
+
+def _derived(spec: DatasetSpec, name: str, reader: Callable[..., ImageData], **changes) -> DatasetSpec:
+    """A dataset built from ``spec``'s files (same folder, files, downloads, system paths and cache)."""
+    return dataclasses.replace(spec, name=name, reader=reader, source=spec.name, **changes)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -229,6 +243,27 @@ DATASETS: dict[str, DatasetSpec] = {
         hint="shipped with scikit-learn",
     ),
 }
+DATASETS["fashion-mnist-mosaic"] = _derived(
+    DATASETS["fashion-mnist"], "fashion-mnist-mosaic", read_fashion_mnist_mosaic, size=56
+)
+DATASETS["mnist-mosaic"] = _derived(DATASETS["mnist"], "mnist-mosaic", read_mnist_mosaic, size=56)
+DATASETS["cifar-fs"] = _derived(DATASETS["cifar100"], "cifar-fs", _cifar_fs_episodes, num_classes=20)
+DATASETS["fc100"] = _derived(DATASETS["cifar100"], "fc100", _fc100_episodes, num_classes=20)
+DATASETS["mini-imagenet"] = DatasetSpec(
+    name="mini-imagenet",
+    reader=_mini_imagenet_episodes,
+    folder="miniImagenet",
+    files=(("train.csv",), ("val.csv",), ("test.csv",), ("images",)),
+    downloads=(),
+    system_paths=(),
+    channels=3,
+    size=84,
+    num_classes=20,
+    hint=(
+        "miniImageNet is not downloaded (ImageNet's terms): put Ravi & Larochelle's split files train.csv, "
+        "val.csv, test.csv and the images/ folder of JPEGs they list into DIR/miniImagenet"
+    ),
+)
 
 
 def _lookup(name: str) -> DatasetSpec | None:
@@ -250,9 +285,13 @@ def load_dataset(name: str, data_dir: PathLike | None = None, download: bool = T
     Data roots are searched in this order, each for ``<root>/<folder>``, ``<root>/<name>[/<folder>]``, ``<root>``:
     ``data_dir``, the ``os.pathsep``-separated roots of ``$HSCL_DATA``, the dataset's system paths (e.g.
     ``/usr/share/datasets/fashion-mnist`` from the Debian package ``dataset-fashion-mnist``), and the cache
-    dir :func:`cache_dir` ``(name)``. If none holds the files and ``download`` is true, the official files
-    are downloaded into the cache dir, md5-checked and extracted. ``options`` go to the reader (e.g.
-    ``unlabeled=True`` for STL-10; ``size``, ``channels``, ``seed``, ``test_fraction`` for folders).
+    dir :func:`cache_dir` ``(name)`` (for a dataset built from another's files, such as ``cifar-fs`` or
+    ``fashion-mnist-mosaic``, the cache dir of that one). If none holds the files and ``download`` is true, the
+    official files are downloaded into the cache dir, md5-checked and extracted. ``options`` go to the reader
+    (e.g. ``unlabeled=True`` for STL-10; ``size``, ``channels``, ``seed``, ``test_fraction`` for folders;
+    ``train_size``, ``test_size``, ``seed`` for mosaics; ``split``, ``query_fraction``, ``seed`` for the
+    few-shot benchmarks ``cifar-fs``, ``fc100``, ``mini-imagenet``, which load one split, by default
+    ``"test"``, as episode data: see :meth:`~hscl.data.images.FewShotBenchmark.as_episode_data`).
 
     Raises ``ValueError`` for an unknown name and one :class:`DatasetNotFoundError` listing every location
     tried, why it failed, and how to provide the data.
@@ -277,7 +316,7 @@ def load_dataset(name: str, data_dir: PathLike | None = None, download: bool = T
     env_roots = [p for p in env.split(os.pathsep) if p]
     roots += [("$HSCL_DATA", Path(p), "") for p in env_roots] or [("$HSCL_DATA", None, "not set")]
     roots += [("system path", Path(p), "") for p in spec.system_paths]
-    target = cache_dir(spec.name)
+    target = cache_dir(spec.source or spec.name)
     roots.append(("cache", target, ""))
 
     tried: list[tuple[str, str]] = []
