@@ -31,10 +31,10 @@ def label_layout(request, monkeypatch):
     """Run a test with each way the fused loss lays out a block of anchors: its column tables in one
     tile (the default at test sizes), split into one tile per row (what large classes get), and the
     log-sum-exp shifted by each row's max instead of the constant 1 / temperature."""
-    from hscl.losses import _fused
+    from hscl.losses import _fused, _layout
 
     if request.param == "row-tiles":
-        monkeypatch.setattr(_fused, "_PAIR_TILE_ELEMENTS", 1)  # read from _fused's globals at call time
+        monkeypatch.setattr(_layout, "_PAIR_TILE_ELEMENTS", 1)  # read from _layout's globals at call time
     elif request.param == "row-max-shift":
         monkeypatch.setattr(_fused, "_CONSTANT_SHIFT_LIMIT", {})
     return request.param

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Exponential", "Hardening", "LinearThreshold", "Threshold", "linear_threshold"]
+__all__ = ["AutoExponential", "Exponential", "Hardening", "LinearThreshold", "Threshold", "linear_threshold"]
 
 
 class Hardening:
@@ -79,6 +79,122 @@ class Threshold(Hardening):
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
         return (g >= self.log_threshold).to(g.dtype)
+
+
+class AutoExponential(Hardening):
+    """Exponential tilting whose ``beta`` is chosen by each forward of the loss for a target effective
+    sample size of the tilted negatives.
+
+    For an anchor ``r`` with negatives ``N(r)`` and weights ``w = exp(beta g(r, s))``,
+    ``ESS_r = (sum_s w)^2 / sum_s w^2`` is the effective number of negatives; the fraction
+    ``ESS_r / |N(r)|`` is 1 at ``beta = 0`` and decreases in ``beta``. Each call of the loss sets
+    ``beta >= 0`` so that the mean of that fraction over the anchors with a non-empty ``N(r)`` equals
+    ``target``, on the detached similarities (no gradient flows through the choice), capped at
+    ``max_beta``; the loss is then exactly H-SCL / H-UCL with :class:`Exponential` ``(beta)``.
+    ``beta`` holds the value of the last call (0 before the first).
+
+    The solver is a safeguarded Newton iteration on ``[0, max_beta]`` (bisection whenever a Newton step
+    leaves the bracket), started from the previous call's ``beta``, to ``|mean fraction - target| <=
+    1e-6``. At most ``max_entries`` similarities enter it: for a larger batch it uses 8 evenly spaced
+    contiguous groups of anchors holding that many, against every candidate column.
+
+    Args:
+        target: the mean ESS fraction, in ``(0, 1]`` (1 gives ``beta = 0``).
+        max_beta: the cap on ``beta`` (default 50: ``exp(50 g)`` already puts all the weight on the
+            hardest negatives for any temperature).
+        max_entries: similarities the solver may use per call (default ``2**19``).
+    """
+
+    MAX_BETA = 50.0
+
+    def __init__(self, target: float = 0.5, *, max_beta: float = MAX_BETA, max_entries: int = 1 << 19) -> None:
+        _check_real("target", target)
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"target must be in (0, 1] (a mean fraction ESS_r / |N(r)|), got target={target}")
+        _check_real("max_beta", max_beta)
+        if not max_beta > 0:
+            raise ValueError(f"max_beta must be > 0, got max_beta={max_beta}")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be an integer >= 1, got max_entries={max_entries!r}")
+        self.target, self.max_beta, self.max_entries = float(target), float(max_beta), max_entries
+        self.beta = 0.0
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.beta * g)
+
+    def __repr__(self) -> str:
+        return f"AutoExponential(target={self.target}, beta={self.beta:.6g}, max_beta={self.max_beta})"
+
+    def choose(self, g: torch.Tensor, negatives: torch.Tensor) -> float:
+        """Set and return ``beta`` for similarities ``g`` (a, n) with the negative mask ``negatives`` (a, n)."""
+        self.beta = ess_beta(g, negatives, self.target, self.max_beta, start=self.beta)
+        return self.beta
+
+
+def ess_fraction(g: torch.Tensor, negatives: torch.Tensor, beta: float) -> torch.Tensor:
+    """Mean over the rows with a negative of ``ESS_r / |N(r)|`` for weights ``exp(beta g)`` on the mask.
+
+    Shape: g ``(a, n)``, negatives ``(a, n)`` bool; output: a scalar tensor.
+    """
+    return _ess_at(_ess_prepare(g, negatives), beta)[0]
+
+
+def _ess_prepare(g: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows with a negative: ``g`` minus the row's largest negative (0 off the negatives), the mask
+    in ``g``'s dtype, and ``|N(r)|``."""
+    rows = negatives.any(1)
+    g, negatives = g[rows], negatives[rows]
+    top = torch.where(negatives, g, -math.inf).amax(1, keepdim=True)
+    shifted = torch.where(negatives, g - top, 0.0)  # <= 0: the weights stay <= 1
+    mask = negatives.to(g.dtype)
+    return shifted, mask, mask.sum(1)
+
+
+def _ess_at(prepared, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean ESS fraction and its derivative in ``beta``: ``d f_r / d beta = 2 f_r (m_beta - m_2beta)``
+    with ``m_b`` the mean of ``g`` under weights ``exp(b g)``."""
+    shifted, mask, count = prepared
+    w = torch.exp(beta * shifted).mul_(mask)  # (a, n), 0 off the negatives
+    w2 = w * w
+    a, b = w.sum(1), w2.sum(1)
+    frac = a * a / (count * b)
+    slope = frac * 2.0 * ((shifted * w).sum(1) / a - (shifted * w2).sum(1) / b)
+    return frac.mean(), slope.mean()
+
+
+def ess_beta(
+    g: torch.Tensor,
+    negatives: torch.Tensor,
+    target: float,
+    max_beta: float = AutoExponential.MAX_BETA,
+    start: float = 0.0,
+) -> float:
+    """The ``beta`` in ``[0, max_beta]`` whose mean ESS fraction (:func:`ess_fraction`) is ``target``
+    (``max_beta`` when even that leaves a larger fraction). Safeguarded Newton from ``start``.
+
+    Shape: g ``(a, n)``, negatives ``(a, n)`` bool.
+    """
+    g, negatives = g.detach(), negatives.detach()
+    if target >= 1.0 or not bool(negatives.any()):
+        return 0.0
+    prepared = _ess_prepare(g, negatives)
+    if float(_ess_at(prepared, max_beta)[0]) >= target:
+        return float(max_beta)  # the cap: the target is not reached below it
+    lo, hi = 0.0, float(max_beta)
+    beta = min(max(float(start), 0.0), hi)
+    for _ in range(200):
+        value, slope = (float(x) for x in _ess_at(prepared, beta))
+        if abs(value - target) <= 1e-6:
+            break
+        if value > target:
+            lo = beta
+        else:
+            hi = beta
+        step = beta - (value - target) / slope if slope < 0 else math.nan
+        beta = step if lo < step < hi else 0.5 * (lo + hi)
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+    return beta
 
 
 @dataclass(frozen=True)

@@ -447,3 +447,161 @@ def test_objectives_come_from_the_registry(objective):
     }[objective](z, labels)
     torch.testing.assert_close(loss, 0.7 * ce + 0.3 * term)
     torch.testing.assert_close(parts["contrastive"], term)
+
+
+# --------------------------------------------------------------------------------------------
+# pre-trained backbones (hscl.models.build_backbone)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """EfficientNet-Lite0 with its ImageNet weights at 32 px (a size this CPU fine-tunes in a few seconds)."""
+    from hscl.models import build_backbone
+
+    return build_backbone("efficientnet-lite0", input_size=32)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_backbone_finetune_model_embeddings(lite0):
+    from hscl.models import ProjectionHead
+
+    x = torch.rand(4, 1, 8, 8)
+    model = FineTuneModel(lite0, 3).eval()  # default for a backbone: the contrastive term on its features
+    assert model.embedding == "features" and model.model.encoder is lite0
+    with torch.no_grad():
+        logits, h, z = model(x)
+        torch.testing.assert_close(h, lite0(x))
+    assert torch.equal(z, h) and logits.shape == (4, 3) and not logits.any()  # the zero head
+    torch.manual_seed(0)
+    projected = FineTuneModel(copy.deepcopy(lite0), 3, "projection").eval()
+    head = projected.model.head
+    assert isinstance(head, ProjectionHead) and (head.in_dim, head.hidden_dim, head.out_dim) == (1280, 512, 128)
+    with torch.no_grad():
+        _, h2, z2 = projected(x)
+        torch.testing.assert_close(z2, F.normalize(head(h2), dim=1))
+    torch.testing.assert_close(z2.norm(dim=1), torch.ones(4))
+    torch.manual_seed(0)
+    again = FineTuneModel(copy.deepcopy(lite0), 3, "projection")
+    assert all(torch.equal(a, b) for a, b in zip(again.model.head.parameters(), head.parameters()))
+
+
+def test_backbone_finetune_runs_and_resumes_exactly(lite0, digits, tmp_path, monkeypatch):
+    """EfficientNet-Lite0 fine-tuned on 3 digits classes: the backbone sees [0, 1] images, the run resumes to the
+    same weights, and the pre-trained backbone is left untouched."""
+    import hscl.engine.finetune as ft
+
+    data = select_classes(digits, [0, 1, 2]).subset(48, 30, seed=0)
+    config = FinetuneConfig(objective="schane", epochs=2, batch_size=16, lr=1e-3)
+    before = _state(lite0)
+    ranges = []
+    hook = lite0.register_forward_pre_hook(lambda _, args: ranges.append(args[0].aminmax()))  # copied with it
+    try:
+        reference = finetune(lite0, data, config, out_dir=tmp_path / "a", progress=False, device="cpu")
+    finally:
+        hook.remove()
+    assert min(float(lo) for lo, _ in ranges) >= 0.0 and max(float(hi) for _, hi in ranges) <= 1.0
+    assert max(float(hi) for _, hi in ranges) > 0.5  # images, not their normalised form
+    assert all(torch.equal(v, before[k]) for k, v in lite0.state_dict().items())
+    assert reference.model.embedding == "features" and len(reference.history) == 2
+    assert all(h["contrastive"] > 0 and math.isfinite(h["loss"]) for h in reference.history)
+    saved = torch.load(tmp_path / "a" / "finetune_last.pt", weights_only=True)
+    assert saved["config"]["embedding"] == "features"
+
+    saves = []
+    original = ft._atomic_save
+
+    def save_then_die(obj, path):
+        original(obj, path)
+        saves.append(path)
+        if len(saves) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_atomic_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(lite0, data, config, out_dir=tmp_path / "b", progress=False, device="cpu")
+    resumed = finetune(lite0, data, config, out_dir=tmp_path / "b", resume=True, progress=False, device="cpu")
+    a, b = reference.model.state_dict(), resumed.model.state_dict()
+    assert set(a) == set(b) and any(k.startswith("model.encoder.module.blocks.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in reference.history]
+    assert resumed.test_top1 == reference.test_top1
+
+
+def test_few_shot_with_a_backbone(lite0, digits, tmp_path):
+    """Episodes fine-tune copies of the same backbone weights with the same draws: SCHaNe with lam = 0 (here even
+    with a new projection head) scores exactly like CE on every episode, and the backbone is left untouched."""
+    from hscl.engine.fewshot import run_episode
+
+    before = _state(lite0)
+    configs = {
+        "ce": FinetuneConfig(objective="ce", bn="frozen"),
+        "schane-lam0": FinetuneConfig(objective="schane", lam=0.0, embedding="projection", bn="frozen"),
+        "schane": FinetuneConfig(objective="schane", bn="frozen"),
+    }
+    fewshot = FewShotConfig(ways=3, shots=[2], queries=3, episodes=2, steps=2)
+    rows = few_shot(lite0, digits, [5, 6, 7, 8], configs, fewshot, out_dir=tmp_path / "fs", progress=False)[2]
+    assert [r["episode"] for r in rows] == [0, 1]
+    assert all(r["accuracy"]["ce"] == r["accuracy"]["schane-lam0"] for r in rows)
+    assert all(torch.equal(v, before[k]) for k, v in lite0.state_dict().items())
+    setting = json.loads((tmp_path / "fs" / "setting.json").read_text())
+    assert setting["objectives"]["ce"]["embedding"] == "features"  # resolved for the backbone
+    assert setting["objectives"]["schane-lam0"]["embedding"] == "projection"
+    # one episode run twice from the same seed: the same accuracy (the projection head is drawn from the seed)
+    from hscl.data.augment import preset_for
+
+    support, queries = digits.train_images[:6], digits.test_images[:6]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    args = (lite0, support, labels, queries, labels, FinetuneConfig(objective="schane", embedding="projection"))
+    kwargs = {"steps": 2, "augment": preset_for(1, 8), "seed": 7}
+    assert run_episode(*args, **kwargs) == run_episode(*args, **kwargs)
+
+
+def _save_tiny_vit(folder):
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=4
+    )
+    torch.manual_seed(0)
+    ViTModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_finetune_cli_with_a_hf_backbone(tmp_path, capsys):
+    folder = _save_tiny_vit(tmp_path / "vit")
+    out = tmp_path / "ft"
+    args = ["finetune", "--backbone", f"hf:{folder}", "--dataset", "digits", "--classes", "0,1,2", "--epochs", "1"]
+    args += ["--batch-size", "16", "--train-subset", "48", "--test-subset", "30", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["backbone"] == f"hf:{folder}" and result["source"] == "backbone" and result["checkpoint"] is None
+    assert result["config"]["embedding"] == "features" and result["architecture"]["feature_dim"] == 16
+    assert result["architecture"]["input_size"] == 16 and 0 <= result["test_top1"] <= 100
+    assert "SCHaNe: test top-1" in capsys.readouterr().out
+    few = ["finetune", "--backbone", f"hf:{folder}", "--dataset", "digits", "--few-shot", "--embedding", "projection"]
+    few += ["--input-size", "24", "--ways", "3", "--shots", "2", "--queries", "3", "--episodes", "1", "--steps", "2"]
+    assert main([*few, "--out", str(tmp_path / "fs"), "--no-progress"]) == 0
+    few_result = json.loads((tmp_path / "fs" / "result.json").read_text())
+    assert few_result["config"]["embedding"] == "projection" and few_result["architecture"]["input_size"] == 24
+    assert "3-way 2-shot SCHaNe" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["finetune"], "pass CHECKPOINT (a checkpoint or state_dict file) or --backbone NAME"),
+        (["finetune", "model.pt", "--backbone", "efficientnet-lite0"], "--backbone replaces CHECKPOINT"),
+        (["finetune", "--backbone", "efficientnet-lite0", "--encoder", "convnet"], "--backbone replaces CHECKPOINT"),
+        (["finetune", "model.pt", "--input-size", "96"], "--input-size applies to --backbone"),
+        (["finetune", "--backbone", "vgg16"], "unknown backbone 'vgg16'; valid backbones: efficientnet-lite0"),
+        (["finetune", "--backbone", "convnet"], "--random-init"),
+        (["finetune", "--backbone", "hf:no/such/folder"], "hf:no/such/folder: no such folder"),
+    ],
+)
+def test_finetune_cli_backbone_errors(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``hscl finetune CHECKPOINT``: fine-tune a pre-trained encoder with a linear head, fully or ``--few-shot``.
+"""``hscl finetune CHECKPOINT`` / ``hscl finetune --backbone NAME``: fine-tune a pre-trained encoder with a linear
+head, fully or ``--few-shot``.
 
 The general fine-tuning command over :mod:`hscl.engine.finetune` (full fine-tuning) and
 :mod:`hscl.engine.fewshot` (N-way K-shot episodes); ``hscl reproduce schane`` is the experiment built
@@ -19,10 +20,20 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
         "finetune",
         help="fine-tune a pre-trained encoder with a linear head: CE, SCHaNe or SupCon+CE (full or few-shot)",
         description="Fine-tune CHECKPOINT (any checkpoint hscl train wrote, or a state_dict file of an hscl model: "
-        "the architecture is read off its tensor shapes; --encoder/--in-channels/... override it) with "
-        "(1 - lam) CE + lam L on the training split, or on N-way K-shot episodes with --few-shot.",
+        "the architecture is read off its tensor shapes; --encoder/--in-channels/... override it) or a pre-trained "
+        "--backbone (efficientnet-lite0, hf:PATH, ...) with (1 - lam) CE + lam L on the training split, or on "
+        "N-way K-shot episodes with --few-shot.",
     )
-    ft.add_argument("checkpoint", help="final.ckpt / last.ckpt of hscl train, or a state_dict (.pt) of an hscl model")
+    ft.add_argument(
+        "checkpoint", nargs="?", help="final.ckpt / last.ckpt of hscl train, or a state_dict (.pt) of an hscl model"
+    )
+    ft.add_argument(
+        "--backbone",
+        help="instead of CHECKPOINT: efficientnet-lite0 (ImageNet weights), hf:PATH (a HuggingFace model folder), "
+        "or convnet / resnet18 / resnet50 (with --random-init)",
+    )
+    ft.add_argument("--input-size", type=int, help="--backbone: resize images to this side (default: its own)")
+    ft.add_argument("--random-init", action="store_true", help="--backbone: random initial weights")
     ft.add_argument(
         "--objective",
         default="schane",
@@ -34,8 +45,8 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     ft.add_argument(
         "--embedding",
         choices=["projection", "features"],
-        default="projection",
-        help="contrastive term on the projection z (default) or on the encoder features h",
+        help="contrastive term on the projection z (default for CHECKPOINT) or on the encoder features h (default "
+        "for --backbone; projection gives it a new head feature_dim -> 512 -> 128)",
     )
     ft.add_argument("--epochs", type=int, default=10)
     ft.add_argument("--batch-size", type=int, default=256)
@@ -83,10 +94,46 @@ def _int_list(text: str | None, name: str) -> list[int] | None:
         raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from err
 
 
+#: the flags that describe a CHECKPOINT's state_dict, and those of a --backbone
+_STATE_DICT_FLAGS = ("encoder", "in_channels", "widths", "stem", "projection_dim", "hidden_dim", "normalization")
+_BACKBONE_FLAGS = ("input_size", "random_init")
+
+
+def _load_backbone(args: argparse.Namespace):
+    """The pre-trained ``--backbone`` as a :class:`~hscl.engine.pretrained.Pretrained` (``source="backbone"``)."""
+    from hscl.engine.pretrained import Pretrained
+    from hscl.models import build_backbone
+
+    given = [f"--{f.replace('_', '-')}" for f in _STATE_DICT_FLAGS if getattr(args, f) is not None]
+    if args.checkpoint is not None or given:
+        raise ValueError(f"--backbone replaces CHECKPOINT and its flags; got {args.checkpoint or ' '.join(given)}")
+    try:
+        backbone = build_backbone(args.backbone, pretrained=not args.random_init, input_size=args.input_size)
+    except ModuleNotFoundError as err:  # the weights' or the model's package: one line with the pip command
+        raise ValueError(str(err)) from None
+    architecture = {
+        "backbone": args.backbone,
+        "pretrained": not args.random_init,
+        "feature_dim": backbone.feature_dim,
+        "input_size": backbone.input_size,
+        "mean": backbone.mean,
+        "std": backbone.std,
+        "in_channels": backbone.in_channels,
+    }
+    return Pretrained(backbone, "backbone", None, architecture, head_loaded=False)
+
+
 def _load_model(args: argparse.Namespace):
-    """The pre-trained model of ``CHECKPOINT`` (a :class:`~hscl.engine.pretrained.Pretrained`)."""
+    """The pre-trained model of ``CHECKPOINT`` or ``--backbone`` (a :class:`~hscl.engine.pretrained.Pretrained`)."""
     from hscl.engine.pretrained import load_pretrained
 
+    if args.backbone is not None:
+        return _load_backbone(args)
+    if args.checkpoint is None:
+        raise ValueError("pass CHECKPOINT (a checkpoint or state_dict file) or --backbone NAME")
+    given = [f"--{f.replace('_', '-')}" for f in _BACKBONE_FLAGS if getattr(args, f) not in (None, False)]
+    if given:
+        raise ValueError(f"{' '.join(given)} applies to --backbone, not to CHECKPOINT")
     return load_pretrained(
         args.checkpoint,
         encoder=args.encoder,
@@ -108,6 +155,8 @@ def _load_data(args: argparse.Namespace, pretrained):
     dataset = args.dataset or (run.data.dataset if run is not None else "fashion-mnist")
     data_dir = args.data_dir or (run.data.data_dir if run is not None and dataset == run.data.dataset else None)
     data = load_dataset(dataset, data_dir=data_dir)
+    if pretrained.source == "backbone":  # grey images are repeated to the backbone's channels
+        return data
     if data.channels != pretrained.architecture["in_channels"]:
         raise ValueError(
             f"{dataset} has {data.channels}-channel images but the model takes {pretrained.architecture['in_channels']}"
@@ -212,17 +261,22 @@ def _run_full(args, pretrained, data, classes, config, augment, out: Path, recor
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    """``hscl finetune CHECKPOINT ...`` (see ``hscl finetune --help``): full fine-tuning, or ``--few-shot``."""
+    """``hscl finetune CHECKPOINT ...`` or ``hscl finetune --backbone NAME ...`` (see ``hscl finetune --help``): full
+    fine-tuning, or ``--few-shot``."""
     pretrained = _load_model(args)
     data = _load_data(args, pretrained)
     classes = _int_list(args.classes, "--classes")
     augment = pretrained.augment_config(data.channels, data.size, args.augment)
     config = _finetune_config(args)
+    config = config.resolved(pretrained.model)
     out = Path(args.out or f"runs/finetune-{args.objective}{'-fewshot' if args.few_shot else ''}")
     head = "" if pretrained.head_loaded else " (encoder weights only: new projection head)"
-    print(f"hscl finetune: {pretrained.source} {args.checkpoint}{head}: {pretrained.architecture}")
+    if pretrained.source == "backbone":
+        head = f" (contrastive term on the {config.embedding})"
+    print(f"hscl finetune: {pretrained.source} {args.backbone or args.checkpoint}{head}: {pretrained.architecture}")
     record: dict = {
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": None if args.checkpoint is None else str(args.checkpoint),
+        "backbone": args.backbone,
         "source": pretrained.source,
         "architecture": pretrained.architecture,
         "config": dataclasses.asdict(config),

@@ -5,9 +5,11 @@ pre-training. Each episode draws ``ways`` classes, ``shots`` training images of 
 ``queries`` test images of each (query set), fine-tunes a copy of the pre-trained model with a fresh
 linear head on the support set for ``steps`` full-batch steps (the objectives and steps of
 :mod:`hscl.engine.finetune`), and scores the queries. Every objective sees the same episodes, the same
-initial weights and the same augmentation draws, so their accuracies are paired. Episodes run on ``device``
-(``"auto"``: a CUDA GPU when there is one): the pre-trained model is copied there once, each episode's support
-and query images once.
+initial weights and the same augmentation draws, so their accuracies are paired. The pre-trained model is an
+hscl :class:`~hscl.models.ContrastiveModel` or any :class:`~hscl.models.Backbone` (each episode fine-tunes a
+fresh copy of the same weights; a projection head a Backbone gets is drawn from the episode's seed, so it is the
+same for every objective of an episode). Episodes run on ``device`` (``"auto"``: a CUDA GPU when there is one):
+the pre-trained model is copied there once, each episode's support and query images once.
 
 Reference: Long et al., "When hard negative sampling meets supervised contrastive learning", arXiv
 2308.14893 (SCHaNe).
@@ -42,11 +44,12 @@ from hscl.engine.finetune import (
     _check_real,
     _set_train_mode,
     accuracy,
+    backbone_input,
     make_optimizer,
     predict,
     train_step,
 )
-from hscl.models import ContrastiveModel
+from hscl.models import Backbone, ContrastiveModel
 
 __all__ = [
     "Episode",
@@ -142,7 +145,7 @@ def sample_episode(
 
 
 def run_episode(
-    pretrained: ContrastiveModel,
+    pretrained: ContrastiveModel | Backbone,
     support_images: Tensor,
     support_labels: Tensor,
     query_images: Tensor,
@@ -158,10 +161,13 @@ def run_episode(
 
     Shapes: support ``(ways * K, C, H, W)`` uint8 and ``(ways * K,)``; queries likewise. The augmentation
     draws and everything else random follow from ``seed`` alone. Runs on ``device`` (None: the device of
-    ``pretrained``; ``"auto"``: a CUDA GPU when there is one).
+    ``pretrained``; ``"auto"``: a CUDA GPU when there is one). A Backbone sees the images in ``[0, 1]``
+    (:func:`~hscl.engine.finetune.backbone_input`); a projection head it gets is drawn from ``seed``.
     """
     device = next(pretrained.parameters()).device if device is None else resolve_device(device)
     ways = int(support_labels.max()) + 1
+    augment, config = backbone_input(pretrained, augment), config.resolved(pretrained)
+    torch.manual_seed(seed)  # a new projection head (a Backbone's): the same for every objective of an episode
     model = FineTuneModel(copy.deepcopy(pretrained), ways, config.embedding).to(device)
     objective = FinetuneObjective.from_config(config)
     optimizer = make_optimizer(model, config)
@@ -183,7 +189,7 @@ def _episode_seed(seed: int, shots: int, episode: int) -> int:
 
 
 def few_shot(
-    pretrained: ContrastiveModel,
+    pretrained: ContrastiveModel | Backbone,
     data: ImageData,
     classes: Sequence[int],
     configs: Mapping[str, FinetuneConfig],
@@ -201,10 +207,12 @@ def few_shot(
     Returns ``{K: [{"episode": e, "classes": [...], "accuracy": {name: %}}, ...]}``. With ``out_dir``, each
     finished episode is appended to ``out_dir/<K>shot.jsonl``; ``resume=True`` skips the episodes found
     there, ``resume=False`` refuses to overwrite them. Runs on ``device`` (``"auto"``: a CUDA GPU when there
-    is one, else the CPU).
+    is one, else the CPU). ``pretrained`` is a ContrastiveModel or a Backbone; each config's ``embedding`` None
+    is resolved for it (:meth:`~hscl.engine.finetune.FinetuneConfig.resolved`).
     """
     from tqdm.auto import tqdm
 
+    configs = {name: config.resolved(pretrained) for name, config in configs.items()}
     device = resolve_device(device)
     if next(pretrained.parameters()).device != device:
         pretrained = copy.deepcopy(pretrained).to(device)  # once; each episode copies it on the device
@@ -273,7 +281,7 @@ def _finished_episodes(log_file: Path | None) -> dict[int, dict]:
 
 
 def _episode_row(
-    pretrained: ContrastiveModel,
+    pretrained: ContrastiveModel | Backbone,
     data: ImageData,
     classes: Sequence[int],
     configs: Mapping[str, FinetuneConfig],

@@ -1,8 +1,9 @@
 """SCHaNe fine-tuning: a pre-trained encoder + a linear classifier, fine-tuned on a labelled data set.
 
 A pre-trained :class:`~hscl.models.ContrastiveModel` (encoder ``h = f(x)``, projection head
-``z = head(h)``) gets a linear classifier on the encoder features, ``logits = W h + b``, and is
-fine-tuned end to end with one objective on a batch of ``B`` images x ``V`` augmented views:
+``z = head(h)``) or a pre-trained :class:`~hscl.models.Backbone` (``h = f(x)``; :func:`hscl.models.build_backbone`:
+EfficientNet-Lite0, a HuggingFace model, ...) gets a linear classifier on the features, ``logits = W h + b``, and
+is fine-tuned end to end with one objective on a batch of ``B`` images x ``V`` augmented views:
 
 ==============  ===================================================================================
 ``ce``          ``L = CE(logits, y)``
@@ -20,8 +21,11 @@ fine-tuned end to end with one objective on a batch of ``B`` images x ``V`` augm
 
 averaged over ``P(r)`` per anchor, then over anchors. ``L_SupCon`` is Khosla et al.'s ``L_out`` with
 ``base_temperature = temperature`` (no rescaling), the form Gunel et al. mix with CE for fine-tuning.
-The contrastive term is computed on the projection ``z`` (``embedding="projection"``, default) or on
-the encoder features ``h`` themselves (``embedding="features"``); both are L2-normalised inside the loss.
+The contrastive term is computed on the projection ``z`` (``embedding="projection"``, the default for a
+ContrastiveModel; a Backbone gets a fresh head ``feature_dim -> 512 -> 128`` on the sphere) or on the features
+``h`` themselves (``embedding="features"``, the default for a Backbone, as in SCHaNe); both are L2-normalised
+inside the loss. A Backbone takes images in ``[0, 1]`` and resizes and normalises them itself: the augmentation's
+own normalisation is replaced by the identity (mean 0, std 1) for it.
 ``lam = 0`` skips the contrastive term: the objective is then exactly cross-entropy.
 
 The linear head starts at zero (weights and bias): every objective starts from the same point, with
@@ -62,12 +66,15 @@ from hscl.engine.finetune_config import (  # noqa: F401 (re-exported: callers im
     _check_int,
     _check_real,
     _objective,
+    is_backbone,
+    resolve_embedding,
 )
 from hscl.engine.pretrained import Pretrained, load_pretrained
 from hscl.losses import METHODS, get_loss, loss_kwargs
-from hscl.models import ContrastiveModel
+from hscl.models import Backbone, ContrastiveModel, OutputNormalization, ProjectionHead
 
 __all__ = [
+    "BACKBONE_HEAD",
     "BN_MODES",
     "EMBEDDINGS",
     "OBJECTIVES",
@@ -77,6 +84,7 @@ __all__ = [
     "FinetuneResult",
     "Pretrained",
     "accuracy",
+    "backbone_input",
     "embed",
     "finetune",
     "load_pretrained",
@@ -90,19 +98,32 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # model and objective
 
+#: the projection head a Backbone gets with ``embedding="projection"``: feature_dim -> 512 -> 128 (SimCLR's widths)
+BACKBONE_HEAD = {"hidden_dim": 512, "out_dim": 128}
+
 
 class FineTuneModel(nn.Module):
-    """A pre-trained contrastive model with a linear classifier on its encoder features.
+    """A pre-trained model with a linear classifier on its encoder features.
+
+    ``model``: a :class:`ContrastiveModel`, or a :class:`Backbone`, which is wrapped in one: with
+    ``embedding="projection"`` with a fresh ``ProjectionHead(feature_dim, 512, 128)`` on the sphere
+    (:data:`BACKBONE_HEAD`, drawn from torch's global RNG), with ``"features"`` with no head. ``embedding`` None:
+    see :func:`resolve_embedding`.
 
     ``forward(x)`` returns ``(logits, h, z)``: ``(B, num_classes)``, the encoder features ``(B, F)``
     and the embedding of the contrastive term, ``(B, d)`` (the normalised projection, or ``h``).
     The classifier starts at zero.
     """
 
-    def __init__(self, model: ContrastiveModel, num_classes: int, embedding: str = "projection") -> None:
+    def __init__(self, model: ContrastiveModel | Backbone, num_classes: int, embedding: str | None = None) -> None:
         super().__init__()
+        self.embedding = resolve_embedding(embedding, model)
+        if isinstance(model, Backbone):
+            if self.embedding == "projection":
+                model = ContrastiveModel(model, ProjectionHead(model.feature_dim, **BACKBONE_HEAD), "sphere")
+            else:
+                model = ContrastiveModel(model, nn.Identity(), OutputNormalization("none"))
         self.model = model
-        self.embedding = _check_choice("embedding", embedding, EMBEDDINGS)
         self.classifier = nn.Linear(model.feature_dim, _check_int("num_classes", num_classes, 2))
         nn.init.zeros_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
@@ -169,6 +190,14 @@ def make_optimizer(model: FineTuneModel, config: FinetuneConfig) -> torch.optim.
         {"params": list(model.classifier.parameters()), "lr": config.head_lr or config.lr},
     ]
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def backbone_input(pretrained: nn.Module, augment: AugmentConfig) -> AugmentConfig:
+    """``augment`` with the identity normalisation (mean 0, std 1) when ``pretrained`` is a Backbone, whose input
+    is the unnormalised ``[0, 1]`` image (it normalises with its own statistics); else ``augment`` itself."""
+    if not is_backbone(pretrained):
+        return augment
+    return augment.with_overrides(None, mean=(0.0,) * augment.channels, std=(1.0,) * augment.channels)
 
 
 def _set_train_mode(model: nn.Module, bn: str) -> None:
@@ -298,7 +327,7 @@ def _atomic_save(obj: object, path: Path) -> None:
 
 
 def finetune(
-    pretrained: ContrastiveModel,
+    pretrained: ContrastiveModel | Backbone,
     data: ImageData,
     config: FinetuneConfig,
     *,
@@ -311,6 +340,8 @@ def finetune(
     """Fine-tune a copy of ``pretrained`` with a linear head on ``data``'s training split; score its test split.
 
     Runs on ``device`` (``"auto"``: a CUDA GPU when there is one, else the CPU); the returned model is there.
+    ``pretrained`` is a ContrastiveModel or a :class:`Backbone` (see :class:`FineTuneModel`; its augmentation
+    output stays in ``[0, 1]``, :func:`backbone_input`); ``config.embedding`` None is resolved for it.
 
     Each epoch visits the training images in an order drawn from ``(seed, epoch)`` (the last incomplete
     batch is dropped); the augmentation's draws follow from ``(seed, epoch, step)``. With ``out_dir``, the
@@ -320,6 +351,7 @@ def finetune(
     augment = augment or preset_for(data.channels, data.size)
     if config.augment is not None:
         augment = augment_preset(config.augment).with_overrides(None, size=data.size)
+    augment, config = backbone_input(pretrained, augment), config.resolved(pretrained)
     state_file = _finetune_state_file(out_dir, resume)
     device = resolve_device(device)
     torch.manual_seed(config.seed)

@@ -7,9 +7,12 @@ The objective names are ``"ce"`` (plain cross-entropy) and, for every registered
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from torch import nn
 
 from hscl.losses import METHODS
 
@@ -69,7 +72,10 @@ class FinetuneConfig:
         lam: weight of the contrastive term, ``(1 - lam) CE + lam L``; SCHaNe recommends 0.9. Ignored by ``ce``.
         beta: exponential tilting of the negatives (SCHaNe's hardness), ``>= 0``.
         temperature: gamma in ``g = z_r . z_s / gamma``.
-        embedding: the contrastive term on the projection ``z`` (``"projection"``) or on ``h`` (``"features"``).
+        embedding: the contrastive term on the projection ``z`` (``"projection"``) or on the features ``h``
+            (``"features"``); None: ``"features"`` for a :class:`~hscl.models.Backbone` (what SCHaNe does; a
+            ``"projection"`` gives it a fresh head ``feature_dim -> 512 -> 128`` on the sphere) and ``"projection"``
+            for an hscl :class:`~hscl.models.ContrastiveModel` (its pre-trained head). :meth:`resolved` fills it in.
         epochs: passes over the training set (full fine-tuning).
         batch_size: images per step ``B`` (each seen in ``views`` augmentations).
         views: augmented views per image ``V``; with ``V >= 2`` every image has a positive (its other view).
@@ -84,7 +90,7 @@ class FinetuneConfig:
     lam: float = 0.9
     beta: float = 1.0
     temperature: float = 0.5
-    embedding: str = "projection"
+    embedding: str | None = None
     epochs: int = 10
     batch_size: int = 256
     views: int = 2
@@ -100,7 +106,8 @@ class FinetuneConfig:
         self.lam = _check_real("lam", self.lam, 0.0, 1.0)
         self.beta = _check_real("beta", self.beta, 0.0, math.inf)
         self.temperature = _check_real("temperature", self.temperature, 0.0, math.inf, low_open=True)
-        self.embedding = _check_choice("embedding", self.embedding, EMBEDDINGS)
+        if self.embedding is not None:
+            self.embedding = _check_choice("embedding", self.embedding, EMBEDDINGS)
         self.epochs = _check_int("epochs", self.epochs, 1)
         self.batch_size = _check_int("batch_size", self.batch_size, 2)
         self.views = _check_int("views", self.views, 1)
@@ -110,3 +117,21 @@ class FinetuneConfig:
             self.head_lr = _check_real("head_lr", self.head_lr, 0.0, math.inf, low_open=True)
         self.bn = _check_choice("bn", self.bn, BN_MODES)
         self.seed = _check_int("seed", self.seed, 0)
+
+    def resolved(self, model: nn.Module) -> FinetuneConfig:
+        """This config with ``embedding`` chosen for ``model`` when None (see :func:`resolve_embedding`)."""
+        return dataclasses.replace(self, embedding=resolve_embedding(self.embedding, model))
+
+
+def is_backbone(model: nn.Module) -> bool:
+    """Whether ``model`` is a :class:`~hscl.models.Backbone` (or a ContrastiveModel built around one)."""
+    from hscl.models import Backbone
+
+    return isinstance(model, Backbone) or isinstance(getattr(model, "encoder", None), Backbone)
+
+
+def resolve_embedding(embedding: str | None, model: nn.Module) -> str:
+    """``embedding`` (checked), or by default ``"features"`` for a Backbone and ``"projection"`` otherwise."""
+    if embedding is not None:
+        return _check_choice("embedding", embedding, EMBEDDINGS)
+    return "features" if is_backbone(model) else "projection"

@@ -53,19 +53,78 @@ def _check_z(z: object, *, allow_nonfinite: bool = False) -> Tensor:
 
 
 def _check_labels(labels: object, batch: int, device: torch.device, required_for: str | None) -> Tensor | None:
+    """Integer class ids ``(B,)`` as long, or multi-hot ``(B, C)`` (bool, or 0/1 numbers) as bool."""
     if labels is None:
         if required_for is not None:
             raise ValueError(f"labels are required for {required_for}; pass labels of shape (B,) = ({batch},)")
         return None
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
+    if labels.dim() == 2 and labels.shape[0] == batch:
+        return _multi_hot("labels", labels).to(device)
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"labels must have an integer dtype (e.g. torch.long), got {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != batch:
         raise ValueError(
-            f"labels must have shape (B,) = ({batch},) to match z of B={batch} samples, got shape {tuple(labels.shape)}"
+            f"labels must have shape (B,) = ({batch},) (class ids) or (B, C) (multi-hot) to match z of B={batch} "
+            f"samples, got shape {tuple(labels.shape)}"
         )
     return labels.to(device=device, dtype=torch.long)
+
+
+def _multi_hot(name: str, labels: Tensor) -> Tensor:
+    """``labels`` (n, C) as bool; numbers must be 0 or 1 (one host synchronisation)."""
+    if labels.is_complex():
+        raise TypeError(f"{name} of shape (n, C) must be multi-hot (bool or 0/1), got {labels.dtype}")
+    if labels.shape[1] == 0:
+        raise ValueError(f"{name} of shape (n, C) must have at least one class column, got shape {tuple(labels.shape)}")
+    if labels.dtype != torch.bool:
+        if bool(((labels != 0) & (labels != 1)).any()):
+            raise ValueError(f"{name} of shape (n, C) must be multi-hot: every entry 0 or 1")
+        labels = labels != 0
+    return labels
+
+
+def _check_memory(memory: object, z: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
+    """``memory=(z_mem (K, d), labels_mem)``: shapes, dtype and device against ``z`` (B, V, d) and ``labels``.
+    Returns None for no memory or K = 0."""
+    if memory is None:
+        return None
+    if not isinstance(memory, (tuple, list)) or len(memory) != 2:
+        raise TypeError("memory must be a pair (z_mem of shape (K, d), labels_mem of shape (K,), (K, C) or None)")
+    z_mem, labels_mem = memory
+    d = z.shape[-1]
+    if not isinstance(z_mem, Tensor) or not z_mem.is_floating_point() or z_mem.dim() != 2 or z_mem.shape[1] != d:
+        shape = tuple(z_mem.shape) if isinstance(z_mem, Tensor) else type(z_mem).__name__
+        raise ValueError(f"memory[0] (z_mem) must be a floating tensor of shape (K, d) with d = {d}, got {shape}")
+    if z_mem.device != z.device:
+        raise ValueError(f"memory[0] (z_mem) is on {z_mem.device} but z is on {z.device}; keep them on one device")
+    K = z_mem.shape[0]
+    if K == 0:
+        return None
+    if not bool(torch.isfinite(z_mem).all()):
+        raise ValueError("memory[0] (z_mem) has non-finite values (NaN or inf)")
+    if labels_mem is None:
+        return z_mem, None
+    if not isinstance(labels_mem, Tensor) or labels_mem.shape[0] != K or labels_mem.dim() not in (1, 2):
+        shape = tuple(labels_mem.shape) if isinstance(labels_mem, Tensor) else type(labels_mem).__name__
+        raise ValueError(f"memory[1] (labels_mem) must be None or of shape (K,) or (K, C) with K = {K}, got {shape}")
+    labels_mem = labels_mem.to(z.device)
+    if labels is not None and labels.dim() != labels_mem.dim():
+        kind = "multi-hot (B, C)" if labels.dim() == 2 else "class ids (B,)"
+        raise ValueError(
+            f"memory[1] (labels_mem) must be of the kind of labels, {kind}; got shape {tuple(labels_mem.shape)}"
+        )
+    if labels_mem.dim() == 2:
+        labels_mem = _multi_hot("memory[1] (labels_mem)", labels_mem)
+        if labels is not None and labels_mem.shape[1] != labels.shape[1]:
+            raise ValueError(
+                f"memory[1] (labels_mem) has {labels_mem.shape[1]} classes but labels have {labels.shape[1]}"
+            )
+        return z_mem, labels_mem
+    if labels_mem.dtype == torch.bool or labels_mem.is_floating_point() or labels_mem.is_complex():
+        raise TypeError(f"memory[1] (labels_mem) must have an integer dtype, got {labels_mem.dtype}")
+    return z_mem, labels_mem.long()
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:

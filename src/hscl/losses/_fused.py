@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from hscl.losses._layout import _Layout, _nonneg, _positive_width, _tables, _tiles
 
 if TYPE_CHECKING:
     from hscl.losses.core import _Spec
@@ -113,144 +114,9 @@ def release_workspace() -> None:
     _WORKSPACE.buffers.clear()
 
 
-#: the column tables of an anchor block are built for row tiles of at most this many entries
-#: (``None``: an eighth of the block's ``c x N``), so they never outgrow the (c, N) buffers; a block
-#: of one tile keeps its tables from the forward pass to the gradient, others rebuild them
-_PAIR_TILE_ELEMENTS: int | None = None
-
 #: ``exp`` arguments down to ``-limit`` stay normal numbers: below this spread of ``(1 + beta) g``
 #: the shift of the log-sum-exp can be the constant ``max g = 1 / temperature`` instead of a row max
 _CONSTANT_SHIFT_LIMIT = {torch.float32: 80.0, torch.float64: 700.0}
-
-
-def _label_groups(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Class index (0 .. C - 1 by ascending label) and rank inside its class of every sample, and the
-    class sizes (shape ``(B,)``, 0 past ``C``), from one stable sort: tensor ops only, no host sync.
-
-    Shape: labels ``(B,)``; returns three ``(B,)`` long tensors.
-    """
-    B, device = labels.shape[0], labels.device
-    sorted_labels, order = torch.sort(labels, stable=True)
-    starts_class = torch.ones(B, dtype=torch.bool, device=device)
-    starts_class[1:] = sorted_labels[1:] != sorted_labels[:-1]
-    class_sorted = torch.cumsum(starts_class, 0) - 1  # (B,) class of each sorted sample
-    counts = torch.zeros(B, dtype=torch.long, device=device).index_add_(0, class_sorted, torch.ones_like(order))
-    rank_sorted = torch.arange(B, device=device) - (torch.cumsum(counts, 0) - counts)[class_sorted]
-    sample_class = torch.empty_like(order).scatter_(0, order, class_sorted)
-    sample_rank = torch.empty_like(order).scatter_(0, order, rank_sorted)
-    return sample_class, sample_rank, counts
-
-
-@dataclass
-class _Layout:
-    """Column tables of the batch (rows in their own order). Shapes: ``(N,)`` per row unless
-    stated; ``C`` classes, ``K = V * (samples in the largest class)``.
-    """
-
-    instance_columns: Tensor  # (N, V) the rows of the same sample, self included
-    view_columns: Tensor | None  # (N, V - 1) the same without self (positives="views")
-    groups: tuple[Tensor, Tensor, Tensor] | None  # _label_groups of the labels, when the sets use them
-    row_class: Tensor | None  # class index of each row
-    largest_t: Tensor  # () samples in the largest class (0 without labels), on the device
-    classes_t: Tensor  # () C (0 without labels), on the device
-    width: int = 0  # K on the host, set once per call by the caller's one synchronisation
-    class_columns: Tensor | None = None  # (C, K) the rows of each class, padded by repeating one
-    class_inside: Tensor | None = None  # (C, K) which entries of class_columns are real
-    self_index: Tensor | None = None  # position of each row in its class's table
-
-
-def _make_layout(spec: _Spec, groups: tuple[Tensor, Tensor, Tensor] | None) -> _Layout:
-    """The per-row tables, with tensor ops only (no host sync); ``groups`` from :func:`_label_groups`."""
-    N, B, V = spec.rows, spec.batch, spec.views
-    device = spec.instance.device
-    rows = torch.arange(N, device=device)
-    view_ids = torch.arange(V, device=device)
-    instance_columns = view_ids[None, :] * B + (rows % B)[:, None]  # (N, V)
-    view_columns = None
-    if V > 1:
-        others = view_ids[None, :] != (rows // B)[:, None]
-        view_columns = instance_columns[others].view(N, V - 1)
-    row_class = None
-    largest_t = classes_t = torch.zeros((), dtype=torch.long, device=device)
-    if groups is not None:
-        sample_class, _, counts = groups
-        row_class = sample_class.repeat(V)
-        largest_t, classes_t = counts.max(), (counts > 0).sum()
-    return _Layout(
-        instance_columns=instance_columns,
-        view_columns=view_columns,
-        groups=groups,
-        row_class=row_class,
-        largest_t=largest_t,
-        classes_t=classes_t,
-    )
-
-
-def _finish_layout(layout: _Layout, largest: int, classes: int) -> None:
-    """The (C, K) class tables, once the host knows their shape (from the caller's one sync)."""
-    V = layout.instance_columns.shape[1]
-    layout.width = V * largest
-    if layout.groups is None:
-        return
-    sample_class, sample_rank, counts = layout.groups
-    B, device = sample_class.shape[0], sample_class.device
-    samples = torch.zeros(classes, max(largest, 1), dtype=torch.long, device=device)
-    samples[sample_class, sample_rank] = torch.arange(B, device=device)  # (C, largest)
-    inside = torch.arange(samples.shape[1], device=device)[None, :] < counts[:classes, None]
-    samples = torch.where(inside, samples, samples[:, :1])  # padding repeats a member
-    view_offsets = torch.arange(V, device=device)[None, :, None] * B
-    layout.class_columns = (view_offsets + samples[:, None, :]).reshape(classes, -1)  # (C, K) view-major
-    layout.class_inside = inside.repeat(1, V)
-    row_view = torch.arange(V * B, device=device) // B
-    layout.self_index = row_view * samples.shape[1] + sample_rank.repeat(V)
-
-
-@dataclass
-class _Tables:
-    """Column tables of the anchors ``a:b`` (``t = b - a`` rows); padded entries repeat a real
-    column of the same set."""
-
-    nonneg: Tensor  # (t, W) columns that are not negatives (the class, the views, or self)
-    pos: Tensor  # (t, K) columns of the positives
-    real: Tensor | None  # (t, K) float: 1 on real positives (not padding, not self); None: all real
-
-
-def _class_block(layout: _Layout, a: int, b: int) -> Tensor:
-    """(t, K) the rows of the class of each anchor ``a:b``."""
-    return layout.class_columns.index_select(0, layout.row_class[a:b])
-
-
-def _nonneg(spec: _Spec, layout: _Layout, a: int, b: int, block: Tensor | None = None) -> Tensor:
-    """(t, W) the columns that are not negatives of the anchors ``a:b`` (the class, the views, or self)."""
-    if spec.negatives == "supervised":
-        return _class_block(layout, a, b) if block is None else block
-    if spec.negatives == "unsupervised":
-        return layout.instance_columns[a:b]
-    return torch.arange(a, b, device=layout.instance_columns.device)[:, None]  # "all": all rows but self
-
-
-def _tables(spec: _Spec, layout: _Layout, a: int, b: int, dtype: torch.dtype) -> _Tables:
-    block = _class_block(layout, a, b) if layout.class_columns is not None else None
-    row_class = layout.row_class[a:b] if block is not None else None
-    nonneg = _nonneg(spec, layout, a, b, block)
-    if spec.positives == "views":
-        return _Tables(nonneg, layout.view_columns[a:b], None)
-    real = layout.class_inside.to(dtype).index_select(0, row_class)
-    real.scatter_(1, layout.self_index[a:b, None], 0.0)  # an anchor is not its own positive
-    return _Tables(nonneg, block, real)
-
-
-def _positive_width(spec: _Spec, layout: _Layout) -> int:
-    """Columns of the positive table: ``V - 1`` other views, or the largest label block."""
-    return spec.views - 1 if spec.positives == "views" else max(layout.width, 1)
-
-
-def _tiles(spec: _Spec, layout: _Layout, start: int, stop: int) -> list[tuple[int, int]]:
-    """Row tiles of the anchor block whose tables have at most ``_PAIR_TILE_ELEMENTS`` entries."""
-    c = stop - start
-    budget = _PAIR_TILE_ELEMENTS if _PAIR_TILE_ELEMENTS is not None else max(1, c * spec.rows // 8)
-    step = max(1, min(c, budget // max(layout.width, spec.views, 1)))
-    return [(a, min(stop, a + step)) for a in range(start, stop, step)]
 
 
 def _constant_shift(spec: _Spec, normalized: bool, dtype: torch.dtype) -> float | None:
@@ -282,12 +148,12 @@ def _zero_nonnegatives(
 def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int, stop: int, out: dict, grad) -> None:
     """Anchors ``start:stop``: statistics and pair values into ``out``; with ``grad``
     (``("rows", weight (N,))`` or ``("pairs", iterator over padded (t, K) weights)``) also their
-    gradient into ``out["dZ"]``.
+    gradient into ``out["dZ"]`` (batch rows only: memory rows carry no gradient).
 
-    ``columns`` is the right operand of ``g``: ``Z`` (N, d), or ``[Z, 1]`` (N, d + 1) when a constant
-    shift is folded into the product.
+    ``Z`` (cols, d) are the batch rows then the memory rows; ``columns`` is the right operand of ``g``:
+    ``Z``, or ``[Z, 1]`` (cols, d + 1) when a constant shift is folded into the product.
     """
-    N, c = spec.rows, stop - start
+    N, cols, c = spec.rows, spec.cols, stop - start
     dtype, device = Z.dtype, Z.device
     folded = _folded_shift(spec)
     shift = spec.shift if folded else 0.0  # subtracted inside the product: S = g - shift
@@ -297,7 +163,7 @@ def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int,
         anchors = columns[start:stop] * anchor_scale
     else:
         anchors = Z[start:stop] * spec.inv_t
-    S = torch.mm(anchors, columns.T, out=_WORKSPACE.get(0, c, N, dtype, device))  # (c, N)
+    S = torch.mm(anchors, columns.T, out=_WORKSPACE.get(0, c, cols, dtype, device))  # (c, cols)
     tiles = _tiles(spec, layout, start, stop)
     keep_tables = len(tiles) == 1  # else rebuilt below: all tiles' tables together may be (c, N)
     # A threshold or a row max must not see the non-negatives: they are -inf while those are taken,
@@ -342,10 +208,10 @@ def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int,
     elif beta == 1.0:
         e_b = _zero_nonnegatives(S.exp_(), spec, layout, tiles, tables, start, drop)  # exp(g - m)
         den = e_b.sum(1)
-        e_a = torch.mul(e_b, e_b, out=_WORKSPACE.get(1, c, N, dtype, device))  # exp(2 (g - m))
+        e_a = torch.mul(e_b, e_b, out=_WORKSPACE.get(1, c, cols, dtype, device))  # exp(2 (g - m))
         num = e_a.sum(1)
     else:
-        e_b = torch.mul(S, beta, out=_WORKSPACE.get(1, c, N, dtype, device)).exp_()  # exp(beta (g - m))
+        e_b = torch.mul(S, beta, out=_WORKSPACE.get(1, c, cols, dtype, device)).exp_()  # exp(beta (g - m))
         e_b = _zero_nonnegatives(e_b, spec, layout, tiles, tables, start, drop)
         den = e_b.sum(1)
         e_a = _zero_nonnegatives(S.mul_(1.0 + beta).exp_(), spec, layout, tiles, tables, start, drop)
@@ -374,10 +240,10 @@ def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int,
         loss = loss * real  # invalid anchors: zeroed below (their weights are 0 already)
         out["anchor_sum"][a:b] = loss.sum(1) * ok[rows, 0]
         if "pairs" in out:
-            key = torch.arange(a, b, device=device)[:, None] * N + tab.pos
+            key = torch.arange(a, b, device=device)[:, None] * cols + tab.pos
             pair = (real > 0) & row_ok[rows, None]
             out["pairs"].append(loss.flatten())
-            out["keys"].append(torch.where(pair, key, N * N).flatten())  # N * N sorts after every pair
+            out["keys"].append(torch.where(pair, key, N * cols).flatten())  # N * cols sorts after every pair
         if grad is None:
             continue
         kind, weight = grad
@@ -419,7 +285,8 @@ def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int,
     factor = factor * spec.inv_t  # d/dZ of (Zc / temperature) Z^T
     dZ = out["dZ"]
     dZ[start:stop].addcmul_(torch.mm(H, Z), factor[:, None])
-    dZ.addmm_(H.T, Z[start:stop] * factor[:, None])  # the columns' side, accumulated inside the product
+    # the columns' side (batch columns only), accumulated inside the product
+    dZ.addmm_(H[:, :N].T, Z[start:stop] * factor[:, None])
 
 
 def _outputs(spec: _Spec, Z: Tensor, per_pair: bool, grad: bool) -> dict:
@@ -433,7 +300,7 @@ def _outputs(spec: _Spec, Z: Tensor, per_pair: bool, grad: bool) -> dict:
     if per_pair:
         out["pairs"], out["keys"] = [], []
     if grad:
-        out["dZ"] = torch.zeros_like(Z)
+        out["dZ"] = torch.zeros(N, Z.shape[1], dtype=dtype, device=device)
     return out
 
 
@@ -446,7 +313,7 @@ def _folded_shift(spec: _Spec) -> bool:
 def _column_operand(Z: Tensor, spec: _Spec) -> Tensor:
     if not _folded_shift(spec):
         return Z
-    return torch.cat([Z, Z.new_ones(Z.shape[0], 1)], 1)  # (N, d + 1): g - shift in one product
+    return torch.cat([Z, Z.new_ones(Z.shape[0], 1)], 1)  # (cols, d + 1): g - shift in one product
 
 
 #: F.normalize's eps: rows are divided by max(||z||, eps)
@@ -470,11 +337,19 @@ def _through_normalize(dZ: Tensor, Zn: Tensor, norms: Tensor | None) -> Tensor:
     return dZ.sub_(Zn * radial).div_(norms.clamp_min(_NORM_EPS))
 
 
+def _with_memory(Zn: Tensor, memory: Tensor | None, normalize: bool) -> Tensor:
+    """The columns: the batch rows ``Zn`` (N, d), then the memory rows (K, d) without gradient."""
+    if memory is None:
+        return Zn
+    return torch.cat([Zn, _normalized(memory.detach().to(Zn.dtype), normalize)[0]])
+
+
 class _FusedContrastive(torch.autograd.Function):
     """Eq. (3) for built-in hardenings (and SupCon), over the column tables of a :class:`_Layout`,
     with an analytic gradient.
 
-    Inputs: ``Z`` (N, d) rows (normalised inside when ``normalize``); ``row_weight`` (N,) weight of
+    Inputs: ``Z`` (N, d) rows and ``memory`` (K, d) or None (both normalised inside when
+    ``normalize``; the memory carries no gradient); ``row_weight`` (N,) weight of
     each pair of an anchor in the scalar output; ``need_grad``: compute the gradient in the forward.
     Output: the weighted sum of the pair losses or, with ``per_pair``, the valid pair losses ordered
     by ``(r, p)``.
@@ -486,13 +361,14 @@ class _FusedContrastive(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, Z, row_weight, spec, layout, per_pair, need_grad, normalize, stats):
+    def forward(ctx, Z, memory, row_weight, spec, layout, per_pair, need_grad, normalize, stats):
         Zn, norms = _normalized(Z, normalize)
-        columns = _column_operand(Zn, spec)
+        Zc = _with_memory(Zn, memory, normalize)
+        columns = _column_operand(Zc, spec)
         grad = ("rows", row_weight) if need_grad and not per_pair else None
         out = _outputs(spec, Zn, per_pair, grad is not None)
         for start in range(0, spec.rows, spec.chunk):
-            _block(Zn, columns, spec, layout, start, min(spec.rows, start + spec.chunk), out, grad)
+            _block(Zc, columns, spec, layout, start, min(spec.rows, start + spec.chunk), out, grad)
         stats.update({key: out[key] for key in ("log_tilted_mean", "anchor_sum", "fallback", "num_kept")})
         ctx.spec, ctx.layout, ctx.per_pair, ctx.normalize = spec, layout, per_pair, normalize
         if per_pair:  # padded tables -> the valid pairs in (r, p) order, without a host sync
@@ -500,7 +376,7 @@ class _FusedContrastive(torch.autograd.Function):
             order = torch.argsort(keys)[: spec.num_pairs]
             stats["pair_keys"] = keys[order]
             ctx.padded = keys.numel()
-            ctx.save_for_backward(Z, order)
+            ctx.save_for_backward(Z, memory, order)
             return torch.cat(out["pairs"])[order]
         ctx.save_for_backward(_through_normalize(out["dZ"], Zn, norms) if grad is not None else None)
         return (out["anchor_sum"] * row_weight).sum()
@@ -509,18 +385,19 @@ class _FusedContrastive(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         if not ctx.per_pair:
             (dZ,) = ctx.saved_tensors
-            return dZ * grad_out, None, None, None, None, None, None, None
+            return dZ * grad_out, None, None, None, None, None, None, None, None
         spec, layout = ctx.spec, ctx.layout
-        Z, order = ctx.saved_tensors
+        Z, memory, order = ctx.saved_tensors
         Zn, norms = _normalized(Z, ctx.normalize)
+        Zc = _with_memory(Zn, memory, ctx.normalize)
         padded = torch.zeros(ctx.padded, dtype=Z.dtype, device=Z.device)
         padded[order] = grad_out
         width = _positive_width(spec, layout)
         starts = range(0, spec.rows, spec.chunk)
         tiles = [tile for start in starts for tile in _tiles(spec, layout, start, min(spec.rows, start + spec.chunk))]
         weights = iter(piece.view(-1, width) for piece in padded.split([(b - a) * width for a, b in tiles]))
-        columns = _column_operand(Zn, spec)
+        columns = _column_operand(Zc, spec)
         out = _outputs(spec, Zn, False, True)
         for start in range(0, spec.rows, spec.chunk):
-            _block(Zn, columns, spec, layout, start, min(spec.rows, start + spec.chunk), out, ("pairs", weights))
-        return _through_normalize(out["dZ"], Zn, norms), None, None, None, None, None, None, None
+            _block(Zc, columns, spec, layout, start, min(spec.rows, start + spec.chunk), out, ("pairs", weights))
+        return _through_normalize(out["dZ"], Zn, norms), None, None, None, None, None, None, None, None

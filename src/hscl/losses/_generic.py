@@ -17,19 +17,14 @@ from torch import Tensor
 
 from hscl.losses._checks import _callable_weights
 from hscl.losses._fused import _pair_loss
+from hscl.losses._layout import _negative_mask, _positive_mask
 
 if TYPE_CHECKING:
     from hscl.losses.core import _Spec
 
 
 # --------------------------------------------------------------------------------------------
-# explicit masks, block of anchors start:stop against every row
-
-
-def _negative_mask(spec: _Spec, start: int, stop: int) -> Tensor:
-    """``N(r)`` for the anchors ``start:stop``. Shape: ``(stop - start, N)`` bool."""
-    ids = spec.instance if spec.negatives == "unsupervised" else spec.labels
-    return ids[start:stop, None] != ids[None, :]
+# explicit masks (hscl.losses._layout), block of anchors start:stop against every column
 
 
 def _positive_index(spec: _Spec, start: int, stop: int) -> Tensor:
@@ -44,17 +39,9 @@ def _positive_index(spec: _Spec, start: int, stop: int) -> Tensor:
     return columns[others].view(stop - start, spec.views - 1)
 
 
-def _positive_mask(spec: _Spec, start: int, stop: int) -> Tensor:
-    """``P(r)`` restricted to valid anchors, for ``positives="labels"``. Shape ``(c, N)`` bool."""
-    mask = spec.labels[start:stop, None] == spec.labels[None, :]
-    mask[torch.arange(stop - start, device=mask.device), torch.arange(start, stop, device=mask.device)] = False
-    mask &= spec.valid[start:stop, None]
-    return mask
-
-
-def _block_similarity(Z: Tensor, start: int, stop: int, inv_t: float) -> Tensor:
-    """``g`` for the anchors ``start:stop``. Shape: ``(c, N)``."""
-    return (Z[start:stop] * inv_t) @ Z.T
+def _block_similarity(Z: Tensor, columns: Tensor, start: int, stop: int, inv_t: float) -> Tensor:
+    """``g`` of the anchors ``start:stop`` (rows of ``Z``) and every column. Shape: ``(c, cols)``."""
+    return (Z[start:stop] * inv_t) @ columns.T
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,6 +50,7 @@ def _block_similarity(Z: Tensor, start: int, stop: int, inv_t: float) -> Tensor:
 
 def _generic_block(
     Z: Tensor,
+    memory: Tensor | None,
     start: int,
     stop: int,
     spec: _Spec,
@@ -73,7 +61,8 @@ def _generic_block(
     out: dict,
 ) -> Tensor:
     """One block of anchors for a user callable ``eta``: ``E(r)`` in max-shifted ratio form."""
-    S = _block_similarity(Z, start, stop, spec.inv_t)  # (c, N)
+    columns = Z if memory is None else torch.cat([Z, memory])  # the memory rows carry no gradient
+    S = _block_similarity(Z, columns, start, stop, spec.inv_t)  # (c, cols)
     neg = _negative_mask(spec, start, stop)
     w = _callable_weights(eta, S, neg)  # (c, N) weights on N(r), checked
     if detach:
@@ -110,7 +99,15 @@ def _generic_block(
 
 
 def _generic_loss(
-    Z: Tensor, row_weight: Tensor, spec: _Spec, eta: Callable, detach: bool, per_pair: bool, chunked: bool, out: dict
+    Z: Tensor,
+    memory: Tensor | None,
+    row_weight: Tensor,
+    spec: _Spec,
+    eta: Callable,
+    detach: bool,
+    per_pair: bool,
+    chunked: bool,
+    out: dict,
 ) -> Tensor:
     N = spec.rows
     out.update(
@@ -122,7 +119,7 @@ def _generic_loss(
     parts = []
     for start in range(0, N, spec.chunk):
         stop = min(N, start + spec.chunk)
-        args = (Z, start, stop, spec, eta, detach, per_pair, row_weight, out)
+        args = (Z, memory, start, stop, spec, eta, detach, per_pair, row_weight, out)
         if chunked and torch.is_grad_enabled() and Z.requires_grad:
             # the backward recomputes this block instead of keeping its (c, N) matrices alive
             parts.append(torch.utils.checkpoint.checkpoint(_generic_block, *args, use_reentrant=False))

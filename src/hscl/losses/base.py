@@ -14,9 +14,13 @@ Call shapes (both for :class:`ContrastiveLoss`, its presets and :class:`~hscl.lo
 
 from __future__ import annotations
 
+import numbers
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hscl.hardening import Exponential, Threshold
+from hscl.hardening import AutoExponential, Exponential, Threshold
 from hscl.losses._checks import (
     HardeningLike,
     MLike,
@@ -32,10 +36,20 @@ from hscl.losses.core import NEGATIVES, POSITIVES, REDUCTIONS, LossStats, contra
 __all__ = ["ContrastiveLoss"]
 
 
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
 def _resolve_hardening(beta, tau, hardening, default_beta: float | None) -> HardeningLike:
     given = [name for name, v in (("beta", beta), ("tau", tau), ("hardening", hardening)) if v is not None]
     if len(given) > 1:
         raise ValueError(f"give at most one of beta=, tau=, hardening=; got {', '.join(given)}")
+    if isinstance(beta, str):
+        if beta != "auto":
+            raise ValueError(f'beta must be a number >= 0 or "auto" (AutoExponential(0.5)), got beta={beta!r}')
+        return AutoExponential(0.5)
     if beta is not None:
         return Exponential(beta)
     if tau is not None:
@@ -86,6 +100,8 @@ class ContrastiveLoss(nn.Module):
         detach_weights: bool = False,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        memory_size: int = 0,
+        memory_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         self.positives = _check_choice("positives", positives, POSITIVES)
@@ -98,13 +114,76 @@ class ContrastiveLoss(nn.Module):
         self.detach_weights = bool(detach_weights)
         self.reduction = _check_choice("reduction", reduction, REDUCTIONS)
         self.chunk_size = _check_chunk_size(chunk_size)
+        self.memory_size = _check_count("memory_size", memory_size)
+        self.memory_warmup_steps = _check_count("memory_warmup_steps", memory_warmup_steps)
         self.last_stats: LossStats | None = None
+        # the memory: the most recent rows (oldest first), their labels, and the forwards seen (saved in
+        # the state dict, so that a resumed run continues with the same memory)
+        self.register_buffer("memory_z", torch.zeros(0, 0))
+        self.register_buffer("memory_labels", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("memory_steps", torch.zeros((), dtype=torch.long))
+        self._steps = 0
+
+    @property
+    def memory(self) -> tuple[Tensor, Tensor | None] | None:
+        """``(z (K', d), labels (K',) / (K', C) or None)``, oldest row first, or None while empty."""
+        if self.memory_z.shape[0] == 0:
+            return None
+        labels = self.memory_labels if self.memory_labels.shape[0] == self.memory_z.shape[0] else None
+        return self.memory_z, labels
+
+    def reset_memory(self) -> None:
+        """Empty the memory and restart its warm-up."""
+        self.memory_z = self.memory_z.new_zeros(0, 0)
+        self.memory_labels = self.memory_labels.new_zeros(0, dtype=torch.long)
+        self.memory_steps.zero_()
+        self._steps = 0
+
+    def _enqueue(self, z: Tensor, labels: Tensor | None) -> None:
+        """Append the call's ``V*B`` rows (view-major, detached, normalised like the loss's) and drop the oldest
+        beyond ``memory_size``."""
+        B, V, d = z.shape
+        rows = z.detach().transpose(0, 1).reshape(V * B, d).float()
+        if self.normalize:
+            rows = F.normalize(rows, dim=1)
+        held = self.memory_z.shape[0]
+        if held and self.memory_z.shape[1] != d:
+            raise ValueError(f"memory holds rows of dimension {self.memory_z.shape[1]}, got z of d={d}; reset_memory()")
+        new_labels = None
+        if labels is not None:
+            new_labels = labels.repeat(V, 1) if labels.dim() == 2 else labels.repeat(V)
+        has_labels = self.memory_labels.shape[0] == held and held > 0
+        if held and has_labels != (new_labels is not None):
+            raise ValueError("memory: labels were given in some calls and not in others; call reset_memory() first")
+        if has_labels and (
+            new_labels.dim() != self.memory_labels.dim() or new_labels.shape[1:] != self.memory_labels.shape[1:]
+        ):
+            raise ValueError(
+                f"memory holds labels of shape (K, ...) = {tuple(self.memory_labels.shape)}, got labels of shape "
+                f"{tuple(labels.shape)}; call reset_memory() first"
+            )
+        K = self.memory_size
+        self.memory_z = (torch.cat([self.memory_z, rows]) if held else rows)[-K:].clone()
+        if new_labels is not None:
+            self.memory_labels = (torch.cat([self.memory_labels, new_labels]) if held else new_labels)[-K:].clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the memory's shape is the saved one (it grows until it is full)
+        for name in ("memory_z", "memory_labels"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._steps = int(self.memory_steps)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Shape: z ``(B, V, d)`` with labels ``(B,)``, or embeddings ``(N, d)`` with labels ``(N,)``."""
         positives = self.positives
         if _metric_learning_shape(z, labels, type(self).__name__):
             z, positives = z[:, None], "labels"  # (N, 1, d): each row its own instance
+        memory = None
+        if self.memory_size and self._steps >= self.memory_warmup_steps:
+            memory = self.memory  # as it was before this call
         loss, self.last_stats = contrastive_loss(
             z,
             labels,
@@ -118,8 +197,13 @@ class ContrastiveLoss(nn.Module):
             detach_weights=self.detach_weights,
             reduction=self.reduction,
             chunk_size=self.chunk_size,
+            memory=memory,
             return_stats=True,
         )
+        if self.memory_size and self.training:  # the memory changes in training mode only
+            self._enqueue(z, None if labels is None else (labels != 0 if labels.dim() == 2 else labels.long()))
+            self._steps += 1
+            self.memory_steps.fill_(self._steps)
         return loss
 
     def extra_repr(self) -> str:
@@ -127,4 +211,9 @@ class ContrastiveLoss(nn.Module):
             f"positives={self.positives!r}, negatives={self.negatives!r}, hardening={self.hardening!r}, "
             f"temperature={self.temperature}, M={self.M!r}, tau_plus={self.tau_plus}, "
             f"reduction={self.reduction!r}, chunk_size={self.chunk_size}"
+            + (
+                f", memory_size={self.memory_size}, memory_warmup_steps={self.memory_warmup_steps}"
+                if self.memory_size
+                else ""
+            )
         )

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hscl.hardening import Exponential, Threshold
+from hscl.hardening import AutoExponential, Exponential, Threshold
 from hscl.losses._checks import (
     HardeningLike,
     MLike,
@@ -43,20 +43,15 @@ from hscl.losses._checks import (
     _check_hardening,
     _check_labels,
     _check_M,
+    _check_memory,
     _check_positive_real,
     _check_tau_plus,
     _check_z,
     _nonfinite_allowed,
 )
-from hscl.losses._fused import (
-    _constant_shift,
-    _finish_layout,
-    _FusedContrastive,
-    _label_groups,
-    _Layout,
-    _make_layout,
-)
+from hscl.losses._fused import _constant_shift, _FusedContrastive
 from hscl.losses._generic import _generic_loss, _pair_index
+from hscl.losses._layout import _finish_layout, _label_groups, _Layout, _make_layout, _negative_mask, _Relation
 
 __all__ = ["NEGATIVES", "POSITIVES", "REDUCTIONS", "LossStats", "contrastive_loss"]
 
@@ -125,7 +120,9 @@ class _Spec:
 
     batch: int  # B
     views: int  # V
-    rows: int  # N = V * B
+    rows: int  # N = V * B anchors
+    cols: int  # N + K columns (the batch rows, then K memory rows)
+    relation: _Relation  # instances and classes of the columns
     positives: str
     negatives: str
     inv_t: float
@@ -144,36 +141,72 @@ class _Spec:
     num_pairs: int = 0  # valid (anchor, positive) pairs, on the host
 
 
-def _set_sizes(batch: int, views: int, groups: tuple | None, positives: str, negatives: str, device):
-    """``|P(r)|`` and ``|N(r)|`` for every row, from the class sizes of :func:`_label_groups`.
+def _set_sizes(
+    views: int, relation: _Relation, groups: tuple | None, share_count: Tensor | None, positives: str, negatives: str
+):
+    """``|P(r)|`` and ``|N(r)|`` for every row, from the class sizes of :func:`_label_groups` over the
+    columns (``groups``) or the counts of columns sharing a class (``share_count``, the dense form).
 
     Shape: returns two ``(V*B,)`` long tensors.
     """
-    rows = views * batch
+    rows, cols, device = relation.rows, relation.cols, relation.instance.device
     if groups is not None:
-        sample_class, _, counts = groups
-        class_rows = views * counts[sample_class].repeat(views)  # (N,) rows sharing the label of each row
+        col_class, _, counts = groups
+        share_count = counts[col_class[:rows]]  # (N,) columns of the class of each row, itself included
     if positives == "views":
         num_pos = torch.full((rows,), views - 1, dtype=torch.long, device=device)
     else:
-        num_pos = class_rows - 1
+        num_pos = share_count - 1
     if negatives == "unsupervised":
-        num_neg = torch.full((rows,), rows - views, dtype=torch.long, device=device)
-    else:
-        num_neg = rows - class_rows
+        num_neg = torch.full((rows,), cols - views, dtype=torch.long, device=device)
+    elif negatives == "supervised":
+        num_neg = cols - share_count
+    else:  # "all" (SupCon)
+        num_neg = torch.full((rows,), cols - 1, dtype=torch.long, device=device)
     return num_pos, num_neg
+
+
+def _relation(
+    B: int, V: int, labels: Tensor | None, memory: tuple | None, uses_labels: bool, dtype: torch.dtype, device
+) -> _Relation:
+    """Instances and classes of the batch rows (view-major) followed by the memory rows."""
+    rows = V * B
+    K = 0 if memory is None else memory[0].shape[0]
+    instance = torch.arange(rows, device=device) % B
+    if K:
+        instance = torch.cat([instance, B + torch.arange(K, device=device)])
+    relation = _Relation(rows=rows, cols=rows + K, instance=instance)
+    if not uses_labels:
+        return relation
+    memory_labels = memory[1] if memory is not None else None
+    if labels.dim() == 2:  # multi-hot
+        multi = labels.repeat(V, 1)
+        if K:
+            multi = torch.cat(
+                [multi, memory_labels if memory_labels is not None else multi.new_zeros(K, multi.shape[1])]
+            )
+        relation.multi = multi.to(dtype)
+        return relation
+    relation.labels = labels.repeat(V)
+    if K:
+        relation.labels = torch.cat([relation.labels, memory_labels if memory_labels is not None else instance[rows:]])
+        if memory_labels is None:  # memory rows without a class
+            relation.has_class = torch.arange(rows + K, device=device) < rows
+    return relation
 
 
 # --------------------------------------------------------------------------------------------
 # M, reductions, dtype
 
 
-def _log_M(M: MLike, rows: int, valid: Tensor, num_neg: Tensor, dtype: torch.dtype, device) -> Tensor:
-    """``log M(r)`` per row: ``rows - 2`` (``M=None``), a constant, or ``|N(r)|`` (``"count"``). Shape ``(N,)``."""
+def _log_M(M: MLike, rows: int, valid: Tensor, num_neg: Tensor, dtype: torch.dtype, device, cols: int = 0) -> Tensor:
+    """``log M(r)`` per row: ``cols - 2`` (``M=None``; ``cols`` = the rows plus the memory's), a constant, or
+    ``|N(r)|`` (``"count"``). Shape ``(N,)``."""
     if M is None:
-        if rows - 2 <= 0:
-            raise ValueError(f"M=None means rows - 2 = {rows - 2} for a batch of {rows} rows; pass M > 0 explicitly")
-        return torch.full((rows,), math.log(rows - 2), dtype=dtype, device=device)
+        cols = cols or rows
+        if cols - 2 <= 0:
+            raise ValueError(f"M=None means rows - 2 = {cols - 2} for a batch of {cols} rows; pass M > 0 explicitly")
+        return torch.full((rows,), math.log(cols - 2), dtype=dtype, device=device)
     if M == "count":
         return torch.where(valid, torch.log(num_neg.clamp(min=1).to(dtype)), 0.0)
     return torch.full((rows,), math.log(M), dtype=dtype, device=device)
@@ -241,6 +274,7 @@ def _fused_loss(
     detach_weights: bool,
     per_pair: bool,
     normalized: bool,
+    memory: Tensor | None = None,
 ) -> tuple[Tensor, dict]:
     """The built-in hardenings (and SupCon): :class:`_FusedContrastive` over the column tables of ``layout``."""
     stats_out: dict = {}
@@ -250,13 +284,32 @@ def _fused_loss(
         spec.log_threshold = float(hardening.log_threshold)
     spec.shift = _constant_shift(spec, normalized, Z.dtype)
     if Z.device.type == "cpu":  # blocks whose (c, N) matrices stay in cache; the values do not depend on it
-        spec.chunk = min(spec.chunk, _cpu_block(spec.rows))
+        spec.chunk = min(spec.chunk, _cpu_block(spec.cols))
     need_grad = torch.is_grad_enabled() and Z.requires_grad
-    loss = _FusedContrastive.apply(Z, row_weight, spec, layout, per_pair, need_grad, normalized, stats_out)
+    loss = _FusedContrastive.apply(Z, memory, row_weight, spec, layout, per_pair, need_grad, normalized, stats_out)
     if per_pair:
         keys = stats_out.pop("pair_keys")
-        stats_out["pair_index"] = torch.stack([keys // spec.rows, keys % spec.rows], 1)
+        stats_out["pair_index"] = torch.stack([keys // spec.cols, keys % spec.cols], 1)
     return loss, stats_out
+
+
+def _choose_beta(Z: Tensor, Zm: Tensor | None, spec: _Spec, hardening: AutoExponential, normalize: bool) -> None:
+    """Set ``hardening.beta`` for this batch on the detached similarities (see :class:`AutoExponential`):
+    every anchor, or 8 evenly spaced groups of anchors holding ``hardening.max_entries`` similarities."""
+    with torch.no_grad():
+        columns = Z.detach() if Zm is None else torch.cat([Z.detach(), Zm])
+        if normalize:
+            columns = F.normalize(columns, dim=1)
+        rows, per = spec.rows, max(1, hardening.max_entries // spec.cols)
+        if per >= rows:
+            groups = [(0, rows)]
+        else:
+            n = min(8, per)
+            size = per // n
+            groups = [(s, s + size) for s in (round(i * (rows - size) / max(n - 1, 1)) for i in range(n))]
+        g = torch.cat([(columns[a:b] * spec.inv_t) @ columns.T for a, b in groups])  # (a, cols)
+        negatives = torch.cat([_negative_mask(spec, a, b) for a, b in groups])
+        hardening.choose(g, negatives)
 
 
 def _loss_stats(stats_out: dict, num_pos: Tensor, num_neg: Tensor, valid: Tensor, log_M: Tensor) -> LossStats:
@@ -292,6 +345,7 @@ def contrastive_loss(
     detach_weights: bool = False,
     reduction: str = "mean",
     chunk_size: int | None = None,
+    memory: tuple[Tensor, Tensor | None] | None = None,
     return_stats: bool = False,
 ):
     """The H-SCL family loss, eq. (3) of Jiang et al. with a tilted negative distribution.
@@ -306,7 +360,8 @@ def contrastive_loss(
 
     Args:
         z: embeddings, view ``v`` of sample ``i`` at ``z[i, v]``.
-        labels: class ids; needed when ``positives="labels"`` or ``negatives="supervised"``.
+        labels: class ids ``(B,)``, or multi-hot ``(B, C)`` (bool or 0/1: two rows share a class when
+            some column is 1 in both); needed when ``positives="labels"`` or ``negatives="supervised"``.
         positives: ``"views"`` (other views of the same sample) or ``"labels"`` (every other row of
             the same class).
         negatives: ``"unsupervised"`` (every row of another sample) or ``"supervised"`` (every row
@@ -322,11 +377,15 @@ def contrastive_loss(
             ``(r, p)`` order, see ``LossStats.pair_index``) or ``"anchor_mean"`` (mean over each
             anchor's positives, then over anchors: SCHaNe's averaging).
         chunk_size: process anchors in blocks of this many rows (memory ``O(chunk_size x rows)``,
-            same values and gradients). ``None``: one block.
+            same values and gradients). ``None``: one block (on the CPU, blocks sized for the cache).
+        memory: ``(z_mem (K, d), labels_mem)`` with ``labels_mem`` ``(K,)``, ``(K, C)`` (the kind of
+            ``labels``) or None: K more rows that join every anchor's candidates by the same rules, never
+            anchors, without gradient, each its own instance (normalised like ``z``). ``M=None`` is then
+            ``V*B + K - 2``; ``LossStats.pair_index`` numbers memory row ``k`` as column ``V*B + k``.
         return_stats: also return a :class:`LossStats`.
 
     Shape:
-        z: ``(B, V, d)``; labels: ``(B,)``; output: scalar, or ``(num_pairs,)`` for ``"none"``.
+        z: ``(B, V, d)``; labels: ``(B,)`` or ``(B, C)``; output: scalar, or ``(num_pairs,)`` for ``"none"``.
 
     A batch without a single valid pair (e.g. one class with supervised negatives) gives an exact
     0 attached to the graph and a ``RuntimeWarning``; never NaN. The loss is computed in float32
@@ -355,6 +414,7 @@ def contrastive_loss(
     if negatives == "supervised":
         needs.append('negatives="supervised"')
     labels = _check_labels(labels, B, z.device, " and ".join(needs) if needs else None)
+    memory = _check_memory(memory, z, labels)
     if positives == "views" and V < 2:
         raise ValueError(
             'positives="views" needs at least 2 views per sample (z of shape (B, V>=2, d)), '
@@ -363,15 +423,23 @@ def contrastive_loss(
     rows = V * B
     device = z.device
     uses_labels = labels is not None and (positives == "labels" or negatives == "supervised")
-    groups = _label_groups(labels) if uses_labels else None
-    num_pos, num_neg = _set_sizes(B, V, groups, positives, negatives, device)
-    valid = (num_pos > 0) & (num_neg > 0)
     dtype = _compute_dtype(z)
-    log_M = _log_M(M, rows, valid, num_neg, dtype, device)
+    relation = _relation(B, V, labels, memory, uses_labels, dtype, device)
+    groups = share_count = None
+    chunk = chunk_size or rows
+    if uses_labels and relation.dense:
+        share_count = relation.share_counts(chunk)
+    elif uses_labels:
+        groups = _label_groups(relation.labels)
+    num_pos, num_neg = _set_sizes(V, relation, groups, share_count, positives, negatives)
+    valid = (num_pos > 0) & (num_neg > 0)
+    log_M = _log_M(M, rows, valid, num_neg, dtype, device, relation.cols)
     spec = _Spec(
         batch=B,
         views=V,
         rows=rows,
+        cols=relation.cols,
+        relation=relation,
         positives=positives,
         negatives=negatives,
         inv_t=1.0 / temperature,
@@ -381,26 +449,28 @@ def contrastive_loss(
         valid=valid,
         log_M=log_M,
         num_neg=num_neg,
-        chunk=chunk_size or rows,
+        chunk=chunk,
     )
-    fused = hardening is None or type(hardening) in (Exponential, Threshold)  # built-ins: fused path
-    layout = _make_layout(spec, groups)
+    fused = hardening is None or type(hardening) in (Exponential, Threshold, AutoExponential)  # built-ins: fused
+    layout = _make_layout(spec, relation, groups, share_count)
     # the one host synchronisation of the call: the output size and the shape of the class tables
-    num_pairs, largest, classes = torch.stack([(num_pos * valid).sum(), layout.largest_t, layout.classes_t]).tolist()
+    num_pairs, largest, classes = torch.stack([(num_pos * valid).sum(), *layout.shape_t]).tolist()
     spec.num_pairs = num_pairs
     if fused:
         _finish_layout(layout, largest, classes)
 
     with _autocast_off(device):
         Z = z.transpose(0, 1).reshape(rows, d).to(dtype)  # (N, d), row r = v*B + i
+        Zm = None if memory is None else memory[0].detach().to(dtype)  # (K, d), no gradient
         if normalize and not (fused and num_pairs):  # the fused path normalises inside
             Z = F.normalize(Z, dim=1)
+            Zm = None if Zm is None else F.normalize(Zm, dim=1)
         per_pair = reduction == "none"
         if num_pairs == 0:
             warnings.warn(
                 "contrastive_loss: no valid (anchor, positive) pair in this batch "
                 f"(positives={positives!r}, negatives={negatives!r}, B={B}, V={V}"
-                + (f", classes={int(labels.unique().numel())}" if labels is not None else "")
+                + (f", classes={int(labels.unique(dim=0).shape[0])}" if labels is not None else "")
                 + "): every anchor lacks a positive or a negative; the loss is 0",
                 RuntimeWarning,
                 stacklevel=2,
@@ -408,14 +478,16 @@ def contrastive_loss(
             loss, stats_out = _no_pairs(Z, num_neg, reduction)
         else:
             row_weight = _row_weight(reduction, num_pos, valid, num_pairs, dtype)
+            if isinstance(hardening, AutoExponential):
+                _choose_beta(Z, Zm, spec, hardening, normalize)
             if fused:
                 loss, stats_out = _fused_loss(
-                    Z, row_weight, spec, layout, hardening, detach_weights, per_pair, normalize
+                    Z, row_weight, spec, layout, hardening, detach_weights, per_pair, normalize, Zm
                 )
             else:
                 stats_out = {}
                 loss = _generic_loss(
-                    Z, row_weight, spec, hardening, detach_weights, per_pair, chunk_size is not None, stats_out
+                    Z, Zm, row_weight, spec, hardening, detach_weights, per_pair, chunk_size is not None, stats_out
                 )
                 if per_pair and return_stats:
                     stats_out["pair_index"] = _pair_index(spec)

@@ -15,9 +15,9 @@ from hscl.losses._checks import (
     _check_z,
     _nonfinite_allowed,
 )
-from hscl.losses._fused import _finish_layout, _label_groups, _make_layout
+from hscl.losses._layout import _finish_layout, _label_groups, _make_layout
 from hscl.losses.base import _metric_learning_shape
-from hscl.losses.core import _autocast_off, _compute_dtype, _fused_loss, _set_sizes, _Spec
+from hscl.losses.core import _autocast_off, _compute_dtype, _fused_loss, _relation, _set_sizes, _Spec
 
 __all__ = ["SupCon", "supcon_loss"]
 
@@ -59,14 +59,17 @@ def supcon_loss(
     # the fused core with P(r) = same label (or sample), N(r) = every other row, beta = 0, M = rows - 1
     # and the linear pair term log M + log E(r) - g(r,p) = -log softmax_{s != r}(g(r, .))[p]
     positives = "labels" if labels is not None else "views"
-    groups = _label_groups(labels) if labels is not None else None
-    num_pos, _ = _set_sizes(B, V, groups, positives, "unsupervised", device)
-    num_neg = torch.full((rows,), rows - 1, dtype=torch.long, device=device)
+    relation = _relation(B, V, labels, None, labels is not None, dtype, device)
+    groups = _label_groups(relation.labels) if relation.labels is not None else None
+    share_count = relation.share_counts(rows) if relation.multi is not None else None  # multi-hot labels
+    num_pos, num_neg = _set_sizes(V, relation, groups, share_count, positives, "all")
     valid = (num_pos > 0) & (num_neg > 0)
     spec = _Spec(
         batch=B,
         views=V,
         rows=rows,
+        cols=rows,
+        relation=relation,
         positives=positives,
         negatives="all",
         inv_t=1.0 / temperature,
@@ -79,8 +82,8 @@ def supcon_loss(
         chunk=chunk_size or rows,
         pair="linear",
     )
-    layout = _make_layout(spec, groups)
-    num_valid, largest, classes = torch.stack([valid.sum(), layout.largest_t, layout.classes_t]).tolist()  # one sync
+    layout = _make_layout(spec, relation, groups, share_count)
+    num_valid, largest, classes = torch.stack([valid.sum(), *layout.shape_t]).tolist()  # one sync
     _finish_layout(layout, largest, classes)
     with _autocast_off(device):
         Z = z.transpose(0, 1).reshape(rows, d).to(dtype)  # (N, d), row r = v*B + i

@@ -1,7 +1,9 @@
-"""Encoders, projection head and the contrastive model.
+"""Encoders, projection head, the contrastive model, and pre-trained backbones.
 
 ``build_model("resnet50", 3)`` gives the SimCLR / H-SCL set-up: a ResNet-50 trunk with a CIFAR stem
 (``(B, 3, H, W) -> (B, 2048)``), the head 2048 -> 512 -> BN -> ReLU -> 128 and outputs on the unit sphere.
+``build_backbone("efficientnet-lite0")`` gives a pre-trained image backbone with its input contract attached
+(:mod:`hscl.models.backbones`; ``hf:PATH`` for a local HuggingFace model, which imports transformers only then).
 """
 
 from __future__ import annotations
@@ -11,24 +13,32 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from hscl.models.backbones import BACKBONES, Backbone, backbone_names, build_backbone
 from hscl.models.convnet import ConvNet, convnet
+from hscl.models.efficientnet_lite import EfficientNetLite0, efficientnet_lite0
 from hscl.models.heads import NORMALIZATIONS, OutputNormalization, ProjectionHead, normalize_output
 from hscl.models.resnet import STEMS, BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 
 __all__ = [
+    "BACKBONES",
     "ENCODERS",
     "NORMALIZATIONS",
     "STEMS",
+    "Backbone",
     "BasicBlock",
     "Bottleneck",
     "ContrastiveModel",
     "ConvNet",
+    "EfficientNetLite0",
     "OutputNormalization",
     "ProjectionHead",
     "ResNet",
+    "backbone_names",
+    "build_backbone",
     "build_encoder",
     "build_model",
     "convnet",
+    "efficientnet_lite0",
     "normalize_output",
     "resnet18",
     "resnet50",
