@@ -49,23 +49,54 @@ def reference_pairs(
     tau_plus=0.0,
     normalize=True,
     detach_weights=False,
+    memory=None,
 ):
-    """List of ``(r, p, loss(r, p))`` over valid pairs, anchors ascending then positives ascending."""
+    """List of ``(r, p, loss(r, p))`` over valid pairs, anchors ascending then positives ascending.
+
+    ``labels`` are class ids ``(B,)`` or multi-hot ``(B, C)``; ``memory = (z_mem (K, d), labels_mem or None)``
+    adds K columns (``V*B + k``), each its own instance, never anchors, without gradient.
+    """
     B, V, _ = z.shape
     Z = _rows(z, normalize)
     N = V * B
-    instance = [r % B for r in range(N)]
-    label = [int(labels[r % B]) for r in range(N)] if labels is not None else None
+    K = 0
+    if memory is not None:
+        Zm = memory[0].detach().double()
+        if normalize:
+            Zm = torch.stack([row / torch.sqrt((row * row).sum()) for row in Zm])
+        K = Zm.shape[0]
+        Z = torch.cat([Z, Zm])
+    cols = N + K
+    instance = [r % B for r in range(N)] + [B + k for k in range(K)]
+
+    def classes(s):  # the set of classes of column s (empty: no class)
+        if labels is None:
+            return set()
+        if s < N:
+            value = labels[s % B]
+        else:
+            if memory[1] is None:
+                return set()
+            value = memory[1][s - N]
+        if value.dim() == 1:
+            return {c for c in range(value.shape[0]) if bool(value[c])}
+        return {int(value)}
+
+    label = [classes(s) for s in range(cols)]
+
+    def shares(r, s):
+        return instance[r] == instance[s] or bool(label[r] & label[s])
+
     out = []
     for r in range(N):
         if positives == "views":
             P = [s for s in range(N) if s != r and instance[s] == instance[r]]
         else:
-            P = [s for s in range(N) if s != r and label[s] == label[r]]
+            P = [s for s in range(cols) if s != r and shares(r, s)]
         if negatives == "unsupervised":
-            Nr = [s for s in range(N) if instance[s] != instance[r]]
+            Nr = [s for s in range(cols) if instance[s] != instance[r]]
         else:
-            Nr = [s for s in range(N) if label[s] != label[r]]
+            Nr = [s for s in range(cols) if not shares(r, s)]
         if not P or not Nr:
             continue
         g = {s: torch.dot(Z[r], Z[s]) / temperature for s in set(P) | set(Nr)}
@@ -74,7 +105,7 @@ def reference_pairs(
             w = [torch.ones((), dtype=torch.float64) for _ in Nr]
         E = sum(w_s * torch.exp(g[s]) for w_s, s in zip(w, Nr)) / sum(w)
         if M is None:
-            Mr = N - 2
+            Mr = cols - 2
         elif M == "count":
             Mr = len(Nr)
         else:

@@ -1,7 +1,7 @@
 """hscl: contrastive representation learning with hard negative sampling (UCL, H-UCL, SCL, H-SCL,
 SupCon, SCHaNe), with the pipelines that reproduce the H-SCL paper's experiments."""
 
-from hscl.hardening import Exponential, LinearThreshold, Threshold, linear_threshold
+from hscl.hardening import AutoExponential, Exponential, LinearThreshold, Threshold, linear_threshold
 from hscl.losses import (
     HSCL,
     HUCL,
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HSCL",
+    "AutoExponential",
     "HUCL",
     "LOSSES",
     "METHODS",

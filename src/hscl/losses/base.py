@@ -79,6 +79,12 @@ class ContrastiveLoss(nn.Module):
     ``last_stats`` holds the :class:`~hscl.losses.LossStats` of that batch. ``hardening`` may be
     reassigned between steps (e.g. a threshold schedule per epoch).
 
+    With ``memory_size=K > 0`` the module keeps a memory of the ``K`` most recent rows (first in, first out;
+    detached, normalised like the loss's rows, with their labels): each forward in training mode uses the
+    memory as it was before the call (once ``memory_warmup_steps`` forwards have filled it) and then enqueues
+    the call's ``V*B`` rows; in eval mode the memory is used but not changed. ``memory`` returns
+    ``(z, labels)`` or None, ``reset_memory()`` empties it; it is saved in the ``state_dict``.
+
     Shape:
         z: ``(B, V, d)`` with labels ``(B,)`` (or None when neither set uses labels), or
         pytorch-metric-learning's ``(N, d)`` with labels ``(N,)``: then the positives of a row are
@@ -143,7 +149,8 @@ class ContrastiveLoss(nn.Module):
         """Append the call's ``V*B`` rows (view-major, detached, normalised like the loss's) and drop the oldest
         beyond ``memory_size``."""
         B, V, d = z.shape
-        rows = z.detach().transpose(0, 1).reshape(V * B, d).float()
+        rows = z.detach().transpose(0, 1).reshape(V * B, d)
+        rows = rows.to(torch.float64 if rows.dtype == torch.float64 else torch.float32)
         if self.normalize:
             rows = F.normalize(rows, dim=1)
         held = self.memory_z.shape[0]

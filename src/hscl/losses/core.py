@@ -128,7 +128,6 @@ class _Spec:
     inv_t: float
     tau_plus: float
     instance: Tensor  # (N,) instance id of each row
-    labels: Tensor | None  # (N,) label of each row
     valid: Tensor  # (N,) bool
     log_M: Tensor  # (N,)
     num_neg: Tensor  # (N,) |N(r)|
@@ -445,7 +444,6 @@ def contrastive_loss(
         inv_t=1.0 / temperature,
         tau_plus=tau_plus,
         instance=torch.arange(rows, device=device) % B,
-        labels=labels.repeat(V) if labels is not None else None,
         valid=valid,
         log_M=log_M,
         num_neg=num_neg,

@@ -43,6 +43,8 @@ class HSCL(ContrastiveLoss):
         detach_weights: bool = False,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        memory_size: int = 0,
+        memory_warmup_steps: int = 0,
     ) -> None:
         super().__init__(
             positives="labels",
@@ -54,4 +56,6 @@ class HSCL(ContrastiveLoss):
             detach_weights=detach_weights,
             reduction=reduction,
             chunk_size=chunk_size,
+            memory_size=memory_size,
+            memory_warmup_steps=memory_warmup_steps,
         )

@@ -45,6 +45,8 @@ class HUCL(ContrastiveLoss):
         detach_weights: bool = False,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        memory_size: int = 0,
+        memory_warmup_steps: int = 0,
     ) -> None:
         super().__init__(
             positives="views",
@@ -57,4 +59,6 @@ class HUCL(ContrastiveLoss):
             detach_weights=detach_weights,
             reduction=reduction,
             chunk_size=chunk_size,
+            memory_size=memory_size,
+            memory_warmup_steps=memory_warmup_steps,
         )

@@ -39,6 +39,8 @@ class SCHaNe(ContrastiveLoss):
         normalize: bool = True,
         detach_weights: bool = False,
         chunk_size: int | None = None,
+        memory_size: int = 0,
+        memory_warmup_steps: int = 0,
     ) -> None:
         super().__init__(
             positives="labels",
@@ -50,4 +52,6 @@ class SCHaNe(ContrastiveLoss):
             detach_weights=detach_weights,
             reduction="anchor_mean",
             chunk_size=chunk_size,
+            memory_size=memory_size,
+            memory_warmup_steps=memory_warmup_steps,
         )

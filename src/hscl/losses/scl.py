@@ -35,6 +35,8 @@ class SCL(ContrastiveLoss):
         normalize: bool = True,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        memory_size: int = 0,
+        memory_warmup_steps: int = 0,
     ) -> None:
         super().__init__(
             positives="labels",
@@ -44,4 +46,6 @@ class SCL(ContrastiveLoss):
             normalize=normalize,
             reduction=reduction,
             chunk_size=chunk_size,
+            memory_size=memory_size,
+            memory_warmup_steps=memory_warmup_steps,
         )

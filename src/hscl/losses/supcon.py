@@ -75,7 +75,6 @@ def supcon_loss(
         inv_t=1.0 / temperature,
         tau_plus=0.0,
         instance=torch.arange(rows, device=device) % B,
-        labels=labels.repeat(V) if labels is not None else None,
         valid=valid,
         log_M=torch.full((rows,), math.log(max(rows - 1, 1)), dtype=dtype, device=device),
         num_neg=num_neg,

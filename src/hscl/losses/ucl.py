@@ -38,6 +38,8 @@ class UCL(ContrastiveLoss):
         normalize: bool = True,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        memory_size: int = 0,
+        memory_warmup_steps: int = 0,
     ) -> None:
         super().__init__(
             positives="views",
@@ -48,4 +50,6 @@ class UCL(ContrastiveLoss):
             normalize=normalize,
             reduction=reduction,
             chunk_size=chunk_size,
+            memory_size=memory_size,
+            memory_warmup_steps=memory_warmup_steps,
         )
