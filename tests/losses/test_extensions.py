@@ -356,3 +356,32 @@ def test_module_memory_errors():
     loss_fn(z, labels)
     with pytest.raises(ValueError, match="labels were given in some calls and not in others"):
         loss_fn(z)
+
+
+def test_extensions_on_the_device(device):
+    # memory, multi-hot labels and auto beta on the device: the same values as on the CPU, the memory kept there
+    z, labels = _batch(80, multi=True)
+    z_mem, labels_mem = _memory(80, multi=True)
+    cpu = contrastive_loss(
+        z,
+        labels,
+        positives="labels",
+        negatives="supervised",
+        hardening=AutoExponential(0.5),
+        memory=(z_mem, labels_mem),
+    )
+    got = contrastive_loss(
+        z.to(device),
+        labels.to(device),
+        positives="labels",
+        negatives="supervised",
+        hardening=AutoExponential(0.5),
+        memory=(z_mem.to(device), labels_mem.to(device)),
+    )
+    assert got.device.type == device.type
+    torch.testing.assert_close(got.cpu(), cpu, rtol=1e-9, atol=1e-12)
+    loss_fn = get_loss("h-scl", beta="auto", memory_size=30).to(device)
+    for k in range(3):
+        z, labels = _batch(81 + k)
+        loss_fn(z.to(device), labels.to(device)).item()
+    assert loss_fn.memory[0].device.type == device.type and loss_fn.memory[1].device.type == device.type

@@ -52,6 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:  # a checkpoint / weights file: one line naming the file and what is wrong
         print(f"hscl: error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ModuleNotFoundError) as err:
         print(f"hscl: error: {err}", file=sys.stderr)
         return 2

@@ -26,7 +26,8 @@ class Pretrained:
 
     Attributes:
         model: the :class:`ContrastiveModel` (eval mode).
-        source: ``"hscl-checkpoint"`` (a checkpoint ``hscl train`` wrote) or ``"state_dict"``.
+        source: ``"hscl-checkpoint"`` (a checkpoint ``hscl train`` wrote), ``"state_dict"``, or ``"backbone"``
+            (a pre-trained network of :func:`hscl.models.build_backbone`, ``hscl finetune --backbone``).
         config: the run config of an hscl checkpoint (None for a state_dict).
         architecture: the ``build_model`` arguments used.
         head_loaded: False when the file held only encoder weights (the projection head is then new).

@@ -133,13 +133,27 @@ def _fill(value: float, like: Tensor, shape: tuple[int, int]) -> Tensor:
     return torch.full((1, 1), value, dtype=like.dtype, device=like.device).expand(shape)
 
 
+def _set_columns(rows: Tensor, columns: Tensor, value: float | Tensor) -> None:
+    """``rows`` (t, cols) set to ``value`` (a number, or one per row (t,)) on ``columns``: a (t, W) table of
+    column indices, or a (t, cols) bool mask (the dense sets of multi-hot labels)."""
+    if columns.dtype == torch.bool:
+        if isinstance(value, Tensor):
+            torch.where(columns, value[:, None], rows, out=rows)
+        else:
+            rows.masked_fill_(columns, value)
+    elif isinstance(value, Tensor):
+        rows.scatter_(1, columns, value[:, None].expand(columns.shape))
+    else:
+        rows.scatter_(1, columns, _fill(value, rows, columns.shape))
+
+
 def _zero_nonnegatives(
     E: Tensor, spec: _Spec, layout: _Layout, tiles: list, tables: list, start: int, drop: Tensor | None
 ) -> Tensor:
     """``E`` (c, N) with 0 on the columns that are not kept negatives (``drop``: those below the threshold)."""
     for i, (a, b) in enumerate(tiles):
         nonneg = tables[i].nonneg if tables[i] is not None else _nonneg(spec, layout, a, b)
-        E[a - start : b - start].scatter_(1, nonneg, _fill(0.0, E, nonneg.shape))
+        _set_columns(E[a - start : b - start], nonneg, 0.0)
     if drop is not None:
         E.masked_fill_(drop, 0.0)
     return E
@@ -176,7 +190,7 @@ def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int,
         rows = S[a - start : b - start]
         positives.append(rows.gather(1, tab.pos))  # (t, K) g(r, p) - shift
         if masked:
-            rows.scatter_(1, tab.nonneg, _fill(-math.inf, S, tab.nonneg.shape))
+            _set_columns(rows, tab.nonneg, -math.inf)
         tables.append(tab if keep_tables else None)
     num_neg = spec.num_neg[start:stop]
     row_ok = spec.valid[start:stop]
@@ -197,7 +211,7 @@ def _block(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, start: int,
     if masked:  # the non-negatives back to finite values: exp(g - m) = 1 there until zeroed
         for i, (a, b) in enumerate(tiles):  # (S holds g here: no shift is folded when masked)
             nonneg = tables[i].nonneg if tables[i] is not None else _nonneg(spec, layout, a, b)
-            S[a - start : b - start].scatter_(1, nonneg, m[a - start : b - start, None].expand(nonneg.shape))
+            _set_columns(S[a - start : b - start], nonneg, m[a - start : b - start])
     if spec.shift is None or not folded:
         S.sub_(m[:, None])  # g - m <= 0 on the negatives
     beta = spec.beta

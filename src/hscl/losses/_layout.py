@@ -164,7 +164,7 @@ class _Tables:
     """Column tables of the anchors ``a:b`` (``t = b - a`` rows); padded entries repeat a real
     column of the same set (or the anchor itself, with weight 0)."""
 
-    nonneg: Tensor  # (t, W) columns that are not negatives (the class, the views, or self)
+    nonneg: Tensor  # (t, W) columns that are not negatives (the class, the views, or self), or a (t, cols) bool mask
     pos: Tensor  # (t, K) columns of the positives
     real: Tensor | None  # (t, K) float: 1 on real positives (not padding, not self); None: all real
 
@@ -186,11 +186,11 @@ def _mask_table(mask: Tensor, width: int, pad: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _nonneg(spec: _Spec, layout: _Layout, a: int, b: int, block: Tensor | None = None) -> Tensor:
-    """(t, W) the columns that are not negatives of the anchors ``a:b`` (the class, the views, or self)."""
+    """(t, W) the columns that are not negatives of the anchors ``a:b`` (the class, the views, or self); for
+    the dense sets a (t, cols) bool mask instead."""
     if spec.negatives == "supervised":
         if layout.relation.dense:
-            anchors = torch.arange(a, b, device=layout.instance_columns.device)
-            return _mask_table(layout.relation.shares(anchors), layout.nonneg_width, anchors)[0]
+            return layout.relation.shares(torch.arange(a, b, device=layout.instance_columns.device))
         return _class_block(layout, a, b) if block is None else block
     if spec.negatives == "unsupervised":
         return layout.instance_columns[a:b]
@@ -201,7 +201,7 @@ def _tables(spec: _Spec, layout: _Layout, a: int, b: int, dtype: torch.dtype) ->
     if layout.relation.dense and spec.positives == "labels":
         anchors = torch.arange(a, b, device=layout.instance_columns.device)
         share = layout.relation.shares(anchors)  # (t, cols)
-        nonneg = _mask_table(share, layout.nonneg_width, anchors)[0] if spec.negatives == "supervised" else None
+        nonneg = share.clone() if spec.negatives == "supervised" else None  # a (t, cols) mask
         share[torch.arange(b - a, device=share.device), anchors] = False  # an anchor is not its own positive
         pos, inside = _mask_table(share, layout.pos_width, anchors)
         if nonneg is None:

@@ -158,6 +158,7 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(f"memory holds rows of dimension {self.memory_z.shape[1]}, got z of d={d}; reset_memory()")
         new_labels = None
         if labels is not None:
+            labels = labels.to(rows.device)
             new_labels = labels.repeat(V, 1) if labels.dim() == 2 else labels.repeat(V)
         has_labels = self.memory_labels.shape[0] == held and held > 0
         if held and has_labels != (new_labels is not None):
@@ -170,6 +171,8 @@ class ContrastiveLoss(nn.Module):
                 f"{tuple(labels.shape)}; call reset_memory() first"
             )
         K = self.memory_size
+        if held and self.memory_z.device != rows.device:  # e.g. loaded on the CPU, training on a GPU
+            self.memory_z, self.memory_labels = self.memory_z.to(rows.device), self.memory_labels.to(rows.device)
         self.memory_z = (torch.cat([self.memory_z, rows]) if held else rows)[-K:].clone()
         if new_labels is not None:
             self.memory_labels = (torch.cat([self.memory_labels, new_labels]) if held else new_labels)[-K:].clone()
@@ -189,8 +192,9 @@ class ContrastiveLoss(nn.Module):
         if _metric_learning_shape(z, labels, type(self).__name__):
             z, positives = z[:, None], "labels"  # (N, 1, d): each row its own instance
         memory = None
-        if self.memory_size and self._steps >= self.memory_warmup_steps:
-            memory = self.memory  # as it was before this call
+        if self.memory_size and self._steps >= self.memory_warmup_steps and self.memory is not None:
+            z_mem, labels_mem = self.memory  # as it was before this call, on z's device
+            memory = (z_mem.to(z.device), None if labels_mem is None else labels_mem.to(z.device))
         loss, self.last_stats = contrastive_loss(
             z,
             labels,
