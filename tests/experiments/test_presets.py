@@ -18,7 +18,8 @@ def test_packaged_presets_live_inside_the_package():
     assert root.is_dir() and root.parent == Path(__import__("hscl.experiments").experiments.__file__).parent
     assert list_presets("table1") == ["cifar10", "cifar100", "quick", "stl10", "tiny-imagenet"]
     assert list_presets("figures") == ["collapse", "fig4-fig5"]
-    assert list_presets("table2") == ["paper", "quick"] and list_presets("schane") == ["quick"]
+    assert list_presets("table2") == ["paper", "quick"]
+    assert list_presets("schane") == ["cifar-fs-vit", "pretrained", "quick"]
     assert find_preset("table2", "quick") == root / "table2" / "quick.yaml"
 
 

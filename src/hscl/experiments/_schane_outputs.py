@@ -1,7 +1,8 @@
-"""The outputs of ``hscl reproduce schane``: the summary with confidence intervals, the table, the few-shot figure.
+"""The outputs of ``hscl reproduce schane``: the summary with confidence intervals, the tables (with the paper's
+reported gains beside the measured ones), the few-shot and lam-ablation figures, ``results.json``.
 
 Accuracies are in %; every interval is a 95% confidence interval: over test images (normal approximation)
-for full fine-tuning, over episodes (Student t, paired against CE) for few-shot.
+for full fine-tuning, over episodes (Student t, paired against CE / lam = 0) for few-shot and the ablation.
 """
 
 from __future__ import annotations
@@ -16,12 +17,32 @@ from hscl.engine.config import config_to_dict
 from hscl.engine.fewshot import mean_ci95, paired_ci95
 from hscl.engine.finetune import OBJECTIVE_LABELS
 
+#: what the SCHaNe paper reports for SCHaNe against CE fine-tuning of BEiT-3 (base), in top-1 points: the largest
+#: gains over its few-shot benchmarks and over its full fine-tuning data sets, as its abstract states them
+#: (Long et al., "When hard negative sampling meets supervised contrastive learning", arXiv 2308.14893v1)
+PAPER = {
+    "source": "Long et al., arXiv 2308.14893v1 (abstract)",
+    "backbone": "BEiT-3 base",
+    "fewshot_gain_up_to": 3.32,
+    "full_gain_up_to": 3.41,
+    "imagenet_1k_top1": 86.14,
+}
+
 
 def _binomial_ci(correct: Tensor) -> tuple[float, float]:
     """Accuracy (%) and its 95% CI half-width over test images (normal approximation)."""
     n = correct.numel()
     p = float(correct.float().mean())
     return 100.0 * p, 100.0 * 1.959964 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def _fmt(mean: float, half: float | None, signed: bool = False) -> str:
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return text if half is None or math.isnan(half) else f"{text} ± {half:.2f}"
+
+
+# --------------------------------------------------------------------------------------------
+# summary
 
 
 def _summarise(experiment, data, full_data, full, correct, episodes, embedding) -> dict:
@@ -35,6 +56,7 @@ def _summarise(experiment, data, full_data, full, correct, episodes, embedding) 
         "embedding": embedding,
     }
     full_summary = summary["full"]
+    full_summary["dataset"] = full_data.name
     full_summary["test_images"] = int(full_data.test_labels.numel())
     for objective in objectives:
         pooled = torch.cat(correct[objective])
@@ -67,43 +89,97 @@ def _summarise(experiment, data, full_data, full, correct, episodes, embedding) 
     return summary
 
 
-def _fmt(mean: float, half: float | None, signed: bool = False) -> str:
-    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
-    return text if half is None or math.isnan(half) else f"{text} ± {half:.2f}"
+def _summarise_ablation(ablation: dict) -> dict:
+    """Mean and 95% CI of every ``lam``, and its paired difference to ``lam = 0`` (CE) when that is a cell."""
+    base = next((c for c in ablation["lams"] if c["lam"] == 0.0), None)
+    cells = []
+    for cell in ablation["lams"]:
+        mean, half = mean_ci95(cell["accuracy"])
+        out = {"lam": cell["lam"], "source": cell["source"], "top1_mean": mean, "ci95": half}
+        if base is not None and cell is not base:
+            d_mean, d_half = paired_ci95(cell["accuracy"], base["accuracy"])
+            wins = sum(a > b for a, b in zip(cell["accuracy"], base["accuracy"]))
+            losses = sum(a < b for a, b in zip(cell["accuracy"], base["accuracy"]))
+            out.update({"diff_vs_lam0": d_mean, "diff_ci95": d_half, "wins": wins, "losses": losses})
+        out["accuracy"] = cell["accuracy"]
+        cells.append(out)
+    return {k: v for k, v in ablation.items() if k != "lams"} | {"chance": 100.0 / ablation["ways"], "lams": cells}
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+
+
+def _paper_cell(setting: str) -> str:
+    gain = PAPER["full_gain_up_to"] if setting == "full" else PAPER["fewshot_gain_up_to"]
+    return f"up to +{gain:.2f}"
 
 
 def _table(results: dict, objectives: list[str]) -> tuple[list[str], list[list[str]], list[list]]:
     others = [o for o in objectives if o != "ce"] if "ce" in objectives else []
+    paper = "ce" in objectives and "schane" in objectives
     header = ["setting", *[f"{OBJECTIVE_LABELS[o]} top-1 (%)" for o in objectives]]
     header += [f"{OBJECTIVE_LABELS[o]} − CE (points)" for o in others]
+    if paper:
+        header.append(f"paper: SCHaNe − CE ({PAPER['backbone']})")
     rows, csv_rows = [], []
     full = results["full"]
-    settings = [(f"full fine-tuning ({full['classes']} classes, {full['train_images']} images)", full)]
+    settings = [("full", f"full fine-tuning ({full['classes']} classes, {full['train_images']} images)", full)]
     ways = results["experiment"]["fewshot"]["ways"]
-    settings += [(f"{ways}-way {k}-shot ({v['episodes']} episodes)", v) for k, v in results["fewshot"].items()]
-    for name, entry in settings:
+    for k, v in results["fewshot"].items():
+        settings.append(("fewshot", f"{ways}-way {k}-shot ({v['episodes']} episodes)", v))
+    for kind, name, entry in settings:
         row = [name] + [_fmt(entry[o]["top1_mean"], entry[o]["ci95"]) for o in objectives]
         row += [_fmt(entry[o]["diff_vs_ce"], entry[o]["diff_ci95"], signed=True) for o in others]
+        if paper:
+            row.append(_paper_cell(kind))
         rows.append(row)
         for o in objectives:
-            csv_rows.append(
-                [
-                    name,
-                    o,
-                    entry[o]["top1_mean"],
-                    entry[o]["ci95"],
-                    entry[o].get("diff_vs_ce"),
-                    entry[o].get("diff_ci95"),
-                ]
-            )
+            e = entry[o]
+            csv_rows.append([name, o, e["top1_mean"], e["ci95"], e.get("diff_vs_ce"), e.get("diff_ci95")])
     emb = results["embedding"]
-    for key, label in (("isotropy_features", "features h"), ("isotropy_projection", "projection z")):
+    keys = [("isotropy_features", "features h")]
+    if emb.get("embedding", "projection") == "projection":  # with embedding "features", z is h
+        keys.append(("isotropy_projection", "projection z"))
+    for key, label in keys:
         row = [f"isotropy of test {label} (↑)"] + [f"{emb[key][o]:.3f}" for o in objectives]
         row += [f"{emb[key][o] - emb[key]['ce']:+.3f}" for o in others]
+        if paper:
+            row.append("more isotropic (reported)")
         rows.append(row)
         for o in objectives:
             csv_rows.append([f"isotropy {label}", o, emb[key][o], None, None, None])
     return header, rows, csv_rows
+
+
+def _ablation_table(ablation: dict) -> tuple[list[str], list[list[str]]]:
+    ways, shots = ablation["ways"], ablation["shots"]
+    header = ["lam", "from", f"{ways}-way {shots}-shot top-1 (%)", "− lam = 0 (points)", "wins / losses vs lam = 0"]
+    rows = []
+    for cell in ablation["lams"]:
+        source = {"ce": "CE cells", "schane": "SCHaNe cells", "ablation": "ablation run"}[cell["source"]]
+        diff = _fmt(cell["diff_vs_lam0"], cell["diff_ci95"], signed=True) if "diff_vs_lam0" in cell else "—"
+        record = f"{cell['wins']} / {cell['losses']}" if "wins" in cell else "—"
+        rows.append([f"{cell['lam']:g}", source, _fmt(cell["top1_mean"], cell["ci95"]), diff, record])
+    return header, rows
+
+
+def _ablation_note(ablation: dict) -> str:
+    note = (
+        f"lam = 0 is cross-entropy exactly (the contrastive term is skipped); {ablation['episodes']} episodes, the "
+        "same episodes, initial weights and augmentation draws for every lam."
+    )
+    at_one = next((c for c in ablation["lams"] if c["lam"] == 1.0), None)
+    if at_one is not None and abs(at_one["top1_mean"] - ablation["chance"]) < 1e-6:
+        note += (
+            f" At lam = 1 the CE term has weight 0, so the linear head (initialised at zero) receives no gradient "
+            f"and predicts the first class for every query: chance level, {ablation['chance']:.2f}%."
+        )
+    return note
+
+
+# --------------------------------------------------------------------------------------------
+# figures
 
 
 def _fewshot_figure(path: Path, results: dict, objectives: list[str]) -> None:
@@ -146,3 +222,131 @@ def _fewshot_figure(path: Path, results: dict, objectives: list[str]) -> None:
     fig.savefig(path)
     plt.close(fig)
     write_table(Path(path).with_suffix(".csv"), ["objective", "shots", "top1_mean", "ci95"], rows)
+
+
+def _ablation_figure(path: Path, ablation: dict) -> None:
+    """Accuracy against lam with 95% CI error bars and the chance level (PNG + CSV)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hscl.engine.report import write_table
+
+    cells = ablation["lams"]
+    lams = [c["lam"] for c in cells]
+    means = [c["top1_mean"] for c in cells]
+    halves = [0.0 if math.isnan(c["ci95"]) else c["ci95"] for c in cells]
+    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
+    ax.errorbar(lams, means, yerr=halves, marker="o", capsize=3, label="(1 − lam) CE + lam SCHaNe")
+    ax.axhline(ablation["chance"], color="grey", linestyle=":", label=f"chance ({ablation['chance']:.0f}%)")
+    ax.set_xticks(lams)
+    ax.set_xticklabels([f"{lam:g}" for lam in lams])
+    ax.set_xlabel("lam (weight of the SCHaNe term; 0 = CE)")
+    ax.set_ylabel("query accuracy (%)")
+    ax.set_title(f"lam ablation: {ablation['ways']}-way {ablation['shots']}-shot, {ablation['episodes']} episodes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    header = ["lam", "source", "top1_mean", "ci95", "diff_vs_lam0", "diff_ci95"]
+    rows = [[c.get(k) for k in header] for c in cells]
+    write_table(Path(path).with_suffix(".csv"), header, rows)
+
+
+# --------------------------------------------------------------------------------------------
+# everything
+
+
+def _machine(precision: dict) -> dict:
+    import platform
+    import re
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    return {
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "bf16_flags": sorted(set(re.findall(r"\b(amx_bf16|avx512_bf16)\b", text))),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": precision["device"],
+        "precision": precision["label"],
+    }
+
+
+def _invocations(previous: Path, seconds: float, stage_seconds: dict) -> list[dict]:
+    """The wall clock of every invocation that worked on this output folder (a resumed run adds one), oldest first."""
+    import json
+    import time
+
+    earlier = []
+    if previous.exists():
+        try:
+            earlier = json.loads(previous.read_text()).get("invocations", [])
+        except (OSError, ValueError):  # a damaged file from a killed run: its timings are lost, nothing else
+            earlier = []
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return [*earlier, {"finished": now, "seconds": seconds, "stage_seconds": stage_seconds}]
+
+
+def _title(experiment) -> str:
+    dataset = experiment.data_config.dataset
+    if experiment.backbone is not None:
+        bc = experiment.backbone
+        origin = f"{bc.name} ({'pre-trained weights' if bc.pretrained else 'random init'}, {bc.input_size or 'its'} px)"
+    else:
+        origin = f"pre-trained with {experiment.pretrain.loss.method} on classes {experiment.pretrain_classes}"
+    return f"SCHaNe vs CE ({experiment.name}): {dataset}; {origin}; accuracy in %, mean with 95% CI"
+
+
+def write_schane_outputs(
+    experiment,
+    out_dir: Path,
+    *,
+    data,
+    full_data,
+    full: dict,
+    correct: dict,
+    episodes: dict,
+    ablation: dict | None,
+    embedding: dict,
+    precision: dict,
+    seconds: float,
+    stage_seconds: dict,
+) -> dict:
+    """``results.json``, ``schane.csv``, ``schane.md``, ``fewshot.png`` (+ ``.csv``), and with an ablation
+    ``ablation.png`` (+ ``.csv``); prints the tables. Returns the results."""
+    from hscl.engine.report import markdown_table, write_json, write_table
+
+    results = _summarise(experiment, data, full_data, full, correct, episodes, embedding)
+    header, rows, csv_rows = _table(results, experiment.objectives)
+    table = markdown_table(header, rows)
+    results["table_markdown"] = table
+    results["paper"] = PAPER
+    results["machine"] = _machine(precision)
+    results["seconds"] = seconds
+    results["stage_seconds"] = stage_seconds
+    results["invocations"] = _invocations(out_dir / "results.json", seconds, stage_seconds)
+    results["seconds_all_invocations"] = sum(i["seconds"] for i in results["invocations"])
+    title = _title(experiment)
+    text = f"{title}\n\n{table}\n"
+    written = ["results.json", "schane.csv", "schane.md", "fewshot.png", "fewshot.csv", "tsne.png", "tsne.csv"]
+    if ablation is not None:
+        results["ablation"] = _summarise_ablation(ablation)
+        ablation_table = markdown_table(*_ablation_table(results["ablation"]))
+        results["ablation"]["table_markdown"] = ablation_table
+        text += f"\nlam ablation of SCHaNe\n\n{ablation_table}\n\n{_ablation_note(results['ablation'])}\n"
+        _ablation_figure(out_dir / "ablation.png", results["ablation"])
+        written += ["ablation.png", "ablation.csv"]
+    text += f"\nPaper (for comparison, other backbone and data): {PAPER['source']}: SCHaNe − CE up to "
+    text += f"+{PAPER['fewshot_gain_up_to']} points few-shot, +{PAPER['full_gain_up_to']} full fine-tuning.\n"
+    write_json(out_dir / "results.json", results)
+    write_table(
+        out_dir / "schane.csv", ["setting", "objective", "top1_mean", "ci95", "diff_vs_ce", "diff_ci95"], csv_rows
+    )
+    (out_dir / "schane.md").write_text(text)
+    _fewshot_figure(out_dir / "fewshot.png", results, experiment.objectives)
+    print(f"\n{text}")
+    print(f"written in {out_dir}: {', '.join(written)}")
+    return results

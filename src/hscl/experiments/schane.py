@@ -1,109 +1,173 @@
-"""``hscl reproduce schane`` (SCHaNe vs CE): pre-train, fine-tune, few-shot, outputs.
+"""``hscl reproduce schane`` (SCHaNe vs CE): a pre-trained model, full fine-tuning, few-shot, lam ablation, outputs.
 
-One YAML (``configs/schane/<preset>.yaml``, a :class:`SchaneExperiment`): pre-train on some classes
-(cached), compare the fine-tuning ``objectives`` of :mod:`hscl.engine.finetune` by full fine-tuning on
-every class and by the few-shot episodes of :mod:`hscl.engine.fewshot` on the held-out classes, then
-write ``results.json``, ``schane.csv``, ``schane.md``, ``fewshot.png`` and ``tsne.png`` (each figure
-with its data as ``.csv``). Reference: Long et al., arXiv 2308.14893 (SCHaNe).
+One YAML (``configs/schane/<preset>.yaml``, a :class:`SchaneExperiment`). The pre-trained model is either hscl's
+own encoder, pre-trained by the experiment on some classes (``pretrain``; cached), or a pre-trained backbone
+(``backbone``: EfficientNet-Lite0 with its ImageNet weights, a HuggingFace model from ``hf:PATH``; nothing is
+pre-trained). From its weights the fine-tuning ``objectives`` of :mod:`hscl.engine.finetune` are compared by full
+fine-tuning on every class and by the few-shot episodes of :mod:`hscl.engine.fewshot` on the held-out classes;
+with ``ablation`` SCHaNe's ``lam`` is varied on the ``K``-shot episodes. Written: ``results.json``, ``schane.csv``,
+``schane.md``, ``fewshot.png``, ``tsne.png``, ``ablation.png`` (each figure with its data as ``.csv``).
+Reference: Long et al., arXiv 2308.14893 (SCHaNe).
+
+Presets: ``quick`` (pre-trains a small convnet on Fashion-MNIST, 2 CPU cores), ``pretrained`` (EfficientNet-Lite0,
+ImageNet weights, on Fashion-MNIST, under 30 minutes on 2 CPU cores), ``cifar-fs-vit`` (a ViT / BEiT from
+``hf:PATH`` on CIFAR-FS and CIFAR-100, for a GPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from hscl.data.augment import AugmentConfig, EvalTransform
 from hscl.data.images import ImageData
-from hscl.engine.config import RunConfig, config_from_dict, config_to_dict
-from hscl.engine.fewshot import FewShotConfig, embedding_isotropy, few_shot, tsne_figure
-from hscl.engine.finetune import (
-    OBJECTIVE_LABELS,
-    OBJECTIVES,
-    FinetuneConfig,
-    FineTuneModel,
-    _check_choice,
-    _check_int,
-    embed,
-    finetune,
-    select_classes,
+from hscl.engine.config import config_to_dict
+from hscl.engine.fewshot import embedding_isotropy, few_shot, tsne_figure
+from hscl.engine.finetune import OBJECTIVE_LABELS, FineTuneModel, backbone_input, embed, finetune, select_classes
+from hscl.experiments._schane_config import (
+    AblationConfig,
+    BackboneConfig,
+    FullConfig,
+    SchaneExperiment,
+    find_experiment,
+    load_experiment,
 )
-from hscl.engine.pretrained import load_pretrained
-from hscl.experiments._schane_outputs import _fewshot_figure, _summarise, _table
-from hscl.models import ContrastiveModel
+from hscl.experiments._schane_outputs import write_schane_outputs
+from hscl.models import Backbone, ContrastiveModel
 
-__all__ = ["FullConfig", "SchaneExperiment", "find_experiment", "load_experiment", "reproduce_schane"]
-
-
-@dataclass
-class FullConfig:
-    """Full fine-tuning in ``hscl reproduce schane``: every class of the data set."""
-
-    train_subset: int | None = 10000
-    test_subset: int | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
+__all__ = [
+    "AblationConfig",
+    "BackboneConfig",
+    "FullConfig",
+    "SchaneExperiment",
+    "find_experiment",
+    "load_experiment",
+    "reproduce_schane",
+]
 
 
-@dataclass
-class SchaneExperiment:
-    """``hscl reproduce schane``: one YAML (``configs/schane/<preset>.yaml``).
+def reproduce_schane(
+    out_dir: str | Path,
+    *,
+    preset: str = "quick",
+    overrides: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
+    data_dir: str | None = None,
+    config_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """CE vs SCHaNe (and any other ``objectives``): full fine-tuning, few-shot, the lam ablation; tables + figures.
 
-    Pre-train on ``pretrain_classes`` (a :class:`RunConfig`, cached in ``<out>/pretrain``), then compare
-    ``objectives`` by full fine-tuning on every class and by few-shot episodes on ``heldout_classes``.
+    Resumable: the pre-training, the precision choice, every (objective, seed) fine-tuning run and every few-shot
+    episode of every objective (and ablation cell) are stored in ``out_dir`` when finished and skipped on a rerun
+    (a fine-tuning run stored with other settings is refused, naming the folder).
     """
+    from hscl.data.images import load_dataset
+    from hscl.engine.distributed import resolve_device
 
-    name: str = "schane"
-    pretrain_classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    heldout_classes: list[int] = field(default_factory=lambda: [5, 6, 7, 8, 9])
-    pretrain_train_subset: int | None = None  # stratified, of the pre-training classes' images
-    objectives: list[str] = field(default_factory=lambda: ["ce", "schane"])
-    pretrain: RunConfig = field(default_factory=RunConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    full: FullConfig = field(default_factory=FullConfig)
-    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
-    embedding_points: int = 1000
-    #: torch threads for the whole experiment (None: torch's default); overrides pretrain.train.threads
-    threads: int | None = None
+    began = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    experiment = load_experiment(find_experiment(preset, config_dir), overrides)
+    dc = experiment.data_config
+    if data_dir is not None:
+        dc.data_dir = data_dir
+    if seeds:
+        experiment.full.seeds = [int(s) for s in seeds]
+    (out_dir / "experiment.json").write_text(json.dumps(config_to_dict(experiment), indent=2))
+    if experiment.threads is not None:
+        torch.set_num_threads(experiment.threads)
+    device = resolve_device(experiment.device)
+    data = load_dataset(dc.dataset, data_dir=dc.data_dir)
 
-    def __post_init__(self) -> None:
-        if self.threads is not None:
-            self.threads = _check_int("threads", self.threads, 1)
-            self.pretrain.train.threads = self.threads
-        if not self.objectives:
-            raise ValueError("objectives must list at least one of " + ", ".join(OBJECTIVES))
-        for objective in self.objectives:
-            _check_choice("objectives", objective, OBJECTIVES)
-        overlap = sorted(set(self.pretrain_classes) & set(self.heldout_classes))
-        if overlap:
-            raise ValueError(f"heldout_classes must be disjoint from pretrain_classes; both hold {overlap}")
+    stage_seconds: dict[str, float] = {}  # wall clock of each stage in this invocation (cached stages: ~0)
+    mark = time.perf_counter()
 
-    def objective_config(self, objective: str, **changes) -> FinetuneConfig:
-        return dataclasses.replace(self.finetune, objective=objective, **changes)
+    def lap(stage: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        stage_seconds[stage] = now - mark
+        mark = now
+
+    # 1. the pre-trained model: pre-trained here on the pre-training classes (cached), or a backbone
+    model, augment = _pretrained_model(experiment, data, out_dir)
+    lap("pretrain")
+    precision = _choose_precision(experiment, model, data, augment, device, out_dir)
+    if precision["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device)
+    lap("precision")
+
+    with _autocast(device, precision):
+        # 2. full fine-tuning on every class
+        full_data = _full_data(experiment, data)
+        full, correct = _full_finetuning(experiment, model, full_data, augment, out_dir, device, progress)
+        lap("full")
+
+        # 3. few-shot episodes on the held-out classes
+        episodes = _fewshot_episodes(experiment, model, data, augment, out_dir, device, progress)
+        lap("fewshot")
+
+        # 4. the lam ablation on the K-shot episodes
+        ablation = _lam_ablation(experiment, model, data, augment, episodes, out_dir, device, progress)
+        lap("ablation")
+
+        # 5. embedding quality of the fine-tuned models (first seed): isotropy and t-SNE
+        embedding = _embedding_quality(experiment, model, full_data, augment, out_dir)
+        lap("embedding")
+
+    # 6. tables and figures
+    results = write_schane_outputs(
+        experiment,
+        out_dir,
+        data=data,
+        full_data=full_data,
+        full=full,
+        correct=correct,
+        episodes=episodes,
+        ablation=ablation,
+        embedding=embedding,
+        precision=precision,
+        seconds=time.perf_counter() - began,
+        stage_seconds=stage_seconds,
+    )
+    return results
 
 
-def find_experiment(preset: str, extra: str | Path | None = None) -> Path:
-    from hscl.experiments.presets import find_preset
-
-    return find_preset("schane", preset, extra)
+# --------------------------------------------------------------------------------------------
+# the pre-trained model, its precision
 
 
-def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> SchaneExperiment:
-    """Read a ``SchaneExperiment`` YAML and apply ``section.key=value`` overrides (e.g. ``fewshot.episodes=20``)."""
-    from hscl.engine.config import apply_overrides, load_yaml, validate_config
+def _pretrained_model(
+    experiment: SchaneExperiment, data: ImageData, out_dir: Path
+) -> tuple[ContrastiveModel | Backbone, AugmentConfig]:
+    """The model every objective starts from, and the fine-tuning augmentation (before :func:`backbone_input`)."""
+    from hscl.data.augment import augment_preset, preset_for
+    from hscl.engine.pretrained import load_pretrained
 
-    data = load_yaml(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping at the top level")
-    experiment = config_from_dict(apply_overrides(data, list(overrides)), SchaneExperiment, "schane")
-    validate_config(experiment.pretrain)
-    return experiment
+    if experiment.backbone is None:
+        pretrained = load_pretrained(_pretrain(experiment, data, out_dir / "pretrain"))
+        return pretrained.model, pretrained.augment_config(data.channels, data.size, experiment.finetune.augment)
+    from hscl.models import build_backbone
+
+    bc = experiment.backbone
+    try:
+        backbone = build_backbone(bc.name, pretrained=bc.pretrained, input_size=bc.input_size)
+    except ModuleNotFoundError as err:  # the weights' or the model's package: one line with the pip command
+        raise ValueError(str(err)) from None
+    print(f"== pre-trained model: {backbone.name} ({backbone.feature_dim}-d features, {backbone.input_size} px)")
+    augment = preset_for(data.channels, data.size)
+    if experiment.finetune.augment is not None:
+        augment = augment_preset(experiment.finetune.augment).with_overrides(None, size=data.size)
+    return backbone, augment
 
 
 def _pretrain(experiment: SchaneExperiment, data: ImageData, out_dir: Path) -> Path:
@@ -120,82 +184,88 @@ def _pretrain(experiment: SchaneExperiment, data: ImageData, out_dir: Path) -> P
     return train(experiment.pretrain, out_dir, resume=True, data=pre)
 
 
-def reproduce_schane(
-    out_dir: str | Path,
-    *,
-    preset: str = "quick",
-    overrides: Sequence[str] = (),
-    seeds: Sequence[int] | None = None,
-    data_dir: str | None = None,
-    config_dir: str | Path | None = None,
-    progress: bool = True,
+def _choose_precision(
+    experiment: SchaneExperiment,
+    model: nn.Module,
+    data: ImageData,
+    augment: AugmentConfig,
+    device: torch.device,
+    out_dir: Path,
 ) -> dict:
-    """CE vs SCHaNe (and any other ``objectives``): full fine-tuning and few-shot, table + figures + data.
+    """``{"setting", "device", "autocast": "bf16" | None, "channels_last": bool}``, stored in ``precision.json``.
 
-    Resumable: the pre-training, every (objective, seed) fine-tuning run and every few-shot episode are
-    stored in ``out_dir`` when finished and skipped on a rerun.
+    ``"32"``: float32 in the default memory format. Otherwise :func:`hscl.engine.precision.resolve_precision`
+    decides on the model (on the CPU ``"auto"`` times a few forward + backward steps of a fine-tuning batch in
+    float32, float32 channels-last and, where oneDNN has bf16, bf16 autocast channels-last). fp16 (old GPUs) is not
+    used: the fine-tuning steps have no gradient scaler; float32 runs instead. A rerun keeps the stored choice
+    (every finished cell was computed with it) and refuses another setting.
     """
+    from hscl.engine.precision import enable_tf32, resolve_precision
+
+    path = out_dir / "precision.json"
+    key = {"setting": experiment.precision, "device": device.type}
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if {k: stored.get(k) for k in key} != key:
+            raise ValueError(
+                f"{out_dir} holds a run with precision {stored.get('setting')} on {stored.get('device')} "
+                f"({path}); this run asks for {experiment.precision} on {device.type}; choose another --out"
+            )
+        print(f"== precision: {stored['label']} (stored in {path})", flush=True)
+        return stored
+    if experiment.precision == "32" and device.type == "cpu":
+        chosen, channels_last = "32-true", False
+    else:
+        probe = model
+        if isinstance(model, Backbone):  # as fine-tuning wraps it: (h, z), z = h or a new projection head
+            probe = FineTuneModel(model, 2, experiment.finetune.resolved(model).embedding).model
+        rows = experiment.finetune.batch_size * experiment.finetune.views
+        transform = EvalTransform(backbone_input(model, augment))
+        sample = transform(data.train_images[:rows]).to(device)
+        chosen, channels_last = resolve_precision(experiment.precision, copy.deepcopy(probe).to(device), sample, device)
+    if chosen == "16-mixed":
+        chosen = "32-true"
+    if chosen == "32-true" and device.type == "cuda":
+        enable_tf32()
+    autocast = "bf16" if chosen == "bf16-mixed" else None
+    label = f"{'bf16 autocast' if autocast else 'float32'}{', channels-last' if channels_last else ''}"
+    stored = {**key, "autocast": autocast, "channels_last": bool(channels_last), "label": label}
+    path.write_text(json.dumps(stored, indent=2))
+    print(f"== precision: {label} ({experiment.precision} on {device.type})", flush=True)
+    return stored
+
+
+def _autocast(device: torch.device, precision: dict):
+    """bf16 autocast on ``device`` when chosen, else nothing."""
+    if precision["autocast"] != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------
+# full fine-tuning, few-shot, ablation
+
+
+def _full_data(experiment: SchaneExperiment, data: ImageData) -> ImageData:
+    """The data of full fine-tuning: ``full.dataset`` (else the experiment's data), on stratified subsets."""
     from hscl.data.images import load_dataset
 
-    began = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    extra = list(overrides)
-    if data_dir is not None:
-        extra.append(f"pretrain.data.data_dir={data_dir}")
-    experiment = load_experiment(find_experiment(preset, config_dir), extra)
-    if seeds:
-        experiment.full.seeds = [int(s) for s in seeds]
-    (out_dir / "experiment.json").write_text(json.dumps(config_to_dict(experiment), indent=2))
-    if experiment.threads is not None:
-        torch.set_num_threads(experiment.threads)
-    dc = experiment.pretrain.data
-    data = load_dataset(dc.dataset, data_dir=dc.data_dir)
-
-    stage_seconds: dict[str, float] = {}  # wall clock of each stage in this invocation (cached stages: ~0)
-    mark = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        stage_seconds[stage] = now - mark
-        mark = now
-
-    # 1. pre-training on the pre-training classes (cached)
-    final = _pretrain(experiment, data, out_dir / "pretrain")
-    lap("pretrain")
-    pretrained = load_pretrained(final)
-    augment = pretrained.augment_config(data.channels, data.size, experiment.finetune.augment)
-
-    # 2. full fine-tuning on every class
+    full = experiment.full
     full_data = data
-    if experiment.full.train_subset is not None or experiment.full.test_subset is not None:
-        full_data = data.subset(experiment.full.train_subset, experiment.full.test_subset, seed=0)
-    full, correct = _full_finetuning(experiment, pretrained.model, full_data, augment, out_dir, progress)
-    lap("full")
-
-    # 3. few-shot episodes on the held-out classes
-    episodes = _fewshot_episodes(experiment, pretrained.model, data, augment, out_dir, progress)
-    lap("fewshot")
-
-    # 4. embedding quality of the fine-tuned models (first seed): isotropy and t-SNE
-    embedding = _embedding_quality(experiment, full_data, augment, out_dir)
-    lap("embedding")
-
-    # 5. tables and figures
-    results = _summarise(experiment, data, full_data, full, correct, episodes, embedding)
-    results["seconds"] = time.perf_counter() - began
-    results["stage_seconds"] = stage_seconds
-    _write_schane_outputs(experiment, results, out_dir)
-    return results
+    if full.dataset is not None and full.dataset != experiment.data_config.dataset:
+        full_data = load_dataset(full.dataset, data_dir=experiment.data_config.data_dir)
+    if full.train_subset is not None or full.test_subset is not None:
+        full_data = full_data.subset(full.train_subset, full.test_subset, seed=0)
+    return full_data
 
 
 def _full_finetuning(
     experiment: SchaneExperiment,
-    model: ContrastiveModel,
+    model: ContrastiveModel | Backbone,
     full_data: ImageData,
     augment: AugmentConfig,
     out_dir: Path,
+    device: torch.device,
     progress: bool,
 ) -> tuple[dict[str, list[dict]], dict[str, list[Tensor]]]:
     """Full fine-tuning of ``model`` with every (objective, seed), each stored in ``out_dir/full/<objective>/
@@ -206,19 +276,34 @@ def _full_finetuning(
         full[objective], correct[objective] = [], []
         for seed in experiment.full.seeds:
             run_dir = out_dir / "full" / objective / f"seed{seed}"
+            config = experiment.objective_config(objective, seed=seed)
+            setting = {"config": dataclasses.asdict(config.resolved(model)), "data": repr(full_data)}
             result_file = run_dir / "result.json"
             if result_file.exists() and (run_dir / "test_correct.pt").exists():
-                full[objective].append(json.loads(result_file.read_text()))
+                record = json.loads(result_file.read_text())
+                stored = {k: record.get(k, setting[k]) for k in setting}
+                if stored != setting:
+                    raise ValueError(
+                        f"{run_dir} holds a fine-tuning run with other settings ({stored}); this run is {setting}; "
+                        "choose another --out"
+                    )
+                full[objective].append(record)
                 correct[objective].append(torch.load(run_dir / "test_correct.pt", weights_only=True))
                 continue
             print(f"== full fine-tuning {objective} (seed {seed}) on {full_data} -> {run_dir}", flush=True)
-            config = experiment.objective_config(objective, seed=seed)
             result = finetune(
-                model, full_data, config, augment=augment, out_dir=run_dir, resume=True, progress=progress
+                model,
+                full_data,
+                config,
+                augment=augment,
+                out_dir=run_dir,
+                resume=True,
+                progress=progress,
+                device=device,
             )
             torch.save(result.model.state_dict(), run_dir / "model.pt")
             torch.save(result.test_correct, run_dir / "test_correct.pt")
-            record = {**result.as_dict(), "seed": seed, "objective": objective}
+            record = {**result.as_dict(), "seed": seed, "objective": objective, **setting}
             result_file.write_text(json.dumps(record, indent=2))
             full[objective].append(record)
             correct[objective].append(result.test_correct)
@@ -227,10 +312,11 @@ def _full_finetuning(
 
 def _fewshot_episodes(
     experiment: SchaneExperiment,
-    model: ContrastiveModel,
+    model: ContrastiveModel | Backbone,
     data: ImageData,
     augment: AugmentConfig,
     out_dir: Path,
+    device: torch.device,
     progress: bool,
 ) -> dict[int, list[dict]]:
     """The few-shot episodes of every objective on the held-out classes (resumable, in ``out_dir/fewshot``)."""
@@ -251,54 +337,106 @@ def _fewshot_episodes(
         out_dir=out_dir / "fewshot",
         resume=True,
         progress=progress,
+        device=device,
     )
 
 
-def _write_schane_outputs(experiment: SchaneExperiment, results: dict, out_dir: Path) -> None:
-    """``results.json``, ``schane.csv``, ``schane.md`` and ``fewshot.png`` (+ ``.csv``); prints the table."""
-    from hscl.engine.report import markdown_table, write_json, write_table
+def _lam_ablation(
+    experiment: SchaneExperiment,
+    model: ContrastiveModel | Backbone,
+    data: ImageData,
+    augment: AugmentConfig,
+    episodes: dict[int, list[dict]],
+    out_dir: Path,
+    device: torch.device,
+    progress: bool,
+) -> dict | None:
+    """SCHaNe with every ``lam`` of ``ablation.lams`` on the ``ablation.shots``-shot episodes (the same episodes,
+    initial weights and augmentation draws as the few-shot comparison).
 
-    header, rows, csv_rows = _table(results, experiment.objectives)
-    table = markdown_table(header, rows)
-    results["table_markdown"] = table
-    write_json(out_dir / "results.json", results)
-    write_table(
-        out_dir / "schane.csv", ["setting", "objective", "top1_mean", "ci95", "diff_vs_ce", "diff_ci95"], csv_rows
-    )
-    title = (
-        f"SCHaNe vs CE ({experiment.name}): {experiment.pretrain.data.dataset}; pre-trained with "
-        f"{experiment.pretrain.loss.method} on classes {experiment.pretrain_classes}; accuracy in %, mean with 95% CI"
-    )
-    (out_dir / "schane.md").write_text(f"{title}\n\n{table}\n")
-    _fewshot_figure(out_dir / "fewshot.png", results, experiment.objectives)
-    print(f"\n{title}\n\n{table}\n")
-    print(f"written: {out_dir}/results.json, schane.csv, schane.md, fewshot.png, fewshot.csv, tsne.png, tsne.csv")
+    A cell the few-shot comparison already ran is taken from it: ``lam = 0`` is CE exactly (the contrastive term
+    is skipped), ``lam = finetune.lam`` is its SCHaNe. The others run in ``out_dir/ablation`` (resumable). Returns
+    ``{"shots", "ways", "episodes", "lams": [{"lam", "source", "accuracy": [per episode]}]}`` (None without
+    ``ablation``).
+    """
+    ab = experiment.ablation
+    if ab is None:
+        return None
+    fs = experiment.fewshot
+    main = episodes.get(ab.shots)
+    reused: dict[float, str] = {}
+    if main is not None:
+        for lam in ab.lams:
+            if lam == 0.0 and "ce" in experiment.objectives:
+                reused[lam] = "ce"
+            elif lam == experiment.finetune.lam and "schane" in experiment.objectives:
+                reused[lam] = "schane"
+    names = {lam: f"schane-lam{lam:g}" for lam in ab.lams if lam not in reused}
+    rows: list[dict] = []
+    if names:
+        configs = {n: experiment.objective_config("schane", lam=lam, lr=fs.lr, bn=fs.bn) for lam, n in names.items()}
+        print(f"== lam ablation: SCHaNe with lam in {sorted(names)} on the {ab.shots}-shot episodes", flush=True)
+        rows = few_shot(
+            model,
+            data,
+            experiment.heldout_classes,
+            configs,
+            dataclasses.replace(fs, shots=[ab.shots]),
+            augment=augment,
+            out_dir=out_dir / "ablation",
+            resume=True,
+            progress=progress,
+            device=device,
+        )[ab.shots]
+    if main is not None and rows and [r["classes"] for r in rows] != [r["classes"] for r in main]:
+        raise RuntimeError("the ablation's episodes differ from the few-shot comparison's; they must be the same")
+    cells = []
+    for lam in ab.lams:
+        if lam in reused:
+            source, accuracy = reused[lam], [r["accuracy"][reused[lam]] for r in main]
+        else:
+            source, accuracy = "ablation", [r["accuracy"][names[lam]] for r in rows]
+        cells.append({"lam": lam, "source": source, "accuracy": accuracy})
+    return {"shots": ab.shots, "ways": fs.ways, "episodes": fs.episodes, "lams": cells}
 
 
-def _embedding_quality(experiment: SchaneExperiment, data: ImageData, augment: AugmentConfig, out_dir: Path) -> dict:
-    """Isotropy of the test-set features ``h`` and projections ``z`` of each fine-tuned model (first seed), and
-    a t-SNE map of the features; cached in ``out_dir/embedding.json``."""
+# --------------------------------------------------------------------------------------------
+# embedding quality
+
+
+def _embedding_quality(
+    experiment: SchaneExperiment,
+    model: ContrastiveModel | Backbone,
+    data: ImageData,
+    augment: AugmentConfig,
+    out_dir: Path,
+) -> dict:
+    """Isotropy of the test-set features ``h`` and contrastive embeddings ``z`` of each fine-tuned model (first
+    seed), and a t-SNE map of the features; cached in ``out_dir/embedding.json``."""
     from hscl.data.images import stratified_indices
 
-    cache = out_dir / "embedding.json"
-    if cache.exists() and (out_dir / "tsne.png").exists():
-        return json.loads(cache.read_text())
     seed = experiment.full.seeds[0]
     n = min(experiment.embedding_points, int(data.test_labels.numel()))
+    embedding = experiment.finetune.resolved(model).embedding
+    key = {"points": n, "seed": seed, "objectives": list(experiment.objectives), "data": repr(data)}
+    cache = out_dir / "embedding.json"
+    if cache.exists() and (out_dir / "tsne.png").exists():
+        stored = json.loads(cache.read_text())
+        if {k: stored.get(k) for k in key} == key:
+            return stored
     index = torch.from_numpy(stratified_indices(data.test_labels, n, (seed, 11)))
     images, labels = data.test_images[index], data.test_labels[index]
-    pretrained = load_pretrained(out_dir / "pretrain" / "final.ckpt").model
-    transform = EvalTransform(augment)
+    transform = EvalTransform(backbone_input(model, augment)).to(next(model.parameters()).device)
     features: dict[str, Tensor] = {}
-    result: dict = {"points": n, "seed": seed, "isotropy_features": {}, "isotropy_projection": {}}
+    result: dict = {**key, "embedding": embedding, "isotropy_features": {}, "isotropy_projection": {}}
     for objective in experiment.objectives:
-        model = FineTuneModel(copy.deepcopy(pretrained), data.num_classes, experiment.finetune.embedding)
+        tuned = FineTuneModel(copy.deepcopy(model), data.num_classes, embedding)
         state = torch.load(out_dir / "full" / objective / f"seed{seed}" / "model.pt", weights_only=True)
-        model.load_state_dict(state)
-        h, z = embed(model, images, transform)
+        tuned.load_state_dict(state)
+        h, z = embed(tuned, images, transform)
         result["isotropy_features"][objective] = embedding_isotropy(h)
         result["isotropy_projection"][objective] = embedding_isotropy(z)
-        features[OBJECTIVE_LABELS[objective]] = h
+        features[OBJECTIVE_LABELS[objective]] = h.float()
     title = f"t-SNE of the encoder features h of {n} test images after full fine-tuning (seed {seed})"
     tsne_figure(out_dir / "tsne.png", features, labels, data.classes, seed=seed, title=title)
     cache.write_text(json.dumps(result, indent=2))
