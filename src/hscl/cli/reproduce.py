@@ -78,6 +78,27 @@ def _reproduce_table2(args: argparse.Namespace) -> None:
     reproduce_table2(config, args.out or f"runs/table2-{preset}")
 
 
+def _reproduce_extension(experiment: str):
+    """The command of one extension experiment (issue 15): multilabel, small-batch or auto-beta."""
+
+    def run(args: argparse.Namespace) -> None:
+        from hscl.experiments.extensions import reproduce_extension
+
+        preset = args.preset or "quick"
+        reproduce_extension(
+            experiment,
+            preset,
+            args.out or f"runs/{experiment}-{preset}",
+            seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
+            cells=args.methods.split(",") if args.methods else None,
+            overrides=args.set,
+            config_dir=args.configs,
+            data_dir=args.data_dir,
+        )
+
+    return run
+
+
 #: ``hscl reproduce EXPERIMENT``: experiment name -> function of the parsed arguments. Each entry
 #: imports its module lazily, so a missing optional dependency only affects its own experiment.
 REPRODUCERS: dict = {
@@ -86,6 +107,9 @@ REPRODUCERS: dict = {
     "collapse": _reproduce_collapse,
     "schane": _reproduce_schane,
     "table2": _reproduce_table2,
+    "multilabel": _reproduce_extension("multilabel"),
+    "small-batch": _reproduce_extension("small-batch"),
+    "auto-beta": _reproduce_extension("auto-beta"),
 }
 
 
@@ -96,19 +120,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def add_reproduce(sub: argparse._SubParsersAction) -> None:
     """Declare ``hscl reproduce``."""
-    rp = sub.add_parser("reproduce", help="reproduce a table of the paper")
+    rp = sub.add_parser("reproduce", help="reproduce a table of the paper, or run an extension experiment")
     rp.add_argument("experiment", choices=sorted(REPRODUCERS))
     rp.add_argument(
         "--preset",
         help="a packaged preset (see `hscl presets`): table1: quick [default], cifar10, cifar100, stl10, "
-        "tiny-imagenet; table2: quick [default], paper; schane: quick [default]",
+        "tiny-imagenet; table2: quick [default], paper; schane: quick [default], pretrained, cifar-fs-vit (GPU); "
+        "multilabel, small-batch, auto-beta: quick [default]",
     )
     rp.add_argument("--out", help="output directory (default runs/<experiment>[-<preset>])")
-    rp.add_argument("--seeds", help="comma-separated seeds (default 0)")
+    rp.add_argument(
+        "--seeds", help="comma-separated seeds (default 0; multilabel, small-batch, auto-beta: the preset's)"
+    )
     rp.add_argument(
         "--methods",
         help="comma-separated subset of the preset's methods (table1: its config names, e.g. scl,h-scl-beta; "
-        "collapse, table2: method names; table2 also: untrained)",
+        "collapse, table2: method names; table2 also: untrained; multilabel, small-batch, auto-beta: the preset's "
+        "cell keys, e.g. auto-beta: beta-1,auto-0.5)",
     )
     rp.add_argument("--normalizations", help="collapse: comma-separated subset of sphere,ball,none")
     rp.add_argument("--dataset", help="table2: comma-separated datasets (molecules, MUTAG, ENZYMES, PTC, IMDB-B, ...)")
@@ -121,6 +149,7 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
     rp.add_argument(
         "--configs",
         help="your own presets folder, looked in before the packaged ones (DIR/table1/<preset>/*.yaml, "
-        "DIR/figures/<name>/{base,runs}.yaml, DIR/table2/<preset>.yaml, DIR/schane/<preset>.yaml)",
+        "DIR/figures/<name>/{base,runs}.yaml, DIR/table2/<preset>.yaml, DIR/schane/<preset>.yaml, "
+        "DIR/extensions/<experiment>/<preset>.yaml)",
     )
     rp.set_defaults(func=cmd_reproduce)

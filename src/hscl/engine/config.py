@@ -76,7 +76,9 @@ class ModelConfig:
 class LossConfig:
     method: str = "h-scl"
     temperature: float = 0.5
-    beta: float | None = None
+    #: exponential tilting exp(beta g), beta >= 0; or "auto": beta chosen at every step by
+    #: hscl.hardening.AutoExponential(auto_target) (its per-epoch mean is logged as the "beta" column)
+    beta: float | typing.Literal["auto"] | None = None
     tau: float | None = None
     #: eq. (4): linear threshold schedule (start, end) cosine cuts; overrides tau
     tau_schedule: list[float] | None = None
@@ -84,6 +86,13 @@ class LossConfig:
     tau_plus: float = 0.0
     chunk_size: int | None = None
     base_temperature: float | None = None  # supcon only
+    #: rows of past batches kept as extra candidates (a FIFO of the K most recent rows, detached, with their
+    #: labels; never anchors); 0: no memory. ucl, h-ucl, scl, h-scl and schane take it
+    memory_size: int = 0
+    #: training steps (loss calls) before the memory is used; it fills during them
+    memory_warmup_steps: int = 0
+    #: beta: auto: the target mean over anchors of ESS_r / |N(r)|, in (0, 1] (1: beta = 0; smaller: harder)
+    auto_target: float = 0.5
 
 
 @dataclass
@@ -193,6 +202,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             except (TypeError, ValueError) as err:
                 errors.append(str(err))
         raise ValueError(f"{where}: {value!r} is not a valid value ({'; '.join(errors)})")
+    if origin is typing.Literal:  # e.g. loss.beta: "auto"
+        allowed = typing.get_args(annotation)
+        if isinstance(value, str) and value in allowed:
+            return value
+        raise ValueError(f"{where} must be {' or '.join(map(str, allowed))}, got {value!r}")
     if dataclasses.is_dataclass(annotation):
         return config_from_dict(value, annotation, where)
     if annotation is Any:
@@ -342,6 +356,7 @@ def validate_config(config: RunConfig) -> None:
             f"train.batch_size ({tc.batch_size}) is the global batch, split over devices x num_nodes = "
             f"{tc.devices * tc.num_nodes} processes; it must be at least that"
         )
+    _validate_loss_extensions(config)
     if config.loss.tau_schedule is not None and len(config.loss.tau_schedule) != 2:
         raise ValueError(f"loss.tau_schedule must be [start, end], got {config.loss.tau_schedule}")
     given = [k for k in ("beta", "tau", "tau_schedule") if getattr(config.loss, k) is not None]
@@ -368,3 +383,26 @@ def validate_config(config: RunConfig) -> None:
             raise ValueError(f"loss.{key} does not apply to method {config.loss.method!r}")
     if given and not METHODS[config.loss.method].hardened:
         raise ValueError(f"loss.{given[0]} is a hardening; method {config.loss.method!r} has none")
+
+
+def _validate_loss_extensions(config: RunConfig) -> None:
+    """``loss.beta`` (a number >= 0 or ``auto``), ``loss.auto_target`` and the memory keys."""
+    from hscl.losses import METHODS, loss_kwargs
+
+    lc = config.loss
+    if isinstance(lc.beta, float) and not (math.isfinite(lc.beta) and lc.beta >= 0):
+        raise ValueError(f"loss.beta must be a number >= 0 or auto, got {lc.beta}")
+    if not (math.isfinite(lc.auto_target) and 0 < lc.auto_target <= 1):
+        raise ValueError(f"loss.auto_target must lie in (0, 1], got {lc.auto_target}")
+    if lc.memory_size < 0:
+        raise ValueError(f"loss.memory_size must be >= 0 (0: no memory), got {lc.memory_size}")
+    if lc.memory_warmup_steps < 0:
+        raise ValueError(f"loss.memory_warmup_steps must be >= 0, got {lc.memory_warmup_steps}")
+    if lc.memory_warmup_steps and not lc.memory_size:
+        raise ValueError("loss.memory_warmup_steps needs a memory: set loss.memory_size > 0")
+    if lc.memory_size and not loss_kwargs(lc.method, {"memory_size": lc.memory_size}):
+        takes = [name for name in METHODS if loss_kwargs(name, {"memory_size": 1})]
+        raise ValueError(
+            f"loss.memory_size does not apply to method {lc.method!r}; methods with a memory: "
+            f"{', '.join(takes) or 'none in this version of hscl.losses'}"
+        )

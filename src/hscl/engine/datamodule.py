@@ -40,7 +40,8 @@ def pair_mode_for(config: RunConfig) -> str:
 
 
 class _EpochBatches(torch.utils.data.IterableDataset):
-    """Yields ``(images (B_k, V, C, H, W) uint8, labels (B_k,))`` for the epoch ``epoch_fn()``: the global batch
+    """Yields ``(images (B_k, V, C, H, W) uint8, labels (B_k,) or (B_k, C))`` (the labels of the anchors, view 0:
+    class ids, or the multi-hot label sets of a multi-label dataset) for the epoch ``epoch_fn()``: the global batch
     (``B_k = B``) with one process; under DDP this rank's shard of it (:func:`~hscl.engine.distributed.shard`),
     so that each rank reads (and copies to its device) only its own samples. The indices of every batch are
     drawn on the host from ``(seed, epoch)``; ``images`` / ``labels`` may live on the GPU (then only the
@@ -63,7 +64,11 @@ class _EpochBatches(torch.utils.data.IterableDataset):
 
 
 class ViewsDataModule(L.LightningDataModule):
-    """The training split as ``B x V`` view batches; the test split for the kNN monitor."""
+    """The training split as ``B x V`` view batches; the test split for the kNN monitor.
+
+    Multi-label data (bool ``(N, C)`` labels) gives ``(B, C)`` label sets to the loss; its ``same_label`` pairs
+    share at least one class (:class:`~hscl.data.views.ViewSampler`).
+    """
 
     def __init__(self, data: ImageData, config: RunConfig) -> None:
         super().__init__()

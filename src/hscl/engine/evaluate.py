@@ -5,6 +5,11 @@ train and test splits once (no augmentation re-passes), train a linear classifie
 features, report top-1 / top-5 on the test split. kNN: cosine similarity, the ``k`` nearest train
 features vote with weight ``exp(sim / 0.1)`` (Wu et al. 2018, the usual SSL monitor).
 
+Multi-label data (multi-hot label sets ``(N, C)``, e.g. ``fashion-mnist-mosaic``): top-1 / top-5 and the kNN
+vote need one class per sample, so :func:`evaluate_task` reports instead the mAP and micro-F1 of one logistic
+regression per class on the frozen features (:func:`hscl.engine.multilabel.linear_probe_multilabel`) and the mAP
+of the weighted-kNN class scores (:func:`knn_scores`), all in %.
+
 Devices: features stay on the encoder's device, and the probe and the kNN run on the device of the
 features they are given (labels are moved there), so a model on a GPU is evaluated on it.
 """
@@ -19,7 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ProbeResult", "evaluate_task", "extract_features", "knn_accuracy", "linear_probe", "mean_std"]
+__all__ = [
+    "ProbeResult",
+    "evaluate_task",
+    "extract_features",
+    "knn_accuracy",
+    "knn_mean_average_precision",
+    "knn_scores",
+    "linear_probe",
+    "mean_std",
+]
 
 
 @torch.no_grad()
@@ -80,6 +94,44 @@ def knn_accuracy(
         votes.scatter_add_(1, bank_labels[top_idx], torch.exp(top_sim / t))
         correct += (votes.argmax(1) == query_labels[start : start + 1024]).sum()
     return 100.0 * int(correct) / max(queries.shape[0], 1)
+
+
+@torch.no_grad()
+def knn_scores(bank: Tensor, bank_labels: Tensor, queries: Tensor, *, k: int = 200, t: float = 0.1) -> Tensor:
+    """Weighted-kNN class scores: for each query, the share of the ``exp(sim / t)`` weight of its ``k`` nearest
+    bank rows (cosine similarity) that falls on rows holding each class, in [0, 1].
+
+    Shape: bank ``(N, F)``, bank_labels ``(N,)`` class ids or ``(N, C)`` multi-hot (bool or 0/1), queries
+    ``(Q, F)`` -> ``(Q, C)`` (``C = max id + 1`` for class ids). Runs on the bank's device.
+    """
+    device = bank.device
+    bank = F.normalize(bank.float(), dim=1)
+    queries = F.normalize(queries.to(device).float(), dim=1)
+    bank_labels = bank_labels.to(device)
+    if bank_labels.ndim == 1:
+        bank_labels = F.one_hot(bank_labels.long(), int(bank_labels.max()) + 1)
+    targets = (bank_labels != 0).float()  # (N, C)
+    k = min(k, bank.shape[0])
+    out = []
+    for start in range(0, queries.shape[0], 1024):
+        top_sim, top_idx = (queries[start : start + 1024] @ bank.T).topk(k, dim=1)  # (q, k)
+        weight = torch.exp((top_sim - top_sim[:, :1]) / t)  # (q, k), shifted by the row max: no overflow
+        out.append(torch.einsum("qk,qkc->qc", weight, targets[top_idx]) / weight.sum(1, keepdim=True))
+    return torch.cat(out) if out else torch.zeros(0, targets.shape[1], device=device)
+
+
+def knn_mean_average_precision(
+    bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor, *, k: int = 200, t: float = 0.1
+) -> float:
+    """mAP (in %) of the weighted-kNN class scores of ``queries`` (:func:`knn_scores`) against their multi-hot
+    ``query_labels`` (:func:`hscl.engine.multilabel.mean_average_precision`).
+
+    Shape: bank ``(N, F)``, bank_labels ``(N, C)``, queries ``(Q, F)``, query_labels ``(Q, C)``.
+    """
+    from hscl.engine.multilabel import mean_average_precision
+
+    scores = knn_scores(bank, bank_labels, queries, k=k, t=t)
+    return 100.0 * mean_average_precision(scores, query_labels.to(scores.device))
 
 
 @dataclass
@@ -157,12 +209,17 @@ def evaluate_task(task, data, config) -> dict:
     """Linear probe and kNN of a trained task (``task.encode``) on its data's train / test splits.
 
     ``config`` is the run's RunConfig: ``config.eval`` sets the probe, ``config.train.seed`` its seed.
+    Returns ``linear_top1``, ``linear_top5``, ``linear_train_top1`` and ``knn_top1`` (in %); on multi-label
+    data (multi-hot labels) ``linear_mAP``, ``linear_micro_f1``, ``linear_train_mAP`` and ``knn_mAP`` (in %)
+    instead, with ``multilabel: True``. Both carry ``feature_dim`` and ``eval_seconds``.
     """
     start = time.perf_counter()
     with torch.no_grad():
         train_x = task.encode(data.train_images)
         test_x = task.encode(data.test_images)
     ec = config.eval
+    if data.train_labels.ndim == 2:
+        return {**_evaluate_multilabel(train_x, test_x, data, ec.knn_k), "eval_seconds": time.perf_counter() - start}
     probe = linear_probe(
         train_x,
         data.train_labels,
@@ -181,4 +238,20 @@ def evaluate_task(task, data, config) -> dict:
         "knn_top1": knn,
         "feature_dim": int(train_x.shape[1]),
         "eval_seconds": time.perf_counter() - start,
+    }
+
+
+def _evaluate_multilabel(train_x: Tensor, test_x: Tensor, data, knn_k: int) -> dict:
+    """The multi-label metrics of :func:`evaluate_task` (in %): the logistic probe is deterministic (L-BFGS from
+    zero weights, :func:`~hscl.engine.multilabel.linear_probe_multilabel` with its defaults)."""
+    from hscl.engine.multilabel import linear_probe_multilabel
+
+    probe = linear_probe_multilabel(train_x, data.train_labels, test_x, data.test_labels)
+    return {
+        "multilabel": True,
+        "linear_mAP": 100.0 * probe["mAP"],
+        "linear_micro_f1": 100.0 * probe["micro_f1"],
+        "linear_train_mAP": 100.0 * probe["train_mAP"],
+        "knn_mAP": knn_mean_average_precision(train_x, data.train_labels, test_x, data.test_labels, k=knn_k),
+        "feature_dim": int(train_x.shape[1]),
     }

@@ -6,6 +6,14 @@ measures the loss quartet (Lemma 1 / Fig. 5), Assumption 1
 (Fig. 4), the alphas, neural and dimensional collapse and the spectrum on a seeded probe batch of the training
 split; its row goes into ``metrics.csv`` (through the training run's epoch logger) and the spectrum into
 ``spectrum.csv``. ``hscl diagnose`` runs the same measurement on a checkpoint.
+
+Extensions (issue 15): with an automatic hardening (``loss.beta: auto``) the ``beta`` column is the epoch's
+mean of the beta chosen at each step; with a memory (``loss.memory_size``) ``memory_rows`` is the number of rows
+it holds at the end of the epoch. On a multi-label dataset (multi-hot labels) the kNN monitor reports
+``knn_mAP`` (weighted-kNN class scores, :func:`~hscl.engine.evaluate.knn_scores`) instead of ``knn_top1``, and
+the geometry monitor measures only what needs no class (spectrum, effective rank, alignment, uniformity,
+isotropy, norms): the loss quartet, Assumption 1, the alphas and neural collapse are defined for one class per
+sample, so their columns stay empty (NaN) and ``diag_hardening`` says why.
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from hscl.data.images import ImageData
-from hscl.engine.checkpoints import check_file, keep_previous
+from hscl.engine.checkpoints import check_file, check_weights, keep_previous
 from hscl.engine.config import RunConfig
-from hscl.engine.evaluate import knn_accuracy
+from hscl.engine.evaluate import knn_accuracy, knn_mean_average_precision
+from hscl.hardening import AutoExponential
 
 if TYPE_CHECKING:
     from hscl.engine.train import ContrastiveTask, RunPaths
@@ -40,6 +49,11 @@ __all__ = [
     "probe_set",
     "measure_geometry",
     "GeometryMonitor",
+    "auto_hardening",
+    "memory_rows",
+    "save_loss_state",
+    "restore_loss_state",
+    "check_task_weights",
 ]
 
 
@@ -52,6 +66,11 @@ METRIC_FIELDS = [
     "epoch_seconds",
     "tau",
     "fallback_fraction",
+    # issue 15: the epoch's mean auto-chosen beta, the memory's rows, the multi-label kNN monitor, step time
+    "beta",
+    "memory_rows",
+    "knn_mAP",
+    "step_seconds",
 ]
 
 
@@ -101,6 +120,9 @@ class EpochLogger(L.Callback):
         metrics = trainer.callback_metrics
         steps = len(trainer.train_dataloader) if trainer.train_dataloader is not None else 0
         images = steps * self.config.train.batch_size * self.config.data.views
+        loss_fn = pl_module.loss_fn
+        auto = auto_hardening(loss_fn) is not None
+        rows = memory_rows(loss_fn)
         row = {
             "epoch": trainer.current_epoch + 1,
             "loss": float(metrics.get("loss", math.nan)),
@@ -108,8 +130,12 @@ class EpochLogger(L.Callback):
             "knn_top1": math.nan,
             "images_per_s": images / seconds if seconds > 0 else math.nan,
             "epoch_seconds": seconds,
-            "tau": getattr(pl_module.loss_fn.hardening, "tau", "") if hasattr(pl_module.loss_fn, "hardening") else "",
+            "tau": getattr(loss_fn.hardening, "tau", "") if hasattr(loss_fn, "hardening") and not auto else "",
             "fallback_fraction": float(metrics["fallback_fraction"]) if "fallback_fraction" in metrics else "",
+            "beta": float(metrics["beta"]) if auto and "beta" in metrics else "",
+            "memory_rows": rows if rows is not None else "",
+            "knn_mAP": "",
+            "step_seconds": seconds / steps if steps else math.nan,
             **extra,
         }
         if self.monitor is not None and trainer.is_global_zero:
@@ -117,8 +143,12 @@ class EpochLogger(L.Callback):
             with torch.no_grad():
                 bank = pl_module.encode(train_x)
                 queries = pl_module.encode(test_x)
-            row["knn_top1"] = knn_accuracy(bank, train_y, queries, test_y, k=self.config.train.knn_k)
-            pl_module.log("knn_top1", row["knn_top1"], prog_bar=True)
+            if train_y.ndim == 2:  # multi-hot label sets: the mAP of the kNN class scores, in %
+                row["knn_mAP"] = knn_mean_average_precision(bank, train_y, queries, test_y, k=self.config.train.knn_k)
+                pl_module.log("knn_mAP", row["knn_mAP"], prog_bar=True)
+            else:
+                row["knn_top1"] = knn_accuracy(bank, train_y, queries, test_y, k=self.config.train.knn_k)
+                pl_module.log("knn_top1", row["knn_top1"], prog_bar=True)
         if trainer.is_global_zero:
             with self.paths.metrics.open("a", newline="") as handle:
                 csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore").writerow(row)
@@ -135,6 +165,57 @@ class EpochLogger(L.Callback):
 def _callbacks(paths: RunPaths, data: ImageData, config: RunConfig) -> list:
     geometry = GeometryMonitor(paths, data, config) if config.diagnostics.enabled else None
     return ([geometry] if geometry else []) + [EpochLogger(paths, data, config, geometry)]
+
+
+def auto_hardening(loss_fn: nn.Module | None) -> AutoExponential | None:
+    """The loss's automatic hardening (:class:`hscl.hardening.AutoExponential`, ``loss.beta: auto``), else None."""
+    own = getattr(loss_fn, "hardening", None)
+    return own if isinstance(own, AutoExponential) else None
+
+
+def memory_rows(loss_fn: nn.Module | None) -> int | None:
+    """Rows in the loss's memory of past batches: 0 while empty, None for a loss without a memory."""
+    if not getattr(loss_fn, "memory_size", 0):
+        return None
+    memory = loss_fn.memory  # (z (K', d), labels) or None
+    return 0 if memory is None else int(memory[0].shape[0])
+
+
+#: the entry of a task checkpoint holding the last beta an automatic hardening chose (its solver starts from it,
+#: so a resumed run needs it to choose the very betas of an uninterrupted one)
+AUTO_BETA_KEY = "hscl_auto_beta"
+
+#: the loss's memory buffers: their saved shape is the right one (the memory grows until it is full)
+_LOSS_MEMORY = ("loss_fn.memory_z", "loss_fn.memory_labels", "loss_fn.memory_steps")
+
+
+def save_loss_state(task: nn.Module, checkpoint: dict) -> None:
+    """Add to a task checkpoint the loss state that is not a buffer: the automatic hardening's last beta."""
+    auto = auto_hardening(task.loss_fn)
+    if auto is not None:
+        checkpoint[AUTO_BETA_KEY] = float(auto.beta)
+
+
+def restore_loss_state(task: nn.Module, checkpoint: dict) -> None:
+    """Before the task loads ``checkpoint`` (strictly): fit its ``state_dict`` to the task's loss (a checkpoint
+    written before the losses had a memory gets the task's own, empty one; a memory the loss does not keep is
+    dropped) and restore the automatic hardening's last beta."""
+    own = task.state_dict()
+    state = {k: v for k, v in checkpoint["state_dict"].items() if k not in _LOSS_MEMORY or k in own}
+    state.update({k: own[k] for k in _LOSS_MEMORY if k in own and k not in state})
+    checkpoint["state_dict"] = state
+    auto = auto_hardening(task.loss_fn)
+    if auto is not None and AUTO_BETA_KEY in checkpoint:
+        auto.beta = float(checkpoint[AUTO_BETA_KEY])
+
+
+def check_task_weights(task: nn.Module, state: dict, path, what: str) -> None:
+    """:func:`~hscl.engine.checkpoints.check_weights` of a task checkpoint's ``state``; the loss's memory may have
+    any saved shape, and be missing from a checkpoint written before the losses had one."""
+    own = task.state_dict()
+    shaped = {k: v for k, v in state.items() if k not in _LOSS_MEMORY}
+    shaped.update({k: own[k] for k in _LOSS_MEMORY if k in own})
+    check_weights(task, shaped, path, what)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -172,7 +253,8 @@ DIAGNOSTIC_FIELDS = [
 
 def diagnostics_hardening(config: RunConfig, loss_fn: nn.Module | None = None):
     """The hardening the diagnostics tilt with: ``diagnostics.beta`` / ``diagnostics.tau`` when set,
-    else the run's own (the threshold in force this epoch under a schedule), else beta = 1."""
+    else the run's own (the threshold in force this epoch under a schedule; for ``beta: auto``, exponential
+    tilting with the beta chosen at the last step), else beta = 1."""
     from hscl.hardening import Exponential, Threshold
 
     dc = config.diagnostics
@@ -180,6 +262,10 @@ def diagnostics_hardening(config: RunConfig, loss_fn: nn.Module | None = None):
         return Exponential(dc.beta)
     if dc.tau is not None:
         return Threshold(dc.tau)
+    auto = auto_hardening(loss_fn)
+    if auto is not None:  # beta: auto: the beta it chose at the last step, while it is a usable one
+        beta = float(getattr(auto, "beta", math.nan))
+        return Exponential(beta) if math.isfinite(beta) and beta > 0 else Exponential(1.0)
     own = getattr(loss_fn, "hardening", None) if loss_fn is not None else None
     if isinstance(own, (Exponential, Threshold)) and not (isinstance(own, Exponential) and own.beta == 0):
         return own
@@ -244,6 +330,11 @@ def measure_geometry(task: ContrastiveTask, x: Tensor, labels: Tensor, hardening
     labels = labels.cpu()
     lc = task.config.loss
     P = labels.shape[0]
+    if labels.ndim == 2:  # multi-hot label sets: only the diagnostics that need no class
+        metrics, values = _label_free_diagnostics(z.view(P, 2, -1), task.config.model.normalization == "sphere")
+        metrics["feature_effective_rank"] = effective_rank(spectrum(h).singular_values)
+        metrics["diag_hardening"] = MULTILABEL_NOTE
+        return metrics, values
     metrics, values = diagnose(
         z.view(P, 2, -1),
         labels,
@@ -255,6 +346,47 @@ def measure_geometry(task: ContrastiveTask, x: Tensor, labels: Tensor, hardening
     metrics["feature_effective_rank"] = effective_rank(spectrum(h).singular_values)
     metrics["diag_hardening"] = describe_hardening(hardening)
     return metrics, values
+
+
+#: the ``diag_hardening`` entry of a multi-label run: why its class-based columns are empty
+MULTILABEL_NOTE = "multi-label: class-based diagnostics skipped"
+
+#: the columns of :data:`DIAGNOSTIC_FIELDS` that need one class per sample
+CLASS_DIAGNOSTICS = (
+    "loss_ucl",
+    "loss_h_ucl",
+    "loss_scl",
+    "loss_h_scl",
+    "assumption1",
+    "assumption1_excluded",
+    "alpha_h_ucl",
+    "alpha_h_scl",
+    "alpha_hcol",
+    "nc1",
+    "nc2_cos_std",
+    "nc2_etf",
+    "nc2_norm_cv",
+    "ncc_accuracy",
+)
+
+
+def _label_free_diagnostics(z: Tensor, normalize: bool) -> tuple[dict, Tensor]:
+    """The diagnostics of :func:`hscl.geometry.diagnose` that use no label, the others NaN.
+
+    Shape: z ``(P, 2, d)``; returns (metrics row, singular values ``(d,)``).
+    """
+    from hscl.geometry import alignment, isotropy, spectrum, uniformity
+
+    z64 = z.to(torch.float64)
+    rows = z64.transpose(0, 1).reshape(-1, z64.shape[-1])  # view-major, as diagnose
+    spec = spectrum(rows)
+    metrics: dict = dict.fromkeys(CLASS_DIAGNOSTICS, math.nan)
+    metrics.update(spec.as_dict())
+    metrics["alignment"] = alignment(z64, normalize=normalize)
+    metrics["uniformity"] = uniformity(z64, normalize=normalize)
+    metrics["isotropy"] = isotropy(rows)
+    metrics["mean_norm"] = float(rows.norm(dim=1).mean())
+    return metrics, spec.singular_values
 
 
 class GeometryMonitor(L.Callback):

@@ -42,8 +42,9 @@ def plot_curves(
     xlabel: str,
     ylabel: str,
     title: str,
+    logy: bool = False,
 ) -> None:
-    """Line plot of ``{label: (x, y)}`` to a PNG (and the same data as ``<path>.csv``)."""
+    """Line plot of ``{label: (x, y)}`` to a PNG (and the same data as ``<path>.csv``); ``logy``: a log y axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,6 +56,8 @@ def plot_curves(
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -103,14 +106,18 @@ DIAGNOSTIC_FIGURES = {
 
 def plot_diagnostics(run_dir: str | Path) -> list[Path]:
     """Draw the geometry figures of a run from its ``metrics.csv`` and ``spectrum.csv`` into
-    ``<run_dir>/figures/``; returns the paths written (none when the run has no diagnostics)."""
+    ``<run_dir>/figures/``; returns the paths written (none when the run has no diagnostics). A multi-label run
+    (class-based columns empty, see :mod:`hscl.engine.monitor`) gets the spectrum figure only."""
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.csv"
     if not metrics_path.exists():
         return []
     with metrics_path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    if not rows or "assumption1" not in rows[0] or not _floats(rows, "loss_ucl")[0]:
+    if not rows or "assumption1" not in rows[0]:
+        return []
+    with_classes = bool(_floats(rows, "loss_ucl")[0])
+    if not with_classes and not _floats(rows, "effective_rank")[0]:
         return []
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
@@ -129,10 +136,12 @@ def plot_diagnostics(run_dir: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(out / name)
 
-    finish(_assumption1_figure(plt, rows, hardening), "fig4_assumption1.png")
-    finish(_losses_figure(plt, rows, hardening), "fig5_losses.png")
+    if with_classes:
+        finish(_assumption1_figure(plt, rows, hardening), "fig4_assumption1.png")
+        finish(_losses_figure(plt, rows, hardening), "fig5_losses.png")
     finish(_spectrum_figure(plt, rows, run_dir / "spectrum.csv"), "spectrum.png")
-    finish(_collapse_figure(plt, rows), "collapse.png")
+    if with_classes:
+        finish(_collapse_figure(plt, rows), "collapse.png")
     return written
 
 

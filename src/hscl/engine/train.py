@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, augment_preset, preset_for
 from hscl.data.images import ImageData, load_dataset
 from hscl.data.views import epoch_generator
-from hscl.engine.checkpoints import CheckpointError, check_resumable, check_weights, load_checkpoint
+from hscl.engine.checkpoints import CheckpointError, check_resumable, load_checkpoint
 from hscl.engine.config import RunConfig, config_to_dict
 from hscl.engine.datamodule import ViewsDataModule
 from hscl.engine.distributed import (
@@ -41,11 +41,15 @@ from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import the
     EpochLogger,
     GeometryMonitor,
     _callbacks,
+    auto_hardening,
+    check_task_weights,
     describe_hardening,
     diagnostics_hardening,
     measure_geometry,
     probe_set,
     read_metrics,
+    restore_loss_state,
+    save_loss_state,
 )
 from hscl.engine.precision import enable_tf32, resolve_deterministic, resolve_precision
 from hscl.hardening import linear_threshold
@@ -124,7 +128,12 @@ def augment_config(config: RunConfig, channels: int, size: int) -> AugmentConfig
 
 
 def build_loss(config: RunConfig) -> nn.Module:
-    """The loss module of a run: the registered method with the options of ``config.loss`` that it takes."""
+    """The loss module of a run: the registered method with the options of ``config.loss`` that it takes.
+
+    ``loss.beta: auto`` gives ``hardening=AutoExponential(loss.auto_target)``; ``loss.memory_size > 0`` a memory
+    of that many past rows, used after ``loss.memory_warmup_steps`` loss calls (the module keeps it in its
+    buffers, so the run's checkpoints hold it and a resumed run continues with it).
+    """
     lc = config.loss
     method = get_method(lc.method)
     hardening: dict = {}
@@ -133,8 +142,13 @@ def build_loss(config: RunConfig) -> nn.Module:
             hardening["tau"] = threshold_schedule(config)(1)
         elif lc.tau is not None:
             hardening["tau"] = lc.tau
+        elif lc.beta == "auto":
+            from hscl.hardening import AutoExponential
+
+            hardening["hardening"] = AutoExponential(lc.auto_target)
         elif lc.beta is not None:
             hardening["beta"] = lc.beta
+    memory = {"memory_size": lc.memory_size, "memory_warmup_steps": lc.memory_warmup_steps} if lc.memory_size else {}
     options = {
         "temperature": lc.temperature,
         "base_temperature": lc.base_temperature,
@@ -145,6 +159,7 @@ def build_loss(config: RunConfig) -> nn.Module:
         "M": lc.M,
         "tau_plus": lc.tau_plus or None,
         **hardening,
+        **memory,
     }
     return get_loss(method.name, **loss_kwargs(method.name, options))
 
@@ -182,6 +197,12 @@ class ContrastiveTask(L.LightningModule):
         self.channels_last = False
         self._schedule = threshold_schedule(self.config) if self.config.loss.tau_schedule else None
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        save_loss_state(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:  # Lightning calls it before it loads the weights
+        restore_loss_state(self, checkpoint)
+
     def configure_optimizers(self):
         tc = self.config.train
         return torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -198,7 +219,7 @@ class ContrastiveTask(L.LightningModule):
     def training_step(self, batch, batch_idx):
         # (B, V, C, H, W) uint8, (B,): the global batch with one process; under DDP this rank's shard of it
         # (ViewsDataModule reads only those samples) and the loss gathers the other ranks' embeddings
-        images, labels = batch
+        images, labels = batch  # labels (B_k,) class ids or (B_k, C) multi-hot
         B, V = images.shape[:2]
         # the augmentation's random draws (kornia uses the global RNG) follow from (seed, epoch, step)
         # alone, whatever else consumed the RNG before: a resumed run repeats them exactly
@@ -217,6 +238,11 @@ class ContrastiveTask(L.LightningModule):
         if stats is not None and self._schedule is not None:
             valid = max(stats.num_valid_anchors, 1)
             self.log("fallback_fraction", stats.num_fallbacks / valid, on_step=False, on_epoch=True, batch_size=B)
+        auto = auto_hardening(self.loss_fn)
+        if auto is not None:  # the beta chosen for this step; the epoch's mean goes to metrics.csv
+            beta = auto.beta
+            value = beta.detach() if isinstance(beta, Tensor) else float(beta)
+            self.log("beta", value, on_step=False, on_epoch=True, batch_size=B)
         return loss
 
     def encode(self, images: Tensor, batch_size: int = 512) -> Tensor:
@@ -292,7 +318,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
     processes = tc.devices * tc.num_nodes
     precision, channels_last = _choose_precision(config, task, data, paths, resume, writer, processes, device)
     if resumed is not None:  # a checkpoint of another model: say so before Lightning fails to load it
-        check_weights(task, resumed["state_dict"], paths.last, "the model of this config")
+        check_task_weights(task, resumed["state_dict"], paths.last, "the model of this config")
         del resumed
     task.channels_last = channels_last
     if channels_last:
@@ -358,6 +384,8 @@ def _choose_precision(
         precision, channels_last = resolve_precision(
             tc.precision, task.model, None, device, strategy=tc.strategy, processes=processes
         )
+    elif tc.precision == "32" and tc.channels_last is not None:  # both pinned: nothing left to time
+        precision, channels_last = "32-true", tc.channels_last
     else:
         probe_batch = min(64, len(data.train_labels))
         sample = task.augment(data.train_images[:probe_batch])
@@ -450,7 +478,8 @@ def load_task(
         task = ContrastiveTask(**hparams)
     except (ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{checkpoint}: its run config cannot be rebuilt here ({err})") from err
-    check_weights(task, ckpt["state_dict"], checkpoint, f"the {task.config.model.encoder} model of its run config")
+    check_task_weights(task, ckpt["state_dict"], checkpoint, f"the {task.config.model.encoder} model of its run config")
+    restore_loss_state(task, ckpt)
     task.load_state_dict(ckpt["state_dict"], strict=True)
     config = task.config
     if data_dir is not None:

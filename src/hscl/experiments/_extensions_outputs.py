@@ -1,0 +1,279 @@
+"""The outputs of the extension experiments (:mod:`hscl.experiments.extensions`): ``results.json``, a CSV and
+a Markdown table, a PNG figure with its data as CSV, and for ``auto-beta`` the verdict against the grid."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from hscl.engine.config import RunConfig
+from hscl.engine.evaluate import mean_std
+from hscl.engine.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
+
+__all__ = ["auto_beta_verdict", "write_outputs"]
+
+#: the verdict's tolerance: the best automatic run is "within" when at most this many points below the best grid
+VERDICT_POINTS = 0.5
+
+
+def _ms(entry: dict, metric: str, digits: int = 2, scale: float = 1.0) -> str:
+    mean, std = entry.get(f"{metric}_mean"), entry.get(f"{metric}_std")
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    return fmt_mean_std(mean * scale, None if std is None or not math.isfinite(std) else std * scale, digits)
+
+
+def _csv_rows(results: dict, metrics: tuple[str, ...]) -> tuple[list[str], list[list]]:
+    header = ["key", "label", "method", "batch_size", "memory_size", "beta"]
+    header += [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["train_seconds_mean", "seeds"]
+    rows = []
+    for key, e in results["cells"].items():
+        loss = e["loss"]
+        row = [key, e["label"], e["method"], e["batch_size"], loss.get("memory_size", 0), loss.get("beta", "")]
+        row += [e[f"{m}_{s}"] for m in metrics for s in ("mean", "std")]
+        rows.append([*row, e["train_seconds_mean"], len(e["runs"])])
+    return header, rows
+
+
+def _title(results: dict, config: RunConfig, what: str) -> str:
+    dc, tc = config.data, config.train
+    budget = f" Budget: {results['budget']}." if results.get("budget") else ""
+    return (
+        f"{what} ({results['preset']}): {dc.dataset}, {config.model.encoder}, {tc.epochs} epochs, "
+        f"seeds {results['seeds']}.{budget}"
+    )
+
+
+def write_outputs(results: dict, out_dir: Path, config: RunConfig) -> None:
+    """Write the experiment's files into ``out_dir`` and print its table."""
+    writer = {"multilabel": _multilabel, "small-batch": _small_batch, "auto-beta": _auto_beta}[results["experiment"]]
+    stem, table, title, figure, notes = writer(results, out_dir, config)
+    from hscl.experiments.extensions import EXPERIMENTS
+
+    header, rows = _csv_rows(results, EXPERIMENTS[results["experiment"]])
+    write_table(out_dir / f"{stem}.csv", header, rows)
+    notes.append(
+        "train s / run: the training time of a run's epochs summed (the kNN monitor, the diagnostics and the "
+        "evaluation excluded), mean over seeds."
+    )
+    if results.get("overrides"):
+        notes.append(f"Overrides of every cell: {', '.join(results['overrides'])}.")
+    text = "\n\n".join([title, table, *notes])
+    (out_dir / f"{stem}.md").write_text(text + "\n")
+    results["title"], results["table_markdown"] = title, table
+    write_json(out_dir / "results.json", results)
+    files = f"results.json, {stem}.csv, {stem}.md, {figure}.png, {figure}.csv"
+    print(f"\n{text}\n\nwritten: {out_dir}/{files}")
+
+
+def _train_s(entry: dict) -> str:
+    value = entry.get("train_seconds_mean", math.nan)
+    return f"{value:.0f}" if math.isfinite(value) else "-"
+
+
+def _multilabel(results: dict, out_dir: Path, config: RunConfig):
+    header = ["method", "linear mAP (%)", "linear micro-F1 (%)", "kNN mAP (%)", "train mAP (%)", "train s / run"]
+    rows, curves = [], {}
+    for entry in results["cells"].values():
+        rows.append(
+            [
+                entry["label"],
+                _ms(entry, "linear_mAP"),
+                _ms(entry, "linear_micro_f1"),
+                _ms(entry, "knn_mAP"),
+                _ms(entry, "linear_train_mAP"),
+                _train_s(entry),
+            ]
+        )
+        curve = [p for p in entry["runs"][0]["curve"] if "knn_mAP" in p]
+        curves[entry["label"]] = ([p["epoch"] for p in curve], [p["knn_mAP"] for p in curve])
+    plot_curves(
+        out_dir / "knn_map.png",
+        curves,
+        xlabel="epoch",
+        ylabel="test kNN mAP (%)",
+        title=f"multi-label ({results['preset']}): kNN mAP per epoch (seed {results['seeds'][0]})",
+    )
+    notes = [
+        "Linear probe: one logistic regression per class on the frozen encoder features (L-BFGS); mAP over the "
+        f"classes, micro-F1 at probability 0.5; kNN: weighted {config.eval.knn_k}-NN class scores."
+    ]
+    return "multilabel", markdown_table(header, rows), _title(results, config, "Multi-label"), "knn_map", notes
+
+
+def _memory(entry: dict) -> int:
+    return int(entry["loss"].get("memory_size", 0) or 0)
+
+
+def _small_batch(results: dict, out_dir: Path, config: RunConfig):
+    header = ["batch", "method", "memory", "linear top-1 (%)", "kNN top-1 (%)", "step (ms)", "train s / run"]
+    rows, curves = [], {}
+    cells = sorted(results["cells"].values(), key=lambda e: e["batch_size"])  # stable: the preset's order within
+    for entry in cells:
+        rows.append(
+            [
+                entry["batch_size"],
+                entry["label"],
+                _memory(entry),
+                _ms(entry, "linear_top1"),
+                _ms(entry, "knn_top1"),
+                _ms(entry, "step_seconds", digits=1, scale=1000.0),
+                _train_s(entry),
+            ]
+        )
+        xs, ys = curves.setdefault(entry["label"], ([], []))
+        xs.append(entry["batch_size"])
+        ys.append(entry["linear_top1_mean"])
+    plot_curves(
+        out_dir / "top1_vs_batch.png",
+        curves,
+        xlabel="batch size",
+        ylabel="linear top-1 (%), mean over seeds",
+        title=f"small batches ({results['preset']}): linear top-1 against the batch size",
+    )
+    notes = [
+        "Step time: a training epoch's time over its steps, averaged over the epochs after the first; mean ± std "
+        "over seeds, like the accuracies."
+    ]
+    return "small_batch", markdown_table(header, rows), _title(results, config, "Small batches"), "top1_vs_batch", notes
+
+
+def _is_auto(entry: dict) -> bool:
+    return entry["loss"].get("beta") == "auto"
+
+
+def auto_beta_verdict(results: dict, points: float = VERDICT_POINTS) -> dict | None:
+    """The best ``beta: auto`` cell against the best grid cell by mean linear top-1.
+
+    Returns ``best_grid`` / ``best_auto`` (key, label, mean, std), ``gap_points`` (best grid minus best auto),
+    ``within`` (``gap_points <= points``), the compute: ``grid_trainings`` (trainings per seed of the grid) against
+    one for an automatic run, and ``measured_compute_ratio`` (the best automatic cell's mean training time over
+    the sum of the grid cells' mean training times); and ``default_auto`` the same comparison for target 0.5
+    alone, when that cell ran. None when the results lack a grid or an automatic cell.
+    """
+    cells = results["cells"]
+    grid = {k: e for k, e in cells.items() if not _is_auto(e) and isinstance(e["loss"].get("beta"), (int, float))}
+    auto = {k: e for k, e in cells.items() if _is_auto(e)}
+    if not grid or not auto:
+        return None
+
+    def best(entries: dict) -> tuple[str, dict]:
+        finite = {k: e for k, e in entries.items() if math.isfinite(e["linear_top1_mean"])}
+        return (
+            max(finite.items(), key=lambda item: item[1]["linear_top1_mean"]) if finite else next(iter(entries.items()))
+        )
+
+    def brief(key: str, entry: dict) -> dict:
+        return {
+            "key": key,
+            "label": entry["label"],
+            "beta": entry["loss"].get("beta"),
+            "auto_target": entry["loss"].get("auto_target") if _is_auto(entry) else None,
+            "linear_top1_mean": entry["linear_top1_mean"],
+            "linear_top1_std": entry["linear_top1_std"],
+            "final_beta_mean": entry.get("final_beta_mean"),
+            "train_seconds_mean": entry.get("train_seconds_mean"),
+        }
+
+    grid_key, grid_best = best(grid)
+    auto_key, auto_best = best(auto)
+    grid_seconds = sum(e.get("train_seconds_mean", math.nan) for e in grid.values())
+    gap = grid_best["linear_top1_mean"] - auto_best["linear_top1_mean"]
+    verdict = {
+        "points": points,
+        "best_grid": brief(grid_key, grid_best),
+        "best_auto": brief(auto_key, auto_best),
+        "gap_points": gap,
+        "within": bool(gap <= points),
+        "grid_trainings": len(grid),
+        "auto_trainings": 1,
+        "measured_compute_ratio": auto_best.get("train_seconds_mean", math.nan) / grid_seconds,
+        "default_auto": None,
+    }
+    default = [(k, e) for k, e in auto.items() if e["loss"].get("auto_target") == 0.5]
+    if default:
+        key, entry = default[0]
+        default_gap = grid_best["linear_top1_mean"] - entry["linear_top1_mean"]
+        verdict["default_auto"] = {
+            **brief(key, entry),
+            "gap_points": default_gap,
+            "within": bool(default_gap <= points),
+        }
+    return verdict
+
+
+def _points(gap: float) -> str:
+    """``gap`` (best grid minus auto) in words: "0.30 points below", "0.56 points above" or "level with"."""
+    if gap == 0:
+        return "level with"
+    return f"{abs(gap):.2f} points {'below' if gap > 0 else 'above'}"
+
+
+def _verdict_text(verdict: dict | None) -> str:
+    if verdict is None:
+        return "Verdict: not computed (it needs at least one grid beta and one auto cell)."
+    g, a = verdict["best_grid"], verdict["best_auto"]
+    text = (
+        f"Verdict: the best auto run, {a['label']} ({fmt_mean_std(a['linear_top1_mean'], a['linear_top1_std'])}), "
+        f"is {_points(verdict['gap_points'])} the best grid beta, {g['label']} "
+        f"({fmt_mean_std(g['linear_top1_mean'], g['linear_top1_std'])}): "
+        f"{'within' if verdict['within'] else 'not within'} {verdict['points']:g} points, with one training per "
+        f"seed against {verdict['grid_trainings']} for the grid ({verdict['measured_compute_ratio']:.2f} of the "
+        "grid's measured training time)."
+    )
+    d = verdict["default_auto"]
+    if d is not None and d["key"] != a["key"]:
+        text += (
+            f" The default target alone, {d['label']}, is {_points(d['gap_points'])} it "
+            f"({'within' if d['within'] else 'not within'} {verdict['points']:g}). Choosing the best of several "
+            "targets is itself a small grid."
+        )
+    return text
+
+
+def _auto_beta(results: dict, out_dir: Path, config: RunConfig):
+    header = [
+        "hardening",
+        "linear top-1 (%)",
+        "linear top-5 (%)",
+        "kNN top-1 (%)",
+        "beta (last epoch)",
+        "train s / run",
+    ]
+    rows, curves = [], {}
+    for entry in results["cells"].values():
+        rows.append(
+            [
+                entry["label"],
+                _ms(entry, "linear_top1"),
+                _ms(entry, "linear_top5"),
+                _ms(entry, "knn_top1"),
+                _ms(entry, "final_beta", digits=3) if _is_auto(entry) else f"{entry['loss'].get('beta', '-'):g}",
+                _train_s(entry),
+            ]
+        )
+        if _is_auto(entry):  # the mean over seeds of each epoch's mean chosen beta
+            per_epoch: dict[int, list[float]] = {}
+            for run in entry["runs"]:
+                for point in run["curve"]:
+                    if "beta" in point:
+                        per_epoch.setdefault(point["epoch"], []).append(point["beta"])
+            epochs = sorted(per_epoch)
+            curves[entry["label"]] = (epochs, [mean_std(per_epoch[e])[0] for e in epochs])
+    plot_curves(
+        out_dir / "beta_trajectory.png",
+        curves,
+        xlabel="epoch",
+        ylabel="chosen beta (epoch mean, mean over seeds)",
+        title=f"auto beta ({results['preset']}): the beta chosen per epoch",
+        logy=all(v > 0 for _, ys in curves.values() for v in ys) and bool(curves),
+    )
+    results["verdict"] = auto_beta_verdict(results)
+    notes = [_verdict_text(results["verdict"])]
+    return (
+        "auto_beta",
+        markdown_table(header, rows),
+        _title(results, config, "Automatic beta"),
+        "beta_trajectory",
+        notes,
+    )
