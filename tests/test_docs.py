@@ -23,7 +23,7 @@ from browser import headless_chrome
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING_KATEX = "KaTeX is not available"  # the message of docs/hooks.py when KaTeX cannot be obtained
-EXPERIMENT_PAGES = ("table1", "fig4-fig5", "collapse", "table2", "schane", "sweeps")
+EXPERIMENT_PAGES = ("table1", "fig4-fig5", "collapse", "table2", "schane", "sweeps", "extensions")
 # external links are allowed only to these sites (papers, code hosts, package registries, docs sites)
 ALLOWED_HOSTS = ("arxiv.org", "github.com", "pypi.org", "readthedocs.io", "pytorch.org", "mkdocs.org")
 

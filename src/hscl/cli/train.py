@@ -164,10 +164,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_task(task, load_data(config), config)
     result["checkpoint"] = str(args.checkpoint)
     result["config"] = config_to_dict(config)
-    print(
-        f"{config.loss.method} on {config.data.dataset}: linear top-1 {result['linear_top1']:.2f}%  "
-        f"top-5 {result['linear_top5']:.2f}%  kNN top-1 {result['knn_top1']:.2f}%"
-    )
+    if result.get("multilabel"):  # multi-hot labels: mAP and micro-F1 instead of top-k
+        print(
+            f"{config.loss.method} on {config.data.dataset}: linear mAP {result['linear_mAP']:.2f}%  "
+            f"micro-F1 {result['linear_micro_f1']:.2f}%  kNN mAP {result['knn_mAP']:.2f}%"
+        )
+    else:
+        print(
+            f"{config.loss.method} on {config.data.dataset}: linear top-1 {result['linear_top1']:.2f}%  "
+            f"top-5 {result['linear_top5']:.2f}%  kNN top-1 {result['knn_top1']:.2f}%"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)
