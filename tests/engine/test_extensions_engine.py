@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import TINY as TRAIN_TINY
 
 from hscl.data.images import load_dataset
 from hscl.data.images.mosaic import mosaic_dataset
@@ -23,24 +24,7 @@ from hscl.engine.report import html_report
 from hscl.engine.train import build_loss, load_task, train
 from hscl.hardening import AutoExponential
 
-TINY = [
-    "data.dataset=digits",
-    "data.train_subset=400",
-    "data.test_subset=200",
-    "model.encoder=convnet",
-    "model.widths=[8, 16, 16, 32]",
-    "model.hidden_dim=64",
-    "model.projection_dim=16",
-    "train.batch_size=64",
-    "train.knn_train=200",
-    "train.knn_test=100",
-    "train.knn_k=20",
-    "train.precision=32",
-    "train.channels_last=false",
-    "train.progress=false",
-    "eval.linear_epochs=5",
-    "diagnostics.probe_size=64",
-]
+TINY = [*TRAIN_TINY, "diagnostics.probe_size=64"]  # the tiny run of test_train, with a smaller probe
 
 
 def _rows(path: Path) -> list[dict]:
