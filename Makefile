@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-train fashion-mnist browser format clean docs postgres gpu-check
+.PHONY: demo test test-slow bench bench-train fashion-mnist browser format clean docs postgres gpu-check dist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ docs: $(STAMP)
 	@test -f build/npm/node_modules/katex/dist/katex.min.js || \
 		npm install --no-save --no-audit --no-fund --prefix build/npm katex@0.16
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# the wheel and the sdist into dist/ (LICENSE, the presets and DESCRIPTION.md, the index page's text, inside)
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
 
 format: $(STAMP)
 	$(PY) -m ruff format src tests benchmarks docs/hooks.py

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "src" / "hscl" / "experiments" / "configs"
@@ -46,7 +52,7 @@ def _run(args: list, **kw) -> subprocess.CompletedProcess:
 def _source_copy(dest: Path) -> Path:
     """The files a wheel is built from, copied so that the build writes nothing into the checkout."""
     dest.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "README.md", "DESCRIPTION.md", "LICENSE"):
         if (REPO / name).exists():
             shutil.copy2(REPO / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
@@ -73,6 +79,18 @@ def test_the_wheel_ships_the_presets(wheel):
     assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)
 
 
+def test_the_wheel_ships_the_license_and_a_description_without_relative_links(wheel):
+    archive = zipfile.ZipFile(wheel)
+    (license_file,) = [n for n in archive.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+    assert archive.read(license_file).decode().startswith("MIT License")
+    (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    text = archive.read(metadata).decode()
+    assert "License-Expression: MIT" in text
+    # the index page shows the long description away from the repository: every link must be absolute
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert links and all(link.startswith("https://") for link in links), links
+
+
 def test_the_installed_wheel_reproduces_table1_quick_from_an_empty_folder(wheel, tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False, clear=True).create(env_dir)
@@ -89,6 +107,8 @@ def test_the_installed_wheel_reproduces_table1_quick_from_an_empty_folder(wheel,
     where = _run([python, "-c", "import hscl; print(hscl.__file__)"], cwd=empty, env=env).stdout.strip()
     assert Path(where).is_relative_to(env_dir), f"imported {where}, not the wheel's copy"
     assert not Path(where).is_relative_to(REPO)
+    version = _run([env_dir / "bin" / "hscl", "--version"], cwd=empty, env=env).stdout.strip()
+    assert version == f"hscl {tomllib.loads((REPO / 'pyproject.toml').read_text())['project']['version']}"
 
     sets = [arg for item in QUICK for arg in ("--set", item)]
     args = [env_dir / "bin" / "hscl", "reproduce", "table1", "--preset", "quick", "--methods", "scl", *sets]
