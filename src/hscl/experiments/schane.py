@@ -288,7 +288,9 @@ def _full_finetuning(
                         "choose another --out"
                     )
                 full[objective].append(record)
-                correct[objective].append(torch.load(run_dir / "test_correct.pt", weights_only=True))
+                correct[objective].append(
+                    torch.load(run_dir / "test_correct.pt", map_location="cpu", weights_only=True)
+                )
                 continue
             print(f"== full fine-tuning {objective} (seed {seed}) on {full_data} -> {run_dir}", flush=True)
             result = finetune(
@@ -431,7 +433,9 @@ def _embedding_quality(
     result: dict = {**key, "embedding": embedding, "isotropy_features": {}, "isotropy_projection": {}}
     for objective in experiment.objectives:
         tuned = FineTuneModel(copy.deepcopy(model), data.num_classes, embedding)
-        state = torch.load(out_dir / "full" / objective / f"seed{seed}" / "model.pt", weights_only=True)
+        state = torch.load(
+            out_dir / "full" / objective / f"seed{seed}" / "model.pt", map_location="cpu", weights_only=True
+        )
         tuned.load_state_dict(state)
         h, z = embed(tuned, images, transform)
         result["isotropy_features"][objective] = embedding_isotropy(h)
