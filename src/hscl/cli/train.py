@@ -100,6 +100,14 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--study", default="hscl-sweep", help="study name in the storage (default hscl-sweep)")
     sw.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
     sw.add_argument("--metric", default="linear_top1", help="maximised: linear_top1 (default), knn_top1, linear_top5")
+    sw.add_argument(
+        "--select",
+        choices=("validation", "test"),
+        default="validation",
+        help="the split the best point is chosen on: validation (default; the metric on eval.val_fraction of the "
+        "training split held out, 0.1 unless set; the chosen point's test metric is reported) or test (the paper's "
+        "protocol: best over the grid on the test split)",
+    )
     sw.add_argument("--trial", metavar="MODULE:FUNCTION", help="a custom trial fn(config, run_dir) -> {metric: value}")
     sw.add_argument(
         "--stale-after",
@@ -132,7 +140,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         stale_after=args.stale_after,
         heartbeat=min(30.0, args.stale_after / 4),
         study_name=args.study,
+        select=args.select,
     )
+    for note in sweep.notes:
+        print(f"hscl sweep: {note}", flush=True)
     print(summary(run_sweep(sweep, workers=args.workers)))
     return 0
 

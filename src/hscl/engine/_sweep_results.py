@@ -28,8 +28,9 @@ def _plot(sweep: Sweep, rows: list[dict], metric_names: list[str]) -> Path:
     x_name, others = names[0], names[1:]
     if len(names) == 2 and {"tau_start", "tau_end"} == set(names):
         x_name, others = "tau_end", ["tau_start"]
-    # top-1 accuracies (top-5 sits near 100% and would flatten them), and the maximised metric
-    accuracy = [m for m in metric_names if m in ("linear_top1", "knn_top1") or m == sweep.metric]
+    # top-1 accuracies (top-5 sits near 100% and would flatten them), the maximised metric and the one selected on
+    keys = ("linear_top1", "knn_top1", sweep.metric, sweep.selection_key)
+    accuracy = [m for m in metric_names if m in keys]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     data_rows = []
     groups: dict[tuple, list[dict]] = {}
@@ -37,19 +38,19 @@ def _plot(sweep: Sweep, rows: list[dict], metric_names: list[str]) -> Path:
         if r["state"] == "complete":
             groups.setdefault(tuple(r[o] for o in others), []).append(r)
     numeric = all(isinstance(r[x_name], (int, float)) for r in rows)
-    styles = {"linear_top1": "-", "knn_top1": "--", "linear_top5": ":"}
+    styles = {"linear_top1": "-", "knn_top1": "--", "linear_top5": ":", sweep.selection_key: "-."}
     for index, (group, members) in enumerate(groups.items()):
         members.sort(key=lambda r: r[x_name] if numeric else str(r[x_name]))
         xs = [r[x_name] for r in members]
         suffix = ", ".join(f"{o}={v}" for o, v in zip(others, group))
         for metric in accuracy:  # one colour per group, one line style per metric
             ys = [r[metric] for r in members]
-            label = metric + (f" ({suffix})" if suffix else "")
+            label = _series_label(metric) + (f" ({suffix})" if suffix else "")
             shown = xs if numeric else [str(x) for x in xs]
             color = f"C{index}" if len(groups) > 1 else f"C{accuracy.index(metric)}"
             ax.plot(shown, ys, marker="o", color=color, linestyle=styles.get(metric, "-"), label=label)
             data_rows += [[label, x, y] for x, y in zip(xs, ys)]
-    best = max((r for r in rows if r["state"] == "complete"), key=lambda r: r[sweep.metric])
+    best = max((r for r in rows if r["state"] == "complete"), key=lambda r: r[sweep.selection_key])
     ax.plot(
         [best[x_name] if numeric else str(best[x_name])],
         [best[sweep.metric]],
@@ -57,7 +58,7 @@ def _plot(sweep: Sweep, rows: list[dict], metric_names: list[str]) -> Path:
         markersize=14,
         color="black",
         linestyle="none",
-        label=f"best ({sweep.metric})",
+        label=f"selected on {sweep.select} ({sweep.selection_key}): its test {sweep.metric}",
     )
     values = [r[x_name] for r in rows]
     if numeric and min(values) > 0 and max(values) / min(values) >= 10:
@@ -65,7 +66,7 @@ def _plot(sweep: Sweep, rows: list[dict], metric_names: list[str]) -> Path:
         ax.set_xticks(sorted(values))
         ax.set_xticklabels([f"{v:g}" for v in sorted(values)])
     ax.set_xlabel(x_name)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("accuracy (%)")
     base = sweep.base_config()
     ax.set_title(f"{base.name}: accuracy against {x_name}", fontsize=10)
     ax.grid(alpha=0.3)
@@ -76,6 +77,24 @@ def _plot(sweep: Sweep, rows: list[dict], metric_names: list[str]) -> Path:
     plt.close(fig)
     write_table(path.with_suffix(".csv"), ["series", x_name, "accuracy"], data_rows)
     return path
+
+
+def _series_label(metric: str) -> str:
+    """``val_linear_top1`` -> ``linear_top1 (validation)``; a test metric -> ``linear_top1 (test)``."""
+    return f"{metric[4:]} (validation)" if metric.startswith("val_") else f"{metric} (test)"
+
+
+def _selection_text(sweep: Sweep, base) -> str:
+    """How the best point was chosen, for the title."""
+    if sweep.select == "test":
+        return (
+            f"best point selected on TEST {sweep.metric} (the paper's protocol: best over the grid on the test "
+            "split; optimistic)"
+        )
+    return (
+        f"best point selected on validation {sweep.selection_key} (eval.val_fraction={base.eval.val_fraction:g} of "
+        f"the training split held out), reported with its test {sweep.metric}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,10 +125,12 @@ def write_results(sweep: Sweep) -> dict:
             }
         )
     finished = [r for r in rows if r["state"] == "complete"]
-    best = max(finished, key=lambda r: r[sweep.metric]) if finished else None
-    metric_names = [m for m in (*METRICS, "train_seconds") if any(m in r for r in rows)]
-    if sweep.metric not in metric_names:
-        metric_names.insert(0, sweep.metric)
+    best = max(finished, key=lambda r: r[sweep.selection_key]) if finished else None
+    candidates = (*(f"val_{m}" for m in METRICS), *METRICS, "train_seconds")
+    metric_names = [m for m in candidates if any(m in r for r in rows)]
+    for key in (sweep.metric, sweep.selection_key):
+        if key not in metric_names:
+            metric_names.insert(0, key)
     header = [*names, *metric_names, "state", "failed attempts", "best"]
     table_rows = [
         [
@@ -117,7 +138,7 @@ def write_results(sweep: Sweep) -> dict:
             *(f"{r[m]:.2f}" if m in r else "-" for m in metric_names),
             r["state"],
             r["failed_attempts"],
-            "**best**" if r is best else "",
+            f"**best ({sweep.select})**" if r is best else "",
         ]
         for r in rows
     ]
@@ -125,7 +146,8 @@ def write_results(sweep: Sweep) -> dict:
     base = sweep.base_config()
     title = (
         f"Sweep of {base.name} ({base.loss.method}) over {', '.join(names)}: {base.data.dataset}, "
-        f"{base.model.encoder}, {base.train.epochs} epochs, batch {base.train.batch_size}; maximising {sweep.metric}"
+        f"{base.model.encoder}, {base.train.epochs} epochs, batch {base.train.batch_size}; "
+        f"{_selection_text(sweep, base)}"
     )
     result = {
         "title": title,
@@ -133,7 +155,12 @@ def write_results(sweep: Sweep) -> dict:
         "overrides": sweep.overrides,
         "grid": sweep.grid,
         "metric": sweep.metric,
+        "selected_on": sweep.select,
+        "selection_metric": sweep.selection_key,
+        "val_fraction": base.eval.val_fraction,
+        "notes": list(sweep.notes),
         "best": best,
+        "best_test": best[sweep.metric] if best else None,
         "points": rows,
         "complete": len(finished) == len(rows),
         "table_markdown": table,
@@ -155,11 +182,17 @@ def write_results(sweep: Sweep) -> dict:
             for r in rows
         ],
     )
-    best_text = (
-        f"best: {point_slug({n: best[n] for n in names})} ({sweep.metric} {best[sweep.metric]:.2f})"
-        if best
-        else "best: - (no point complete)"
-    )
+    best_text = f"best (selected on {sweep.select}): - (no point complete)"
+    if best and sweep.select == "validation":
+        best_text = (
+            f"best (selected on validation {sweep.selection_key} {best[sweep.selection_key]:.2f}): "
+            f"{point_slug({n: best[n] for n in names})}; its test {sweep.metric} {best[sweep.metric]:.2f}"
+        )
+    elif best:
+        best_text = (
+            f"best (selected on TEST {sweep.metric}, the paper's protocol): "
+            f"{point_slug({n: best[n] for n in names})}; test {sweep.metric} {best[sweep.metric]:.2f}"
+        )
     (out / "sweep_results.md").write_text(f"{title}\n\n{table}\n\n{best_text}\n")
     result["plot"] = str(_plot(sweep, rows, metric_names)) if finished else None
     result["best_text"] = best_text

@@ -131,6 +131,10 @@ class EvalConfig:
     linear_lr: float = 1e-3
     linear_batch_size: int = 1024
     knn_k: int = 200
+    #: share of the training split held out as validation data (stratified, the same images for every training
+    #: seed: :func:`hscl.engine.datamodule.split_data`); excluded from pre-training and from the probe's training
+    #: data, it gives the ``val_*`` metrics of :func:`hscl.engine.evaluate.evaluate_task`. 0: none
+    val_fraction: float = 0.0
 
 
 @dataclass
@@ -362,6 +366,8 @@ def validate_config(config: RunConfig) -> None:
     given = [k for k in ("beta", "tau", "tau_schedule") if getattr(config.loss, k) is not None]
     if len(given) > 1:
         raise ValueError(f"give at most one of loss.beta, loss.tau, loss.tau_schedule; got {', '.join(given)}")
+    if not 0 <= config.eval.val_fraction < 1:
+        raise ValueError(f"eval.val_fraction must lie in [0, 1) (0: no validation split), got {config.eval.val_fraction}")
     dc = config.diagnostics
     if dc.probe_size < 4:
         raise ValueError(f"diagnostics.probe_size must be >= 4, got {dc.probe_size}")

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from hscl.data.images import ImageData
+from hscl.data.images import VALIDATION_SEED, ImageData
 from hscl.data.views import ViewSampler
 from hscl.engine.config import RunConfig
 from hscl.engine.distributed import (
@@ -31,6 +31,35 @@ from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import the
     read_metrics,
 )
 from hscl.losses import get_method
+
+
+def split_data(data: ImageData, config: RunConfig) -> ImageData:
+    """The splits of a run from its dataset: the validation hold-out, then the stratified subsets.
+
+    With ``eval.val_fraction = f > 0``, ``round(f * n)`` images of the ``n``-image training split (``n`` =
+    ``data.train_subset``, or the whole split) are held out as validation data (:meth:`ImageData.hold_out`,
+    stratified, drawn from the whole training split with :data:`~hscl.data.images.VALIDATION_SEED`, so the same
+    images for every training seed and every point of a sweep); the training subset of the remaining ``n -
+    round(f * n)`` images is then drawn from the others with ``train.seed``, as without a hold-out. Pre-training,
+    the kNN monitor, the diagnostics' probe set and the linear probe use the training split only.
+    """
+    dc, fraction = config.data, config.eval.val_fraction
+    train_n = dc.train_subset
+    if fraction > 0:
+        total = len(data.train_labels) if train_n is None else train_n
+        if total > len(data.train_labels):
+            raise ValueError(f"data.train_subset={total} exceeds the {len(data.train_labels)} training images")
+        held = round(total * fraction)
+        if not 0 < held < total:
+            raise ValueError(
+                f"eval.val_fraction={fraction} of {total} training images holds out {held}; it must hold out at "
+                "least one image and keep at least one"
+            )
+        data = data.hold_out(held, seed=VALIDATION_SEED)
+        train_n = None if train_n is None else train_n - held
+    if train_n is not None or dc.test_subset is not None:
+        data = data.subset(train_n, dc.test_subset, seed=config.train.seed)
+    return data
 
 
 def pair_mode_for(config: RunConfig) -> str:

@@ -10,6 +10,10 @@ vote need one class per sample, so :func:`evaluate_task` reports instead the mAP
 regression per class on the frozen features (:func:`hscl.engine.multilabel.linear_probe_multilabel`) and the mAP
 of the weighted-kNN class scores (:func:`knn_scores`), all in %.
 
+Validation: a run with ``eval.val_fraction > 0`` holds part of its training split out (never trained on, neither
+by pre-training nor by the probe); :func:`evaluate_task` scores the same probe and kNN bank on it too, as the
+``val_*`` keys, which is what a sweep or an ablation should choose its best point on. The test keys stay.
+
 Devices: features stay on the encoder's device, and the probe and the kNN run on the device of the
 features they are given (labels are moved there), so a model on a GPU is evaluated on it.
 """
@@ -136,12 +140,26 @@ def knn_mean_average_precision(
 
 @dataclass
 class ProbeResult:
+    """Accuracies (in %) of one linear probe; ``val_top1`` / ``val_top5`` on a validation set, when it got one."""
+
     top1: float
     top5: float
     train_top1: float
+    val_top1: float | None = None
+    val_top5: float | None = None
 
     def as_dict(self) -> dict:
-        return {"top1": self.top1, "top5": self.top5, "train_top1": self.train_top1}
+        out = {"top1": self.top1, "top5": self.top5, "train_top1": self.train_top1}
+        if self.val_top1 is not None:
+            out.update(val_top1=self.val_top1, val_top5=self.val_top5)
+        return out
+
+
+def _top_k(logits: Tensor, labels: Tensor, classes: int) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (in %) of ``logits (N, classes)`` against ``labels (N,)``."""
+    top1 = 100.0 * float((logits.argmax(1) == labels).float().mean())
+    top5_idx = logits.topk(min(5, classes), dim=1).indices
+    return top1, 100.0 * float((top5_idx == labels[:, None]).any(1).float().mean())
 
 
 def linear_probe(
@@ -155,11 +173,14 @@ def linear_probe(
     weight_decay: float = 1e-6,
     batch_size: int = 1024,
     seed: int = 0,
+    val_x: Tensor | None = None,
+    val_y: Tensor | None = None,
 ) -> ProbeResult:
     """Train ``nn.Linear`` on standardised frozen features with Adam (cosine schedule).
 
-    Shape: train_x ``(N, F)``, train_y ``(N,)``, test_x ``(Q, F)``, test_y ``(Q,)``. Runs on the device of
-    ``train_x`` (the head is created there, the other tensors are moved there); the head's initial weights
+    Shape: train_x ``(N, F)``, train_y ``(N,)``, test_x ``(Q, F)``, test_y ``(Q,)``, optionally val_x ``(P, F)``,
+    val_y ``(P,)``: the same head is then also scored on them (``val_top1`` / ``val_top5``). Runs on the device
+    of ``train_x`` (the head is created there, the other tensors are moved there); the head's initial weights
     and the batch order come from CPU generators seeded with ``seed``, the same on every device.
     """
     device = train_x.device
@@ -171,6 +192,9 @@ def linear_probe(
     train_x = (train_x - mean) / std
     test_x = (test_x - mean) / std
     classes = int(max(train_y.max(), test_y.max())) + 1
+    if val_x is not None:
+        val_x, val_y = (val_x.to(device) - mean) / std, val_y.to(device)
+        classes = max(classes, int(val_y.max()) + 1 if val_y.numel() else 0)
     torch.manual_seed(seed)
     head = nn.Linear(train_x.shape[1], classes).to(device)  # initialised on the CPU: the same weights anywhere
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
@@ -186,12 +210,10 @@ def linear_probe(
             optimizer.step()
             scheduler.step()
     with torch.no_grad():
-        logits = head(test_x)
-        top1 = 100.0 * float((logits.argmax(1) == test_y).float().mean())
-        top5_idx = logits.topk(min(5, classes), dim=1).indices
-        top5 = 100.0 * float((top5_idx == test_y[:, None]).any(1).float().mean())
+        top1, top5 = _top_k(head(test_x), test_y, classes)
         train_top1 = 100.0 * float((head(train_x).argmax(1) == train_y).float().mean())
-    return ProbeResult(top1=top1, top5=top5, train_top1=train_top1)
+        val_top1, val_top5 = _top_k(head(val_x), val_y, classes) if val_x is not None else (None, None)
+    return ProbeResult(top1=top1, top5=top5, train_top1=train_top1, val_top1=val_top1, val_top5=val_top5)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -212,14 +234,26 @@ def evaluate_task(task, data, config) -> dict:
     Returns ``linear_top1``, ``linear_top5``, ``linear_train_top1`` and ``knn_top1`` (in %); on multi-label
     data (multi-hot labels) ``linear_mAP``, ``linear_micro_f1``, ``linear_train_mAP`` and ``knn_mAP`` (in %)
     instead, with ``multilabel: True``. Both carry ``feature_dim`` and ``eval_seconds``.
+
+    With a validation split (``data.val_images``, held out of the training split by ``eval.val_fraction``: see
+    :func:`~hscl.engine.datamodule.split_data`) the same probe and kNN bank (fitted on the training split only)
+    are also scored on it: ``val_linear_top1``, ``val_linear_top5``, ``val_knn_top1`` (multi-label:
+    ``val_linear_mAP``, ``val_linear_micro_f1``, ``val_knn_mAP``), with ``val_size``. Choose on these; the test
+    keys are unchanged.
     """
     start = time.perf_counter()
+    val_images = getattr(data, "val_images", None)
     with torch.no_grad():
         train_x = task.encode(data.train_images)
         test_x = task.encode(data.test_images)
+        val_x = task.encode(val_images) if val_images is not None else None
     ec = config.eval
     if data.train_labels.ndim == 2:
-        return {**_evaluate_multilabel(train_x, test_x, data, ec.knn_k), "eval_seconds": time.perf_counter() - start}
+        out = _evaluate_multilabel(train_x, test_x, data, ec.knn_k)
+        if val_x is not None:
+            out.update(_val_prefixed(_evaluate_multilabel(train_x, val_x, data, ec.knn_k, val=True), val_x))
+        return {**out, "eval_seconds": time.perf_counter() - start}
+    val_y = data.val_labels if val_x is not None else None
     probe = linear_probe(
         train_x,
         data.train_labels,
@@ -229,29 +263,43 @@ def evaluate_task(task, data, config) -> dict:
         lr=ec.linear_lr,
         batch_size=ec.linear_batch_size,
         seed=config.train.seed,
+        val_x=val_x,
+        val_y=val_y,
     )
-    knn = knn_accuracy(train_x, data.train_labels, test_x, data.test_labels, k=ec.knn_k)
-    return {
+    out = {
         "linear_top1": probe.top1,
         "linear_top5": probe.top5,
         "linear_train_top1": probe.train_top1,
-        "knn_top1": knn,
+        "knn_top1": knn_accuracy(train_x, data.train_labels, test_x, data.test_labels, k=ec.knn_k),
         "feature_dim": int(train_x.shape[1]),
-        "eval_seconds": time.perf_counter() - start,
     }
+    if val_x is not None:
+        knn = knn_accuracy(train_x, data.train_labels, val_x, val_y, k=ec.knn_k)
+        out.update(
+            _val_prefixed({"linear_top1": probe.val_top1, "linear_top5": probe.val_top5, "knn_top1": knn}, val_x)
+        )
+    return {**out, "eval_seconds": time.perf_counter() - start}
 
 
-def _evaluate_multilabel(train_x: Tensor, test_x: Tensor, data, knn_k: int) -> dict:
+def _val_prefixed(metrics: dict, val_x: Tensor) -> dict:
+    """``{"val_<key>": value}`` of the metrics scored on the validation split, with ``val_size``."""
+    keep = ("linear_top1", "linear_top5", "knn_top1", "linear_mAP", "linear_micro_f1", "knn_mAP")
+    return {**{f"val_{k}": v for k, v in metrics.items() if k in keep}, "val_size": int(val_x.shape[0])}
+
+
+def _evaluate_multilabel(train_x: Tensor, test_x: Tensor, data, knn_k: int, val: bool = False) -> dict:
     """The multi-label metrics of :func:`evaluate_task` (in %): the logistic probe is deterministic (L-BFGS from
-    zero weights, :func:`~hscl.engine.multilabel.linear_probe_multilabel` with its defaults)."""
+    zero weights, :func:`~hscl.engine.multilabel.linear_probe_multilabel` with its defaults). ``test_x`` holds the
+    features of the test split, or with ``val`` those of the validation split."""
     from hscl.engine.multilabel import linear_probe_multilabel
 
-    probe = linear_probe_multilabel(train_x, data.train_labels, test_x, data.test_labels)
+    labels = data.val_labels if val else data.test_labels
+    probe = linear_probe_multilabel(train_x, data.train_labels, test_x, labels)
     return {
         "multilabel": True,
         "linear_mAP": 100.0 * probe["mAP"],
         "linear_micro_f1": 100.0 * probe["micro_f1"],
         "linear_train_mAP": 100.0 * probe["train_mAP"],
-        "knn_mAP": knn_mean_average_precision(train_x, data.train_labels, test_x, data.test_labels, k=knn_k),
+        "knn_mAP": knn_mean_average_precision(train_x, data.train_labels, test_x, labels, k=knn_k),
         "feature_dim": int(train_x.shape[1]),
     }

@@ -12,6 +12,12 @@ no point lost or run twice: see :mod:`hscl.engine._sweep_study`.
 
 When every point is complete, the sweep writes ``sweep_results.{csv,json,md}`` (the metrics per
 point and the best point) and ``accuracy_vs_<parameter>.png`` (with its data as ``.csv``).
+
+Which split selects the best point (``select``): ``"validation"`` (default) holds part of the training split out
+(``eval.val_fraction``; set to :data:`DEFAULT_VAL_FRACTION` when the config leaves it at 0, and said so), picks
+the point of the best validation ``val_<metric>`` and reports that point's test ``<metric>``: a test accuracy
+no choice has seen. ``"test"`` is the paper's protocol, the best ``<metric>`` over the grid on the test split
+(an optimistic number); every output says which it was (``selected_on`` in the JSON, the title, the best line).
 """
 
 from __future__ import annotations
@@ -45,8 +51,10 @@ from hscl.engine._sweep_study import (
 from hscl.engine.config import RunConfig, load_config, load_yaml
 
 __all__ = [
+    "DEFAULT_VAL_FRACTION",
     "GRID_ALIASES",
     "METRICS",
+    "SELECTIONS",
     "Sweep",
     "parse_grid",
     "grid_points",
@@ -71,6 +79,10 @@ GRID_ALIASES = {
 }
 #: the metrics a default trial reports; the sweep maximises one of them
 METRICS = ("linear_top1", "knn_top1", "linear_top5")
+#: the split a sweep selects its best point on: the held-out part of the training split, or the test split
+SELECTIONS = ("validation", "test")
+#: ``eval.val_fraction`` of a sweep selecting on validation data when its config leaves it at 0
+DEFAULT_VAL_FRACTION = 0.1
 #: each hardening key clears the other two (a config may give only one)
 _HARDENING_KEYS = ("loss.beta", "loss.tau", "loss.tau_schedule")
 
@@ -168,6 +180,10 @@ class Sweep:
             ``postgresql://USER@HOST/DB``, ``mysql+pymysql://USER@HOST/DB`` or ``journal:PATH`` (a file
             several machines mount) for workers on several machines. Every worker of a sweep gives the same.
         metric: the trial metric the sweep maximises (one of :data:`METRICS` for the default trial).
+        select: ``"validation"`` (default): the best point is the one of the best ``val_<metric>`` (the trial's
+            score on the held-out part of the training split; ``eval.val_fraction`` is set to
+            :data:`DEFAULT_VAL_FRACTION` when the config leaves it at 0, noted in :attr:`notes`), reported with
+            its test ``<metric>``; ``"test"``: the best test ``<metric>`` over the grid (the paper's protocol).
         trial: ``"module:function"`` of a trial function ``fn(config, run_dir) -> {metric: value}``;
             None: :func:`train_and_evaluate`.
         stale_after: seconds without a heartbeat after which a RUNNING trial of another machine is
@@ -186,8 +202,13 @@ class Sweep:
     stale_after: float = 300.0
     heartbeat: float = 30.0
     study_name: str = STUDY_NAME
+    select: str = "validation"
+    #: what the sweep changed on its own (the validation hold-out), printed with its results
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be validation or test, got {self.select!r}")
         if not self.heartbeat > 0 or not self.stale_after > self.heartbeat:
             raise ValueError(
                 f"heartbeat must be > 0 and stale_after > heartbeat, got heartbeat={self.heartbeat}, "
@@ -196,6 +217,18 @@ class Sweep:
         if self.trial is None and self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         parse_storage(self.storage, self.out_dir / "study.db")  # a bad --storage fails here, naming its forms
+        if self.select == "validation" and self.base_config().eval.val_fraction == 0:
+            self.overrides = [*self.overrides, f"eval.val_fraction={DEFAULT_VAL_FRACTION}"]
+            self.notes.append(
+                f"selecting on validation data: eval.val_fraction={DEFAULT_VAL_FRACTION} ({DEFAULT_VAL_FRACTION:.0%} "
+                "of the training split held out, stratified, the same images for every point); set "
+                "eval.val_fraction to change it, or select on test for the paper's protocol"
+            )
+
+    @property
+    def selection_key(self) -> str:
+        """The trial metric the best point is chosen on: ``val_<metric>``, or ``<metric>`` when selecting on test."""
+        return f"val_{self.metric}" if self.select == "validation" else self.metric
 
     @property
     def out_dir(self) -> Path:
@@ -247,8 +280,9 @@ _DATA_CACHE: dict = {}
 def train_and_evaluate(config: RunConfig, run_dir: Path) -> dict:
     """Pre-train ``config`` into ``run_dir`` (resuming its checkpoint) and evaluate the encoder.
 
-    Returns the linear probe's top-1 / top-5 and the kNN top-1 on the test split (in %), and the
-    seconds spent; also written to ``run_dir/eval.json`` (a finished point is not evaluated twice).
+    Returns the linear probe's top-1 / top-5 and the kNN top-1 on the test split (in %), with
+    ``eval.val_fraction > 0`` the same on the held-out validation images (``val_*``), and the seconds spent;
+    also written to ``run_dir/eval.json`` (a finished point is not evaluated twice).
     """
     from hscl.engine.evaluate import evaluate_task
     from hscl.engine.train import load_data, load_task, run_paths, train
@@ -258,7 +292,7 @@ def train_and_evaluate(config: RunConfig, run_dir: Path) -> dict:
     if eval_file.exists() and paths.final.exists():
         return json.loads(eval_file.read_text())
     dc = config.data
-    key = (dc.dataset, dc.data_dir, dc.train_subset, dc.test_subset, config.train.seed)
+    key = (dc.dataset, dc.data_dir, dc.train_subset, dc.test_subset, config.train.seed, config.eval.val_fraction)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = load_data(config)
@@ -340,10 +374,9 @@ def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool 
                     errored.add(point_key(point))
                     print(f"hscl sweep: point {point_slug(point)} failed: {type(err).__name__}: {err}", flush=True)
                     continue
-            if sweep.metric not in metrics:
-                raise ValueError(f"the trial function returned {sorted(metrics)}, without the metric {sweep.metric!r}")
+            _check_trial_metrics(sweep, metrics)
             clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if not _finish(storage, trial_id, TrialState.COMPLETE, clean[sweep.metric], metrics=clean):
+            if not _finish(storage, trial_id, TrialState.COMPLETE, clean[sweep.selection_key], metrics=clean):
                 # judged stale while it ran (its heartbeats did not reach the storage): another worker owns the
                 # point now, and a point has one COMPLETE trial
                 print(f"hscl sweep: point {point_slug(point)} was taken over by another worker", flush=True)
@@ -351,11 +384,24 @@ def run_worker(sweep: Sweep, *, trial_fn: TrialFn | None = None, progress: bool 
             done += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix_str(f"{point_slug(point)}: {sweep.metric} {clean[sweep.metric]:.2f}")
+                bar.set_postfix_str(f"{point_slug(point)}: {sweep.selection_key} {clean[sweep.selection_key]:.2f}")
     finally:
         if bar is not None:
             bar.close()
     return done
+
+
+def _check_trial_metrics(sweep: Sweep, metrics: dict) -> None:
+    """The trial returned the test metric, and the validation one when the sweep selects on it."""
+    for key in dict.fromkeys((sweep.metric, sweep.selection_key)):
+        if key not in metrics:
+            hint = (
+                "; selecting on validation needs the trial's score on the held-out images (eval.val_fraction > 0, "
+                "the val_* keys of evaluate_task), or select on test"
+                if key != sweep.metric
+                else ""
+            )
+            raise ValueError(f"the trial function returned {sorted(metrics)}, without the metric {key!r}{hint}")
 
 
 # --------------------------------------------------------------------------------------------

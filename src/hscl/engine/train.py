@@ -27,7 +27,7 @@ from hscl.data.images import ImageData, load_dataset
 from hscl.data.views import epoch_generator
 from hscl.engine.checkpoints import CheckpointError, check_resumable, load_checkpoint
 from hscl.engine.config import RunConfig, config_to_dict
-from hscl.engine.datamodule import ViewsDataModule
+from hscl.engine.datamodule import ViewsDataModule, split_data
 from hscl.engine.distributed import (
     global_batch_loss,
     launch_rank,
@@ -287,10 +287,8 @@ def _git_revision() -> str:
 
 
 def load_data(config: RunConfig) -> ImageData:
-    data = load_dataset(config.data.dataset, data_dir=config.data.data_dir)
-    if config.data.train_subset is not None or config.data.test_subset is not None:
-        data = data.subset(config.data.train_subset, config.data.test_subset, seed=config.train.seed)
-    return data
+    """The run's dataset, split per its config (:func:`~hscl.engine.datamodule.split_data`)."""
+    return split_data(load_dataset(config.data.dataset, data_dir=config.data.data_dir), config)
 
 
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: ImageData | None = None) -> Path:

@@ -48,6 +48,8 @@ from hscl.data.images.base import (
     DatasetNotFoundError,
     ImageData,
     UnsafeArchiveError,
+    VALIDATION_SEED,
+    holdout_indices,
     stratified_indices,
 )
 from hscl.data.images.download import Download, cache_dir, download_file, extract_archive
@@ -94,9 +96,11 @@ __all__ = [
     "ImageData",
     "Mosaics",
     "UnsafeArchiveError",
+    "VALIDATION_SEED",
     "cache_dir",
     "download_file",
     "extract_archive",
+    "holdout_indices",
     "load_dataset",
     "make_mosaics",
     "mosaic_dataset",

@@ -10,9 +10,21 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-__all__ = ["ChecksumError", "DatasetNotFoundError", "ImageData", "UnsafeArchiveError", "stratified_indices"]
+__all__ = [
+    "VALIDATION_SEED",
+    "ChecksumError",
+    "DatasetNotFoundError",
+    "ImageData",
+    "UnsafeArchiveError",
+    "holdout_indices",
+    "stratified_indices",
+]
 
 PathLike = str | os.PathLike
+
+#: the seed of every validation hold-out (:meth:`ImageData.hold_out`): a constant, independent of any training
+#: seed, so that every run on the same training split holds out the same images
+VALIDATION_SEED = 1729
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -70,6 +82,20 @@ def stratified_indices(labels: np.ndarray | torch.Tensor, n: int, seed: int | Se
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
+def holdout_indices(
+    labels: np.ndarray | torch.Tensor, n: int, seed: int | Sequence[int] = VALIDATION_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, held)``: a stratified sample of ``n`` items held out (:func:`stratified_indices`) and the others,
+    both sorted ascending; disjoint, together every index once.
+
+    Shape: labels ``(N,)`` class indices or ``(N, C)`` multi-hot.
+    """
+    held = stratified_indices(labels, n, seed)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[held] = False
+    return np.flatnonzero(mask), held
+
+
 def _check_images(name: str, images: object) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
@@ -104,7 +130,8 @@ def _check_labels(name: str, labels: object, count: int, num_classes: int) -> No
 
 @dataclass(repr=False)
 class ImageData:
-    """A labelled image dataset with a train and a test split.
+    """A labelled image dataset with a train and a test split, and optionally a validation split held out of the
+    training split (:meth:`hold_out`).
 
     Labels are either class indices, int64 ``(N,)`` with values in ``[0, num_classes)``, or (a multi-label
     dataset, :attr:`multilabel`) label sets, bool ``(N, num_classes)`` multi-hot rows (``True`` where the
@@ -119,6 +146,8 @@ class ImageData:
         classes: class names; ``classes[k]`` is the name of label k.
         unlabeled_images: optional uint8 tensor (N_unlabeled, C, H, W) (STL-10's unlabeled split; a lazy,
             memory-mapped and non-contiguous view: index it in batches).
+        val_images, val_labels: the validation split (None: none), as train_images / train_labels; images held
+            out of the training split by :meth:`hold_out`, so no training image is also a validation image.
     """
 
     name: str
@@ -128,6 +157,8 @@ class ImageData:
     test_labels: torch.Tensor
     classes: list[str]
     unlabeled_images: torch.Tensor | None = field(default=None)
+    val_images: torch.Tensor | None = field(default=None)
+    val_labels: torch.Tensor | None = field(default=None)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -149,6 +180,18 @@ class ImageData:
                 f"{self.name}: train_labels {tuple(self.train_labels.shape)} and test_labels "
                 f"{tuple(self.test_labels.shape)} must both be class indices (N,) or both multi-hot (N, C)"
             )
+        if (self.val_images is None) != (self.val_labels is None):
+            raise ValueError(f"{self.name}: give both val_images and val_labels, or neither")
+        if self.val_images is not None:
+            val = _check_images(f"{self.name}: val_images", self.val_images)
+            if val.shape[1:] != train.shape[1:]:
+                raise ValueError(
+                    f"{self.name}: validation images (C, H, W) = {tuple(val.shape[1:])} differ from train images "
+                    f"{tuple(train.shape[1:])}"
+                )
+            _check_labels(f"{self.name}: val_labels", self.val_labels, val.shape[0], len(self.classes))
+            if self.val_labels.ndim != self.train_labels.ndim:
+                raise ValueError(f"{self.name}: val_labels must be of the kind of train_labels (class ids or multi-hot)")
         if self.unlabeled_images is not None:
             unlabeled = _check_images(f"{self.name}: unlabeled_images", self.unlabeled_images)
             if unlabeled.shape[1:] != train.shape[1:]:
@@ -177,12 +220,34 @@ class ImageData:
         """True when the labels are multi-hot label sets (bool ``(N, num_classes)``), False for class indices."""
         return self.train_labels.ndim == 2
 
+    def hold_out(self, n: int, seed: int | Sequence[int] = VALIDATION_SEED) -> ImageData:
+        """The data with a stratified sample of ``n`` training images moved to the validation split.
+
+        The sample is :func:`holdout_indices` of the training labels (each class, or each distinct label set,
+        keeps its share); it depends only on the labels, ``n`` and ``seed`` (by default :data:`VALIDATION_SEED`,
+        not a training seed). Both parts keep their original order; the test split is unchanged.
+        """
+        if self.val_images is not None:
+            raise ValueError(f"{self.name}: already holds a validation split of {self.val_images.shape[0]} images")
+        total = self.train_labels.shape[0]
+        if not 0 < n < total:
+            raise ValueError(f"{self.name}: cannot hold out {n} of {total} training images (need 0 < n < {total})")
+        kept, held = (torch.from_numpy(i) for i in holdout_indices(self.train_labels, n, seed))
+        return replace(
+            self,
+            train_images=self.train_images[kept],
+            train_labels=self.train_labels[kept],
+            val_images=self.train_images[held],
+            val_labels=self.train_labels[held],
+            classes=list(self.classes),
+        )
+
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> ImageData:
         """A stratified subset: ``train`` training and ``test`` test images (None keeps a split whole).
 
         Each class (for a multi-label dataset: each distinct label set) keeps its share of the split (see
         :func:`stratified_indices`); the images keep their original order; the result is the same for the
-        same ``seed``. ``unlabeled_images`` is kept as is.
+        same ``seed``. ``unlabeled_images`` and the validation split are kept as they are.
         """
 
         def take(images: torch.Tensor, labels: torch.Tensor, n: int | None, stream: int):
@@ -206,8 +271,9 @@ class ImageData:
 
     def __repr__(self) -> str:
         unlabeled = "" if self.unlabeled_images is None else f", unlabeled={self.unlabeled_images.shape[0]}"
+        val = "" if self.val_images is None else f", val={self.val_images.shape[0]}"
         return (
-            f"ImageData({self.name!r}, train={self.train_images.shape[0]}, "
+            f"ImageData({self.name!r}, train={self.train_images.shape[0]}{val}, "
             f"test={self.test_images.shape[0]}{unlabeled}, "
             f"channels={self.channels}, size={self.train_images.shape[2]}x{self.train_images.shape[3]}, "
             f"classes={self.num_classes}{', multilabel' if self.multilabel else ''})"
