@@ -31,7 +31,8 @@ BETAS = [0.1, 0.5, 1.0, 2.0, 5.0]
 
 
 def fake_trial(config, run_dir: Path) -> dict:
-    """Accuracy ``90 - log(beta)^2``; hangs once at the point ``$HSCL_TEST_HANG`` (to be killed there)."""
+    """Accuracy ``90 - log(beta)^2`` (on validation one point lower); hangs once at the point ``$HSCL_TEST_HANG``
+    (to be killed there)."""
     log = Path(os.environ["HSCL_TEST_LOG"])
     beta = config.loss.beta
     with log.open("a") as handle:
@@ -49,14 +50,15 @@ def fake_trial(config, run_dir: Path) -> dict:
     time.sleep(float(os.environ.get("HSCL_TEST_SLEEP", "0")))
     with log.open("a") as handle:
         handle.write(f"end {beta} {os.getpid()}\n")
-    return {"linear_top1": 90.0 - math.log(beta) ** 2, "knn_top1": 80.0 - math.log(beta) ** 2}
+    test = {"linear_top1": 90.0 - math.log(beta) ** 2, "knn_top1": 80.0 - math.log(beta) ** 2}
+    return {**test, **{f"val_{key}": value - 1.0 for key, value in test.items()}}
 
 
 def env_trial(config, run_dir: Path) -> dict:
     """Records the distributed-launcher variables the trial sees."""
     seen = {key: os.environ.get(key) for key in ("RANK", "SLURM_PROCID", "SLURM_NTASKS", "CUDA_VISIBLE_DEVICES")}
     (run_dir / "env.json").write_text(json.dumps(seen))
-    return {"linear_top1": 1.0}
+    return {"linear_top1": 1.0, "val_linear_top1": 1.0}
 
 
 def _config(tmp_path: Path) -> Path:
@@ -161,7 +163,7 @@ def test_a_bad_point_fails_before_anything_runs(tmp_path, env, capsys):
 def test_sweep_writes_the_table_best_point_and_plot(tmp_path, env, capsys):
     assert main(_sweep_args(tmp_path)) == 0
     out = capsys.readouterr().out
-    assert "best: beta=1.0 (linear_top1 90.00)" in out
+    assert "best (selected on validation val_linear_top1 89.00): beta=1.0; its test linear_top1 90.00" in out
     result = json.loads((tmp_path / "sweep" / "sweep_results.json").read_text())
     assert result["complete"] and result["best"]["beta"] == 1.0
     assert [p["beta"] for p in result["points"]] == BETAS
@@ -169,8 +171,9 @@ def test_sweep_writes_the_table_best_point_and_plot(tmp_path, env, capsys):
         assert point["linear_top1"] == pytest.approx(90.0 - math.log(point["beta"]) ** 2)
     assert (tmp_path / "sweep" / "accuracy_vs_beta.png").stat().st_size > 0
     plotted = (tmp_path / "sweep" / "accuracy_vs_beta.csv").read_text().splitlines()
-    assert len(plotted) == 1 + 2 * len(BETAS)  # linear and kNN per point
-    assert "| 1.0 | 90.00 | 80.00 | complete | 0 | **best** |" in (tmp_path / "sweep" / "sweep_results.md").read_text()
+    assert len(plotted) == 1 + 3 * len(BETAS)  # linear and kNN (test), and the linear selected on, per point
+    row = "| 1.0 | 89.00 | 79.00 | 90.00 | 80.00 | complete | 0 | **best (validation)** |"
+    assert row in (tmp_path / "sweep" / "sweep_results.md").read_text()
     # a second run finds every point complete: no trial runs again
     assert main(_sweep_args(tmp_path)) == 0
     assert len(_trials(tmp_path)) == len(BETAS)
@@ -322,6 +325,9 @@ def test_real_sweep_trains_and_evaluates_each_point(tmp_path):
         assert (run / "final.ckpt").exists() and (run / "eval.json").exists()
         saved = yaml.safe_load((run / "config.yaml").read_text())
         assert saved["loss"]["beta"] == point["beta"] and saved["loss"]["method"] == "h-scl"
+        assert saved["eval"]["val_fraction"] == 0.1  # selecting on validation: 30 of the 300 images held out
         assert 0 <= point["linear_top1"] <= 100 and 0 <= point["knn_top1"] <= 100
         assert json.loads((run / "eval.json").read_text())["linear_top1"] == point["linear_top1"]
-    assert result["best"]["linear_top1"] == max(p["linear_top1"] for p in result["points"])
+        assert point["val_size"] == 30 and 0 <= point["val_linear_top1"] <= 100
+    assert result["best"]["val_linear_top1"] == max(p["val_linear_top1"] for p in result["points"])
+    assert result["selected_on"] == "validation" and result["best_test"] == result["best"]["linear_top1"]

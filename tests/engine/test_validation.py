@@ -69,8 +69,10 @@ def test_holdout_indices_are_stratified_deterministic_and_disjoint():
 
 def test_split_holds_out_the_same_images_for_every_training_seed_and_never_trains_on_them():
     data = _data()
-    splits = {seed: split_data(data, _config("data.train_subset=300", "eval.val_fraction=0.2", f"train.seed={seed}"))
-              for seed in (0, 5)}
+    splits = {
+        seed: split_data(data, _config("data.train_subset=300", "eval.val_fraction=0.2", f"train.seed={seed}"))
+        for seed in (0, 5)
+    }
     val_ids = _ids(splits[0].val_images)
     assert len(val_ids) == 60 and _ids(splits[5].val_images) == val_ids  # round(0.2 * 300), whatever the seed
     assert Counter(splits[0].val_labels.tolist()) == {0: 20, 1: 20, 2: 20}
@@ -98,7 +100,7 @@ def test_val_fraction_outside_0_1_is_one_line_naming_the_key(value):
 
 
 def test_a_hold_out_of_nothing_is_refused():
-    with pytest.raises(ValueError, match="eval.val_fraction=0.001 of 300 training images holds out 0"):
+    with pytest.raises(ValueError, match=r"eval\.val_fraction=0\.001 of 300 training images holds out 0;"):
         split_data(_data(), _config("data.train_subset=300", "eval.val_fraction=0.001"))
 
 
@@ -180,7 +182,8 @@ def test_sweep_selects_the_validation_best_point_and_reports_its_test_accuracy(t
     assert result["best"]["beta"] == 0.5 and result["best_test"] == 75.0  # not the test-best 90 of beta = 2
     assert all(p["val_fraction"] == DEFAULT_VAL_FRACTION for p in result["points"])  # set, and said so
     assert "selected on validation val_linear_top1" in result["title"]
-    assert result["best_text"] == "best (selected on validation val_linear_top1 85.00): beta=0.5; its test linear_top1 75.00"
+    best = "best (selected on validation val_linear_top1 85.00): beta=0.5; its test linear_top1 75.00"
+    assert result["best_text"] == best
     saved = json.loads((tmp_path / "sweep" / "sweep_results.json").read_text())
     assert saved["selected_on"] == "validation" and saved["best"]["beta"] == 0.5
     markdown = (tmp_path / "sweep" / "sweep_results.md").read_text()

@@ -101,15 +101,8 @@ def _selection_text(sweep: Sweep, base) -> str:
 # results
 
 
-def write_results(sweep: Sweep) -> dict:
-    """The results table (metric per point, best point) and the plot of the metrics against the grid."""
-    from hscl.engine.sweep import METRICS, point_slug  # sweep imports this module at load time
-
-    with _study_lock(sweep):
-        study, storage = _open_study(sweep)
-        _fail_stale(study, storage, sweep)
-    status = _status(study, sweep.points)
-    names = list(sweep.grid)
+def _point_rows(sweep: Sweep, status: dict) -> list[dict]:
+    """One row per grid point: its values, the metrics of its complete trial (if any), its state."""
     rows = []
     for entry in status.values():
         trial = entry["complete"]
@@ -124,6 +117,31 @@ def write_results(sweep: Sweep) -> dict:
                 "run_dir": str(sweep.run_dir(entry["point"])),
             }
         )
+    return rows
+
+
+def _best_text(sweep: Sweep, best: dict | None, slug: str) -> str:
+    """The line naming the best point, the split it was selected on and its test metric."""
+    if best is None:
+        return f"best (selected on {sweep.select}): - (no point complete)"
+    if sweep.select == "validation":
+        return (
+            f"best (selected on validation {sweep.selection_key} {best[sweep.selection_key]:.2f}): {slug}; "
+            f"its test {sweep.metric} {best[sweep.metric]:.2f}"
+        )
+    protocol = f"selected on TEST {sweep.metric}, the paper's protocol"
+    return f"best ({protocol}): {slug}; test {sweep.metric} {best[sweep.metric]:.2f}"
+
+
+def write_results(sweep: Sweep) -> dict:
+    """The results table (metric per point, best point) and the plot of the metrics against the grid."""
+    from hscl.engine.sweep import METRICS, point_slug  # sweep imports this module at load time
+
+    with _study_lock(sweep):
+        study, storage = _open_study(sweep)
+        _fail_stale(study, storage, sweep)
+    names = list(sweep.grid)
+    rows = _point_rows(sweep, _status(study, sweep.points))
     finished = [r for r in rows if r["state"] == "complete"]
     best = max(finished, key=lambda r: r[sweep.selection_key]) if finished else None
     candidates = (*(f"val_{m}" for m in METRICS), *METRICS, "train_seconds")
@@ -182,17 +200,7 @@ def write_results(sweep: Sweep) -> dict:
             for r in rows
         ],
     )
-    best_text = f"best (selected on {sweep.select}): - (no point complete)"
-    if best and sweep.select == "validation":
-        best_text = (
-            f"best (selected on validation {sweep.selection_key} {best[sweep.selection_key]:.2f}): "
-            f"{point_slug({n: best[n] for n in names})}; its test {sweep.metric} {best[sweep.metric]:.2f}"
-        )
-    elif best:
-        best_text = (
-            f"best (selected on TEST {sweep.metric}, the paper's protocol): "
-            f"{point_slug({n: best[n] for n in names})}; test {sweep.metric} {best[sweep.metric]:.2f}"
-        )
+    best_text = _best_text(sweep, best, point_slug({n: best[n] for n in names}) if best else "")
     (out / "sweep_results.md").write_text(f"{title}\n\n{table}\n\n{best_text}\n")
     result["plot"] = str(_plot(sweep, rows, metric_names)) if finished else None
     result["best_text"] = best_text

@@ -367,7 +367,9 @@ def validate_config(config: RunConfig) -> None:
     if len(given) > 1:
         raise ValueError(f"give at most one of loss.beta, loss.tau, loss.tau_schedule; got {', '.join(given)}")
     if not 0 <= config.eval.val_fraction < 1:
-        raise ValueError(f"eval.val_fraction must lie in [0, 1) (0: no validation split), got {config.eval.val_fraction}")
+        raise ValueError(
+            f"eval.val_fraction must lie in [0, 1) (0: no validation split), got {config.eval.val_fraction}"
+        )
     dc = config.diagnostics
     if dc.probe_size < 4:
         raise ValueError(f"diagnostics.probe_size must be >= 4, got {dc.probe_size}")

@@ -44,11 +44,11 @@ benchmarks), :mod:`~hscl.data.images.download` (cache, downloads, archives) and
 """
 
 from hscl.data.images.base import (
+    VALIDATION_SEED,
     ChecksumError,
     DatasetNotFoundError,
     ImageData,
     UnsafeArchiveError,
-    VALIDATION_SEED,
     holdout_indices,
     stratified_indices,
 )

@@ -191,7 +191,9 @@ class ImageData:
                 )
             _check_labels(f"{self.name}: val_labels", self.val_labels, val.shape[0], len(self.classes))
             if self.val_labels.ndim != self.train_labels.ndim:
-                raise ValueError(f"{self.name}: val_labels must be of the kind of train_labels (class ids or multi-hot)")
+                raise ValueError(
+                    f"{self.name}: val_labels must be of the kind of train_labels (class ids or multi-hot)"
+                )
         if self.unlabeled_images is not None:
             unlabeled = _check_images(f"{self.name}: unlabeled_images", self.unlabeled_images)
             if unlabeled.shape[1:] != train.shape[1:]:
