@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import TINY
 
 from hscl.cli import main
 from hscl.data.images import VALIDATION_SEED, ImageData, holdout_indices, stratified_indices
@@ -18,6 +19,7 @@ from hscl.engine.datamodule import ViewsDataModule, split_data
 from hscl.engine.evaluate import evaluate_task, knn_accuracy, knn_mean_average_precision, linear_probe
 from hscl.engine.multilabel import linear_probe_multilabel
 from hscl.engine.sweep import DEFAULT_VAL_FRACTION, Sweep, run_sweep
+from hscl.engine.train import load_data, load_task, train
 
 CLASSES = 3
 
@@ -153,6 +155,22 @@ def test_evaluate_task_multilabel_gives_validation_map():
     knn = knn_mean_average_precision(train_x, data.train_labels, val_x, data.val_labels, k=config.eval.knn_k)
     assert result["val_knn_mAP"] == knn and result["val_size"] == 80
     assert result["val_linear_mAP"] > 90 and "linear_mAP" in result
+
+
+def test_a_run_with_a_hold_out_is_evaluated_on_the_same_images_from_its_checkpoint(tmp_path, capsys):
+    config = load_config(None, [*TINY, "loss.method=scl", "train.epochs=1", "eval.val_fraction=0.1"])
+    data = load_data(config)
+    assert (data.train_labels.shape[0], data.val_labels.shape[0]) == (360, 40)  # 10% of the 400-image subset
+    final = train(config, tmp_path / "run", data=data)
+    task, saved = load_task(final, device="cpu")
+    assert saved.eval.val_fraction == 0.1  # the checkpoint's config carries the hold-out
+    expected = evaluate_task(task, data, config)
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(final), "--json", str(out), "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+    for key in ("val_linear_top1", "val_linear_top5", "val_knn_top1", "linear_top1", "knn_top1"):
+        assert result[key] == expected[key]
+    assert "validation (40 images held out of the training split): linear_top1" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------

@@ -185,6 +185,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{config.loss.method} on {config.data.dataset}: linear top-1 {result['linear_top1']:.2f}%  "
             f"top-5 {result['linear_top5']:.2f}%  kNN top-1 {result['knn_top1']:.2f}%"
         )
+    if "val_size" in result:  # eval.val_fraction > 0: the held-out part of the training split, never trained on
+        shown = ("linear_mAP", "knn_mAP") if result.get("multilabel") else ("linear_top1", "knn_top1")
+        scores = "  ".join(f"{key} {result['val_' + key]:.2f}%" for key in shown)
+        print(f"validation ({result['val_size']} images held out of the training split): {scores}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

@@ -52,7 +52,8 @@ def _last_value(rows: list[dict], key: str) -> float:
 def _load_data_cached(config: RunConfig, cache: dict):
     from hscl.engine.train import load_data
 
-    key = (config.data.dataset, config.data.data_dir, config.data.train_subset, config.data.test_subset)
+    dc = config.data
+    key = (dc.dataset, dc.data_dir, dc.train_subset, dc.test_subset, config.eval.val_fraction)
     if key not in cache:
         cache.clear()
         cache[key] = load_data(config)

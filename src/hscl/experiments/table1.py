@@ -108,7 +108,8 @@ def reproduce_table1(
         per_seed = []
         for seed in seeds:
             config = load_config(files[key], [*extra, f"train.seed={seed}"])
-            data_key = (config.data.dataset, config.data.data_dir, config.data.train_subset, config.data.test_subset)
+            dc = config.data
+            data_key = (dc.dataset, dc.data_dir, dc.train_subset, dc.test_subset, config.eval.val_fraction)
             if data_key not in data_cache:
                 data_cache = {data_key: load_data(config)}
             print(f"== {TABLE1_CELLS[key]} (seed {seed}) -> {out_dir / key / f'seed{seed}'}", flush=True)
