@@ -114,7 +114,17 @@ def test_the_pretrained_preset_end_to_end_with_its_ablation_and_resume(tmp_path,
     assert "isotropy of test features h" in text and "projection z" not in text  # SCHaNe on h: z is h
     for name in ("ablation.png", "ablation.csv", "fewshot.png", "tsne.png", "schane.csv"):
         assert (out / name).stat().st_size > 0, name
-    assert (out / "ablation.csv").read_text().splitlines()[0] == "lam,source,top1_mean,ci95,diff_vs_lam0,diff_ci95"
+    header = "lam,source,top1_mean,ci95,diff_vs_lam0,diff_ci95,val_top1_mean,val_ci95,selected"
+    assert (out / "ablation.csv").read_text().splitlines()[0] == header
+    # lam chosen on validation episodes (the held-out classes' training images), reported with its test accuracy
+    val_means = {c["lam"]: sum(c["val_accuracy"]) / len(c["val_accuracy"]) for c in ablation["lams"]}
+    chosen = max(val_means, key=val_means.get)
+    assert ablation["selected_on"] == "validation" and ablation["selection"]["lam"] == chosen
+    assert len((out / "ablation-validation" / "5shot.jsonl").read_text().splitlines()) == 3
+    assert ablation["selection"]["test_top1_mean"] == pytest.approx(
+        np.mean(ablation["lams"][[0.0, 0.5, 0.9, 1.0].index(chosen)]["accuracy"])
+    )
+    assert "lam chosen on 3 validation episodes" in text and "**selected (validation)**" in text
 
     # resume: every finished cell is kept; an episode lost by an interruption is the only one run again
     log = out / "ablation" / "5shot.jsonl"

@@ -52,6 +52,7 @@ def _reproduce_schane(args: argparse.Namespace) -> None:
         seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
         data_dir=args.data_dir,
         config_dir=args.configs,
+        select=args.select,
     )
 
 
@@ -113,7 +114,13 @@ REPRODUCERS: dict = {
 }
 
 
+#: the experiments that choose a best point and take ``--select``
+SELECTING = ("schane",)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    if args.select is not None and args.experiment not in SELECTING:
+        raise ValueError(f"--select applies to {', '.join(SELECTING)}; {args.experiment} chooses no best point")
     REPRODUCERS[args.experiment](args)
     return 0
 
@@ -144,6 +151,12 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--epochs", type=int, help="table2: pre-training epochs")
     rp.add_argument("--folds", type=int, help="table2: outer cross-validation folds (default 10)")
     rp.add_argument("--repeats", type=int, help="table2: repetitions of the cross-validation")
+    rp.add_argument(
+        "--select",
+        choices=("validation", "test"),
+        help="schane: the episodes the ablation's best lam is chosen on: validation (the preset's default; episodes "
+        "of the held-out classes' training images) or test (the paper's protocol)",
+    )
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every config")
     rp.add_argument("--data-dir")
     rp.add_argument(

@@ -69,13 +69,27 @@ class BackboneConfig:
             self.input_size = _check_int("backbone.input_size", self.input_size, 8)
 
 
+#: the episodes the ablation's best ``lam`` is chosen on (``ablation.select``)
+SELECTIONS = ("validation", "test")
+
+
 @dataclass
 class AblationConfig:
     """SCHaNe's ``lam`` ablation: ``K = shots``-shot episodes (the few-shot ones) fine-tuned with
-    ``(1 - lam) CE + lam L_SCHaNe`` for every ``lam`` in ``lams`` (``lam = 0`` is CE exactly)."""
+    ``(1 - lam) CE + lam L_SCHaNe`` for every ``lam`` in ``lams`` (``lam = 0`` is CE exactly).
+
+    ``select``: the episodes the best ``lam`` is chosen on. ``"validation"`` (default): ``val_episodes``
+    episodes (None: as many as the few-shot comparison) drawn from the held-out classes' training images only,
+    ``val_fraction`` of them (stratified) as the query pool and the rest as the support pool, so no test image
+    takes part; the chosen ``lam``'s accuracy on the test episodes is reported. ``"test"``: the best mean over
+    the test episodes themselves (the paper's protocol; optimistic).
+    """
 
     lams: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.9, 1.0])
     shots: int = 5
+    select: str = "validation"
+    val_episodes: int | None = None
+    val_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.lams:
@@ -84,6 +98,12 @@ class AblationConfig:
         if len(set(self.lams)) != len(self.lams):
             raise ValueError(f"ablation.lams must be distinct, got {self.lams}")
         self.shots = _check_int("ablation.shots", self.shots, 1)
+        self.select = _check_choice("ablation.select", self.select, SELECTIONS)
+        if self.val_episodes is not None:
+            self.val_episodes = _check_int("ablation.val_episodes", self.val_episodes, 1)
+        self.val_fraction = _check_real("ablation.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True)
+        if self.val_fraction == 1.0:
+            raise ValueError("ablation.val_fraction must lie in (0, 1): the rest of the images is the support pool")
 
 
 @dataclass

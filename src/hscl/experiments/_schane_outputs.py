@@ -102,8 +102,28 @@ def _summarise_ablation(ablation: dict) -> dict:
             losses = sum(a < b for a, b in zip(cell["accuracy"], base["accuracy"]))
             out.update({"diff_vs_lam0": d_mean, "diff_ci95": d_half, "wins": wins, "losses": losses})
         out["accuracy"] = cell["accuracy"]
+        if "val_accuracy" in cell:  # the validation episodes the lam was chosen on
+            out["val_top1_mean"], out["val_ci95"] = mean_ci95(cell["val_accuracy"])
+            out["val_accuracy"] = cell["val_accuracy"]
+        out["selected"] = cell["lam"] == ablation["selection"]["lam"]
         cells.append(out)
-    return {k: v for k, v in ablation.items() if k != "lams"} | {"chance": 100.0 / ablation["ways"], "lams": cells}
+    summary = {k: v for k, v in ablation.items() if k != "lams"} | {"chance": 100.0 / ablation["ways"], "lams": cells}
+    return summary | {"selected_on": ablation["selection"]["selected_on"]}
+
+
+def _selection_text(ablation: dict) -> str:
+    """Which episodes chose the best lam, and the chosen lam's test accuracy."""
+    sel = ablation["selection"]
+    if sel["selected_on"] == "test":
+        return (
+            f"lam chosen on the TEST episodes (the paper's protocol; optimistic): lam = {sel['lam']:g}, "
+            f"{sel['test_top1_mean']:.2f}% on them"
+        )
+    return (
+        f"lam chosen on {sel['val_episodes']} validation episodes (queries from {sel['val_fraction']:.0%} of the "
+        f"held-out classes' training images, no test image): lam = {sel['lam']:g}, {sel['val_top1_mean']:.2f}% on "
+        f"them; its test accuracy {sel['test_top1_mean']:.2f}%"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,13 +174,17 @@ def _table(results: dict, objectives: list[str]) -> tuple[list[str], list[list[s
 
 def _ablation_table(ablation: dict) -> tuple[list[str], list[list[str]]]:
     ways, shots = ablation["ways"], ablation["shots"]
-    header = ["lam", "from", f"{ways}-way {shots}-shot top-1 (%)", "− lam = 0 (points)", "wins / losses vs lam = 0"]
+    on_val = ablation["selected_on"] == "validation"
+    header = ["lam", "from", *(["validation top-1 (%)"] if on_val else []), f"{ways}-way {shots}-shot top-1 (%)"]
+    header += ["− lam = 0 (points)", "wins / losses vs lam = 0", "chosen"]
     rows = []
     for cell in ablation["lams"]:
         source = {"ce": "CE cells", "schane": "SCHaNe cells", "ablation": "ablation run"}[cell["source"]]
         diff = _fmt(cell["diff_vs_lam0"], cell["diff_ci95"], signed=True) if "diff_vs_lam0" in cell else "—"
         record = f"{cell['wins']} / {cell['losses']}" if "wins" in cell else "—"
-        rows.append([f"{cell['lam']:g}", source, _fmt(cell["top1_mean"], cell["ci95"]), diff, record])
+        val = [_fmt(cell["val_top1_mean"], cell["val_ci95"])] if on_val else []
+        chosen = f"**selected ({ablation['selected_on']})**" if cell["selected"] else ""
+        rows.append([f"{cell['lam']:g}", source, *val, _fmt(cell["top1_mean"], cell["ci95"]), diff, record, chosen])
     return header, rows
 
 
@@ -238,19 +262,39 @@ def _ablation_figure(path: Path, ablation: dict) -> None:
     means = [c["top1_mean"] for c in cells]
     halves = [0.0 if math.isnan(c["ci95"]) else c["ci95"] for c in cells]
     fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
-    ax.errorbar(lams, means, yerr=halves, marker="o", capsize=3, label="(1 − lam) CE + lam SCHaNe")
+    ax.errorbar(lams, means, yerr=halves, marker="o", capsize=3, label="(1 − lam) CE + lam SCHaNe, test episodes")
+    if ablation["selected_on"] == "validation":
+        val = [c["val_top1_mean"] for c in cells]
+        ax.plot(lams, val, marker="s", linestyle="-.", label="validation episodes (lam chosen on these)")
+    chosen = next(c for c in cells if c["selected"])
+    label = f"chosen on {ablation['selected_on']}: lam = {chosen['lam']:g} (its test accuracy)"
+    ax.plot([chosen["lam"]], [chosen["top1_mean"]], marker="*", markersize=14, color="black", ls="none", label=label)
     ax.axhline(ablation["chance"], color="grey", linestyle=":", label=f"chance ({ablation['chance']:.0f}%)")
     ax.set_xticks(lams)
     ax.set_xticklabels([f"{lam:g}" for lam in lams])
     ax.set_xlabel("lam (weight of the SCHaNe term; 0 = CE)")
     ax.set_ylabel("query accuracy (%)")
-    ax.set_title(f"lam ablation: {ablation['ways']}-way {ablation['shots']}-shot, {ablation['episodes']} episodes")
+    ax.set_title(
+        f"lam ablation: {ablation['ways']}-way {ablation['shots']}-shot, {ablation['episodes']} test episodes; "
+        f"lam chosen on {ablation['selected_on']}",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    header = ["lam", "source", "top1_mean", "ci95", "diff_vs_lam0", "diff_ci95"]
+    header = [
+        "lam",
+        "source",
+        "top1_mean",
+        "ci95",
+        "diff_vs_lam0",
+        "diff_ci95",
+        "val_top1_mean",
+        "val_ci95",
+        "selected",
+    ]
     rows = [[c.get(k) for k in header] for c in cells]
     write_table(Path(path).with_suffix(".csv"), header, rows)
 
@@ -336,7 +380,9 @@ def write_schane_outputs(
         results["ablation"] = _summarise_ablation(ablation)
         ablation_table = markdown_table(*_ablation_table(results["ablation"]))
         results["ablation"]["table_markdown"] = ablation_table
-        text += f"\nlam ablation of SCHaNe\n\n{ablation_table}\n\n{_ablation_note(results['ablation'])}\n"
+        selection = _selection_text(results["ablation"])
+        results["ablation"]["selection_text"] = selection
+        text += f"\nlam ablation of SCHaNe ({selection})\n\n{ablation_table}\n\n{_ablation_note(results['ablation'])}\n"
         _ablation_figure(out_dir / "ablation.png", results["ablation"])
         written += ["ablation.png", "ablation.csv"]
     text += f"\nPaper (for comparison, other backbone and data): {PAPER['source']}: SCHaNe − CE up to "

@@ -5,8 +5,10 @@ own encoder, pre-trained by the experiment on some classes (``pretrain``; cached
 (``backbone``: EfficientNet-Lite0 with its ImageNet weights, a HuggingFace model from ``hf:PATH``; nothing is
 pre-trained). From its weights the fine-tuning ``objectives`` of :mod:`hscl.engine.finetune` are compared by full
 fine-tuning on every class and by the few-shot episodes of :mod:`hscl.engine.fewshot` on the held-out classes;
-with ``ablation`` SCHaNe's ``lam`` is varied on the ``K``-shot episodes. Written: ``results.json``, ``schane.csv``,
-``schane.md``, ``fewshot.png``, ``tsne.png``, ``ablation.png`` (each figure with its data as ``.csv``).
+with ``ablation`` SCHaNe's ``lam`` is varied on the ``K``-shot episodes, the best ``lam`` chosen on validation
+episodes of the held-out classes' training images (``ablation.select: test``: on the test episodes). Written:
+``results.json``, ``schane.csv``, ``schane.md``, ``fewshot.png``, ``tsne.png``, ``ablation.png`` (each figure with
+its data as ``.csv``).
 Reference: Long et al., arXiv 2308.14893 (SCHaNe).
 
 Presets: ``quick`` (pre-trains a small convnet on Fashion-MNIST, 2 CPU cores), ``pretrained`` (EfficientNet-Lite0,
@@ -41,6 +43,7 @@ from hscl.experiments._schane_config import (
     load_experiment,
 )
 from hscl.experiments._schane_outputs import write_schane_outputs
+from hscl.experiments._schane_selection import choose_lam
 from hscl.models import Backbone, ContrastiveModel
 
 __all__ = [
@@ -63,8 +66,12 @@ def reproduce_schane(
     data_dir: str | None = None,
     config_dir: str | Path | None = None,
     progress: bool = True,
+    select: str | None = None,
 ) -> dict:
     """CE vs SCHaNe (and any other ``objectives``): full fine-tuning, few-shot, the lam ablation; tables + figures.
+
+    ``select`` (``"validation"`` or ``"test"``; None: the preset's ``ablation.select``) sets the episodes the
+    ablation's best ``lam`` is chosen on.
 
     Resumable: the pre-training, the precision choice, every (objective, seed) fine-tuning run and every few-shot
     episode of every objective (and ablation cell) are stored in ``out_dir`` when finished and skipped on a rerun
@@ -82,6 +89,10 @@ def reproduce_schane(
         dc.data_dir = data_dir
     if seeds:
         experiment.full.seeds = [int(s) for s in seeds]
+    if select is not None:
+        if experiment.ablation is None:
+            raise ValueError(f"--select chooses the lam of the ablation; the schane preset {preset!r} has no ablation")
+        experiment.ablation = dataclasses.replace(experiment.ablation, select=select)  # checked again
     (out_dir / "experiment.json").write_text(json.dumps(config_to_dict(experiment), indent=2))
     if experiment.threads is not None:
         torch.set_num_threads(experiment.threads)
@@ -358,8 +369,9 @@ def _lam_ablation(
 
     A cell the few-shot comparison already ran is taken from it: ``lam = 0`` is CE exactly (the contrastive term
     is skipped), ``lam = finetune.lam`` is its SCHaNe. The others run in ``out_dir/ablation`` (resumable). Returns
-    ``{"shots", "ways", "episodes", "lams": [{"lam", "source", "accuracy": [per episode]}]}`` (None without
-    ``ablation``).
+    ``{"shots", "ways", "episodes", "lams": [{"lam", "source", "accuracy": [per episode]}], "selection"}`` (None
+    without ``ablation``): the best ``lam`` chosen on validation episodes (each cell then also has
+    ``val_accuracy``) or, with ``ablation.select: test``, on the test episodes (:func:`choose_lam`).
     """
     ab = experiment.ablation
     if ab is None:
@@ -399,7 +411,8 @@ def _lam_ablation(
         else:
             source, accuracy = "ablation", [r["accuracy"][names[lam]] for r in rows]
         cells.append({"lam": lam, "source": source, "accuracy": accuracy})
-    return {"shots": ab.shots, "ways": fs.ways, "episodes": fs.episodes, "lams": cells}
+    selection = choose_lam(experiment, model, data, augment, cells, out_dir, device, progress)
+    return {"shots": ab.shots, "ways": fs.ways, "episodes": fs.episodes, "lams": cells, "selection": selection}
 
 
 # --------------------------------------------------------------------------------------------
