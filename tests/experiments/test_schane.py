@@ -185,7 +185,7 @@ def _write_cifar100(directory, per_class=(4, 2)) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Tight layout not applied:UserWarning")  # the t-SNE legend of 100 classes
-def test_the_gpu_preset_loads_and_runs_at_a_tiny_size(tmp_path):
+def test_the_gpu_preset_loads_and_runs_at_a_tiny_size(tmp_path, capsys):
     """cifar-fs-vit: a ViT from hf:PATH, CIFAR-FS episodes, CIFAR-100 full fine-tuning; here a tiny random ViT on
     tiny CIFAR-100 files, on the CPU."""
     experiment = load_experiment(find_experiment("cifar-fs-vit"))
@@ -212,11 +212,18 @@ def test_the_gpu_preset_loads_and_runs_at_a_tiny_size(tmp_path):
         "embedding_points=40",
     ):  # fmt: skip
         args += ["--set", item]
+    assert main(args) == 2  # 3 training images per class: too few for validation episodes of 2 + 2, said so
+    assert "leaves class 0 " in capsys.readouterr().err
+    args += ["--select", "test"]  # the paper's protocol: lam chosen on the test episodes
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "cifar-fs:test" and results["full"]["dataset"] == "cifar100"
     assert results["full"]["classes"] == 100 and set(results["fewshot"]) == {"1", "2"}
     assert [c["source"] for c in results["ablation"]["lams"]] == ["ce", "ablation", "schane", "ablation"]
+    assert (
+        results["ablation"]["selected_on"] == "test"
+        and "lam chosen on the TEST episodes" in (out / "schane.md").read_text()
+    )
 
 
 @pytest.mark.parametrize(

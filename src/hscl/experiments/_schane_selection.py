@@ -23,10 +23,13 @@ from hscl.models import Backbone, ContrastiveModel
 __all__ = ["choose_lam", "validation_episode_data"]
 
 
-def validation_episode_data(data: ImageData, classes: list[int], fraction: float) -> ImageData:
+def validation_episode_data(
+    data: ImageData, classes: list[int], fraction: float, shots: int = 1, queries: int = 1
+) -> ImageData:
     """The episode data of the validation episodes: the training images of ``classes`` only, a stratified
     ``fraction`` of them (:func:`~hscl.data.images.holdout_indices`, the fixed validation seed) as the query
-    pool (its "test" split) and the others as the support pool (its "training" split)."""
+    pool (its "test" split) and the others as the support pool (its "training" split). Every class must keep at
+    least ``shots`` support and ``queries`` query images (else a ``ValueError`` naming ``ablation.val_fraction``)."""
     among = torch.nonzero(torch.isin(data.train_labels, torch.tensor(classes))).flatten()
     labels = data.train_labels[among]
     held = round(fraction * len(among))
@@ -35,13 +38,21 @@ def validation_episode_data(data: ImageData, classes: list[int], fraction: float
             f"ablation.val_fraction={fraction} of the held-out classes' {len(among)} training images holds out "
             f"{held}; the validation episodes need a query pool and a support pool"
         )
-    kept, queries = (among[torch.from_numpy(i)] for i in holdout_indices(labels, held))
+    kept, pool = (among[torch.from_numpy(i)] for i in holdout_indices(labels, held))
+    for cls in classes:
+        n_support, n_query = int((data.train_labels[kept] == cls).sum()), int((data.train_labels[pool] == cls).sum())
+        if n_support < shots or n_query < queries:
+            raise ValueError(
+                f"ablation.val_fraction={fraction} leaves class {cls} {n_support} support and {n_query} query images "
+                f"of its {n_support + n_query} training images for the validation episodes, fewer than {shots} + "
+                f"{queries}; change ablation.val_fraction or choose lam on test (--select test)"
+            )
     return ImageData(
         name=f"{data.name} (validation episodes: held-out classes' training images)",
         train_images=data.train_images[kept],
         train_labels=data.train_labels[kept],
-        test_images=data.train_images[queries],
-        test_labels=data.train_labels[queries],
+        test_images=data.train_images[pool],
+        test_labels=data.train_labels[pool],
         classes=list(data.classes),
     )
 
@@ -70,7 +81,7 @@ def choose_lam(
     episodes = ab.val_episodes or fs.episodes
     names = {cell["lam"]: f"schane-lam{cell['lam']:g}" for cell in cells}
     configs = {name: experiment.objective_config("schane", lam=lam, lr=fs.lr, bn=fs.bn) for lam, name in names.items()}
-    val_data = validation_episode_data(data, experiment.heldout_classes, ab.val_fraction)
+    val_data = validation_episode_data(data, experiment.heldout_classes, ab.val_fraction, ab.shots, fs.queries)
     print(
         f"== lam ablation, validation: {episodes} {ab.shots}-shot episodes on {val_data} for every lam",
         flush=True,
