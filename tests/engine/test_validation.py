@@ -208,6 +208,16 @@ def test_sweep_selects_the_validation_best_point_and_reports_its_test_accuracy(t
     assert "| 0.5 | 85.00 | 75.00 | complete | 0 | **best (validation)** |" in markdown
 
 
+def test_a_finished_sweep_selects_again_on_test_without_running_anything(tmp_path):
+    base, out = str(_base(tmp_path)), str(tmp_path / "sweep")
+    run_sweep(Sweep(config=base, grid={"beta": list(SCORES)}, out=out), trial_fn=scored_trial, progress=False)
+    again = Sweep(config=base, grid={"beta": list(SCORES)}, out=out, select="test", overrides=["eval.val_fraction=0.1"])
+    result = run_sweep(
+        again, trial_fn=lambda config, run_dir: pytest.fail("a finished point ran again"), progress=False
+    )
+    assert result["selected_on"] == "test" and result["best"]["beta"] == 2.0 and result["best_test"] == 90.0
+
+
 def test_select_test_picks_the_test_best_point_and_says_so(tmp_path, capsys):
     args = ["sweep", str(_base(tmp_path)), "--grid", "beta=0.5,1,2", "--out", str(tmp_path / "sweep")]
     assert main([*args, "--trial", "test_validation:scored_trial", "--select", "test"]) == 0

@@ -127,6 +127,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """``eval``: the linear probe (``linear_epochs``, ``linear_lr``, ``linear_batch_size``), the kNN's ``knn_k``,
+    and ``val_fraction``, the share of the training split held out as validation data (0: none)."""
+
     linear_epochs: int = 60
     linear_lr: float = 1e-3
     linear_batch_size: int = 1024
