@@ -44,8 +44,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--seed", type=int)
     tr.add_argument(
         "--precision",
-        choices=["auto", "bf16", "16", "32"],
-        help="auto (default; CUDA: bf16-mixed on compute capability >= 8.0, else fp16-mixed), bf16, 16 (CUDA), 32",
+        choices=["auto", "fastest", "bf16", "16", "32"],
+        help="auto (default; CPU: bf16-mixed where it has native bf16, amx_bf16 / avx512_bf16, else 32; CUDA: "
+        "bf16-mixed on compute capability >= 8.0, else fp16-mixed), fastest (CPU: timed), bf16, 16 (CUDA), 32",
     )
     tr.add_argument("--accelerator", choices=["cpu", "gpu"], help="cpu (default; DDP over gloo) or gpu (NCCL)")
     tr.add_argument("--devices", type=int, help="processes (CPU) or GPUs per node; the batch is split over them")

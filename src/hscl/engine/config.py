@@ -45,6 +45,9 @@ BETA_GRID = (0.1, 0.5, 1.0, 2.0, 5.0)
 TAU_STARTS = (-0.5, -0.3, -0.1)
 TAU_ENDS = (-0.1, 0.0, 0.1)
 
+#: the values of ``train.precision`` (their rules: :mod:`hscl.engine.precision`)
+PRECISION_SETTINGS = ("auto", "fastest", "bf16", "16", "32")
+
 
 @dataclass
 class DataConfig:
@@ -102,11 +105,12 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     seed: int = 0
-    #: "auto" (CPU: bf16 autocast when this CPU runs it faster, else 32; CUDA: bf16-mixed on GPUs with native
-    #: bf16, compute capability >= 8.0, else fp16-mixed with gradient scaling), "bf16", "16" (fp16-mixed, CUDA
-    #: only), "32" (float32; TF32 tensor cores on CUDA)
+    #: "auto" (a rule of the hardware, not of its load -- CPU: bf16-mixed where it has native bf16, amx_bf16 or
+    #: avx512_bf16, else 32; CUDA: bf16-mixed on GPUs with native bf16, compute capability >= 8.0, else fp16-mixed
+    #: with gradient scaling), "fastest" (CPU: the fastest of a few timed steps; CUDA: as auto), "bf16", "16"
+    #: (fp16-mixed, CUDA only), "32" (float32; TF32 tensor cores on CUDA); see hscl.engine.precision
     precision: str = "auto"
-    channels_last: bool | None = None  # None: chosen with the precision (CPU: as timed; CUDA: on, for convnets)
+    channels_last: bool | None = None  # None: with the precision (CPU: with bf16; CUDA: on, for convnets)
     #: Lightning's deterministic flag. None (auto): True on the CPU (--resume reaches the very weights of an
     #: uninterrupted run), False on GPUs (cuDNN autotuning and non-deterministic kernels: faster; a resumed run
     #: continues from the exact saved state but is not bit-identical to an uninterrupted one)
@@ -345,8 +349,9 @@ def validate_config(config: RunConfig) -> None:
         raise ValueError(f"train.epochs must be >= 1, got {config.train.epochs}")
     if config.train.batch_size < 2:
         raise ValueError(f"train.batch_size must be >= 2, got {config.train.batch_size}")
-    if config.train.precision not in ("auto", "bf16", "16", "32"):
-        raise ValueError(f"train.precision must be auto, bf16, 16 or 32, got {config.train.precision!r}")
+    if config.train.precision not in PRECISION_SETTINGS:
+        allowed = ", ".join(PRECISION_SETTINGS)
+        raise ValueError(f"train.precision must be one of {allowed}, got {config.train.precision!r}")
     if config.train.precision == "16" and config.train.accelerator != "gpu":
         raise ValueError("train.precision=16 (fp16-mixed) needs train.accelerator=gpu; on the CPU use auto, bf16 or 32")
     if not config.train.lr > 0:

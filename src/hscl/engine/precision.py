@@ -1,25 +1,88 @@
-"""Numerical precision and determinism of a training run, decided per device.
+"""Numerical precision and determinism of a training run, decided per device, and the record of them.
 
-CPU: ``precision: auto`` times a few training steps in float32, float32 with channels-last and (where the
-CPU has native bf16) bf16 autocast, and keeps the fastest; the choice is written to ``precision.json`` and
-reused on resume. CUDA: bf16-mixed only with native bf16 (compute capability >= 8.0), fp16-mixed with
-gradient scaling otherwise, TF32 matmuls for float32, channels-last for convnets; decided without
-initialising CUDA in a process that will fork.
+``train.precision`` (checked in :mod:`hscl.engine.config`):
+
+* ``auto`` -- a fixed rule of the hardware, never of the machine's load, so that every cell of a table trains
+  in the same precision on one machine. CUDA: bf16-mixed where the GPU computes bf16 natively (compute
+  capability >= 8.0), fp16-mixed with gradient scaling below; channels-last for convnets; TF32 tensor cores
+  for float32 matmuls. CPU: bf16-mixed with channels-last where oneDNN has native bf16 (the CPU flags
+  ``amx_bf16`` or ``avx512_bf16``, :func:`cpu_has_native_bf16`), float32 in the default memory format
+  otherwise (AVX2 / AVX-512 without BF16 only emulate bf16, slower than float32).
+* ``fastest`` -- CPU: times a few forward + backward steps in float32, float32 channels-last and (where oneDNN
+  supports bf16) bf16 channels-last, and keeps the fastest; under load the choice can differ from run to run.
+  CUDA: as ``auto`` (no timing).
+* ``bf16`` / ``16`` (fp16-mixed, CUDA only) / ``32`` (float32): pinned; channels-last as under ``auto``
+  (CPU: with bf16 only).
+
+:func:`numerics_record` is the record every run writes of the numerics it used (precision, channels-last,
+TF32, torch version, CPU / GPU model).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
+import re
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from hscl.engine.config import PRECISION_SETTINGS
+
 log = logging.getLogger("hscl")
+
+
+#: CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic that oneDNN uses: AMX tiles, AVX512-BF16
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def _read_cpuinfo() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return None
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The native-bf16 flags (:data:`NATIVE_BF16_FLAGS`) of this CPU, sorted: from ``cpuinfo`` (the text of
+    ``/proc/cpuinfo``; None: read it), or where there is no such file from torch's CPU capability helpers."""
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    if text is not None:
+        flags = set()
+        for line in text.splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in ("flags", "Features"):
+                flags.update(value.split())
+        return sorted(flags.intersection(NATIVE_BF16_FLAGS))
+    found = []
+    for flag, helper in (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
+        check = getattr(torch.cpu, helper, None)
+        if check is not None and check():
+            found.append(flag)
+    return found
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (``amx_bf16`` or ``avx512_bf16`` among its flags; ``cpuinfo``:
+    the text of ``/proc/cpuinfo``, None: read it): the CPU side of ``precision: auto``'s rule."""
+    return bool(cpu_bf16_flags(cpuinfo))
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``, else :func:`platform.processor`)."""
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    found = re.search(r"^model name\s*:\s*(.*)$", text or "", flags=re.MULTILINE)
+    return found.group(1).strip() if found else (platform.processor() or platform.machine() or "unknown")
+
+
+def _has_conv(model: nn.Module | None) -> bool:
+    return model is None or any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def resolve_precision(
@@ -30,37 +93,51 @@ def resolve_precision(
     *,
     strategy: str = "auto",
     processes: int = 1,
+    cpuinfo: str | None = None,
 ) -> tuple[str, bool]:
-    """Lightning precision and channels_last for ``setting`` ("auto", "bf16", "16", "32").
+    """Lightning precision and channels_last for ``setting`` (:data:`PRECISION_SETTINGS`), by the rules of the
+    module docstring: the one place hscl decides a precision.
 
-    On CUDA (:func:`_cuda_precision`, no timing): "auto" is bf16-mixed where the GPU computes bf16 natively
-    (compute capability >= 8.0: A100, RTX 30xx, H100, ...), else fp16-mixed ("16-mixed", with Lightning's
-    gradient scaler: T4, V100, RTX 20xx); "32" is float32 with TF32 tensor cores (:func:`enable_tf32`);
-    channels_last for a convnet. It decides without initialising CUDA in this process when ``strategy`` forks
-    the training processes from it (``ddp_fork``).
-
-    "auto" on CPU times a few forward+backward steps of this model in float32, float32 with
-    channels_last, and (when oneDNN supports bf16 here) bf16 autocast with channels_last, and picks
-    the fastest: bf16 is only a win where the CPU has native bf16 (AMX / AVX512-BF16).
+    On CUDA (:func:`_cuda_precision`, no timing) it decides without initialising CUDA in this process when
+    ``strategy`` forks the training processes from it (``ddp_fork``). ``sample`` (a batch of ``model``'s input)
+    is needed only by ``fastest`` on the CPU; ``cpuinfo``: the text of ``/proc/cpuinfo`` (None: read it).
     """
+    if setting not in PRECISION_SETTINGS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_SETTINGS)}, got {setting!r}")
     if device.type == "cuda":
-        return _cuda_precision(setting, model, fork=_will_fork(strategy, processes))
+        return _cuda_precision("auto" if setting == "fastest" else setting, model, fork=_will_fork(strategy, processes))
     if setting == "16":
         raise ValueError("train.precision=16 (fp16-mixed) is for CUDA GPUs; on the CPU use auto, bf16 or 32")
-    supported = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native = cpu_has_native_bf16(cpuinfo)
     if setting == "bf16":
-        if not supported:
-            warnings.warn("bf16 requested but this CPU has no bf16 support in oneDNN; it will be slow", stacklevel=2)
-        return "bf16-mixed", True
+        if not native:
+            warnings.warn(
+                "bf16 requested but this CPU has no native bf16 (amx_bf16 / avx512_bf16); it will be slow",
+                stacklevel=2,
+            )
+        return "bf16-mixed", _has_conv(model)
+    if setting == "32" or (setting == "auto" and not native):
+        return "32-true", False
+    if setting == "auto":
+        return "bf16-mixed", _has_conv(model)
+    if processes > 1:  # fastest: a timing probe could choose differently in each process
+        log.info("precision: fastest with %d processes decides by the auto rule (no timing)", processes)
+        return resolve_precision("auto", model, sample, device, cpuinfo=cpuinfo)
+    if model is None or sample is None:
+        raise ValueError("precision 'fastest' on the CPU times the model: it needs the model and a sample batch")
+    return _fastest(model, sample)
+
+
+def _fastest(model: nn.Module, sample: Tensor) -> tuple[str, bool]:
+    """``precision: fastest`` on the CPU: the fastest of float32, float32 channels-last and (where oneDNN
+    supports bf16) bf16 channels-last, by timing a few forward + backward steps (:func:`_probe`)."""
     candidates = [("32-true", False), ("32-true", True)]
-    if setting == "auto" and supported:
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         candidates.append(("bf16-mixed", True))
     timings = {c: _probe(model, sample, bf16=c[0] == "bf16-mixed", channels_last=c[1]) for c in candidates}
     log.info(
         "precision probe (s/step): %s", {f"{p}{'+cl' if cl else ''}": round(t, 4) for (p, cl), t in timings.items()}
     )
-    if setting == "32":
-        return "32-true", timings[("32-true", True)] < timings[("32-true", False)]
     return min(timings, key=timings.get)
 
 
@@ -74,7 +151,13 @@ def _will_fork(strategy: str, processes: int) -> bool:
 
 
 def _cuda_capability(fork: bool) -> tuple[int, int] | None:
-    """Compute capability ``(major, minor)`` of this process's GPU (``LOCAL_RANK``; the first visible one when
+    """Compute capability ``(major, minor)`` of this process's GPU (:func:`_cuda_properties`)."""
+    found = _cuda_properties(fork)
+    return None if found is None else found[0]
+
+
+def _cuda_properties(fork: bool) -> tuple[tuple[int, int], str | None] | None:
+    """Compute capability ``(major, minor)`` and name of this process's GPU (``LOCAL_RANK``; the first visible one when
     the training processes are yet to be forked: the GPUs of a node are assumed alike), or None when it cannot
     be read.
 
@@ -94,14 +177,23 @@ def _cuda_capability(fork: bool) -> tuple[int, int] | None:
         # this process's own GPU (torchrun / SLURM / Lightning's DDP children set LOCAL_RANK): no process reads
         # a property of (and so opens a context on) a GPU that another process trains on
         local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
-        return tuple(torch.cuda.get_device_capability(local if 0 <= local < count else 0))
-    code = "import torch; print(*torch.cuda.get_device_capability(0))"
+        index = local if 0 <= local < count else 0
+        return tuple(torch.cuda.get_device_capability(index)), _device_name(index)
+    code = "import torch; print(torch.cuda.get_device_name(0)); print(*torch.cuda.get_device_capability(0))"
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
-        major, minor = (int(v) for v in done.stdout.split()[-2:])
-    except (OSError, subprocess.SubprocessError, ValueError):
+        lines = done.stdout.strip().splitlines()
+        major, minor = (int(v) for v in lines[-1].split()[-2:])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
-    return major, minor
+    return (major, minor), (lines[-2].strip() if len(lines) > 1 else None)
+
+
+def _device_name(index: int) -> str | None:
+    try:
+        return torch.cuda.get_device_name(index)
+    except (RuntimeError, AssertionError, AttributeError):  # e.g. a test's fake GPU
+        return None
 
 
 def _cuda_precision(setting: str, model: nn.Module | None, fork: bool) -> tuple[str, bool]:
@@ -171,3 +263,67 @@ def _probe(model: nn.Module, sample: Tensor, bf16: bool, channels_last: bool, st
         loss.backward()
         times.append(time.perf_counter() - start)
     return min(times[1:])
+
+
+def numerics_record(
+    precision: str,
+    channels_last: bool,
+    device: torch.device | str,
+    *,
+    setting: str | None = None,
+    tf32: bool | None = None,
+    fork: bool = False,
+) -> dict:
+    """The numerics a run used, as every hscl output records them: ``setting`` (the precision asked for, e.g.
+    ``train.precision``; None when there is no choice), ``precision`` (Lightning's name of the one used:
+    ``32-true``, ``bf16-mixed``, ``16-mixed``), ``channels_last``, ``tf32`` (TF32 tensor cores for float32
+    matmuls / convolutions; None: read from torch's CUDA settings, always False on the CPU), ``torch`` (its
+    version), ``device`` (``cpu`` / ``cuda``), ``cpu`` (model name), ``cpu_bf16_flags`` (its native-bf16
+    flags), and on CUDA ``gpu`` (name) and ``gpu_capability``. ``fork``: the GPU is read without initialising
+    CUDA here (a child interpreter), as for a ``ddp_fork`` launch."""
+    device = torch.device(device)
+    record = {
+        "setting": setting,
+        "precision": precision,
+        "channels_last": bool(channels_last),
+        "tf32": False if device.type != "cuda" else (_tf32_enabled() if tf32 is None else bool(tf32)),
+        "torch": torch.__version__,
+        "device": device.type,
+        "cpu": cpu_model(),
+        "cpu_bf16_flags": cpu_bf16_flags(),
+    }
+    if device.type == "cuda":
+        found = _cuda_properties(fork)
+        record["gpu"] = None if found is None else found[1]
+        record["gpu_capability"] = None if found is None else f"{found[0][0]}.{found[0][1]}"
+    return record
+
+
+def _tf32_enabled() -> bool:
+    """Whether torch's CUDA float32 matmuls use TF32 now (what :func:`enable_tf32` turns on)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        try:
+            return matmul.fp32_precision == "tf32"
+        except RuntimeError:  # mixed use of the legacy and the new API
+            pass
+    return bool(matmul.allow_tf32)
+
+
+def describe_numerics(record: dict) -> str:
+    """One line of a record of :func:`numerics_record`, e.g. ``bf16-mixed (auto), channels-last; CPU Intel
+    Xeon (amx_bf16, avx512_bf16); torch 2.5.1``."""
+    setting = f" ({record['setting']})" if record.get("setting") else ""
+    parts = [f"{record.get('precision', 'unknown')}{setting}"]
+    if record.get("channels_last"):
+        parts[0] += ", channels-last"
+    if record.get("tf32"):
+        parts[0] += ", TF32"
+    if record.get("device") == "cuda":
+        parts.append(f"GPU {record.get('gpu') or 'unknown'}")
+    elif record.get("cpu"):
+        flags = record.get("cpu_bf16_flags") or []
+        parts.append(f"CPU {record['cpu']} ({', '.join(flags) if flags else 'no native bf16'})")
+    if record.get("torch"):
+        parts.append(f"torch {record['torch']}")
+    return "; ".join(parts)

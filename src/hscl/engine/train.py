@@ -51,7 +51,13 @@ from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import the
     restore_loss_state,
     save_loss_state,
 )
-from hscl.engine.precision import enable_tf32, resolve_deterministic, resolve_precision
+from hscl.engine.precision import (
+    _will_fork,
+    enable_tf32,
+    numerics_record,
+    resolve_deterministic,
+    resolve_precision,
+)
 from hscl.hardening import linear_threshold
 from hscl.losses import get_loss, get_method, loss_kwargs
 from hscl.models import build_model
@@ -339,6 +345,14 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
                     "deterministic": resolve_deterministic(tc.deterministic, device),
                     "epochs": tc.epochs,
                     "processes": processes,
+                    "numerics": numerics_record(
+                        precision,
+                        channels_last,
+                        device,
+                        setting=tc.precision,
+                        tf32=device.type == "cuda",  # ContrastiveTask.on_fit_start
+                        fork=_will_fork(tc.strategy, processes),
+                    ),
                 },
                 indent=2,
             )
@@ -378,19 +392,12 @@ def _choose_precision(
     if resume and choice_file.exists():  # a resumed run keeps the numerics it started with
         choice = json.loads(choice_file.read_text())
         return choice["precision"], choice["channels_last"]
-    if device.type == "cuda":  # decided from the GPU's compute capability: no sample, no timing
-        precision, channels_last = resolve_precision(
-            tc.precision, task.model, None, device, strategy=tc.strategy, processes=processes
-        )
-    elif tc.precision == "32" and tc.channels_last is not None:  # both pinned: nothing left to time
-        precision, channels_last = "32-true", tc.channels_last
-    else:
-        probe_batch = min(64, len(data.train_labels))
-        sample = task.augment(data.train_images[:probe_batch])
-        if processes > 1:  # a timing probe could choose differently in each process
-            precision, channels_last = ("bf16-mixed", True) if tc.precision == "bf16" else ("32-true", False)
-        else:
-            precision, channels_last = resolve_precision(tc.precision, task.model, sample, device)
+    sample = None
+    if device.type == "cpu" and tc.precision == "fastest" and processes == 1:  # the one setting that times steps
+        sample = task.augment(data.train_images[: min(64, len(data.train_labels))])
+    precision, channels_last = resolve_precision(
+        tc.precision, task.model, sample, device, strategy=tc.strategy, processes=processes
+    )
     if tc.channels_last is not None:
         channels_last = tc.channels_last
     if writer:
