@@ -272,15 +272,16 @@ def numerics_record(
     *,
     setting: str | None = None,
     tf32: bool | None = None,
-    fork: bool = False,
+    strategy: str = "auto",
+    processes: int = 1,
 ) -> dict:
     """The numerics a run used, as every hscl output records them: ``setting`` (the precision asked for, e.g.
     ``train.precision``; None when there is no choice), ``precision`` (Lightning's name of the one used:
     ``32-true``, ``bf16-mixed``, ``16-mixed``), ``channels_last``, ``tf32`` (TF32 tensor cores for float32
     matmuls / convolutions; None: read from torch's CUDA settings, always False on the CPU), ``torch`` (its
     version), ``device`` (``cpu`` / ``cuda``), ``cpu`` (model name), ``cpu_bf16_flags`` (its native-bf16
-    flags), and on CUDA ``gpu`` (name) and ``gpu_capability``. ``fork``: the GPU is read without initialising
-    CUDA here (a child interpreter), as for a ``ddp_fork`` launch."""
+    flags), and on CUDA ``gpu`` (name) and ``gpu_capability`` (read without initialising CUDA in this process
+    when ``strategy`` / ``processes`` fork the training processes from it, as :func:`resolve_precision`)."""
     device = torch.device(device)
     record = {
         "setting": setting,
@@ -293,7 +294,7 @@ def numerics_record(
         "cpu_bf16_flags": cpu_bf16_flags(),
     }
     if device.type == "cuda":
-        found = _cuda_properties(fork)
+        found = _cuda_properties(_will_fork(strategy, processes))
         record["gpu"] = None if found is None else found[1]
         record["gpu_capability"] = None if found is None else f"{found[0][0]}.{found[0][1]}"
     return record

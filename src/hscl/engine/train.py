@@ -51,13 +51,7 @@ from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import the
     restore_loss_state,
     save_loss_state,
 )
-from hscl.engine.precision import (
-    _will_fork,
-    enable_tf32,
-    numerics_record,
-    resolve_deterministic,
-    resolve_precision,
-)
+from hscl.engine.precision import enable_tf32, numerics_record, resolve_deterministic, resolve_precision
 from hscl.hardening import linear_threshold
 from hscl.losses import get_loss, get_method, loss_kwargs
 from hscl.models import build_model
@@ -336,7 +330,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
         from hscl.engine.report import plot_diagnostics
 
         plot_diagnostics(paths.root)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # what the run computed in (TF32 on CUDA: ContrastiveTask.on_fit_start)
+        numerics = numerics_record(precision, channels_last, device, setting=tc.precision, tf32=device.type == "cuda",
+                                   strategy=tc.strategy, processes=processes)  # fmt: skip
         (paths.root / "train_summary.json").write_text(
             json.dumps(
                 {
@@ -345,14 +341,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
                     "deterministic": resolve_deterministic(tc.deterministic, device),
                     "epochs": tc.epochs,
                     "processes": processes,
-                    "numerics": numerics_record(
-                        precision,
-                        channels_last,
-                        device,
-                        setting=tc.precision,
-                        tf32=device.type == "cuda",  # ContrastiveTask.on_fit_start
-                        fork=_will_fork(tc.strategy, processes),
-                    ),
+                    "numerics": numerics,
                 },
                 indent=2,
             )

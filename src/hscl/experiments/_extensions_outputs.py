@@ -9,6 +9,7 @@ from pathlib import Path
 from hscl.engine.config import RunConfig
 from hscl.engine.evaluate import mean_std
 from hscl.engine.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
+from hscl.experiments._numerics import numerics_footer
 
 __all__ = ["auto_beta_verdict", "write_outputs"]
 
@@ -58,6 +59,8 @@ def write_outputs(results: dict, out_dir: Path, config: RunConfig) -> None:
     )
     if results.get("overrides"):
         notes.append(f"Overrides of every cell: {', '.join(results['overrides'])}.")
+    if results.get("numerics"):
+        notes.append(numerics_footer(results["numerics"]))
     text = "\n\n".join([title, table, *notes])
     (out_dir / f"{stem}.md").write_text(text + "\n")
     results["title"], results["table_markdown"] = title, table

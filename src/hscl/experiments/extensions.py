@@ -35,6 +35,7 @@ from typing import Any
 from hscl.engine.config import RunConfig, apply_overrides, config_from_dict, load_yaml, validate_config
 from hscl.engine.evaluate import evaluate_task, mean_std
 from hscl.experiments import presets
+from hscl.experiments._numerics import run_numerics, table_numerics
 
 __all__ = [
     "EXPERIMENTS",
@@ -257,13 +258,13 @@ def reproduce_extension(
             flush=True,
         )
         if done is not None:  # no data needed
-            runs[key].append(done)
+            runs[key].append({**done, "numerics": run_numerics(run_dir)})
             continue
         dc = config.data
         data_key = (dc.dataset, dc.data_dir, dc.train_subset, dc.test_subset, config.train.seed)
         if data_key not in data_cache:
             data_cache = {data_key: load_data(config)}  # one dataset in memory at a time
-        runs[key].append(run_cell(config, run_dir, data_cache[data_key]))
+        runs[key].append({**run_cell(config, run_dir, data_cache[data_key]), "numerics": run_numerics(run_dir)})
 
     results: dict = {
         "experiment": experiment,
@@ -290,5 +291,8 @@ def reproduce_extension(
             entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean_std(values)
         entry["train_seconds_mean"] = mean_std([r.get("train_seconds", math.nan) for r in runs[key]])[0]
         results["cells"][key] = entry
+    labels = {key: spec.cells[key]["label"] for key in keys}
+    cells = {f"{labels[key]} seed {seed}": run["numerics"] for key in keys for seed, run in zip(seeds, runs[key])}
+    results["numerics"] = table_numerics(cells, f"{experiment} ({preset}, {out_dir})")
     write_outputs(results, out_dir, configs[(keys[0], seeds[0])])
     return results

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hscl.engine.config import RunConfig, load_config, load_yaml
 from hscl.engine.report import markdown_table, write_json, write_table
+from hscl.experiments._numerics import numerics_footer, run_numerics, table_numerics
 
 __all__ = ["reproduce_fig4_fig5", "reproduce_collapse", "collapse_verdict", "COLLAPSE_RULES"]
 
@@ -103,7 +104,10 @@ def reproduce_fig4_fig5(
             "knn_top1": last["knn_top1"],
             "train_seconds": seconds,
             "curve": curve,
+            "numerics": run_numerics(out_dir / key),
         }
+    cells = {r["label"]: r["numerics"] for r in results["runs"].values()}
+    results["numerics"] = table_numerics(cells, f"fig4-fig5 ({out_dir})")
     _write_fig4_fig5(results, out_dir, config)
     return results
 
@@ -150,7 +154,7 @@ def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
     results["title"], results["table_markdown"] = title, table
     write_json(out_dir / "results.json", results)
     write_table(out_dir / "fig4_fig5.csv", ["key", "label", "epoch", *_CURVE_KEYS], csv_rows)
-    (out_dir / "fig4_fig5.md").write_text(f"{title}\n\n{table}\n")
+    (out_dir / "fig4_fig5.md").write_text(f"{title}\n\n{table}\n\n{numerics_footer(results['numerics'])}\n")
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -271,9 +275,12 @@ def reproduce_collapse(
                 "train_seconds": seconds,
                 "curve": [{"epoch": int(r["epoch"]), **{k: _last_value([r], k) for k in _COLLAPSE_KEYS}} for r in rows],
                 "spectrum_last": _last_spectrum(out_dir / key),
+                "numerics": run_numerics(out_dir / key),
             }
     if config is None:
         raise ValueError("nothing to run: the method / normalisation selection is empty")
+    cells = {f"{r['label']}, {r['normalization']}": r["numerics"] for r in results["runs"].values()}
+    results["numerics"] = table_numerics(cells, f"collapse ({out_dir})")
     _write_collapse(results, out_dir, config)
     return results
 
@@ -303,7 +310,7 @@ def _write_collapse(results: dict, out_dir: Path, config: RunConfig) -> None:
     results["title"], results["table_markdown"] = title, table
     write_json(out_dir / "results.json", results)
     write_table(out_dir / "collapse.csv", ["key", "method", "normalization", *_COLLAPSE_KEYS, "verdict"], csv_rows)
-    (out_dir / "collapse.md").write_text(f"{title}\n\n{table}\n")
+    (out_dir / "collapse.md").write_text(f"{title}\n\n{table}\n\n{numerics_footer(results['numerics'])}\n")
     _plot_collapse(results, out_dir)
     print(
         f"\n{title}\n\n{table}\n\nwritten: {out_dir}/results.json, collapse.csv, collapse.md, "

@@ -18,6 +18,7 @@ from hscl.engine.config import RunConfig, load_config
 from hscl.engine.evaluate import evaluate_task, mean_std
 from hscl.engine.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
 from hscl.experiments import presets
+from hscl.experiments._numerics import numerics_footer, run_numerics, table_numerics
 from hscl.losses import METHODS
 
 __all__ = ["TABLE1_CELLS", "TABLE1_ORDER", "find_preset", "list_presets", "reproduce_table1"]
@@ -113,7 +114,8 @@ def reproduce_table1(
             if data_key not in data_cache:
                 data_cache = {data_key: load_data(config)}
             print(f"== {TABLE1_CELLS[key]} (seed {seed}) -> {out_dir / key / f'seed{seed}'}", flush=True)
-            per_seed.append(_run_one(config, out_dir / key / f"seed{seed}", data_cache[data_key]))
+            run = _run_one(config, out_dir / key / f"seed{seed}", data_cache[data_key])
+            per_seed.append({**run, "numerics": run_numerics(out_dir / key / f"seed{seed}")})
         results["methods"][key] = {
             "label": TABLE1_CELLS[key],
             "config": str(files[key]),
@@ -125,6 +127,12 @@ def reproduce_table1(
                 for stat, value in zip(("mean", "std"), mean_std([r[metric] for r in per_seed]))
             },
         }
+    cells = {
+        f"{entry['label']} seed {seed}": run["numerics"]
+        for entry in results["methods"].values()
+        for seed, run in zip(seeds, entry["runs"])
+    }
+    results["numerics"] = table_numerics(cells, f"Table I ({preset}, {out_dir})")
     _write_outputs(results, out_dir, next(iter(configs.values())))
     return results
 
@@ -182,7 +190,8 @@ def _write_outputs(results: dict, out_dir: Path, any_config: RunConfig) -> None:
         ],
         csv_rows,
     )
-    (out_dir / "table1.md").write_text(f"{title}\n\n{table}\n")
+    footer = numerics_footer(results["numerics"])
+    (out_dir / "table1.md").write_text(f"{title}\n\n{table}\n\n{footer}\n")
     plot_curves(
         out_dir / "fig1.png",
         curves,
@@ -190,4 +199,5 @@ def _write_outputs(results: dict, out_dir: Path, any_config: RunConfig) -> None:
         ylabel="test kNN top-1 (%)",
         title=f"Fig. 1 ({results['preset']}): test accuracy per epoch (kNN monitor, seed {results['seeds'][0]})",
     )
-    print(f"\n{title}\n\n{table}\n\nwritten: {out_dir}/results.json, table1.csv, table1.md, fig1.png, fig1.csv")
+    files = "results.json, table1.csv, table1.md, fig1.png, fig1.csv"
+    print(f"\n{title}\n\n{table}\n\n{footer}\n\nwritten: {out_dir}/{files}")
