@@ -283,6 +283,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     }
     run = _run_few_shot if args.few_shot else _run_full
     run(args, pretrained, data, classes, config, augment, out, record)
+    from hscl.engine.distributed import resolve_device
+    from hscl.engine.precision import numerics_record
+
+    record["numerics"] = numerics_record("32-true", False, resolve_device(args.device))  # fine-tuning: float32
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(record, indent=2))
     if args.json:

@@ -27,9 +27,11 @@ __all__ = [
     "load_experiment",
 ]
 
-#: ``precision``: "32" float32 (default memory format); "bf16" bf16 autocast with channels-last; "auto" the
-#: fastest of float32, float32 channels-last and (with native bf16) bf16 channels-last, timed on the model
-PRECISIONS = ("32", "bf16", "auto")
+#: ``precision``: "32" float32 (CPU: default memory format); "bf16" bf16 autocast (channels-last for a
+#: convnet); "auto" bf16 where the hardware computes it natively (CPU: amx_bf16 / avx512_bf16; CUDA: compute
+#: capability >= 8.0), else float32; "fastest" (CPU) the fastest of float32, float32 channels-last and bf16
+#: channels-last, timed on the model (rules: :mod:`hscl.engine.precision`)
+PRECISIONS = ("32", "bf16", "auto", "fastest")
 
 
 @dataclass

@@ -304,18 +304,22 @@ def _ablation_figure(path: Path, ablation: dict) -> None:
 
 
 def _machine(precision: dict) -> dict:
-    import platform
-    import re
+    """The machine and numerics of the fine-tuning (``precision.json``, written by ``schane._choose_precision``;
+    one stored before hscl recorded its numerics is described as this machine now)."""
+    from hscl.engine.precision import numerics_record
 
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"model name\s*:\s*(.*)", text)
+    numerics = precision.get("numerics")
+    if numerics is None:
+        used = "bf16-mixed" if precision.get("autocast") == "bf16" else "32-true"
+        numerics = numerics_record(used, precision["channels_last"], precision["device"])
     return {
-        "cpu": model.group(1).strip() if model else platform.processor(),
-        "bf16_flags": sorted(set(re.findall(r"\b(amx_bf16|avx512_bf16)\b", text))),
-        "torch": torch.__version__,
+        "cpu": numerics["cpu"],
+        "bf16_flags": numerics["cpu_bf16_flags"],
+        "torch": numerics["torch"],
         "threads": torch.get_num_threads(),
         "device": precision["device"],
         "precision": precision["label"],
+        "numerics": numerics,
     }
 
 
@@ -369,12 +373,19 @@ def write_schane_outputs(
     results["table_markdown"] = table
     results["paper"] = PAPER
     results["machine"] = _machine(precision)
+    from hscl.experiments._numerics import numerics_footer, run_numerics, table_numerics
+
+    # every objective's cells are fine-tuned under the one stored choice (precision.json); the pre-training's own
+    cells = {OBJECTIVE_LABELS[o]: results["machine"]["numerics"] for o in experiment.objectives}
+    results["numerics"] = table_numerics(cells, f"SCHaNe ({experiment.name}, {out_dir})")
+    if experiment.backbone is None:
+        results["pretrain_numerics"] = run_numerics(out_dir / "pretrain")
     results["seconds"] = seconds
     results["stage_seconds"] = stage_seconds
     results["invocations"] = _invocations(out_dir / "results.json", seconds, stage_seconds)
     results["seconds_all_invocations"] = sum(i["seconds"] for i in results["invocations"])
     title = _title(experiment)
-    text = f"{title}\n\n{table}\n"
+    text = f"{title}\n\n{table}\n\n{numerics_footer(results['numerics'])}\n"
     written = ["results.json", "schane.csv", "schane.md", "fewshot.png", "fewshot.csv", "tsne.png", "tsne.csv"]
     if ablation is not None:
         results["ablation"] = _summarise_ablation(ablation)

@@ -203,15 +203,16 @@ def _choose_precision(
     device: torch.device,
     out_dir: Path,
 ) -> dict:
-    """``{"setting", "device", "autocast": "bf16" | None, "channels_last": bool}``, stored in ``precision.json``.
+    """``{"setting", "device", "autocast": "bf16" | None, "channels_last": bool, "label", "numerics"}``, stored in
+    ``precision.json``.
 
-    ``"32"``: float32 in the default memory format. Otherwise :func:`hscl.engine.precision.resolve_precision`
-    decides on the model (on the CPU ``"auto"`` times a few forward + backward steps of a fine-tuning batch in
-    float32, float32 channels-last and, where oneDNN has bf16, bf16 autocast channels-last). fp16 (old GPUs) is not
-    used: the fine-tuning steps have no gradient scaler; float32 runs instead. A rerun keeps the stored choice
-    (every finished cell was computed with it) and refuses another setting.
+    :func:`hscl.engine.precision.resolve_precision` decides, as for a training run (``"auto"``: bf16 where the
+    hardware computes it natively, a rule with no timing; ``"fastest"`` on the CPU times a few forward + backward
+    steps of a fine-tuning batch). fp16 (old GPUs) is not used: the fine-tuning steps have no gradient scaler;
+    float32 runs instead. ``numerics``: :func:`~hscl.engine.precision.numerics_record`. A rerun keeps the stored
+    choice (every finished cell was computed with it) and refuses another setting.
     """
-    from hscl.engine.precision import enable_tf32, resolve_precision
+    from hscl.engine.precision import enable_tf32, numerics_record, resolve_precision
 
     path = out_dir / "precision.json"
     key = {"setting": experiment.precision, "device": device.type}
@@ -222,25 +223,27 @@ def _choose_precision(
                 f"{out_dir} holds a run with precision {stored.get('setting')} on {stored.get('device')} "
                 f"({path}); this run asks for {experiment.precision} on {device.type}; choose another --out"
             )
+        if stored["autocast"] is None and device.type == "cuda":
+            enable_tf32()
         print(f"== precision: {stored['label']} (stored in {path})", flush=True)
         return stored
-    if experiment.precision == "32" and device.type == "cpu":
-        chosen, channels_last = "32-true", False
-    else:
-        probe = model
-        if isinstance(model, Backbone):  # as fine-tuning wraps it: (h, z), z = h or a new projection head
-            probe = FineTuneModel(model, 2, experiment.finetune.resolved(model).embedding).model
+    probe, sample = model, None
+    if isinstance(model, Backbone):  # as fine-tuning wraps it: (h, z), z = h or a new projection head
+        probe = FineTuneModel(model, 2, experiment.finetune.resolved(model).embedding).model
+    if experiment.precision == "fastest" and device.type == "cpu":  # the one setting that times steps
         rows = experiment.finetune.batch_size * experiment.finetune.views
         transform = EvalTransform(backbone_input(model, augment))
         sample = transform(data.train_images[:rows]).to(device)
-        chosen, channels_last = resolve_precision(experiment.precision, copy.deepcopy(probe).to(device), sample, device)
+        probe = copy.deepcopy(probe).to(device)
+    chosen, channels_last = resolve_precision(experiment.precision, probe, sample, device)
     if chosen == "16-mixed":
         chosen = "32-true"
     if chosen == "32-true" and device.type == "cuda":
         enable_tf32()
     autocast = "bf16" if chosen == "bf16-mixed" else None
     label = f"{'bf16 autocast' if autocast else 'float32'}{', channels-last' if channels_last else ''}"
-    stored = {**key, "autocast": autocast, "channels_last": bool(channels_last), "label": label}
+    numerics = numerics_record(chosen, channels_last, device, setting=experiment.precision)
+    stored = {**key, "autocast": autocast, "channels_last": bool(channels_last), "label": label, "numerics": numerics}
     path.write_text(json.dumps(stored, indent=2))
     print(f"== precision: {label} ({experiment.precision} on {device.type})", flush=True)
     return stored

@@ -39,6 +39,7 @@ from hscl.data.graphs import GraphData, load_graph_dataset
 from hscl.engine.config import config_to_dict
 from hscl.engine.graph_train import GraphObjective, embed_graphs, pretrain_graph_encoder
 from hscl.engine.report import fmt_mean_std, markdown_table, write_json, write_table
+from hscl.experiments._numerics import numerics_footer, table_numerics
 from hscl.experiments._table2_config import (
     SVM_KERNELS,
     Table2Config,
@@ -206,6 +207,11 @@ def _final_loss(result) -> float:
 def _run_dataset(name, data, config, variants, units, out_dir, bar) -> None:
     from sklearn.model_selection import StratifiedKFold
 
+    from hscl.engine.distributed import resolve_device
+    from hscl.engine.precision import numerics_record
+
+    numerics = numerics_record("32-true", False, resolve_device("auto"))  # graph pre-training: float32 always
+
     y = data.y.numpy()
     ev = config.eval
     smallest = int(np.bincount(y).min())
@@ -263,6 +269,7 @@ def _run_dataset(name, data, config, variants, units, out_dir, bar) -> None:
                         "svm_seconds": time.perf_counter() - start,
                         "final_loss": None if math.isnan(final_loss) else final_loss,
                         "train_graphs": len(train_idx) if objective.supervised or shared is None else len(y),
+                        "numerics": numerics,
                     }
                 )
                 bar.update(1)
@@ -294,8 +301,20 @@ def _summarise(config: Table2Config, variants, units: _Units, dataset_names: lis
                 "pretrain_seconds": float(sum(r["pretrain_seconds"] for r in rows)),
                 "svm_seconds": float(sum(r["svm_seconds"] for r in rows)),
                 "accuracies": sorted([r["repeat"], r["fold"], r["accuracy"]] for r in rows),
+                "numerics": _cell_numerics(rows),
             }
     return table
+
+
+def _cell_numerics(rows: list[dict]) -> dict:
+    """The numerics record of a cell's units: the first unit's (all are float32; a unit stored before hscl
+    recorded numerics counts as unknown), with a precision of ``"mixed"`` when units differ in it."""
+    records = [r.get("numerics") or {"setting": None, "precision": None} for r in rows]
+    if not records:
+        return {"setting": None, "precision": None}
+    if len({r.get("precision") for r in records}) > 1:
+        return {**records[0], "precision": "mixed"}
+    return records[0]
 
 
 def _paired(a: dict, b: dict) -> tuple[float, float, int, int]:
@@ -348,8 +367,12 @@ def _write_outputs(out_dir: Path, config: Table2Config, variants, table: dict, d
         f"{ev.folds} folds x {ev.repeats} repetition(s); {tc.epochs} epochs, batch {tc.batch_size}, "
         f"lr {tc.lr:g}, {tc.estimator.upper()} estimator"
     )
+    numerics = table_numerics(
+        {f"{e['label']}, {_short(n)}": e["numerics"] for n in names for e in table[n].values()}, f"Table II ({out_dir})"
+    )
     results = {
         "title": title,
+        "numerics": numerics,
         "config": config_to_dict(config),
         "datasets": describe,
         "table": table,
@@ -370,7 +393,8 @@ def _write_outputs(out_dir: Path, config: Table2Config, variants, table: dict, d
          "repeats", "pretrain_seconds", "svm_seconds"],
         csv_rows,
     )  # fmt: skip
-    (out_dir / "table2.md").write_text(f"{title}\n\n{markdown}\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
+    footer = "\n".join(f"- {v}" for v in verdicts) + f"\n\n{numerics_footer(numerics)}\n"
+    (out_dir / "table2.md").write_text(f"{title}\n\n{markdown}\n\n{footer}")
     _bar_plot(out_dir / "table2.png", variants, table, title)
     print(f"\n{title}\n\n{markdown}\n")
     for v in verdicts:
