@@ -268,6 +268,11 @@ def test_one_epoch_training_run_on_the_device(device, tmp_path):
     final = train_module.train(config, tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["deterministic"] is (device.type == "cpu")  # train.deterministic: auto
+    numerics = summary["numerics"]  # the record of what it computed in
+    expected = (device.type, "32-true", device.type == "cuda")  # train.precision=32: TF32 on CUDA
+    assert (numerics["device"], numerics["precision"], numerics["tf32"]) == expected
+    if device.type == "cuda":
+        assert numerics["gpu"] == torch.cuda.get_device_name(0) and numerics["gpu_capability"]
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 2 and "nan" not in rows[1].split(",")[1]
     task, _ = load_task(final, device=device)

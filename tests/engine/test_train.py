@@ -128,6 +128,23 @@ def test_evaluate_cli_on_a_checkpoint(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "missing.ckpt")]) == 2
 
 
+def test_a_run_records_its_numerics(tmp_path):
+    """train_summary.json holds the numerics record; precision auto is the CPU-flag rule, read here independently."""
+    config = load_config(None, [*TINY, "loss.method=scl", "train.epochs=1", "train.precision=auto"])
+    config.train.channels_last = None  # chosen with the precision
+    train(config, tmp_path / "run")
+    numerics = json.loads((tmp_path / "run" / "train_summary.json").read_text())["numerics"]
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None
+    if cpuinfo is not None:
+        native = "amx_bf16" in cpuinfo.split() or "avx512_bf16" in cpuinfo.split()
+        assert numerics["precision"] == ("bf16-mixed" if native else "32-true")
+        assert numerics["channels_last"] is native  # a convnet: channels-last with bf16 only
+    assert numerics["setting"] == "auto" and numerics["device"] == "cpu" and numerics["tf32"] is False
+    assert numerics["torch"] == torch.__version__ and numerics["cpu"]
+    stored = json.loads((tmp_path / "run" / "precision.json").read_text())
+    assert (stored["precision"], stored["channels_last"]) == (numerics["precision"], numerics["channels_last"])
+
+
 def test_reproduce_table1_on_a_tiny_preset(tmp_path, capsys):
     preset = tmp_path / "configs" / "table1" / "tiny"
     preset.mkdir(parents=True)
@@ -140,6 +157,12 @@ def test_reproduce_table1_on_a_tiny_preset(tmp_path, capsys):
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results["methods"]) == ["ucl", "h-scl-beta"]
+    # every cell's numerics, one precision (pinned by --set train.precision=32), stated under the table
+    assert [r["numerics"]["precision"] for e in results["methods"].values() for r in e["runs"]] == ["32-true"] * 2
+    assert set(results["numerics"]["cells"]) == {"UCL seed 0", "H-SCL(beta) seed 0"}
+    assert results["numerics"]["pinned"] and results["numerics"]["precision"] == "32-true"
+    assert "Numerics: precision 32-true (32); CPU" in (out / "table1.md").read_text()
+    assert "in all 2 cells (pinned)" in (out / "table1.md").read_text()
     for name in ("table1.csv", "table1.md", "fig1.png", "fig1.csv"):
         assert (out / name).stat().st_size > 0
     assert (out / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
