@@ -171,6 +171,8 @@ def test_reproduce_fig4_fig5_and_collapse_on_tiny_configs(tmp_path, capsys):
         assert r["lemma1_ok"] == (r["loss_h_scl"] <= r["loss_h_ucl"])
     for name in ("fig4.png", "fig5.png", "fig4_fig5.csv", "fig4_fig5.md"):
         assert (out / name).stat().st_size > 200
+    assert {r["label"]: r["numerics"] for r in results["runs"].values()} == results["numerics"]["cells"]
+    assert "Numerics: precision " in (out / "fig4_fig5.md").read_text()  # one precision, stated
     assert "Fig. 4 / Fig. 5 check" in capsys.readouterr().out
 
     out = tmp_path / "collapse"
@@ -185,6 +187,8 @@ def test_reproduce_fig4_fig5_and_collapse_on_tiny_configs(tmp_path, capsys):
         )
         assert r["last"]["mean_norm"] <= 1.0 + 1e-6  # the ball keeps embeddings inside the unit ball
     assert (out / "collapse.md").read_text().count("|") > 20
+    assert set(results["numerics"]["cells"]) == {"SCL, ball", "H-UCL(beta=1), ball"}
+    assert "Numerics: precision " in (out / "collapse.md").read_text()
     # a second call skips the finished runs
     assert main([*args, "--methods", "scl", "--normalizations", "ball"]) == 0
     assert "Neural vs dimensional collapse" in capsys.readouterr().out

@@ -136,6 +136,10 @@ def test_multilabel_end_to_end_and_resume(fashion_mnist, tmp_path, monkeypatch, 
         assert "knn_mAP" in run["curve"][0]
     table = (out / "multilabel.md").read_text()
     assert "| UCL |" in table and "| H-SCL(beta=1) |" in table and "linear mAP (%)" in table
+    numerics = results["numerics"]  # every cell's record; one precision, pinned by --set train.precision=32
+    assert set(numerics["cells"]) == {"UCL seed 0", "H-SCL(beta=1) seed 0"} and numerics["precision"] == "32-true"
+    assert [e["runs"][0]["numerics"]["setting"] for e in results["cells"].values()] == ["32", "32"]
+    assert "Numerics: precision 32-true (32); CPU" in table and "in all 2 cells (pinned)" in table
     rows = _csv(out / "multilabel.csv")
     assert [r["key"] for r in rows] == ["ucl", "h-scl-beta"] and float(rows[0]["linear_micro_f1_mean"]) >= 0
     assert (out / "knn_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "knn_map.csv").exists()

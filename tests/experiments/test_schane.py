@@ -56,6 +56,11 @@ def test_reproduce_schane_on_a_tiny_preset(tmp_path, capsys):
     text = (out / "schane.md").read_text()
     assert "5-way 3-shot" in text and "isotropy of test projection z" in text and "pre-trained with h-scl" in text
     assert json.loads((out / "precision.json").read_text())["label"] == "float32"
+    numerics = results["numerics"]  # the fine-tuning's record, per objective, and the pre-training's own
+    assert numerics["cells"]["SCHaNe"]["precision"] == "32-true" and numerics["cells"]["SCHaNe"]["setting"] == "32"
+    assert set(numerics["cells"]) == {"CE", "SCHaNe"} and numerics["pinned"]
+    assert results["pretrain_numerics"]["setting"] == "32" and results["machine"]["numerics"] == numerics["cells"]["CE"]
+    assert "Numerics: precision 32-true (32)" in text
     stamp = (out / "full" / "ce" / "seed0" / "result.json").stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0  # finished parts are reused
@@ -234,7 +239,7 @@ def test_the_gpu_preset_loads_and_runs_at_a_tiny_size(tmp_path, capsys):
         (["backbone.name=vgg16"], "backbone.name must be one of efficientnet-lite0"),
         (["ablation.lams=[0.5, 1.5]"], r"ablation.lams must lie in \[0.0, 1.0\], got 1.5"),
         (["ablation.lams=[0.5, 0.5]"], "ablation.lams must be distinct"),
-        (["precision=fp8"], "precision must be one of 32, bf16, auto; got 'fp8'"),
+        (["precision=fp8"], "precision must be one of 32, bf16, auto, fastest; got 'fp8'"),
         (["full.seeds=[]"], "full.seeds must list at least one seed"),
         (["objectives=[ce, focal]"], "objectives must be one of ce, .*; got .focal."),
     ],

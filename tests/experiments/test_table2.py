@@ -82,6 +82,10 @@ def test_reproduce_writes_the_table_and_resumes(tu_dir, tmp_path, monkeypatch, c
         rows = list(csv.DictReader(handle))
     assert [r["method"] for r in rows] == variants
     assert (out / "table2.png").stat().st_size > 1000 and (out / "table2.md").is_file()
+    # graph pre-training runs in float32: every unit and cell records it, the table states it
+    assert {u["numerics"]["precision"] for u in units} == {"32-true"} and cell["numerics"]["precision"] == "32-true"
+    assert results["numerics"]["precision"] == "32-true" and len(results["numerics"]["cells"]) == 3
+    assert "Numerics: precision 32-true; CPU" in (out / "table2.md").read_text()
     printed = capsys.readouterr().out
     assert "| method | TINY |" in printed and "H-SCL(beta=10)" in printed and " ± " in printed
 
