@@ -414,6 +414,10 @@ def test_finetune_cli(checkpoint, tmp_path, capsys):
     assert main(args) == 0
     result = json.loads((out / "result.json").read_text())
     assert 0 <= result["test_top1"] <= 100 and result["config"]["lam"] == 0.9
+    numerics = result["numerics"]  # fine-tuning runs in float32 on the device it picked
+    assert (numerics["precision"], numerics["channels_last"]) == ("32-true", False)
+    assert numerics["torch"] == torch.__version__
+    assert numerics["device"] == ("cuda" if torch.cuda.device_count() else "cpu")
     assert "SCHaNe: test top-1" in capsys.readouterr().out
     # the fine-tuned weights are a state_dict hscl finetune accepts again, here few-shot with CE
     few = ["finetune", str(out / "model.pt"), "--objective", "ce", "--dataset", "digits", "--few-shot"]
