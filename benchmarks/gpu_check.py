@@ -445,6 +445,7 @@ class Pipelines:
             "precision": summary["precision"],
             "channels_last": summary["channels_last"],
             "deterministic": summary["deterministic"],
+            "numerics": summary["numerics"],  # TF32, torch version, the GPU's name and compute capability
             "encoder": self.sizes.encoder,
             "images": len(self.data.train_labels),
         }
