@@ -100,6 +100,7 @@ def test_the_pretrained_preset_end_to_end_with_its_ablation_and_resume(tmp_path,
     assert results["full"]["classes"] == 10 and results["full"]["train_images"] == 40
     assert results["paper"]["fewshot_gain_up_to"] == 3.32 and results["paper"]["full_gain_up_to"] == 3.41
     assert results["machine"]["threads"] == 1 and results["machine"]["precision"]
+    assert {c["setting"] for c in results["numerics"]["cells"].values()} == {"fastest"}  # the preset's, recorded
     assert set(results["stage_seconds"]) == {"pretrain", "precision", "full", "fewshot", "ablation", "embedding"}
 
     # the ablation: lam = 0 and 0.9 are the CE and SCHaNe cells of the 5-shot episodes, 0.5 and 1 run on them too
@@ -148,7 +149,7 @@ def test_the_pretrained_preset_end_to_end_with_its_ablation_and_resume(tmp_path,
     assert again["ablation"]["lams"] == ablation["lams"] and again["full"]["schane"] == results["full"]["schane"]
     assert [i["seconds"] for i in again["invocations"]] == [results["seconds"], again["seconds"]]
     assert main([*args, "--set", "precision=bf16"]) == 2  # the cells were computed with another precision
-    assert "holds a run with precision auto" in capsys.readouterr().err
+    assert "holds a run with precision fastest" in capsys.readouterr().err
 
 
 def test_lam_zero_is_cross_entropy_exactly():
