@@ -9,9 +9,9 @@ A page marks each results table it shows; the block between the markers is rewri
 
 The first word is the source, relative to the repository root. A Markdown file (``.md``, e.g. an experiment's
 table or a benchmark's raw output) gives its ``table=N``-th table (1 = the first; tables inside code fences
-count), verbatim unless ``columns=`` picks and orders columns by their header text (separated by ``;``). A CSV
-file gives a Markdown table of its columns (all, or ``columns=`` by CSV header), its numbers rounded to
-``digits=N`` decimals when given (verbatim otherwise).
+count; ``table=N,M`` joins the rows of tables with one header), verbatim unless ``columns=`` picks and orders
+columns by their header text (separated by ``;``). A CSV file gives a Markdown table of its columns (all, or
+``columns=`` by CSV header), its numbers rounded to ``digits=N`` decimals when given (verbatim otherwise).
 
 A wall-clock time and peak memory quoted in a sentence come from a ``/usr/bin/time -v`` log, inline:
 
@@ -104,8 +104,9 @@ def tables(text: str) -> list[tuple[int, Table]]:
 
 
 def format_table(header: list[str], align: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table, one ``| a | b |`` line per row."""
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, align, *rows])
+    """A Markdown table, one ``| a | b |`` line per row (the alignment row as ``|---|---:|``)."""
+    lines = ["|" + "|".join(align) + "|"] + ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(["| " + " | ".join(header) + " |", *lines])
 
 
 def parse_spec(spec: str, kind: str = "results") -> tuple[str, dict[str, str]]:
@@ -158,6 +159,22 @@ def _round(cell: str, digits: int | None) -> str:
     return f"{float(cell):.{digits}f}"
 
 
+def _markdown_table(text: str, which: str, name: str) -> Table:
+    """Table ``which`` of a Markdown file: ``N``, or ``N,M,...`` for the rows of several tables with one header."""
+    found = [table for _, table in tables(text)]
+    indices = [_int_option({"table": w.strip()}, "table", 1, name) for w in which.split(",")]
+    for index in indices:
+        if index > len(found):
+            raise RenderError(f"{name}: table={index}, but the file holds {len(found)} table(s)")
+    first = found[indices[0] - 1]
+    for index in indices[1:]:
+        other = found[index - 1]
+        if other.header != first.header:
+            raise RenderError(f"{name}: tables {indices[0]} and {index} have different headers; they cannot be joined")
+        first = Table(first.lines + other.lines[2:], first.header, first.align, first.rows + other.rows)
+    return first
+
+
 def render_source(spec: str, root: Path = ROOT) -> str:
     """The Markdown table a ``<!-- results: ... -->`` marker stands for."""
     name, options = parse_spec(spec)
@@ -175,14 +192,10 @@ def render_source(spec: str, root: Path = ROOT) -> str:
         raise RenderError(f"{name}: a rendered source is a .md or .csv file")
     if "digits" in options:
         raise RenderError(f"{name}: digits= applies to CSV files; a Markdown table is rendered as written")
-    found = tables(path.read_text(encoding="utf-8"))
-    index = _int_option(options, "table", 1, name)
-    if index > len(found):
-        raise RenderError(f"{name}: table={index}, but the file holds {len(found)} table(s)")
-    table = found[index - 1][1]
+    table = _markdown_table(path.read_text(encoding="utf-8"), options.get("table", "1"), name)
     if "columns" not in options:
         return table.text()
-    keep = _pick(table.header, options["columns"], f"{name} table {index}")
+    keep = _pick(table.header, options["columns"], f"{name} table {options.get('table', '1')}")
     width = len(table.header)
     pad = [row + [""] * (width - len(row)) for row in table.rows]
     return format_table([table.header[k] for k in keep], [table.align[k] for k in keep], [[r[k] for k in keep] for r in pad])
