@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 __all__ = ["write_table", "markdown_table", "plot_curves", "fmt_mean_std", "plot_diagnostics", "html_report"]
@@ -19,9 +20,12 @@ def fmt_mean_std(mean: float, std: float | None, digits: int = 2) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A pipe table; a ``|`` inside a cell (``mean |z|``) is written ``\\|`` so that it stays in its cell."""
+
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *(line(row) for row in rows)])
 
 
 def write_table(path: str | Path, header: list[str], rows: list[list]) -> None:
@@ -233,6 +237,10 @@ def _esc(text: object) -> str:
     return html.escape(str(text))
 
 
+_CELL = re.compile(r"(?<!\\)\|")  # a cell boundary: a pipe not escaped as \|
+_EDGES = re.compile(r"^\||(?<!\\)\|$")  # the pipes that open and close a row
+
+
 def _markdown_blocks(text: str) -> str:
     """The Markdown this project writes (a title paragraph and pipe tables) as HTML."""
     out, table = [], []
@@ -240,7 +248,7 @@ def _markdown_blocks(text: str) -> str:
     def flush() -> None:
         if not table:
             return
-        cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
+        cells = [[c.strip().replace("\\|", "|") for c in _CELL.split(_EDGES.sub("", line.strip()))] for line in table]
         body = [row for row in cells[1:] if not all(set(c) <= set("-: ") for c in row)]
         head = "".join(f"<th>{_esc(c)}</th>" for c in cells[0])
         rows = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in body)
