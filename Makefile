@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-train fashion-mnist browser format clean docs postgres gpu-check dist
+.PHONY: demo test test-slow bench bench-train fashion-mnist browser format clean docs postgres gpu-check dist render
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,8 @@ postgres:
 		echo 'could not install postgresql; the PostgreSQL sweep test will be skipped'
 
 test: $(STAMP) fashion-mnist browser postgres docs
-	$(PY) -m ruff check src tests benchmarks docs/hooks.py
-	$(PY) -m ruff format --check src tests benchmarks docs/hooks.py
+	$(PY) -m ruff check src tests benchmarks docs/hooks.py docs/render_results.py
+	$(PY) -m ruff format --check src tests benchmarks docs/hooks.py docs/render_results.py
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
@@ -67,14 +67,19 @@ docs: $(STAMP)
 		npm install --no-save --no-audit --no-fund --prefix build/npm katex@0.16
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
+# the results tables and quoted times of README.md and docs/, rewritten from the files under results/ they name
+# (standard library only; tests/test_rendered.py and `make docs` fail while a page differs from its files)
+render:
+	$(PYTHON) docs/render_results.py
+
 # the wheel and the sdist into dist/ (LICENSE, the presets and DESCRIPTION.md, the index page's text, inside)
 dist: $(STAMP)
 	rm -rf dist
 	$(PY) -m build --outdir dist .
 
 format: $(STAMP)
-	$(PY) -m ruff format src tests benchmarks docs/hooks.py
-	$(PY) -m ruff check --fix src tests benchmarks docs/hooks.py
+	$(PY) -m ruff format src tests benchmarks docs/hooks.py docs/render_results.py
+	$(PY) -m ruff check --fix src tests benchmarks docs/hooks.py docs/render_results.py
 
 clean:
 	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .ruff_cache

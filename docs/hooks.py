@@ -14,14 +14,18 @@ repository:
   (``../../results/table1-quick/fig1.png`` from ``docs/experiments/``), which also resolves when the Markdown
   is read on a code host; the hook serves every file of ``results/`` (except its Markdown notes) as
   ``assets/results/...`` and rewrites those links to it.
+- A check that every results block of a page (``<!-- results: ... -->``, see ``docs/render_results.py``) still
+  holds what its file renders: a page that differs fails the build, naming the block (``make render`` fixes it).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
@@ -94,9 +98,31 @@ def public_modules(root: Path, package: str) -> list[str]:
     return sorted(modules)
 
 
+def _renderer():
+    """``docs/render_results.py``, the renderer of the results blocks, loaded from beside this file."""
+    name = "hscl_render_results"
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("render_results.py"))
+    sys.modules[name] = module = importlib.util.module_from_spec(spec)  # registered first: its dataclass looks it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_results_blocks(markdown: str, where: str, root: Path) -> None:
+    """Raise a ``PluginError`` naming the results blocks of a page that differ from what their files render."""
+    renderer = _renderer()
+    try:
+        stale = renderer.stale_blocks(markdown, root)
+    except renderer.RenderError as err:
+        raise PluginError(f"{where}: {err}") from err
+    if stale:
+        raise PluginError(f"{where}: results block(s) differ from their files: {'; '.join(stale)} (run `make render`)")
+
+
 def on_page_markdown(markdown, page, config, files):
-    """Expand ``api-modules`` markers; point links into ``results/`` at the copies under ``assets/results/``."""
+    """Check the results blocks; expand ``api-modules`` markers; point links into ``results/`` at the copies
+    under ``assets/results/``."""
     root = _repo_root(config)
+    check_results_blocks(markdown, page.file.src_uri, root)
     markdown = _API_MODULES.sub(
         lambda m: "\n\n".join(f"::: {name}" for name in public_modules(root, m.group(1))), markdown
     )

@@ -198,7 +198,9 @@ def render_source(spec: str, root: Path = ROOT) -> str:
     keep = _pick(table.header, options["columns"], f"{name} table {options.get('table', '1')}")
     width = len(table.header)
     pad = [row + [""] * (width - len(row)) for row in table.rows]
-    return format_table([table.header[k] for k in keep], [table.align[k] for k in keep], [[r[k] for k in keep] for r in pad])
+    return format_table(
+        [table.header[k] for k in keep], [table.align[k] for k in keep], [[r[k] for k in keep] for r in pad]
+    )
 
 
 def _duration(text: str) -> str:
@@ -223,7 +225,9 @@ def render_time(spec: str, root: Path = ROOT) -> str:
 
 def render_text(text: str, root: Path = ROOT) -> str:
     """``text`` with every results block and time marker rewritten from its file."""
-    text = _BLOCK.sub(lambda m: f"<!-- results: {m['spec']} -->\n{render_source(m['spec'], root)}\n<!-- /results -->", text)
+    text = _BLOCK.sub(
+        lambda m: f"<!-- results: {m['spec']} -->\n{render_source(m['spec'], root)}\n<!-- /results -->", text
+    )
     return _TIME.sub(lambda m: f"<!-- time: {m['spec']} -->{render_time(m['spec'], root)}<!-- /time -->", text)
 
 
@@ -301,22 +305,23 @@ def render(root: Path = ROOT) -> list[Path]:
     return changed
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
+    """``python docs/render_results.py [--check]``: render (or only check) the pages of the repository at ``root``."""
     args = sys.argv[1:] if argv is None else argv
     if args not in ([], ["--check"]):
         print("usage: python docs/render_results.py [--check]", file=sys.stderr)
         return 2
     try:
         if args == ["--check"]:
-            problems = check()
+            problems = check(root)
             print("\n".join(problems) or "every results block matches its file")
             return 1 if problems else 0
-        changed = render()
+        changed = render(root)
     except RenderError as err:
         print(f"render_results: {err}", file=sys.stderr)
         return 1
-    print("\n".join(f"rendered {p.relative_to(ROOT)}" for p in changed) or "every results block was current")
-    problems = check()
+    print("\n".join(f"rendered {p.relative_to(root)}" for p in changed) or "every results block was current")
+    problems = check(root)
     print("\n".join(problems), file=sys.stderr)
     return 1 if problems else 0
 
