@@ -1,6 +1,6 @@
 """Overhead of the per-epoch geometry diagnostics on the default run.
 
-Trains the default run (``configs/table1/quick/h-scl-beta.yaml``: Fashion-MNIST, 10k images, the
+Trains the default run (the packaged ``table1/quick/h-scl-beta``: Fashion-MNIST, 10k images, the
 small convnet, batch 256) for a few epochs with the geometry monitor on, and prints per epoch the
 training time (the peer, measured in the same run) next to the monitor's time and their ratio.
 Then times the monitor's parts on the same probe set: the probe forward pass and the metrics.
@@ -25,9 +25,8 @@ import torch
 from hscl.engine.config import load_config
 from hscl.engine.monitor import diagnostics_hardening, measure_geometry, probe_set
 from hscl.engine.train import load_data, load_task, read_metrics, train
+from hscl.experiments.presets import resolve_config
 from hscl.geometry import diagnose
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load() -> str:
@@ -39,14 +38,16 @@ def _load() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "configs/table1/quick/h-scl-beta.yaml"))
+    parser.add_argument(
+        "--config", default="table1/quick/h-scl-beta", help="a run config: a file, or a packaged one by name"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--probe-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5, help="timings of the monitor's parts")
     args = parser.parse_args(argv)
 
     overrides = [f"train.epochs={args.epochs}", f"diagnostics.probe_size={args.probe_size}", "train.progress=false"]
-    config = load_config(args.config, overrides)
+    config = load_config(resolve_config(args.config), overrides)
     print(
         f"default run: {args.config} with {' '.join(overrides)}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; load average at start {_load()}"

@@ -180,6 +180,19 @@ def test_sweep_writes_the_table_best_point_and_plot(tmp_path, env, capsys):
     assert Counter(kind for kind, _, _ in _log(tmp_path)) == {"start": 5, "end": 5}
 
 
+def test_sweep_results_name_the_preset_and_paths_relative_to_the_sweep(tmp_path, env):
+    """A packaged config is recorded by its name, each point's folder relative to the sweep's, whatever --out is."""
+    out = tmp_path / "elsewhere" / "sweep"
+    args = ["sweep", "table1/quick/h-scl-beta", "--grid", "beta=0.5,2", "--out", str(out)]
+    assert main([*args, "--trial", "test_sweep:fake_trial"]) == 0
+    text = (out / "sweep_results.json").read_text()
+    result = json.loads(text)
+    assert result["config"] == "table1/quick/h-scl-beta.yaml"
+    assert [p["run_dir"] for p in result["points"]] == ["trials/beta=0.5", "trials/beta=2.0"]
+    assert all((out / p["run_dir"] / "point.json").is_file() for p in result["points"])
+    assert str(tmp_path) not in text and str(Path.cwd()) not in text
+
+
 def test_sigkill_mid_trial_then_resume_loses_and_repeats_nothing(tmp_path, env):
     hang_env = {**env, "HSCL_TEST_HANG": "1.0"}
     proc = subprocess.Popen(
@@ -321,7 +334,7 @@ def test_real_sweep_trains_and_evaluates_each_point(tmp_path):
     result = run_sweep(sweep, progress=False)
     assert result["complete"]
     for point in result["points"]:
-        run = Path(point["run_dir"])
+        run = sweep.out_dir / point["run_dir"]  # recorded relative to the sweep's folder
         assert (run / "final.ckpt").exists() and (run / "eval.json").exists()
         saved = yaml.safe_load((run / "config.yaml").read_text())
         assert saved["loss"]["beta"] == point["beta"] and saved["loss"]["method"] == "h-scl"

@@ -155,7 +155,8 @@ def test_reproduce_table1_on_a_tiny_preset(tmp_path, capsys):
     for item in TINY:
         args += ["--set", item]
     assert main(args) == 0
-    results = json.loads((out / "results.json").read_text())
+    text = (out / "results.json").read_text()
+    results = json.loads(text)
     assert list(results["methods"]) == ["ucl", "h-scl-beta"]
     # every cell's numerics, one precision (pinned by --set train.precision=32), stated under the table
     assert [r["numerics"]["precision"] for e in results["methods"].values() for r in e["runs"]] == ["32-true"] * 2
@@ -163,6 +164,9 @@ def test_reproduce_table1_on_a_tiny_preset(tmp_path, capsys):
     assert results["numerics"]["pinned"] and results["numerics"]["precision"] == "32-true"
     assert "Numerics: precision 32-true (32); CPU" in (out / "table1.md").read_text()
     assert "in all 2 cells (pinned)" in (out / "table1.md").read_text()
+    # the configs by their place in the --configs folder, not the machine's absolute path
+    assert [m["config"] for m in results["methods"].values()] == ["table1/tiny/ucl.yaml", "table1/tiny/h-scl-beta.yaml"]
+    assert str(tmp_path) not in text
     for name in ("table1.csv", "table1.md", "fig1.png", "fig1.csv"):
         assert (out / name).stat().st_size > 0
     assert (out / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

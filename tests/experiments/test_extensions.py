@@ -127,8 +127,10 @@ def test_multilabel_end_to_end_and_resume(fashion_mnist, tmp_path, monkeypatch, 
     out = tmp_path / "out"
     args = _args("multilabel", out, "--methods", "ucl,h-scl-beta", "--set", "train.batch_size=32")
     assert main(args) == 0
-    results = json.loads((out / "results.json").read_text())
+    text = (out / "results.json").read_text()
+    results = json.loads(text)
     assert results["experiment"] == "multilabel" and list(results["cells"]) == ["ucl", "h-scl-beta"]
+    assert results["config"] == "extensions/multilabel/quick.yaml" and str(tmp_path) not in text
     for entry in results["cells"].values():
         run = entry["runs"][0]
         assert run["multilabel"] and 0 <= run["linear_mAP"] <= 100 and 0 <= run["linear_micro_f1"] <= 100

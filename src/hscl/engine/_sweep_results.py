@@ -11,6 +11,7 @@ from hscl.engine._sweep_study import (
     _status,
     _study_lock,
 )
+from hscl.engine.paths import portable_path
 from hscl.engine.report import markdown_table, write_json, write_table
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ def _point_rows(sweep: Sweep, status: dict) -> list[dict]:
                 "state": "complete" if trial is not None else ("running" if entry["running"] else "pending"),
                 "trial": trial.number if trial is not None else None,
                 "failed_attempts": len(entry["failures"]),
-                "run_dir": str(sweep.run_dir(entry["point"])),
+                "run_dir": sweep.run_dir(entry["point"]).relative_to(sweep.out_dir).as_posix(),
             }
         )
     return rows
@@ -169,7 +170,7 @@ def write_results(sweep: Sweep) -> dict:
     )
     result = {
         "title": title,
-        "config": sweep.config,
+        "config": portable_path(sweep.config, sweep.out_dir) if sweep.config else None,
         "overrides": sweep.overrides,
         "grid": sweep.grid,
         "metric": sweep.metric,

@@ -34,6 +34,7 @@ from typing import Any
 
 from hscl.engine.config import RunConfig, apply_overrides, config_from_dict, load_yaml, validate_config
 from hscl.engine.evaluate import evaluate_task, mean_std
+from hscl.engine.paths import portable_path
 from hscl.experiments import presets
 from hscl.experiments._numerics import run_numerics, table_numerics
 
@@ -269,7 +270,7 @@ def reproduce_extension(
     results: dict = {
         "experiment": experiment,
         "preset": preset,
-        "config": str(path),
+        "config": portable_path(path, *presets.preset_roots(config_dir), out_dir),
         "budget": spec.budget,
         "seeds": seeds,
         "overrides": extra,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hscl.engine.config import RunConfig, load_config
 from hscl.engine.evaluate import evaluate_task, mean_std
+from hscl.engine.paths import portable_path
 from hscl.engine.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
 from hscl.experiments import presets
 from hscl.experiments._numerics import numerics_footer, run_numerics, table_numerics
@@ -118,7 +119,7 @@ def reproduce_table1(
             per_seed.append({**run, "numerics": run_numerics(out_dir / key / f"seed{seed}")})
         results["methods"][key] = {
             "label": TABLE1_CELLS[key],
-            "config": str(files[key]),
+            "config": portable_path(files[key], *presets.preset_roots(config_dir), out_dir),
             "loss": {k: v for k, v in vars(base.loss).items() if v is not None},
             "runs": per_seed,
             **{
