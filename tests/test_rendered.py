@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -199,3 +200,21 @@ def test_the_docs_build_refuses_a_stale_page(repo):
         hooks.check_results_blocks(page.replace("82.9", "83.0"), "page.md", repo)
     with pytest.raises(PluginError, match=r"page\.md: results/exp/gone\.md: no such file"):
         hooks.check_results_blocks("<!-- results: results/exp/gone.md -->\n<!-- /results -->\n", "page.md", repo)
+
+
+#: where a machine keeps its scratch and home folders: a path under one of them names one machine's files
+MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:tmp|home|root|work|Users|mnt|scratch)/")
+
+
+def test_results_files_hold_no_machine_absolute_path():
+    found = []
+    for path in sorted((ROOT / "results").rglob("*")):
+        if path.is_file() and path.suffix not in (".png", ".pt", ".ckpt"):
+            for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                if MACHINE_PATH.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:160]}")
+    assert found == [], (
+        "absolute paths of a machine in results/ (record a preset name or a relative path):\n" + "\n".join(found)
+    )
+    assert MACHINE_PATH.search('"config": "/tmp/hb/src/hscl/experiments/configs/x.yaml"')
+    assert not MACHINE_PATH.search("`/usr/bin/time -v` https://pypi.org/project/x/ runs/tmp/x")
