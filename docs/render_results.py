@@ -48,6 +48,8 @@ _BLOCK = re.compile(r"^<!-- results: (?P<spec>.*?) -->\n(?P<body>.*?)^<!-- /resu
 _TIME = re.compile(r"<!-- time: (?P<spec>.*?) -->(?P<body>.*?)<!-- /time -->", re.S)
 _NOT_RESULTS = re.compile(r"^<!-- not-results: (?P<reason>\S.*?) -->$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
+_FENCED = re.compile(r"^\s*(```|~~~).*?^\s*\1[^\n]*$", re.S | re.M)
+_SPAN = re.compile(r"`[^`\n]+`")
 _ALIGN = re.compile(r"^\|(\s*:?-+:?\s*\|)+$")
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 # a decimal number that is not part of a longer token; arXiv identifiers (2209.00078) are not measurements
@@ -223,24 +225,37 @@ def render_time(spec: str, root: Path = ROOT) -> str:
     return f"{_duration(clocks[0])}, peak memory {int(peaks[0]) * 1024 / 2**30:.2f} GiB"
 
 
+def _code(text: str) -> list[tuple[int, int]]:
+    """The character ranges of ``text`` that are code (fenced blocks, inline spans): markers there are examples."""
+    ranges = [m.span() for m in _FENCED.finditer(text)]
+    for match in _SPAN.finditer(text):
+        if not any(a <= match.start() < b for a, b in ranges):
+            ranges.append(match.span())
+    return ranges
+
+
+def _markers(pattern: re.Pattern, text: str) -> list[re.Match]:
+    code = _code(text)
+    return [m for m in pattern.finditer(text) if not any(a <= m.start() < b for a, b in code)]
+
+
 def render_text(text: str, root: Path = ROOT) -> str:
-    """``text`` with every results block and time marker rewritten from its file."""
-    text = _BLOCK.sub(
-        lambda m: f"<!-- results: {m['spec']} -->\n{render_source(m['spec'], root)}\n<!-- /results -->", text
-    )
-    return _TIME.sub(lambda m: f"<!-- time: {m['spec']} -->{render_time(m['spec'], root)}<!-- /time -->", text)
+    """``text`` with every results block and time marker rewritten from its file (markers in code are left)."""
+    for pattern, render, kind in ((_BLOCK, render_source, "results"), (_TIME, render_time, "time")):
+        pieces, end = [], 0
+        for match in _markers(pattern, text):
+            body = render(match["spec"], root)
+            body = f"\n{body}\n<!-- /results -->" if kind == "results" else f"{body}<!-- /time -->"
+            pieces += [text[end : match.start()], f"<!-- {kind}: {match['spec']} -->{body}"]
+            end = match.end()
+        text = "".join([*pieces, text[end:]])
+    return text
 
 
 def stale_blocks(text: str, root: Path = ROOT) -> list[str]:
     """The sources of the blocks of ``text`` whose content differs from what their file renders."""
-    stale = []
-    for match in _BLOCK.finditer(text):
-        if match["body"].rstrip("\n") != render_source(match["spec"], root):
-            stale.append(match["spec"])
-    for match in _TIME.finditer(text):
-        if match["body"] != render_time(match["spec"], root):
-            stale.append(match["spec"])
-    return stale
+    stale = [m["spec"] for m in _markers(_BLOCK, text) if m["body"].rstrip("\n") != render_source(m["spec"], root)]
+    return stale + [m["spec"] for m in _markers(_TIME, text) if m["body"] != render_time(m["spec"], root)]
 
 
 def unmarked_tables(text: str) -> list[str]:
@@ -248,7 +263,7 @@ def unmarked_tables(text: str) -> list[str]:
     without a ``not-results`` reason on the line before (tables inside code fences are code, not results)."""
     lines = text.splitlines()
     blocked = set()
-    for match in _BLOCK.finditer(text):
+    for match in _markers(_BLOCK, text):
         first = text.count("\n", 0, match.start())
         blocked.update(range(first, first + match.group(0).count("\n") + 1))
     fenced, inside = set(), False

@@ -218,3 +218,15 @@ def test_results_files_hold_no_machine_absolute_path():
     )
     assert MACHINE_PATH.search('"config": "/tmp/hb/src/hscl/experiments/configs/x.yaml"')
     assert not MACHINE_PATH.search("`/usr/bin/time -v` https://pypi.org/project/x/ runs/tmp/x")
+
+
+def test_markers_inside_code_are_examples_not_blocks(repo):
+    text = (
+        "```markdown\n<!-- results: results/exp/table.md -->\n<!-- /results -->\n```\n\n"
+        "Inline: `<!-- time: results/exp/run.log --><!-- /time -->` stays.\n"
+    )
+    assert rr.render_text(text, repo) == text and rr.stale_blocks(text, repo) == []
+    live = text + "\n<!-- results: results/exp/table.md table=2 -->\n<!-- /results -->\n"
+    rendered = rr.render_text(live, repo)
+    assert rendered.startswith(text) and "| UCL | 75.91 | 2.89 | 62 |\n<!-- /results -->" in rendered
+    assert rr.stale_blocks(live, repo) == ["results/exp/table.md table=2"]
