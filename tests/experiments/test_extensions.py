@@ -19,6 +19,7 @@ from hscl.experiments.extensions import (
     find_extension_preset,
     list_extension_presets,
     load_extension_preset,
+    m_used,
 )
 
 #: a tiny budget for every cell: 1 epoch, a small model, small subsets, short probes
@@ -92,8 +93,14 @@ def test_packaged_quick_presets_resolve_for_every_cell_and_seed(experiment):
         assert {c.data.dataset for c in configs.values()} == {"fashion-mnist-mosaic"}
     if experiment == "small-batch":
         assert len(preset.seeds) == 3
-        cells = {(c.train.batch_size, c.loss.method, c.loss.memory_size) for c in configs.values()}
-        assert cells == {(b, m, k) for b in (32, 64) for m, k in (("h-scl", 0), ("h-scl", 4096), ("scl", 0))}
+        # a 2 x 2 design per batch: memory (0 / 4096) x M fixed at the batch's value 2B - 2 or the memory's
+        # 2B + 4096 - 2 (two views per image), and SCL at the batch's M; M is explicit in every cell
+        cells = {(c.train.batch_size, c.loss.method, c.loss.memory_size, c.loss.M) for c in configs.values()}
+        expected = set()
+        for b in (32, 64):
+            expected |= {(b, "h-scl", k, m) for k in (0, 4096) for m in (2 * b - 2, 2 * b + 4096 - 2)}
+            expected.add((b, "scl", 0, 2 * b - 2))
+        assert cells == expected and all(c.data.views == 2 for c in configs.values())
     if experiment == "auto-beta":
         assert len(preset.seeds) == 3
         loss = [c.loss for (_, s), c in configs.items() if s == 0]
@@ -167,9 +174,13 @@ def test_small_batch_seeds_subset_and_resume_of_an_interrupted_cell(fashion_mnis
     assert memory["linear_top1_mean"] == pytest.approx(sum(top1) / 2)
     assert memory["linear_top1_std"] == pytest.approx(abs(top1[0] - top1[1]) / math.sqrt(2))
     assert all(r["step_seconds"] > 0 and r["curve"][0]["memory_rows"] == 2 * 64 for r in memory["runs"])
+    assert memory["M"] == {"explicit": True, "value": 4158.0, "during_warmup": 4158.0}  # 2 * 32 + 4096 - 2
+    assert results["cells"]["b64-scl"]["M"]["value"] == 126.0 and results["effects"] == []  # no 2 x 2 design here
     table = (out / "small_batch.md").read_text()
-    assert "| 32 | H-SCL(beta=1) + memory 4096 | 4096 |" in table and "| 64 | SCL | 0 |" in table
-    assert "step (ms)" in table
+    assert "| 32 | H-SCL(beta=1) + memory 4096 | 4096 | 4158 |" in table and "| 64 | SCL | 0 | 126 |" in table
+    assert "step (ms)" in table and "Effects apart" not in table
+    rows = {r["key"]: r for r in _csv(out / "small_batch.csv")}
+    assert rows["b32-h-scl-memory"]["M"] == "4158.0" and rows["b64-scl"]["M_during_warmup"] == "126.0"
     assert (out / "top1_vs_batch.png").exists() and (out / "small_batch.csv").exists()
 
     # an interrupted cell (its last checkpoint, no final one) is resumed; the finished ones are read back
@@ -189,6 +200,72 @@ def test_small_batch_seeds_subset_and_resume_of_an_interrupted_cell(fashion_mnis
     assert main(args) == 0
     assert resumed == [(cell, True)]
     assert (cell / "eval.json").exists()
+
+
+def test_m_used_by_a_cell_explicit_default_and_with_a_memory():
+    preset = load_extension_preset(find_extension_preset("small-batch", "quick"))
+    config = cell_config(preset, "b32-h-scl-memory-m-batch")
+    assert m_used(config) == {"explicit": True, "value": 62.0, "during_warmup": 62.0}
+    default = cell_config(preset, "b64-h-scl-memory", ["loss.M=null"])  # the default: the rows, memory counted
+    assert m_used(default) == {"explicit": False, "value": 2 * 64 + 4096 - 2.0, "during_warmup": 2 * 64 - 2.0}
+    assert outputs._m_text({"M": m_used(default)}) == "126 → 4222"
+    assert m_used(cell_config(preset, "b32-scl", ["loss.M=null"]))["value"] == 62.0
+    assert m_used(cell_config(preset, "b32-scl", ["loss.M=count"]))["value"] == "count"
+
+
+def _fake_cell(batch: int, memory: int, M: float | None, top1: list[float], method: str = "h-scl") -> dict:
+    views_rows = 2 * batch
+    m = {"explicit": M is not None, "value": M or views_rows + memory - 2.0, "during_warmup": M or views_rows - 2.0}
+    runs = [{"linear_top1": v, "knn_top1": v - 1.0} for v in top1]
+    loss = {"method": method, "beta": 1.0, "memory_size": memory}
+    return {"label": method, "method": method, "batch_size": batch, "loss": loss, "M": m, "runs": runs}
+
+
+def test_memory_and_m_effects_are_paired_differences_over_seeds(tmp_path):
+    cells = {
+        "n-small": _fake_cell(32, 0, 62.0, [80.0, 81.0, 82.0]),
+        "n-large": _fake_cell(32, 0, 4158.0, [81.0, 81.5, 83.0]),
+        "m-small": _fake_cell(32, 4096, 62.0, [80.5, 82.0, 81.0]),
+        "m-large": _fake_cell(32, 4096, 4158.0, [82.0, 83.0, 84.5]),
+        "scl": _fake_cell(32, 0, 62.0, [70.0, 71.0, 72.0], method="scl"),  # another method: no design
+        "default": _fake_cell(64, 4096, None, [1.0, 2.0, 3.0]),  # the default M: not a fixed-M cell
+    }
+    effects = {e["effect"]: e for e in outputs.memory_m_effects({"cells": cells})}
+    assert set(effects) == set(outputs._EFFECTS) and all(e["batch_size"] == 32 for e in effects.values())
+
+    def paired(a: str, b: str) -> tuple[float, float]:
+        d = [x["linear_top1"] - y["linear_top1"] for x, y in zip(cells[a]["runs"], cells[b]["runs"])]
+        mean = sum(d) / 3
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in d) / 2)
+
+    for name, (a, b) in {
+        "memory, M of the batch": ("m-small", "n-small"),  # differences 0.5, 1, -1
+        "memory, M of the memory": ("m-large", "n-large"),
+        "M, no memory": ("n-large", "n-small"),
+        "M, with memory": ("m-large", "m-small"),
+        "both (memory and its M)": ("m-large", "n-small"),
+    }.items():
+        e = effects[name]
+        assert e["cells"] == [a, b] and (e["M_batch"], e["M_memory"], e["memory_size"]) == (62.0, 4158.0, 4096)
+        assert (e["linear_top1_mean"], e["linear_top1_std"]) == pytest.approx(paired(a, b))
+        assert e["knn_top1_mean"] == pytest.approx(paired(a, b)[0])  # kNN = linear - 1 in both cells
+    assert effects["memory, M of the batch"]["linear_top1_mean"] == pytest.approx(0.5 / 3)
+
+    # the page: every cell's M, and the effects table
+    for entry in cells.values():
+        for metric in EXPERIMENTS["small-batch"]:
+            values = [r.get(metric, 0.03) for r in entry["runs"]]
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = sum(values) / 3, 0.0
+        entry["train_seconds_mean"] = 1.0
+    results = {"experiment": "small-batch", "preset": "quick", "seeds": [0, 1, 2], "cells": cells}
+    preset = load_extension_preset(find_extension_preset("small-batch", "quick"))
+    outputs.write_outputs(results, tmp_path, cell_config(preset, "b32-h-scl"))
+    text = (tmp_path / "small_batch.md").read_text()
+    assert "| 32 | h-scl | 4096 | 62 | 81.17 |" in text and "| 64 | h-scl | 4096 | 126 → 4222 |" in text
+    assert "| 32 | memory, M of the batch (M 62 / 4158) | m-small − n-small | +0.17 ± 1.04 | +0.17 ± 1.04 |" in text
+    assert json.loads((tmp_path / "results.json").read_text())["effects"][0]["cells"] == ["m-small", "n-small"]
+    del cells["m-small"]  # an incomplete design gives no effects
+    assert outputs.memory_m_effects({"cells": cells}) == []
 
 
 def test_auto_beta_end_to_end_with_the_verdict(fashion_mnist, tmp_path, monkeypatch):

@@ -3,8 +3,10 @@
 * ``multilabel``: UCL, SCL, H-SCL(beta) and SupCon pre-trained on ``fashion-mnist-mosaic`` (2 x 2 mosaics of
   Fashion-MNIST, labelled by the set of classes they show); the table gives the mAP and micro-F1 of a linear
   probe (one logistic regression per class) on the frozen encoder, and the kNN mAP.
-* ``small-batch``: H-SCL(beta = 1) with no memory and with a memory of 4096 past rows, and SCL, at batch 32
-  and 64; the table gives the linear top-1 and the mean training step time (mean +- std over seeds).
+* ``small-batch``: at batch 32 and 64, H-SCL(beta = 1) in a 2 x 2 design, no memory / a memory of 4096 past
+  rows x M fixed at the batch's value (V*B - 2) / at the memory's (V*B + 4096 - 2), and SCL; the table gives
+  each cell's M, the linear top-1 and the mean training step time (mean +- std over seeds), a second table the
+  memory's and M's effects apart (paired over seeds).
 * ``auto-beta``: H-SCL with beta from the paper's grid {0.1, 0.5, 1, 2, 5} against ``beta: auto`` (beta chosen
   at every step for a target effective-sample fraction 0.25, 0.5, 0.75); the table gives the linear top-1
   (mean +- std over seeds), the figure the chosen beta per epoch, and ``results.json`` the verdict: is the best
@@ -45,6 +47,7 @@ __all__ = [
     "find_extension_preset",
     "list_extension_presets",
     "load_extension_preset",
+    "m_used",
     "reproduce_extension",
     "run_cell",
 ]
@@ -144,6 +147,24 @@ def cell_config(preset: ExtensionPreset, key: str, overrides: list[str] | None =
     config = config_from_dict(data, RunConfig, f"{preset.experiment} cell {key}")
     validate_config(config)
     return config
+
+
+def m_used(config: RunConfig) -> dict:
+    """The M of a cell's loss (eq. (3): ``log(1 + M exp(-g(r, p)) E(r))``, the weight of the negatives against the
+    positive), as ``{"explicit": bool, "value": M, "during_warmup": M}``.
+
+    An explicit ``loss.M`` (a number) is the value at every step. None (the default): ``V*B - 2`` over the rows of
+    the global batch, and with a memory of ``K`` rows ``V*B + K - 2`` once the memory is in use and full (``value``),
+    ``V*B - 2`` during its ``memory_warmup_steps`` (``during_warmup``). ``"count"``: ``|N(r)|`` per anchor (both
+    values ``"count"``).
+    """
+    lc = config.loss
+    if isinstance(lc.M, str):
+        return {"explicit": True, "value": lc.M, "during_warmup": lc.M}
+    if lc.M is not None:
+        return {"explicit": True, "value": float(lc.M), "during_warmup": float(lc.M)}
+    rows = config.data.views * config.train.batch_size
+    return {"explicit": False, "value": float(rows + lc.memory_size - 2), "during_warmup": float(rows - 2)}
 
 
 def _curve(rows: list[dict]) -> list[dict]:
@@ -283,6 +304,7 @@ def reproduce_extension(
             "method": config.loss.method,
             "loss": {k: v for k, v in vars(config.loss).items() if v is not None},
             "batch_size": config.train.batch_size,
+            "M": m_used(config),
             "epochs": config.train.epochs,
             "dataset": config.data.dataset,
             "runs": runs[key],
