@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hscl.cli import main
 from hscl.data.images import load_dataset
 from hscl.engine.config import load_config
-from hscl.engine.fewshot import FewShotConfig, few_shot, mean_ci95, paired_ci95, sample_episode
+from hscl.engine.fewshot import FewShotConfig, few_shot, mean_ci95, paired_ci95
 from hscl.engine.finetune import (
     FinetuneConfig,
     FineTuneModel,
@@ -270,25 +270,6 @@ def test_select_classes_relabels(digits):
     assert torch.equal(part.test_images[part.test_labels == 1], digits.test_images[digits.test_labels == 2])
     with pytest.raises(ValueError, match="not classes of"):
         select_classes(digits, [3, 10])
-
-
-def test_episodes_are_disjoint_and_stratified(digits):
-    pool = [5, 6, 7, 8, 9]
-    ep = sample_episode(
-        digits.train_labels, digits.test_labels, pool, ways=3, shots=4, queries=6, generator=torch.Generator()
-    )
-    assert len(ep.classes) == 3 and set(ep.classes) <= set(pool)
-    assert ep.support_index.unique().numel() == 12 and ep.query_index.unique().numel() == 18
-    for label, cls in enumerate(ep.classes):
-        assert (digits.train_labels[ep.support_index[ep.support_labels == label]] == cls).all()
-        assert (digits.test_labels[ep.query_index[ep.query_labels == label]] == cls).all()
-        assert int((ep.support_labels == label).sum()) == 4
-    with pytest.raises(ValueError, match="ways=6 exceeds"):
-        sample_episode(digits.train_labels, digits.test_labels, pool, ways=6, shots=1, queries=1,
-                       generator=torch.Generator())  # fmt: skip
-    with pytest.raises(ValueError, match="fewer than the 1000 needed"):
-        sample_episode(digits.train_labels, digits.test_labels, pool, ways=2, shots=1000, queries=1,
-                       generator=torch.Generator())  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def test_reproduce_schane_on_a_tiny_preset(tmp_path, capsys):
         "name": "tiny",
         "pretrain": pretrain,
         "finetune": {"epochs": 1, "batch_size": 64},
-        "full": {"train_subset": 200, "test_subset": 100, "seeds": [0]},
+        "full": {"train_subset": 200, "test_subset": 100, "seeds": [0, 1]},
         "fewshot": {"shots": [1, 3], "episodes": 2, "steps": 2, "queries": 4},
         "embedding_points": 60,
     }
@@ -48,6 +48,18 @@ def test_reproduce_schane_on_a_tiny_preset(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert set(results["fewshot"]) == {"1", "3"} and "ablation" not in results
     assert {"diff_vs_ce", "diff_ci95"} <= set(results["full"]["schane"])
+    # the CI of full fine-tuning over the two training seeds, from each run's own record: t_{0.975, 1} s / sqrt(2)
+    top1 = {o: [json.loads((out / "full" / o / f"seed{s}" / "result.json").read_text())["test_top1"] for s in (0, 1)]
+            for o in ("ce", "schane")}  # fmt: skip
+    full = results["full"]
+    for o, values in top1.items():
+        assert full[o]["per_seed"] == values
+        assert full[o]["seed_mean_ci95"] == pytest.approx(
+            [np.mean(values), 12.706204736 * np.std(values, ddof=1) / 2**0.5]
+        )
+        assert full[o]["top1_mean"] == pytest.approx(np.mean(values))  # the same 100 test images for every seed
+    diffs = np.subtract(top1["schane"], top1["ce"])
+    assert full["schane"]["seed_diff_ci95"] == pytest.approx([diffs.mean(), 12.706204736 * diffs.std(ddof=1) / 2**0.5])
     for name in ("schane.csv", "schane.md", "fewshot.png", "fewshot.csv", "tsne.png", "tsne.csv"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "tsne.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -55,6 +67,11 @@ def test_reproduce_schane_on_a_tiny_preset(tmp_path, capsys):
     assert all(0 < emb["isotropy_features"][o] <= 1 for o in ("ce", "schane"))
     text = (out / "schane.md").read_text()
     assert "5-way 3-shot" in text and "isotropy of test projection z" in text and "pre-trained with h-scl" in text
+    assert "CI over 2 training seeds)" in text and "CI over 100 test images x 2 seeds)" in text
+    assert "from all the images of each class (training and test splits pooled)" in text
+    lines = (out / "fewshot" / "3shot.jsonl").read_text().splitlines()
+    sets = {frozenset(json.loads(line)["classes"]) for line in lines}
+    assert results["fewshot"]["3"]["class_sets"] == len(sets) and f"(2 episodes, {len(sets)} class sets)" in text
     assert json.loads((out / "precision.json").read_text())["label"] == "float32"
     numerics = results["numerics"]  # the fine-tuning's record, per objective, and the pre-training's own
     assert numerics["cells"]["SCHaNe"]["precision"] == "32-true" and numerics["cells"]["SCHaNe"]["setting"] == "32"
@@ -111,16 +128,21 @@ def test_the_pretrained_preset_end_to_end_with_its_ablation_and_resume(tmp_path,
     assert ablation["lams"][0]["accuracy"] == [r["accuracy"]["ce"] for r in five]
     assert ablation["lams"][2]["accuracy"] == [r["accuracy"]["schane"] for r in five]
     assert "diff_vs_lam0" not in ablation["lams"][0] and "diff_vs_lam0" in ablation["lams"][1]
-    # at lam = 1 the linear head gets no gradient and stays at zero: every query is put in the first class
-    assert ablation["lams"][3]["accuracy"] == pytest.approx([100.0 / 5] * 3) and ablation["chance"] == 20.0
+    # at lam = 1 a jointly trained head gets no gradient (it would put every query in the first class, 20%): its
+    # head is fitted after fine-tuning instead, and the outputs say so
+    assert [c["head"] for c in ablation["lams"]] == ["joint", "joint", "joint", "fitted"]
+    assert ablation["lams"][3]["accuracy"] != pytest.approx([100.0 / 5] * 3) and ablation["chance"] == 20.0
     text = (out / "schane.md").read_text()
-    assert "lam ablation of SCHaNe" in text and "| 0.5 | ablation run |" in text and "chance level, 20.00%" in text
+    assert "lam ablation of SCHaNe" in text and "| 0.5 | ablation run |" in text
+    assert "| 1 | ablation run, head fitted after |" in text and "that cell's head is instead fitted" in text
+    assert "CI over 3 training seeds)" in text and "all the images of each class" in text
+    assert len(results["full"]["ce"]["per_seed"]) == 3
     assert "paper: SCHaNe − CE (BEiT-3 base)" in text and "up to +3.32" in text and "up to +3.41" in text
     assert "efficientnet-lite0 (pre-trained weights, 32 px)" in text
     assert "isotropy of test features h" in text and "projection z" not in text  # SCHaNe on h: z is h
     for name in ("ablation.png", "ablation.csv", "fewshot.png", "tsne.png", "schane.csv"):
         assert (out / name).stat().st_size > 0, name
-    header = "lam,source,top1_mean,ci95,diff_vs_lam0,diff_ci95,val_top1_mean,val_ci95,selected"
+    header = "lam,source,head,top1_mean,ci95,diff_vs_lam0,diff_ci95,val_top1_mean,val_ci95,selected"
     assert (out / "ablation.csv").read_text().splitlines()[0] == header
     # lam chosen on validation episodes (the held-out classes' training images), reported with its test accuracy
     val_means = {c["lam"]: sum(c["val_accuracy"]) / len(c["val_accuracy"]) for c in ablation["lams"]}

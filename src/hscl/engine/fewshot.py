@@ -1,11 +1,15 @@
 """Few-shot fine-tuning: N-way K-shot episodes, paired confidence intervals, embedding quality.
 
 Few-shot, as in SCHaNe's few-shot experiments: N-way K-shot episodes on classes held out from
-pre-training. Each episode draws ``ways`` classes, ``shots`` training images of each (support) and
-``queries`` test images of each (query set), fine-tunes a copy of the pre-trained model with a fresh
-linear head on the support set for ``steps`` full-batch steps (the objectives and steps of
-:mod:`hscl.engine.finetune`), and scores the queries. Every objective sees the same episodes, the same
-initial weights and the same augmentation draws, so their accuracies are paired. The pre-trained model is an
+pre-training. Each episode draws ``ways`` classes and, by the protocol of the few-shot papers, ``shots`` support
+and ``queries`` query images of each from ALL the images of the class (the training and test splits pooled;
+disjoint within the episode, drawn anew for every episode; ``draw="split"``: support from the training split,
+queries from the test split), fine-tunes a copy of the pre-trained model with a fresh linear head on the support
+set for ``steps`` full-batch steps (the objectives and steps of :mod:`hscl.engine.finetune`), and scores the
+queries. An objective with no cross-entropy term (SCHaNe at ``lam = 1``) gives its head no gradient; its head is
+fitted afterwards on the frozen fine-tuned features of the support set (:func:`fit_linear_head`). The drawing and
+the fitted head are in :mod:`hscl.engine.episodes`. Every objective sees the same episodes, the same initial
+weights and the same augmentation draws, so their accuracies are paired. The pre-trained model is an
 hscl :class:`~hscl.models.ContrastiveModel` or any :class:`~hscl.models.Backbone` (each episode fine-tunes a
 fresh copy of the same weights; a projection head a Backbone gets is drawn from the episode's seed, so it is the
 same for every objective of an episode). Episodes run on ``device`` (``"auto"``: a CUDA GPU when there is one):
@@ -34,6 +38,7 @@ from hscl.data.augment import Augment, AugmentConfig, EvalTransform, preset_for
 from hscl.data.images import ImageData
 from hscl.data.views import epoch_generator
 from hscl.engine.distributed import resolve_device, to_device
+from hscl.engine.episodes import DRAWS, Episode, episode_images, fit_linear_head, fits_head, sample_episode
 from hscl.engine.finetune import (
     BN_MODES,
     FinetuneConfig,
@@ -54,8 +59,12 @@ from hscl.models import Backbone, ContrastiveModel
 __all__ = [
     "Episode",
     "FewShotConfig",
+    "DRAWS",
     "embedding_isotropy",
+    "episode_images",
     "few_shot",
+    "fit_linear_head",
+    "fits_head",
     "mean_ci95",
     "paired_ci95",
     "run_episode",
@@ -71,8 +80,9 @@ class FewShotConfig:
     Attributes:
         ways: classes per episode ``N`` (drawn from the held-out classes).
         shots: support images per class ``K``; one set of episodes per value.
-        queries: query images per class (from the test split).
+        queries: query images per class.
         episodes: episodes per ``K``.
+        draw: ``"all"`` (support and queries from all the images of a class) or ``"split"`` (see :data:`DRAWS`).
         steps: full-batch fine-tuning steps on the support set of an episode.
         lr, bn: the per-episode optimiser learning rate and batch-norm mode (see :class:`FinetuneConfig`).
         seed: the episodes follow from ``(seed, K, episode)``.
@@ -86,6 +96,7 @@ class FewShotConfig:
     lr: float = 1e-3
     bn: str = "frozen"
     seed: int = 0
+    draw: str = "all"
 
     def __post_init__(self) -> None:
         self.ways = _check_int("ways", self.ways, 2)
@@ -98,50 +109,11 @@ class FewShotConfig:
         self.lr = _check_real("lr", self.lr, 0.0, math.inf, low_open=True)
         self.bn = _check_choice("bn", self.bn, BN_MODES)
         self.seed = _check_int("seed", self.seed, 0)
+        self.draw = _check_choice("draw", self.draw, DRAWS)
 
 
 # --------------------------------------------------------------------------------------------
 # few-shot episodes
-
-
-@dataclass
-class Episode:
-    """One N-way K-shot episode: indices into a split and labels ``0 .. ways - 1``."""
-
-    classes: list[int]  # the original class of each episode label
-    support_index: Tensor  # (ways * shots,) into the training split
-    support_labels: Tensor  # (ways * shots,)
-    query_index: Tensor  # (ways * queries,) into the test split
-    query_labels: Tensor  # (ways * queries,)
-
-
-def sample_episode(
-    train_labels: Tensor,
-    test_labels: Tensor,
-    classes: Sequence[int],
-    *,
-    ways: int,
-    shots: int,
-    queries: int,
-    generator: torch.Generator,
-) -> Episode:
-    """Draw ``ways`` of ``classes``, ``shots`` training and ``queries`` test images of each, without replacement."""
-    classes = [int(c) for c in classes]
-    if ways > len(classes):
-        raise ValueError(f"ways={ways} exceeds the {len(classes)} held-out classes {classes}")
-    chosen = [classes[int(i)] for i in torch.randperm(len(classes), generator=generator)[:ways]]
-    sup, sup_y, qry, qry_y = [], [], [], []
-    for label, cls in enumerate(chosen):
-        for pool, take, out, out_y, split in (
-            (train_labels, shots, sup, sup_y, "training"),
-            (test_labels, queries, qry, qry_y, "test"),
-        ):
-            members = torch.nonzero(pool == cls).flatten()
-            if members.numel() < take:
-                raise ValueError(f"class {cls} has {members.numel()} {split} images, fewer than the {take} needed")
-            out.append(members[torch.randperm(members.numel(), generator=generator)[:take]])
-            out_y.append(torch.full((take,), label, dtype=torch.long))
-    return Episode(chosen, torch.cat(sup), torch.cat(sup_y), torch.cat(qry), torch.cat(qry_y))
 
 
 def run_episode(
@@ -162,7 +134,9 @@ def run_episode(
     Shapes: support ``(ways * K, C, H, W)`` uint8 and ``(ways * K,)``; queries likewise. The augmentation
     draws and everything else random follow from ``seed`` alone. Runs on ``device`` (None: the device of
     ``pretrained``; ``"auto"``: a CUDA GPU when there is one). A Backbone sees the images in ``[0, 1]``
-    (:func:`~hscl.engine.finetune.backbone_input`); a projection head it gets is drawn from ``seed``.
+    (:func:`~hscl.engine.finetune.backbone_input`); a projection head it gets is drawn from ``seed``. When the
+    objective has no cross-entropy term (:func:`fits_head`), the head is fitted after the fine-tuning steps on the
+    frozen features of the un-augmented support images (:func:`fit_linear_head`).
     """
     device = next(pretrained.parameters()).device if device is None else resolve_device(device)
     ways = int(support_labels.max()) + 1
@@ -181,7 +155,10 @@ def run_episode(
         for _ in range(steps):
             train_step(model, objective, optimizer, train_aug, support_images, support_labels, config.views)
             scheduler.step()
-    return accuracy(predict(model, query_images, EvalTransform(augment).to(device)), query_labels)
+    transform = EvalTransform(augment).to(device)
+    if fits_head(config):
+        fit_linear_head(model, support_images, support_labels, transform)
+    return accuracy(predict(model, query_images, transform), query_labels)
 
 
 def _episode_seed(seed: int, shots: int, episode: int) -> int:
@@ -300,10 +277,11 @@ def _episode_row(
         shots=shots,
         queries=fewshot.queries,
         generator=torch.Generator().manual_seed(seed),
+        draw=fewshot.draw,
     )
     device = next(pretrained.parameters()).device  # the episode's images go there once, for every config
-    sup_x = to_device(data.train_images[episode.support_index], device)
-    qry_x = to_device(data.test_images[episode.query_index], device)
+    sup_x = to_device(episode_images(data, episode.support_index), device)
+    qry_x = to_device(episode_images(data, episode.query_index), device)
     row = {"episode": e, "classes": episode.classes, "accuracy": {}}
     for name, config in configs.items():
         row["accuracy"][name] = run_episode(

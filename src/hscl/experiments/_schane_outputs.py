@@ -1,8 +1,10 @@
 """The outputs of ``hscl reproduce schane``: the summary with confidence intervals, the tables (with the paper's
 reported gains beside the measured ones), the few-shot and lam-ablation figures, ``results.json``.
 
-Accuracies are in %; every interval is a 95% confidence interval: over test images (normal approximation)
-for full fine-tuning, over episodes (Student t, paired against CE / lam = 0) for few-shot and the ablation.
+Accuracies are in %; every interval is a 95% confidence interval: for full fine-tuning over the training seeds
+(Student t, paired against CE by seed; with two or more seeds) and over the test images of all seeds pooled (normal
+approximation; paired by image), over episodes (Student t, paired against CE / lam = 0) for few-shot and the
+ablation.
 """
 
 from __future__ import annotations
@@ -74,8 +76,13 @@ def _summarise(experiment, data, full_data, full, correct, episodes, embedding) 
             diff = (torch.cat(correct[objective]).double() - torch.cat(correct[base]).double()) * 100.0
             mean, half = mean_ci95(diff.tolist())
             full_summary[objective]["diff_vs_ce"], full_summary[objective]["diff_ci95"] = mean, half
+            # paired by training seed: the same seed's CE run
+            per_seed_diff = [a - b for a, b in zip(per_seed, [r["test_top1"] for r in full[base]])]
+            full_summary[objective]["diff_per_seed"] = per_seed_diff
+            full_summary[objective]["seed_diff_ci95"] = mean_ci95(per_seed_diff)
     for shots, rows in episodes.items():
         entry: dict = {"episodes": len(rows), "ways": experiment.fewshot.ways}
+        entry["class_sets"] = len({frozenset(r["classes"]) for r in rows})  # distinct sets of an episode's classes
         for objective in objectives:
             accs = [r["accuracy"][objective] for r in rows]
             mean, half = mean_ci95(accs)
@@ -95,7 +102,7 @@ def _summarise_ablation(ablation: dict) -> dict:
     cells = []
     for cell in ablation["lams"]:
         mean, half = mean_ci95(cell["accuracy"])
-        out = {"lam": cell["lam"], "source": cell["source"], "top1_mean": mean, "ci95": half}
+        out = {"lam": cell["lam"], "source": cell["source"], "head": cell.get("head"), "top1_mean": mean, "ci95": half}
         if base is not None and cell is not base:
             d_mean, d_half = paired_ci95(cell["accuracy"], base["accuracy"])
             wins = sum(a > b for a, b in zip(cell["accuracy"], base["accuracy"]))
@@ -143,11 +150,11 @@ def _table(results: dict, objectives: list[str]) -> tuple[list[str], list[list[s
     if paper:
         header.append(f"paper: SCHaNe − CE ({PAPER['backbone']})")
     rows, csv_rows = [], []
-    full = results["full"]
-    settings = [("full", f"full fine-tuning ({full['classes']} classes, {full['train_images']} images)", full)]
+    settings = _full_settings(results["full"], objectives)
     ways = results["experiment"]["fewshot"]["ways"]
     for k, v in results["fewshot"].items():
-        settings.append(("fewshot", f"{ways}-way {k}-shot ({v['episodes']} episodes)", v))
+        sets = f", {v['class_sets']} class sets" if "class_sets" in v else ""
+        settings.append(("fewshot", f"{ways}-way {k}-shot ({v['episodes']} episodes{sets})", v))
     for kind, name, entry in settings:
         row = [name] + [_fmt(entry[o]["top1_mean"], entry[o]["ci95"]) for o in objectives]
         row += [_fmt(entry[o]["diff_vs_ce"], entry[o]["diff_ci95"], signed=True) for o in others]
@@ -172,6 +179,27 @@ def _table(results: dict, objectives: list[str]) -> tuple[list[str], list[list[s
     return header, rows, csv_rows
 
 
+def _full_settings(full: dict, objectives: list[str]) -> list[tuple[str, str, dict]]:
+    """The full fine-tuning rows: with two or more training seeds, the mean over seeds with the 95% CI over seeds
+    (Student t; differences paired by seed), then the CI over the test images of all seeds pooled; with one seed
+    the latter only. Each row ``("full", name, {objective: {top1_mean, ci95, diff_vs_ce, diff_ci95}})``."""
+    seeds = len(full[objectives[0]]["per_seed"])
+    what = f"full fine-tuning ({full['classes']} classes, {full['train_images']} images"
+    images = f"{full['test_images']} test images" + (f" x {seeds} seeds" if seeds > 1 else "")
+    rows = []
+    if seeds > 1:
+        by_seed = {}
+        for o in objectives:
+            e = full[o]
+            mean, half = e["seed_mean_ci95"]
+            by_seed[o] = {"top1_mean": mean, "ci95": half}
+            if "seed_diff_ci95" in e:
+                by_seed[o]["diff_vs_ce"], by_seed[o]["diff_ci95"] = e["seed_diff_ci95"]
+        rows.append(("full", f"{what}; CI over {seeds} training seeds)", by_seed))
+    rows.append(("full", f"{what}; CI over {images})", full))
+    return rows
+
+
 def _ablation_table(ablation: dict) -> tuple[list[str], list[list[str]]]:
     ways, shots = ablation["ways"], ablation["shots"]
     on_val = ablation["selected_on"] == "validation"
@@ -180,6 +208,8 @@ def _ablation_table(ablation: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for cell in ablation["lams"]:
         source = {"ce": "CE cells", "schane": "SCHaNe cells", "ablation": "ablation run"}[cell["source"]]
+        if cell.get("head") == "fitted":
+            source += ", head fitted after"
         diff = _fmt(cell["diff_vs_lam0"], cell["diff_ci95"], signed=True) if "diff_vs_lam0" in cell else "—"
         record = f"{cell['wins']} / {cell['losses']}" if "wins" in cell else "—"
         val = [_fmt(cell["val_top1_mean"], cell["val_ci95"])] if on_val else []
@@ -194,7 +224,14 @@ def _ablation_note(ablation: dict) -> str:
         "same episodes, initial weights and augmentation draws for every lam."
     )
     at_one = next((c for c in ablation["lams"] if c["lam"] == 1.0), None)
-    if at_one is not None and abs(at_one["top1_mean"] - ablation["chance"]) < 1e-6:
+    if at_one is not None and at_one.get("head") == "fitted":
+        note += (
+            " At lam = 1 the CE term has weight 0, so a jointly trained linear head (initialised at zero) would get no "
+            f"gradient and put every query in the first class (chance, {ablation['chance']:.2f}%); that cell's head "
+            "is instead fitted after the fine-tuning steps, by L2-penalised logistic regression on the frozen "
+            "fine-tuned features of the support images. Every other lam trains its head jointly."
+        )
+    elif at_one is not None and abs(at_one["top1_mean"] - ablation["chance"]) < 1e-6:
         note += (
             f" At lam = 1 the CE term has weight 0, so the linear head (initialised at zero) receives no gradient "
             f"and predicts the first class for every query: chance level, {ablation['chance']:.2f}%."
@@ -287,6 +324,7 @@ def _ablation_figure(path: Path, ablation: dict) -> None:
     header = [
         "lam",
         "source",
+        "head",
         "top1_mean",
         "ci95",
         "diff_vs_lam0",
@@ -338,6 +376,22 @@ def _invocations(previous: Path, seconds: float, stage_seconds: dict) -> list[di
     return [*earlier, {"finished": now, "seconds": seconds, "stage_seconds": stage_seconds}]
 
 
+def _protocol_note(experiment, results: dict) -> str:
+    """How the numbers were made: the seeds of full fine-tuning, where the episodes' classes and images came from."""
+    fs, full = experiment.fewshot, results["full"]
+    seeds = experiment.full.seeds
+    images = (
+        "support and query images from all the images of each class (training and test splits pooled), disjoint"
+        if fs.draw == "all"
+        else "support images from the training split, query images from the test split"
+    )
+    return (
+        f"Full fine-tuning: training seeds {seeds}, each scored on the same {full['test_images']} test images. "
+        f"Few-shot: each episode draws {fs.ways} of the {len(experiment.heldout_classes)} held-out classes "
+        f"and {images}; 'class sets' counts the distinct sets of classes among the episodes."
+    )
+
+
 def _title(experiment) -> str:
     dataset = experiment.data_config.dataset
     if experiment.backbone is not None:
@@ -385,7 +439,7 @@ def write_schane_outputs(
     results["invocations"] = _invocations(out_dir / "results.json", seconds, stage_seconds)
     results["seconds_all_invocations"] = sum(i["seconds"] for i in results["invocations"])
     title = _title(experiment)
-    text = f"{title}\n\n{table}\n\n{numerics_footer(results['numerics'])}\n"
+    text = f"{title}\n\n{table}\n\n{_protocol_note(experiment, results)}\n\n{numerics_footer(results['numerics'])}\n"
     written = ["results.json", "schane.csv", "schane.md", "fewshot.png", "fewshot.csv", "tsne.png", "tsne.csv"]
     if ablation is not None:
         results["ablation"] = _summarise_ablation(ablation)

@@ -12,7 +12,8 @@ its data as ``.csv``).
 Reference: Long et al., arXiv 2308.14893 (SCHaNe).
 
 Presets: ``quick`` (pre-trains a small convnet on Fashion-MNIST, 2 CPU cores), ``pretrained`` (EfficientNet-Lite0,
-ImageNet weights, on Fashion-MNIST, under 30 minutes on 2 CPU cores), ``cifar-fs-vit`` (a ViT / BEiT from
+ImageNet weights, on Fashion-MNIST, 3 fine-tuning seeds and 100 episodes, about an hour on 2 CPU cores),
+``cifar-fs-vit`` (a ViT / BEiT from
 ``hf:PATH`` on CIFAR-FS and CIFAR-100, for a GPU).
 """
 
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 from hscl.data.augment import AugmentConfig, EvalTransform
 from hscl.data.images import ImageData
 from hscl.engine.config import config_to_dict
-from hscl.engine.fewshot import embedding_isotropy, few_shot, tsne_figure
+from hscl.engine.fewshot import embedding_isotropy, few_shot, fits_head, tsne_figure
 from hscl.engine.finetune import OBJECTIVE_LABELS, FineTuneModel, backbone_input, embed, finetune, select_classes
 from hscl.experiments._schane_config import (
     AblationConfig,
@@ -371,9 +372,11 @@ def _lam_ablation(
     initial weights and augmentation draws as the few-shot comparison).
 
     A cell the few-shot comparison already ran is taken from it: ``lam = 0`` is CE exactly (the contrastive term
-    is skipped), ``lam = finetune.lam`` is its SCHaNe. The others run in ``out_dir/ablation`` (resumable). Returns
-    ``{"shots", "ways", "episodes", "lams": [{"lam", "source", "accuracy": [per episode]}], "selection"}`` (None
-    without ``ablation``): the best ``lam`` chosen on validation episodes (each cell then also has
+    is skipped), ``lam = finetune.lam`` is its SCHaNe. The others run in ``out_dir/ablation`` (resumable). At
+    ``lam = 1`` there is no CE term to train the linear head, so its head is fitted after the fine-tuning steps
+    (:func:`~hscl.engine.episodes.fits_head`; ``"head": "fitted"``, else ``"joint"``). Returns
+    ``{"shots", "ways", "episodes", "lams": [{"lam", "source", "accuracy": [per episode], "head"}], "selection"}``
+    (None without ``ablation``): the best ``lam`` chosen on validation episodes (each cell then also has
     ``val_accuracy``) or, with ``ablation.select: test``, on the test episodes (:func:`choose_lam`).
     """
     ab = experiment.ablation
@@ -413,7 +416,8 @@ def _lam_ablation(
             source, accuracy = reused[lam], [r["accuracy"][reused[lam]] for r in main]
         else:
             source, accuracy = "ablation", [r["accuracy"][names[lam]] for r in rows]
-        cells.append({"lam": lam, "source": source, "accuracy": accuracy})
+        fitted = fits_head(experiment.objective_config("ce" if source == "ce" else "schane", lam=lam))
+        cells.append({"lam": lam, "source": source, "accuracy": accuracy, "head": "fitted" if fitted else "joint"})
     selection = choose_lam(experiment, model, data, augment, cells, out_dir, device, progress)
     return {"shots": ab.shots, "ways": fs.ways, "episodes": fs.episodes, "lams": cells, "selection": selection}
 

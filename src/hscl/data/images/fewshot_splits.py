@@ -169,14 +169,14 @@ class FewShotBenchmark:
     def as_episode_data(self, split: str = "test", query_fraction: float = 0.5, seed: int = 0) -> ImageData:
         """One split as an :class:`ImageData` for :func:`hscl.engine.fewshot.few_shot`.
 
-        The episode code draws an episode's support images from an ImageData's train split and its queries from
-        its test split, among the classes it is given. So the images of each class of ``split`` are divided once,
-        stratified and at random by ``seed``, into a support pool (``train_images``, ``1 - query_fraction`` of
-        them) and a query pool (``test_images``): no image is ever both a support and a query image. Labels and
-        classes are the split's (``0 .. n_classes - 1``): pass ``classes=range(data.num_classes)`` to
-        ``few_shot`` (the CLI's default). The protocol of the papers draws both sets of an episode from all 600
-        images of each class; with these fixed pools every episode still has disjoint, uniformly drawn support
-        and query sets, each from half of the images (300 of 600 by default).
+        The images of each class of ``split`` are divided once, stratified and at random by ``seed``, into
+        ``train_images`` (``1 - query_fraction`` of them) and ``test_images``. The episode code
+        (:func:`hscl.engine.episodes.sample_episode`) by default pools the two again and draws an episode's
+        support and query sets from all the images of each class (all 600 for CIFAR-FS and FC100), disjoint within
+        the episode: the papers' protocol, so this division does not restrict the episodes. With
+        ``FewShotConfig(draw="split")`` it does: the support from ``train_images``, the queries from
+        ``test_images``, and no image is ever both a support and a query image. Labels and classes are the split's
+        (``0 .. n_classes - 1``): pass ``classes=range(data.num_classes)`` to ``few_shot`` (the CLI's default).
 
         Any split may be converted (``"train"``: the base classes, e.g. to pre-train or fine-tune a backbone on
         them, with a held-out test split). The name is ``"<benchmark>:<split>"`` (with ``:q<fraction>:seed<seed>``
