@@ -1,5 +1,6 @@
-"""The choice of SCHaNe's lam in ``hscl reproduce schane``: validation episodes from the held-out classes' training
-images only (no test image), the validation-best lam reported with its test accuracy; ``--select test`` labelled."""
+"""The choice of SCHaNe's lam in ``hscl reproduce schane``: validation episodes from a share of the held-out classes'
+images that the test episodes never draw, the validation-best lam reported with its test accuracy; ``--select test``
+labelled."""
 
 from __future__ import annotations
 
@@ -34,19 +35,31 @@ def _ids(images: torch.Tensor) -> set[int]:
     return {int(a) * 256 + int(b) + 65536 * int(c) for a, b, c, _ in flat}
 
 
-def test_validation_episodes_draw_only_the_held_out_classes_training_images_in_two_disjoint_pools():
+def test_validation_images_are_a_stratified_share_of_all_images_that_the_test_episodes_never_draw(experiment):
     data = _id_data()
     heldout = [5, 6, 7, 8, 9]
-    val = selection.validation_episode_data(data, heldout, 0.25, shots=5, queries=10)
-    support, queries = _ids(val.train_images), _ids(val.test_images)
-    train_ids = {i for i, y in enumerate(data.train_labels.tolist()) if y in heldout}
-    assert not support & queries and support | queries == train_ids  # no test image (ids >= 10000), none twice
-    assert Counter(val.test_labels.tolist()) == dict.fromkeys(heldout, 10)  # stratified: 25% of 40 per class
-    assert Counter(val.train_labels.tolist()) == dict.fromkeys(heldout, 30)
-    again = selection.validation_episode_data(data, heldout, 0.25, shots=5, queries=10)
-    assert _ids(again.test_images) == queries  # the fixed validation seed
-    with pytest.raises(ValueError, match=r"ablation\.val_fraction=0\.25 leaves class 5 30 support and 10 query"):
-        selection.validation_episode_data(data, heldout, 0.25, shots=5, queries=15)
+    val, rest = selection.validation_split(data, heldout, 0.25, shots=5, queries=10)
+    val_ids, rest_ids = _ids(val.train_images) | _ids(val.test_images), _ids(rest.train_images) | _ids(rest.test_images)
+    pooled_labels = {
+        **dict(enumerate(data.train_labels.tolist())),
+        **{10000 + i: y for i, y in enumerate(data.test_labels.tolist())},
+    }
+    assert not val_ids & rest_ids and val_ids | rest_ids == set(pooled_labels)  # disjoint, every image once
+    assert {pooled_labels[i] for i in val_ids} == set(heldout)  # only held-out classes give validation images
+    labels = torch.cat([val.train_labels, val.test_labels]).tolist()
+    assert Counter(labels) == dict.fromkeys(heldout, 20)  # stratified: 25% of the 80 (40 + 40) images per class
+    assert min(val_ids) < 10000 <= max(val_ids)  # from both splits: all the images of a class take part
+    assert _ids(selection.validation_episode_data(data, heldout, 0.25, shots=5, queries=10).test_images) == _ids(
+        val.test_images
+    )  # the fixed validation seed
+    with pytest.raises(ValueError, match=r"ablation\.val_fraction=0\.25 leaves class 5 20 validation images"):
+        selection.validation_split(data, heldout, 0.25, shots=5, queries=16)
+    # the test episodes draw from the rest when lam is chosen on validation, from everything when chosen on test
+    experiment.ablation = dataclasses.replace(experiment.ablation, val_fraction=0.25)
+    pool = selection.test_episode_pool(dataclasses.replace(experiment, heldout_classes=heldout), data)
+    assert _ids(pool.train_images) | _ids(pool.test_images) == rest_ids
+    experiment.ablation = dataclasses.replace(experiment.ablation, select="test")
+    assert selection.test_episode_pool(experiment, data) is data
 
 
 #: test-episode accuracies per lam (3 episodes), and the validation accuracies the fake episodes give
@@ -79,7 +92,9 @@ def test_lam_is_chosen_on_the_validation_episodes_and_reported_on_test(experimen
     assert chosen["test_top1_mean"] == 70.0 and chosen["val_top1_mean"] == 76.0  # 75 + mean(0, 1, 2)
     assert sorted(config.lam for config in seen["configs"].values()) == sorted(TEST)  # every lam on validation
     assert seen["fewshot"].shots == [5] and seen["out_dir"] == Path(tmp_path) / "ablation-validation"
-    assert max(_ids(seen["data"].test_images) | _ids(seen["data"].train_images)) < 10000  # no test image
+    seen_ids = _ids(seen["data"].test_images) | _ids(seen["data"].train_images)
+    pool = selection.test_episode_pool(experiment, _id_data())
+    assert seen_ids and not seen_ids & (_ids(pool.test_images) | _ids(pool.train_images))  # no test-episode image
     summary = _summarise_ablation({"shots": 5, "ways": 5, "episodes": 3, "lams": cells, "selection": chosen})
     header, rows = _ablation_table(summary)
     assert "validation top-1 (%)" in header and rows[1][-1] == "**selected (validation)**"

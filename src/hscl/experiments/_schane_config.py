@@ -81,10 +81,10 @@ class AblationConfig:
     ``(1 - lam) CE + lam L_SCHaNe`` for every ``lam`` in ``lams`` (``lam = 0`` is CE exactly).
 
     ``select``: the episodes the best ``lam`` is chosen on. ``"validation"`` (default): ``val_episodes``
-    episodes (None: as many as the few-shot comparison) drawn from the held-out classes' training images only,
-    ``val_fraction`` of them (stratified) as the query pool and the rest as the support pool, so no test image
-    takes part; the chosen ``lam``'s accuracy on the test episodes is reported. ``"test"``: the best mean over
-    the test episodes themselves (the paper's protocol; optimistic).
+    episodes (None: as many as the few-shot comparison) drawn from a stratified ``val_fraction`` of each held-out
+    class's images (training and test splits pooled), which the test episodes (few-shot and ablation) then never
+    draw from, so no image of a test episode takes part; the chosen ``lam``'s accuracy on the test episodes is
+    reported. ``"test"``: the best mean over the test episodes themselves (the paper's protocol; optimistic).
     """
 
     lams: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.9, 1.0])
@@ -105,7 +105,7 @@ class AblationConfig:
             self.val_episodes = _check_int("ablation.val_episodes", self.val_episodes, 1)
         self.val_fraction = _check_real("ablation.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True)
         if self.val_fraction == 1.0:
-            raise ValueError("ablation.val_fraction must lie in (0, 1): the rest of the images is the support pool")
+            raise ValueError("ablation.val_fraction must lie in (0, 1): the rest of the images is the test episodes'")
 
 
 @dataclass

@@ -127,9 +127,9 @@ def _selection_text(ablation: dict) -> str:
             f"{sel['test_top1_mean']:.2f}% on them"
         )
     return (
-        f"lam chosen on {sel['val_episodes']} validation episodes (queries from {sel['val_fraction']:.0%} of the "
-        f"held-out classes' training images, no test image): lam = {sel['lam']:g}, {sel['val_top1_mean']:.2f}% on "
-        f"them; its test accuracy {sel['test_top1_mean']:.2f}%"
+        f"lam chosen on {sel['val_episodes']} validation episodes (drawn from {sel['val_fraction']:.0%} of each "
+        "held-out class's images, set aside: the test episodes never draw them): lam = "
+        f"{sel['lam']:g}, {sel['val_top1_mean']:.2f}% on them; its test accuracy {sel['test_top1_mean']:.2f}%"
     )
 
 
@@ -385,6 +385,9 @@ def _protocol_note(experiment, results: dict) -> str:
         if fs.draw == "all"
         else "support images from the training split, query images from the test split"
     )
+    ab = experiment.ablation
+    if ab is not None and ab.select == "validation":
+        images += f" (except the {ab.val_fraction:g} of each class's images set aside for choosing lam)"
     return (
         f"Full fine-tuning: training seeds {seeds}, each scored on the same {full['test_images']} test images. "
         f"Few-shot: each episode draws {fs.ways} of the {len(experiment.heldout_classes)} held-out classes "

@@ -1,11 +1,13 @@
 """The choice of SCHaNe's ``lam`` in ``hscl reproduce schane``'s ablation: on validation episodes or on the test ones.
 
-Validation episodes (``ablation.select: validation``, the default) are drawn from the held-out classes' *training*
-images only: a stratified ``ablation.val_fraction`` of them is the query pool, the rest the support pool
-(:func:`validation_episode_data`), so no test image is seen by the choice. Every ``lam`` runs on the same
+Validation episodes (``ablation.select: validation``, the default) are drawn from a stratified
+``ablation.val_fraction`` of each held-out class's images (the training and test splits pooled, the fixed
+validation seed; :func:`validation_split`), which the test episodes then never draw from
+(:func:`test_episode_pool`): no image a test episode holds takes part in the choice. Every ``lam`` runs on the same
 validation episodes (same initial weights and augmentation draws, as the test episodes); the ``lam`` of the best
 mean validation accuracy is chosen and its accuracy on the test episodes reported. ``select: test`` chooses the
-best mean over the test episodes themselves (the paper's protocol), and says so.
+best mean over the test episodes themselves (the paper's protocol), and says so; the test episodes then draw
+from all the images of each class.
 """
 
 from __future__ import annotations
@@ -20,41 +22,72 @@ from hscl.data.images import ImageData, holdout_indices
 from hscl.engine.fewshot import few_shot
 from hscl.models import Backbone, ContrastiveModel
 
-__all__ = ["choose_lam", "validation_episode_data"]
+__all__ = ["choose_lam", "test_episode_pool", "validation_episode_data", "validation_split"]
 
 
-def validation_episode_data(
-    data: ImageData, classes: list[int], fraction: float, shots: int = 1, queries: int = 1
-) -> ImageData:
-    """The episode data of the validation episodes: the training images of ``classes`` only, a stratified
-    ``fraction`` of them (:func:`~hscl.data.images.holdout_indices`, the fixed validation seed) as the query
-    pool (its "test" split) and the others as the support pool (its "training" split). Every class must keep at
-    least ``shots`` support and ``queries`` query images (else a ``ValueError`` naming ``ablation.val_fraction``)."""
-    among = torch.nonzero(torch.isin(data.train_labels, torch.tensor(classes))).flatten()
-    labels = data.train_labels[among]
+def validation_split(
+    data: ImageData, classes: list[int], fraction: float, shots: int = 1, queries: int = 1, draw: str = "all"
+) -> tuple[ImageData, ImageData]:
+    """``(validation, rest)``: a stratified ``fraction`` of the images of ``classes`` (the training and test splits
+    pooled; :func:`~hscl.data.images.holdout_indices` with the fixed validation seed) for the validation episodes,
+    and ``data`` without them for the test episodes. Each image keeps its split (training images as "train", test
+    images as "test"), so either draw of :func:`hscl.engine.episodes.sample_episode` works on both parts. Every class
+    must keep enough validation images for an episode, ``shots + queries`` (``draw="split"``: ``shots`` training
+    and ``queries`` test images), else a ``ValueError`` naming ``ablation.val_fraction``."""
+    n_train = int(data.train_labels.numel())
+    pooled = torch.cat([data.train_labels, data.test_labels])
+    among = torch.nonzero(torch.isin(pooled, torch.tensor(classes))).flatten()
     held = round(fraction * len(among))
     if not 0 < held < len(among):
         raise ValueError(
-            f"ablation.val_fraction={fraction} of the held-out classes' {len(among)} training images holds out "
-            f"{held}; the validation episodes need a query pool and a support pool"
+            f"ablation.val_fraction={fraction} of the held-out classes' {len(among)} images holds out {held}; the "
+            "validation and the test episodes both need images"
         )
-    kept, pool = (among[torch.from_numpy(i)] for i in holdout_indices(labels, held))
+    picked = among[torch.from_numpy(holdout_indices(pooled[among], held)[1])]
+    chosen = torch.zeros(len(pooled), dtype=torch.bool)
+    chosen[picked] = True
+    in_train, in_test = chosen[:n_train], chosen[n_train:]
     for cls in classes:
-        n_support, n_query = int((data.train_labels[kept] == cls).sum()), int((data.train_labels[pool] == cls).sum())
-        if n_support < shots or n_query < queries:
+        n_tr, n_te = int((data.train_labels[in_train] == cls).sum()), int((data.test_labels[in_test] == cls).sum())
+        if (n_tr + n_te < shots + queries) if draw == "all" else (n_tr < shots or n_te < queries):
             raise ValueError(
-                f"ablation.val_fraction={fraction} leaves class {cls} {n_support} support and {n_query} query images "
-                f"of its {n_support + n_query} training images for the validation episodes, fewer than {shots} + "
-                f"{queries}; change ablation.val_fraction or choose lam on test (--select test)"
+                f"ablation.val_fraction={fraction} leaves class {cls} {n_tr + n_te} validation images ({n_tr} "
+                f"training, {n_te} test), fewer than {shots} support + {queries} query images; change "
+                "ablation.val_fraction or choose lam on test (--select test)"
             )
-    return ImageData(
-        name=f"{data.name} (validation episodes: held-out classes' training images)",
-        train_images=data.train_images[kept],
-        train_labels=data.train_labels[kept],
-        test_images=data.train_images[pool],
-        test_labels=data.train_labels[pool],
+    validation = ImageData(
+        name=f"{data.name} (validation episodes: {fraction:g} of the held-out classes' images)",
+        train_images=data.train_images[in_train],
+        train_labels=data.train_labels[in_train],
+        test_images=data.test_images[in_test],
+        test_labels=data.test_labels[in_test],
         classes=list(data.classes),
     )
+    rest = ImageData(
+        name=f"{data.name} (test episodes: without the {fraction:g} for validation)",
+        train_images=data.train_images[~in_train],
+        train_labels=data.train_labels[~in_train],
+        test_images=data.test_images[~in_test],
+        test_labels=data.test_labels[~in_test],
+        classes=list(data.classes),
+    )
+    return validation, rest
+
+
+def validation_episode_data(
+    data: ImageData, classes: list[int], fraction: float, shots: int = 1, queries: int = 1, draw: str = "all"
+) -> ImageData:
+    """The validation part of :func:`validation_split`: the images the validation episodes draw from."""
+    return validation_split(data, classes, fraction, shots, queries, draw)[0]
+
+
+def test_episode_pool(experiment, data: ImageData) -> ImageData:
+    """The images the test episodes (the few-shot comparison and the ablation) draw from: ``data`` without the
+    validation images when ``lam`` is chosen on validation (:func:`validation_split`), else ``data``."""
+    ab, fs = experiment.ablation, experiment.fewshot
+    if ab is None or ab.select != "validation":
+        return data
+    return validation_split(data, experiment.heldout_classes, ab.val_fraction, ab.shots, fs.queries, fs.draw)[1]
 
 
 def choose_lam(
@@ -67,7 +100,8 @@ def choose_lam(
     device: torch.device,
     progress: bool,
 ) -> dict:
-    """Choose the best ``lam`` of the ablation's ``cells`` (``{"lam", "accuracy": [per test episode]}``).
+    """Choose the best ``lam`` of the ablation's ``cells`` (``{"lam", "accuracy": [per test episode]}``); ``data`` is
+    the whole data (the validation images are taken from it, :func:`validation_episode_data`).
 
     With ``ablation.select: validation`` every cell gets ``val_accuracy`` (per validation episode, run in
     ``out_dir/ablation-validation``, resumable). Returns ``{"selected_on", "lam", "test_top1_mean"}`` with, on
@@ -81,7 +115,7 @@ def choose_lam(
     episodes = ab.val_episodes or fs.episodes
     names = {cell["lam"]: f"schane-lam{cell['lam']:g}" for cell in cells}
     configs = {name: experiment.objective_config("schane", lam=lam, lr=fs.lr, bn=fs.bn) for lam, name in names.items()}
-    val_data = validation_episode_data(data, experiment.heldout_classes, ab.val_fraction, ab.shots, fs.queries)
+    val_data = validation_episode_data(data, experiment.heldout_classes, ab.val_fraction, ab.shots, fs.queries, fs.draw)
     print(
         f"== lam ablation, validation: {episodes} {ab.shots}-shot episodes on {val_data} for every lam",
         flush=True,

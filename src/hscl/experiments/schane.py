@@ -44,7 +44,7 @@ from hscl.experiments._schane_config import (
     load_experiment,
 )
 from hscl.experiments._schane_outputs import write_schane_outputs
-from hscl.experiments._schane_selection import choose_lam
+from hscl.experiments._schane_selection import choose_lam, test_episode_pool
 from hscl.models import Backbone, ContrastiveModel
 
 __all__ = [
@@ -124,12 +124,13 @@ def reproduce_schane(
         full, correct = _full_finetuning(experiment, model, full_data, augment, out_dir, device, progress)
         lap("full")
 
-        # 3. few-shot episodes on the held-out classes
-        episodes = _fewshot_episodes(experiment, model, data, augment, out_dir, device, progress)
+        # 3. few-shot episodes on the held-out classes (without the images lam is chosen on)
+        pool = test_episode_pool(experiment, data)
+        episodes = _fewshot_episodes(experiment, model, pool, augment, out_dir, device, progress)
         lap("fewshot")
 
         # 4. the lam ablation on the K-shot episodes
-        ablation = _lam_ablation(experiment, model, data, augment, episodes, out_dir, device, progress)
+        ablation = _lam_ablation(experiment, model, data, augment, episodes, out_dir, device, progress, pool=pool)
         lap("ablation")
 
         # 5. embedding quality of the fine-tuned models (first seed): isotropy and t-SNE
@@ -367,9 +368,11 @@ def _lam_ablation(
     out_dir: Path,
     device: torch.device,
     progress: bool,
+    pool: ImageData | None = None,
 ) -> dict | None:
     """SCHaNe with every ``lam`` of ``ablation.lams`` on the ``ablation.shots``-shot episodes (the same episodes,
-    initial weights and augmentation draws as the few-shot comparison).
+    initial weights and augmentation draws as the few-shot comparison, drawn from ``pool``, default
+    :func:`~hscl.experiments._schane_selection.test_episode_pool`; ``data`` is the whole data, for the validation).
 
     A cell the few-shot comparison already ran is taken from it: ``lam = 0`` is CE exactly (the contrastive term
     is skipped), ``lam = finetune.lam`` is its SCHaNe. The others run in ``out_dir/ablation`` (resumable). At
@@ -398,7 +401,7 @@ def _lam_ablation(
         print(f"== lam ablation: SCHaNe with lam in {sorted(names)} on the {ab.shots}-shot episodes", flush=True)
         rows = few_shot(
             model,
-            data,
+            pool if pool is not None else test_episode_pool(experiment, data),
             experiment.heldout_classes,
             configs,
             dataclasses.replace(fs, shots=[ab.shots]),
