@@ -12,7 +12,7 @@ its data as ``.csv``).
 Reference: Long et al., arXiv 2308.14893 (SCHaNe).
 
 Presets: ``quick`` (pre-trains a small convnet on Fashion-MNIST, 2 CPU cores), ``pretrained`` (EfficientNet-Lite0,
-ImageNet weights, on Fashion-MNIST, 3 fine-tuning seeds and 100 episodes, about 1.5 hours on 2 CPU cores),
+ImageNet weights, on Fashion-MNIST, 3 fine-tuning seeds and 100 episodes, about 90 minutes on 2 CPU cores),
 ``cifar-fs-vit`` (a ViT / BEiT from
 ``hf:PATH`` on CIFAR-FS and CIFAR-100, for a GPU).
 """
