@@ -118,6 +118,11 @@ def test_the_installed_wheel_reproduces_table1_quick_from_an_empty_folder(wheel,
     row = results["methods"]["scl"]
     assert row["label"] == "SCL" and len(row["runs"]) == 1
     assert 0 <= row["linear_top1_mean"] <= 100 and 0 <= row["knn_top1_mean"] <= 100
-    assert Path(row["config"]).is_relative_to(env_dir)  # the packaged preset, not the checkout's file
+    # a preset shipped inside the installed package is named relative to it (hscl.engine.paths.portable_path);
+    # the package itself was imported from the venv (asserted above), so this is the wheel's copy
+    assert row["config"] == "table1/quick/scl.yaml"
+    presets = _run([python, "-c", "from hscl.engine.paths import PRESETS; print(PRESETS)"], cwd=empty, env=env)
+    assert (Path(presets.stdout.strip()) / row["config"]).is_file()
+    assert Path(presets.stdout.strip()).is_relative_to(env_dir)
     assert "| SCL |" in (empty / "out" / "table1.md").read_text()
     assert sorted(p.name for p in empty.iterdir()) == ["out"]  # nothing written outside --out
