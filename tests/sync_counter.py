@@ -11,6 +11,7 @@ CPU); the ``gpu`` tests count those with CUDA's own sync debug mode.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import pytest
 import torch
@@ -24,7 +25,10 @@ _SIZED = ("nonzero", "unique", "masked_select")
 class SyncCounter:
     """Counts the host reads of the tensors' values while active (see the module docstring)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, within: str | None = None) -> None:
+        """``within``: count only the reads made by code under this folder (e.g. hscl's sources: not those of
+        the optimiser, whose step counters live on the host, or of kornia)."""
+        self.within = within
         self.count = 0
         self.where: list[str] = []
         self.active = False
@@ -43,7 +47,8 @@ class SyncCounter:
             original = getattr(owner, name)
 
             def patched(*args, **kwargs):
-                if counter.depth == 0 and counts(*args, **kwargs):
+                mine = counter.within is None or sys._getframe(1).f_code.co_filename.startswith(counter.within)
+                if counter.depth == 0 and mine and counts(*args, **kwargs):
                     counter._hit(f"{getattr(owner, '__name__', owner)}.{name}")
                 counter.depth += 1  # a read inside a counted one (Tensor.unique calls torch.unique) is the same
                 try:

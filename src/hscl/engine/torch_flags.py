@@ -60,11 +60,8 @@ def _restore_tf32(saved: dict) -> None:
         return
     if _tf32_state() == saved:
         return
-    precision = saved["matmul_precision"]
-    if precision in ("highest", "high"):  # the legacy CUDA switch: leaves oneDNN's CPU setting alone
-        matmul.allow_tf32 = precision == "high"
-    else:
-        torch.set_float32_matmul_precision(precision)
+    # the global setting as it read: torch mirrors it into every backend's, so both APIs read back consistently
+    torch.set_float32_matmul_precision(saved["matmul_precision"])
     torch.backends.cudnn.allow_tf32 = saved["cudnn"]
 
 

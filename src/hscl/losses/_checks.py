@@ -42,10 +42,14 @@ class _ValueChecks:
                 failed()
 
 
+#: torch >= 2.4: ``torch.is_autocast_enabled(device_type)`` and ``torch.get_autocast_dtype(device_type)``
+_PER_DEVICE_AUTOCAST = hasattr(torch, "get_autocast_dtype")
+
+
 def _autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
     """Whether autocast is on for ``device_type`` and its dtype, on every torch since 2.1 (the per-device-type
     ``torch.is_autocast_enabled(device_type)`` / ``torch.get_autocast_dtype`` came in 2.4)."""
-    if hasattr(torch, "get_autocast_dtype"):
+    if _PER_DEVICE_AUTOCAST:
         return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
     if device_type == "cuda":
         return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
