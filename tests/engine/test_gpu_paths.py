@@ -247,21 +247,24 @@ def test_float16_autocast_is_read_on_torch_before_2_4(monkeypatch):
 
     monkeypatch.setattr(_checks, "_PER_DEVICE_AUTOCAST", False)
     z = torch.zeros(2, 2, 3)
-    assert not _nonfinite_allowed(z)
-    with torch.autocast("cpu", dtype=torch.float16), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the older getters are deprecated in newer torch
-        assert _nonfinite_allowed(z)
-    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the older getters are deprecated in newer torch
         assert not _nonfinite_allowed(z)
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert _nonfinite_allowed(z)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not _nonfinite_allowed(z)
 
 
 @pytest.mark.gpu
-def test_few_shot_and_finetune_on_cuda_use_the_rule(digits):
+def test_few_shot_and_finetune_on_cuda_use_the_rule(digits, monkeypatch):
     """On a GPU: bf16 autocast where the GPU computes it (fp16 below), channels-last, TF32 while it runs, a
     model already on ``cuda:0`` not copied for ``device="cuda"``."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
+    import copy
+    import types
+
     from hscl.engine import fewshot as fewshot_module
 
     device = torch.device("cuda")
@@ -269,14 +272,15 @@ def test_few_shot_and_finetune_on_cuda_use_the_rule(digits):
     result = finetune(_model(), digits, FinetuneConfig(epochs=1, batch_size=40), progress=False, device="cuda")
     assert (result.numerics["precision"], result.numerics["channels_last"]) == (precision, channels_last)
     assert result.numerics["tf32"] and precision in ("bf16-mixed", "16-mixed")
-    on_gpu = _model().to("cuda:0")
     copies = []
-    original = fewshot_module.copy.deepcopy
-    fewshot_module.copy.deepcopy = lambda x, *a: (copies.append(type(x).__name__), original(x, *a))[1]
-    try:
-        fewshot = fewshot_module.FewShotConfig(ways=2, shots=[1], queries=2, episodes=1, steps=1)
-        config = FinetuneConfig(objective="ce", bn="frozen")
-        fewshot_module.few_shot(on_gpu, digits, [0, 1, 2], {"ce": config}, fewshot, progress=False, device="cuda")
-    finally:
-        fewshot_module.copy.deepcopy = original
-    assert copies.count("ContrastiveModel") == 1  # the episode's own copy only, not a second one up front
+
+    def counting(x, memo=None):
+        copies.append(type(x).__name__)
+        return copy.deepcopy(x, memo)
+
+    monkeypatch.setattr(fewshot_module, "copy", types.SimpleNamespace(deepcopy=counting))  # fewshot's own copies
+    fewshot = fewshot_module.FewShotConfig(ways=2, shots=[1], queries=2, episodes=1, steps=1)
+    config = FinetuneConfig(objective="ce", bn="frozen")
+    on_gpu = _model().to("cuda:0")
+    fewshot_module.few_shot(on_gpu, digits, [0, 1, 2], {"ce": config}, fewshot, progress=False, device="cuda")
+    assert copies == ["ContrastiveModel"]  # the episode's own copy only, not a second one up front
