@@ -429,27 +429,18 @@ def finetune(
     return FinetuneResult(accuracy(logits, data.test_labels), history, seconds, model.eval(), correct, record)
 
 
-def resolve_loop_precision(
-    precision: str | LoopPrecision | None,
-    model: nn.Module,
-    transform: nn.Module,
-    images: Tensor,
-    device: torch.device,
-) -> LoopPrecision:
-    """The numerics of fine-tuning ``model`` (a :class:`FineTuneModel`, or the pre-trained ContrastiveModel /
-    Backbone) on ``device``: :func:`hscl.engine.precision.loop_precision`, the rule of training.
+def resolve_loop_precision(precision, model: nn.Module, transform: nn.Module, images: Tensor, device) -> LoopPrecision:
+    """The numerics (``precision``: a setting, a LoopPrecision or None) of fine-tuning ``model`` (a
+    :class:`FineTuneModel`, or the pre-trained ContrastiveModel / Backbone) on ``device`` (a torch.device):
+    :func:`hscl.engine.precision.loop_precision`, the rule of training.
     ``precision="fastest"`` on the CPU times the model on ``transform(images)`` (uint8 training images as the
     steps see them, as many as a step's rows); no other setting reads them."""
-    sample = None
+    model, sample = model.model if isinstance(model, FineTuneModel) else model, None  # forward: (h, z)
     if precision == "fastest" and device.type == "cpu":
         sample = transform(to_device(images, device))
-        if isinstance(model, FineTuneModel):
-            model = model.model  # the probe's forward returns (h, z)
-        elif isinstance(model, Backbone):  # wrapped as fine-tuning wraps it, without touching the global RNG
+        if isinstance(model, Backbone):  # wrapped as fine-tuning wraps it, without touching the global RNG
             with torch.random.fork_rng(devices=[]):
                 model = FineTuneModel(model, 2).model
-    elif isinstance(model, FineTuneModel):
-        model = model.model
     return loop_precision(precision, model, device, sample)
 
 
