@@ -25,8 +25,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from hscl.engine.distributed import all_gather_rows, gather_batch, global_batch_loss, rank, shard, world_size
+from hscl.engine.distributed import (
+    all_gather_rows,
+    gather_batch,
+    global_batch_loss,
+    rank,
+    shard,
+    shard_sizes,
+    world_size,
+)
 from hscl.losses import get_loss
+from sync_counter import SyncCounter
 
 IN_DIM, D, V, B, CLASSES = 6, 5, 2, 12, 3
 
@@ -99,6 +108,13 @@ def _worker(rank_: int, world: int, init_file: str, out_dir: str) -> None:
             [p.requires_grad for p in all_gather_rows(z)],
             global_z.requires_grad,
         )
+        # the shard sizes known on the host (as training knows them): no exchange, no host read
+        patch = pytest.MonkeyPatch()
+        counter = SyncCounter(patch).install()
+        with counter.counting():
+            known_z, known_labels = gather_batch(z, torch.full((rank_ + 2,), rank_), sizes=[2, 3])
+        patch.undo()
+        results["gather_known"] = (known_z.detach(), known_labels, known_z.requires_grad, counter.where)
         torch.save(results, Path(out_dir) / f"rank{rank_}.pt")
     finally:
         dist.destroy_process_group()
@@ -148,6 +164,15 @@ def test_gather_keeps_rank_order_and_uneven_shards(two_process_results):
         assert global_labels.tolist() == [0, 0, 1, 1, 1]
         assert parts_require_grad == [False, False]  # other ranks' rows are values
         assert attached  # this rank's slot keeps its graph
+
+
+def test_gather_with_known_shard_sizes_reads_nothing_on_the_host(two_process_results):
+    assert shard_sizes(5, 2) == [3, 2]  # tensor_split's sizes; rank k of this test holds k + 2 rows instead
+    for results in two_process_results:
+        want_z, want_labels, _, _ = results["gather"]
+        got_z, got_labels, attached, reads = results["gather_known"]
+        assert torch.equal(got_z, want_z) and torch.equal(got_labels, want_labels) and attached
+        assert reads == []
 
 
 def test_shard_splits_like_tensor_split():

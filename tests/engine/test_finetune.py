@@ -23,6 +23,7 @@ from hscl.engine.finetune import (
     select_classes,
     train_step,
 )
+from hscl.engine.precision import resolve_precision
 from hscl.engine.pretrained import load_pretrained
 from hscl.engine.train import train
 from hscl.models import build_model
@@ -395,8 +396,10 @@ def test_finetune_cli(checkpoint, tmp_path, capsys):
     assert main(args) == 0
     result = json.loads((out / "result.json").read_text())
     assert 0 <= result["test_top1"] <= 100 and result["config"]["lam"] == 0.9
-    numerics = result["numerics"]  # fine-tuning runs in float32 on the device it picked
-    assert (numerics["precision"], numerics["channels_last"]) == ("32-true", False)
+    numerics = result["numerics"]  # the precision of train.precision's rule, auto, on the device it picked
+    device = torch.device("cuda" if torch.cuda.device_count() else "cpu")
+    expected = resolve_precision("auto", load_pretrained(checkpoint).model, None, device)
+    assert (numerics["precision"], numerics["channels_last"], numerics["setting"]) == (*expected, "auto")
     assert numerics["torch"] == torch.__version__
     assert numerics["device"] == ("cuda" if torch.cuda.device_count() else "cpu")
     assert "SCHaNe: test top-1" in capsys.readouterr().out
@@ -405,6 +408,8 @@ def test_finetune_cli(checkpoint, tmp_path, capsys):
     few += ["--ways", "3", "--shots", "1", "--episodes", "2", "--steps", "2", "--out", str(tmp_path / "fs")]
     assert main([*few, "--no-progress"]) == 0
     assert "3-way 1-shot CE" in capsys.readouterr().out
+    few_numerics = json.loads((tmp_path / "fs" / "result.json").read_text())["numerics"]
+    assert (few_numerics["precision"], few_numerics["channels_last"]) == expected  # the episodes' numerics
     assert main([*args[:4], "--lam", "2", "--out", str(tmp_path / "bad")]) == 2
     assert "lam must lie in [0.0, 1.0]" in capsys.readouterr().err
     assert main(["finetune", str(tmp_path / "missing.ckpt")]) == 2

@@ -61,6 +61,12 @@ def env_trial(config, run_dir: Path) -> dict:
     return {"linear_top1": 1.0, "val_linear_top1": 1.0}
 
 
+def gpu_trial(config, run_dir: Path) -> dict:
+    """Records the GPU its worker was given (``CUDA_VISIBLE_DEVICES``), then runs ``fake_trial``."""
+    (run_dir / "gpu.json").write_text(json.dumps({"pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+    return fake_trial(config, run_dir)
+
+
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "base.yaml"
     path.write_text("name: fake\nloss:\n  method: h-scl\n  beta: 1.0\n")
@@ -235,6 +241,43 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path, env, monkeypat
     assert Counter(beta for kind, beta, _ in log if kind == "start") == dict.fromkeys([*BETAS, 10.0], 1)
     assert len({pid for _, _, pid in log}) == 2  # both workers ran points
     assert Counter(t.state for t in _trials(tmp_path)) == {TrialState.COMPLETE: 6}
+
+
+def test_workers_spread_over_the_gpus(monkeypatch):
+    import torch
+
+    from hscl.engine.sweep import worker_gpus
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)  # a machine with 3 GPUs
+    assert worker_gpus(5) == ["0", "1", "2", "0", "1"]  # worker i on GPU i mod 3
+    assert worker_gpus(3, [2, 0]) == ["2", "0", "2"]  # --gpus 2,0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")  # indices name the GPUs this process sees
+    assert worker_gpus(2) == ["4", "6"] and worker_gpus(2, [2]) == ["7", "7"]
+    for bad in ([3], [], [-1], [True]):
+        with pytest.raises(ValueError, match=r"--gpus must list GPU indices in \[0, 3\)"):
+            worker_gpus(2, bad)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert worker_gpus(2) == [None, None]  # no GPU: nothing is set
+    with pytest.raises(ValueError, match="torch sees 0 GPU"):
+        worker_gpus(2, [0])
+
+
+def test_two_workers_run_on_two_gpus(tmp_path, env, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setenv("HSCL_TEST_WAIT_FOR_PARTNER", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # the parent assigns; each worker only reads its env
+    args = _sweep_args(tmp_path, "beta=0.1,0.5,1,2", "--workers", "2", "--trial", "test_sweep:gpu_trial")
+    assert main(args) == 0
+    assert "worker GPUs (CUDA_VISIBLE_DEVICES) 0, 1" in capsys.readouterr().out
+    seen = [json.loads(f.read_text()) for f in (tmp_path / "sweep" / "trials").glob("*/gpu.json")]
+    by_worker = {entry["pid"]: set() for entry in seen}
+    for entry in seen:
+        by_worker[entry["pid"]].add(entry["gpu"])
+    assert len(seen) == 4 and len(by_worker) == 2  # both workers ran points
+    assert sorted(gpu for gpus in by_worker.values() for gpu in gpus) == ["0", "1"]  # one GPU each, distinct
 
 
 def test_stale_trials_of_other_machines_by_heartbeat(tmp_path):

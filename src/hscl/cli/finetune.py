@@ -82,6 +82,13 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     ft.add_argument(
         "--device", default="auto", help="auto (default: a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N"
     )
+    ft.add_argument(
+        "--precision",
+        choices=["auto", "fastest", "bf16", "16", "32"],
+        default="auto",
+        help="as train.precision (default auto: CUDA bf16 autocast on compute capability >= 8.0, else fp16 with "
+        "gradient scaling, channels-last for convnets, TF32; CPU bf16 where it has native bf16, else float32)",
+    )
     ft.set_defaults(func=cmd_finetune)
 
 
@@ -187,9 +194,12 @@ def _finetune_config(args: argparse.Namespace):
 
 
 def _run_few_shot(args, pretrained, data, classes, config, augment, out: Path, record: dict) -> None:
-    """N-way K-shot episodes on ``classes`` (default: every class); adds ``fewshot`` and ``results`` to ``record``."""
+    """N-way K-shot episodes on ``classes`` (default: every class); adds ``fewshot``, ``results`` and ``numerics``
+    to ``record``."""
+    from hscl.engine.distributed import resolve_device
     from hscl.engine.fewshot import FewShotConfig, few_shot, mean_ci95
     from hscl.engine.finetune import OBJECTIVE_LABELS
+    from hscl.engine.precision import LoopPrecision
     from hscl.experiments._schane_outputs import _fmt
 
     pool = classes if classes is not None else list(range(data.num_classes))
@@ -215,7 +225,10 @@ def _run_few_shot(args, pretrained, data, classes, config, augment, out: Path, r
         resume=args.resume,
         progress=not args.no_progress,
         device=args.device,
+        precision=args.precision,
     )
+    stored = json.loads((out / "setting.json").read_text())["numerics"]  # the episodes' numerics
+    record["numerics"] = LoopPrecision(**stored, setting=args.precision).record(resolve_device(args.device))
     record["fewshot"] = dataclasses.asdict(fewshot)
     record["results"] = {}
     for shots, rows in episodes.items():
@@ -248,8 +261,10 @@ def _run_full(args, pretrained, data, classes, config, augment, out: Path, recor
         resume=args.resume,
         progress=not args.no_progress,
         device=args.device,
+        precision=args.precision,
     )
     torch.save(result.model.state_dict(), out / "model.pt")
+    record["numerics"] = result.numerics
     top1, half = _binomial_ci(result.test_correct)
     record.update(result.as_dict())
     record["test_top1_ci95"] = half
@@ -282,11 +297,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "config": dataclasses.asdict(config),
     }
     run = _run_few_shot if args.few_shot else _run_full
-    run(args, pretrained, data, classes, config, augment, out, record)
-    from hscl.engine.distributed import resolve_device
-    from hscl.engine.precision import numerics_record
-
-    record["numerics"] = numerics_record("32-true", False, resolve_device(args.device))  # fine-tuning: float32
+    run(args, pretrained, data, classes, config, augment, out, record)  # records the numerics used
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(record, indent=2))
     if args.json:

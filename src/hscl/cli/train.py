@@ -100,6 +100,11 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     )
     sw.add_argument("--study", default="hscl-sweep", help="study name in the storage (default hscl-sweep)")
     sw.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (default 1)")
+    sw.add_argument(
+        "--gpus",
+        help="comma-separated GPU indices the workers spread over, worker i on the (i mod n)-th (default: every "
+        "visible GPU, worker i on GPU i mod n)",
+    )
     sw.add_argument("--metric", default="linear_top1", help="maximised: linear_top1 (default), knn_top1, linear_top5")
     sw.add_argument(
         "--select",
@@ -145,7 +150,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     for note in sweep.notes:
         print(f"hscl sweep: {note}", flush=True)
-    print(summary(run_sweep(sweep, workers=args.workers)))
+    gpus = None
+    if args.gpus is not None:
+        try:
+            gpus = [int(v) for v in args.gpus.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--gpus must be comma-separated GPU indices, e.g. 0,1; got {args.gpus!r}") from None
+    print(summary(run_sweep(sweep, workers=args.workers, gpus=gpus)))
     return 0
 
 

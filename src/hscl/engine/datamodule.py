@@ -16,6 +16,7 @@ from hscl.engine.config import RunConfig
 from hscl.engine.distributed import (
     place,
     shard,
+    to_device,
     world_size,
 )
 from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import them from here)
@@ -73,8 +74,9 @@ class _EpochBatches(torch.utils.data.IterableDataset):
     class ids, or the multi-hot label sets of a multi-label dataset) for the epoch ``epoch_fn()``: the global batch
     (``B_k = B``) with one process; under DDP this rank's shard of it (:func:`~hscl.engine.distributed.shard`),
     so that each rank reads (and copies to its device) only its own samples. The indices of every batch are
-    drawn on the host from ``(seed, epoch)``; ``images`` / ``labels`` may live on the GPU (then only the
-    indices are copied)."""
+    drawn on the host from ``(seed, epoch)``; ``images`` / ``labels`` may live on the GPU: then the indices of
+    the whole epoch are copied there once, through pinned memory without blocking (no host synchronisation
+    per step)."""
 
     def __init__(self, images: Tensor, labels: Tensor, sampler: ViewSampler, epoch_fn) -> None:
         self.images, self.labels, self.sampler, self.epoch_fn = images, labels, sampler, epoch_fn
@@ -84,11 +86,11 @@ class _EpochBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         shards = world_size()  # read here: the process group exists by the time the batches are read
-        for index in self.sampler.batches(self.epoch_fn()):  # (B, V)
-            if shards > 1:
-                index = index[shard(index.shape[0], shards)]  # (B_k, V): this rank's samples only
-            if index.device != self.images.device:
-                index = index.to(self.images.device)
+        batches = self.sampler.batches(self.epoch_fn())  # (num_batches, B, V)
+        if shards > 1:
+            batches = batches[:, shard(batches.shape[1], shards)]  # (num_batches, B_k, V): this rank's samples
+        batches = to_device(batches, self.images.device)  # once per epoch; pinned and non-blocking to a GPU
+        for index in batches:  # (B_k, V)
             yield self.images[index], self.labels[index[:, 0]]
 
 

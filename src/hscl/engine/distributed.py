@@ -50,12 +50,14 @@ __all__ = [
     "rank",
     "launch_rank",
     "shard",
+    "shard_sizes",
     "all_gather_rows",
     "gather_batch",
     "global_batch_loss",
     "resolve_device",
     "fits_on_device",
     "place",
+    "same_device",
     "to_device",
 ]
 
@@ -101,8 +103,26 @@ def shard(num_samples: int, num_shards: int | None = None, index: int | None = N
     return slice(start, start + size + (1 if index < extra else 0))
 
 
-def all_gather_rows(x: Tensor) -> list[Tensor]:
+def shard_sizes(num_samples: int, num_shards: int | None = None) -> list[int]:
+    """The sample count of every rank's shard of a global batch of ``num_samples`` (:func:`shard`), in rank
+    order, computed on the host."""
+    num_shards = world_size() if num_shards is None else int(num_shards)
+    return [shard(num_samples, num_shards, k).stop - shard(num_samples, num_shards, k).start for k in range(num_shards)]
+
+
+def _exchange_sizes(rows: int, device: torch.device) -> list[int]:
+    """Every rank's ``rows``, in rank order: an all-reduce, read on the host."""
+    counts = torch.zeros(world_size(), dtype=torch.long, device=device)
+    counts[rank()] = rows
+    dist.all_reduce(counts)  # (W,) rows of each rank
+    return counts.tolist()
+
+
+def all_gather_rows(x: Tensor, sizes: list[int] | None = None) -> list[Tensor]:
     """Every rank's ``x``, in rank order, as values (no gradient). Ranks may hold different row counts.
+
+    ``sizes``: the row count of every rank when the caller knows it on the host (:func:`shard_sizes` of the
+    global batch); None: exchanged with an all-reduce and read on the host (a synchronisation with the device).
 
     Shape: ``x`` ``(n_k, ...)`` (the trailing dimensions equal on all ranks) -> a list of ``W``
     tensors ``(n_j, ...)``.
@@ -110,24 +130,28 @@ def all_gather_rows(x: Tensor) -> list[Tensor]:
     W = world_size()
     if W == 1:
         return [x.detach()]
-    counts = torch.zeros(W, dtype=torch.long, device=x.device)
-    counts[rank()] = x.shape[0]
-    dist.all_reduce(counts)  # (W,) rows of each rank
-    width = int(counts.max())
+    if sizes is None:
+        sizes = _exchange_sizes(x.shape[0], x.device)
+    elif len(sizes) != W or sizes[rank()] != x.shape[0]:
+        raise ValueError(
+            f"sizes must give the rows of each of the {W} ranks ({x.shape[0]} on rank {rank()}), got {sizes}"
+        )
+    width = max(sizes)
     padded = x.detach()
     if x.shape[0] < width:  # all_gather needs one shape on every rank
         padded = torch.cat([padded, padded.new_zeros((width - x.shape[0], *x.shape[1:]))])
     parts = [torch.empty_like(padded) for _ in range(W)]
     dist.all_gather(parts, padded.contiguous())
-    return [part[: int(n)] for part, n in zip(parts, counts)]
+    return [part[:n] for part, n in zip(parts, sizes)]
 
 
-def gather_batch(z: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+def gather_batch(z: Tensor, labels: Tensor | None, sizes: list[int] | None = None) -> tuple[Tensor, Tensor | None]:
     """The global batch: all ranks' samples concatenated in rank order; this rank's slot stays ``z``.
 
     Only this rank's rows are attached to the autograd graph (the others are gathered values), so a
     backward through any function of the global batch gives this rank the complete derivative with
-    respect to its own rows (see the module docstring).
+    respect to its own rows (see the module docstring). ``sizes``: every rank's sample count, when known on the
+    host (:func:`all_gather_rows`).
 
     Shape: ``z`` ``(B_k, V, d)``, ``labels`` ``(B_k,)`` or None -> ``(B, V, d)``, ``(B,)`` or None.
     """
@@ -135,13 +159,15 @@ def gather_batch(z: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | Non
         raise ValueError(f"z must have a leading sample dimension, got shape {tuple(z.shape)}")
     if world_size() == 1:
         return z, labels
-    parts = all_gather_rows(z)
+    if sizes is None:  # one exchange of the row counts, for both gathers
+        sizes = _exchange_sizes(z.shape[0], z.device)
+    parts = all_gather_rows(z, sizes)
     parts[rank()] = z  # (B_k, V, d), attached
     global_labels = None
     if labels is not None:
         if labels.shape[0] != z.shape[0]:
             raise ValueError(f"labels must have one entry per sample ({z.shape[0]}), got shape {tuple(labels.shape)}")
-        global_labels = torch.cat(all_gather_rows(labels))  # (B,)
+        global_labels = torch.cat(all_gather_rows(labels, sizes))  # (B,)
     return torch.cat(parts), global_labels
 
 
@@ -159,7 +185,12 @@ class _ScaleGradient(torch.autograd.Function):
 
 
 def global_batch_loss(
-    loss_fn: nn.Module, z: Tensor, labels: Tensor | None = None, *, gradients_averaged: bool = True
+    loss_fn: nn.Module,
+    z: Tensor,
+    labels: Tensor | None = None,
+    *,
+    gradients_averaged: bool = True,
+    sizes: list[int] | None = None,
 ) -> Tensor:
     """``loss_fn`` on the batch of all ranks: the step of one process on the concatenated batch.
 
@@ -170,6 +201,8 @@ def global_batch_loss(
         labels: this rank's class ids (or None).
         gradients_averaged: the data-parallel wrapper averages gradients over ranks (DDP does), so the
             gradient is multiplied by the world size to undo it; ``False`` when they are summed.
+        sizes: every rank's sample count when the caller knows it on the host (:func:`shard_sizes` of the
+            global batch): the gather then needs no exchange of counts and no host synchronisation.
 
     Shape:
         z: ``(B_k, V, d)``; labels: ``(B_k,)``; output: scalar, the value of the global batch's loss.
@@ -179,7 +212,7 @@ def global_batch_loss(
     W = world_size()
     if W == 1:
         return loss_fn(z, labels)
-    global_z, global_labels = gather_batch(z, labels)  # (B, V, d), (B,)
+    global_z, global_labels = gather_batch(z, labels, sizes)  # (B, V, d), (B,)
     loss = loss_fn(global_z, global_labels)
     if loss.dim() != 0:
         raise ValueError(
@@ -241,3 +274,16 @@ def to_device(x: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda" and x.device.type == "cpu":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
+
+
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether ``a`` and ``b`` name the same device: ``cuda`` (the current GPU) is ``cuda:<current index>``,
+    ``cpu`` is ``cpu:0``. Reads the current GPU (initialising CUDA) only to compare an index-less ``cuda`` with
+    an indexed one."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.index == b.index or a.type == "cpu":
+        return True
+    current = torch.cuda.current_device() if a.type == "cuda" else 0
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)

@@ -37,7 +37,7 @@ from torch import Tensor
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, preset_for
 from hscl.data.images import ImageData
 from hscl.data.views import epoch_generator
-from hscl.engine.distributed import resolve_device, to_device
+from hscl.engine.distributed import resolve_device, same_device, to_device
 from hscl.engine.episodes import DRAWS, Episode, episode_images, fit_linear_head, fits_head, sample_episode
 from hscl.engine.finetune import (
     BN_MODES,
@@ -52,8 +52,10 @@ from hscl.engine.finetune import (
     backbone_input,
     make_optimizer,
     predict,
+    resolve_loop_precision,
     train_step,
 )
+from hscl.engine.precision import LoopPrecision, loop_flags
 from hscl.models import Backbone, ContrastiveModel
 
 __all__ = [
@@ -128,12 +130,15 @@ def run_episode(
     augment: AugmentConfig,
     seed: int,
     device: str | torch.device | None = None,
+    precision: str | LoopPrecision | None = None,
 ) -> float:
     """Fine-tune a copy of ``pretrained`` on one support set for ``steps`` full-batch steps; query accuracy (%).
 
     Shapes: support ``(ways * K, C, H, W)`` uint8 and ``(ways * K,)``; queries likewise. The augmentation
     draws and everything else random follow from ``seed`` alone. Runs on ``device`` (None: the device of
-    ``pretrained``; ``"auto"``: a CUDA GPU when there is one). A Backbone sees the images in ``[0, 1]``
+    ``pretrained``; ``"auto"``: a CUDA GPU when there is one) in ``precision`` (as
+    :func:`~hscl.engine.finetune.finetune`'s: a setting, a :class:`~hscl.engine.precision.LoopPrecision`, or
+    None: an enclosing scope's choice, else ``auto``). A Backbone sees the images in ``[0, 1]``
     (:func:`~hscl.engine.finetune.backbone_input`); a projection head it gets is drawn from ``seed``. When the
     objective has no cross-entropy term (:func:`fits_head`), the head is fitted after the fine-tuning steps on the
     frozen features of the un-augmented support images (:func:`fit_linear_head`).
@@ -143,22 +148,30 @@ def run_episode(
     augment, config = backbone_input(pretrained, augment), config.resolved(pretrained)
     torch.manual_seed(seed)  # a new projection head (a Backbone's): the same for every objective of an episode
     model = FineTuneModel(copy.deepcopy(pretrained), ways, config.embedding).to(device)
+    eval_tf = EvalTransform(augment).to(device)
+    numerics = resolve_loop_precision(precision, model, eval_tf, support_images, device)
+    if numerics.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     objective = FinetuneObjective.from_config(config)
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    scaler = numerics.grad_scaler(device)
     train_aug = Augment(augment).to(device)
     support_images, support_labels = to_device(support_images, device), to_device(support_labels, device)
     _set_train_mode(model, config.bn)
     torch.manual_seed(seed)
-    with warnings.catch_warnings():  # 1-shot with one view: no positives, the contrastive term is 0
+    with warnings.catch_warnings(), loop_flags(device):  # 1-shot, one view: no positives, the contrastive term is 0
         warnings.filterwarnings("ignore", message=".*no valid.*|.*no anchor.*")
         for _ in range(steps):
-            train_step(model, objective, optimizer, train_aug, support_images, support_labels, config.views)
+            train_step(
+                model, objective, optimizer, train_aug, support_images, support_labels, config.views,
+                numerics=numerics, scaler=scaler,
+            )  # fmt: skip
             scheduler.step()
-    transform = EvalTransform(augment).to(device)
-    if fits_head(config):
-        fit_linear_head(model, support_images, support_labels, transform)
-    return accuracy(predict(model, query_images, transform), query_labels)
+        if fits_head(config):
+            fit_linear_head(model, support_images, support_labels, eval_tf)
+        logits = predict(model, query_images, eval_tf, numerics=numerics)
+    return accuracy(logits, query_labels)
 
 
 def _episode_seed(seed: int, shots: int, episode: int) -> int:
@@ -177,6 +190,7 @@ def few_shot(
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device | None = "auto",
+    precision: str | LoopPrecision | None = None,
 ) -> dict[int, list[dict]]:
     """Paired few-shot evaluation: for each K in ``fewshot.shots``, ``fewshot.episodes`` episodes, each run
     with every config of ``configs`` (name -> config) on the same support / query sets and seeds.
@@ -184,23 +198,31 @@ def few_shot(
     Returns ``{K: [{"episode": e, "classes": [...], "accuracy": {name: %}}, ...]}``. With ``out_dir``, each
     finished episode is appended to ``out_dir/<K>shot.jsonl``; ``resume=True`` skips the episodes found
     there, ``resume=False`` refuses to overwrite them. Runs on ``device`` (``"auto"``: a CUDA GPU when there
-    is one, else the CPU). ``pretrained`` is a ContrastiveModel or a Backbone; each config's ``embedding`` None
-    is resolved for it (:meth:`~hscl.engine.finetune.FinetuneConfig.resolved`).
+    is one, else the CPU) in ``precision`` (decided once for every episode, as
+    :func:`~hscl.engine.finetune.finetune` decides it; recorded in ``out_dir/setting.json``). ``pretrained`` is
+    a ContrastiveModel or a Backbone; each config's ``embedding`` None is resolved for it
+    (:meth:`~hscl.engine.finetune.FinetuneConfig.resolved`).
     """
     from tqdm.auto import tqdm
 
     configs = {name: config.resolved(pretrained) for name, config in configs.items()}
     device = resolve_device(device)
-    if next(pretrained.parameters()).device != device:
+    if not same_device(next(pretrained.parameters()).device, device):
         pretrained = copy.deepcopy(pretrained).to(device)  # once; each episode copies it on the device
 
     augment = augment or preset_for(data.channels, data.size)
+    rows = fewshot.ways * max(fewshot.shots) * max(c.views for c in configs.values())
+    transform = EvalTransform(backbone_input(pretrained, augment)).to(device)
+    numerics = _stored_numerics(out_dir, resume) or resolve_loop_precision(
+        precision, pretrained, transform, data.train_images[:rows], device
+    )
     # what an episode's result depends on besides (K, episode): rows of another setting are never mixed in
     setting = {
         "objectives": {name: dataclasses.asdict(c) for name, c in configs.items()},
         "fewshot": {k: v for k, v in dataclasses.asdict(fewshot).items() if k not in ("shots", "episodes")},
         "classes": [int(c) for c in classes],
         "data": data.name,
+        "numerics": {"precision": numerics.precision, "channels_last": numerics.channels_last},
     }
     setting = json.loads(json.dumps(setting))
     if out_dir is not None:
@@ -214,7 +236,7 @@ def few_shot(
         for e in bar:
             if e in done:
                 continue
-            row = _episode_row(pretrained, data, classes, configs, fewshot, shots, e, augment)
+            row = _episode_row(pretrained, data, classes, configs, fewshot, shots, e, augment, numerics)
             done[e] = row
             if log_file is not None:
                 with log_file.open("a") as handle:
@@ -222,6 +244,15 @@ def few_shot(
             bar.set_postfix({n: f"{sum(r['accuracy'][n] for r in done.values()) / len(done):.1f}" for n in configs})
         results[shots] = [done[e] for e in range(fewshot.episodes)]
     return results
+
+
+def _stored_numerics(out_dir: str | Path | None, resume: bool) -> LoopPrecision | None:
+    """The numerics of the episodes already in ``out_dir`` when resuming them (a resumed run keeps them)."""
+    setting_file = None if out_dir is None else Path(out_dir) / "setting.json"
+    if not resume or setting_file is None or not setting_file.exists():
+        return None
+    stored = json.loads(setting_file.read_text()).get("numerics")
+    return None if stored is None else LoopPrecision(stored["precision"], stored["channels_last"])
 
 
 def _check_setting(out_dir: Path, setting: dict, resume: bool) -> None:
@@ -234,7 +265,9 @@ def _check_setting(out_dir: Path, setting: dict, resume: bool) -> None:
                 f"{out_dir} holds few-shot episodes of an earlier run; pass --resume to continue it or choose "
                 "another --out directory"
             )
-        if json.loads(setting_file.read_text()) != setting:
+        stored = json.loads(setting_file.read_text())
+        # a setting written before hscl recorded the episodes' numerics is compared without them
+        if stored != {k: v for k, v in setting.items() if k in stored or k != "numerics"}:
             raise ValueError(
                 f"{out_dir} holds episodes of another setting ({setting_file}); this run is {setting}; choose "
                 "another output directory"
@@ -266,6 +299,7 @@ def _episode_row(
     shots: int,
     e: int,
     augment: AugmentConfig,
+    numerics: LoopPrecision | None = None,
 ) -> dict:
     """Episode ``e`` of ``shots``-shot, run with every config: ``{"episode", "classes", "accuracy": {name: %}}``."""
     seed = _episode_seed(fewshot.seed, shots, e)
@@ -294,6 +328,7 @@ def _episode_row(
             steps=fewshot.steps,
             augment=augment,
             seed=seed,
+            precision=numerics,
         )
     return row
 

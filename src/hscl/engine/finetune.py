@@ -39,9 +39,9 @@ Reference: Long et al., "When hard negative sampling meets supervised contrastiv
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +54,12 @@ from torch import Tensor, nn
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, augment_preset, preset_for
 from hscl.data.images import ImageData
 from hscl.data.views import epoch_generator
+from hscl.engine._finetune_state import (
+    _atomic_save,
+    _finetune_state_file,
+    _read_finetune_state,
+    _restore_finetune_state,
+)
 from hscl.engine.distributed import place, resolve_device, to_device
 from hscl.engine.finetune_config import (  # noqa: F401 (re-exported: callers import them from here)
     _OBJECTIVE_METHOD,
@@ -69,6 +75,7 @@ from hscl.engine.finetune_config import (  # noqa: F401 (re-exported: callers im
     is_backbone,
     resolve_embedding,
 )
+from hscl.engine.precision import LoopPrecision, loop_flags, loop_precision
 from hscl.engine.pretrained import Pretrained, load_pretrained
 from hscl.losses import METHODS, get_loss, loss_kwargs
 from hscl.models import Backbone, ContrastiveModel, OutputNormalization, ProjectionHead
@@ -90,6 +97,7 @@ __all__ = [
     "load_pretrained",
     "make_optimizer",
     "predict",
+    "resolve_loop_precision",
     "select_classes",
     "train_step",
 ]
@@ -216,36 +224,57 @@ def train_step(
     images: Tensor,
     labels: Tensor,
     views: int,
-) -> tuple[float, dict]:
-    """One optimiser step on ``images`` ``(B, C, H, W)`` uint8 with labels ``(B,)``, each in ``views`` views.
+    *,
+    numerics: LoopPrecision | None = None,
+    scaler=None,
+) -> tuple[Tensor, dict]:
+    """One optimiser step on ``images`` ``(B, C, H, W)`` uint8 with labels ``(B,)``, each in ``views`` views;
+    returns the loss (detached, on the device: reading it is the caller's host synchronisation) and its parts.
 
-    Runs on the model's device (``images`` and ``labels`` are moved there; ``augment`` must be there). The
-    augmentation draws from the global RNG (seed it before the call for reproducibility).
+    Runs on the model's device (``images`` and ``labels`` are moved there; ``augment`` must be there), in the
+    precision of ``numerics`` (:class:`~hscl.engine.precision.LoopPrecision`: autocast and channels-last inputs;
+    None: as the caller set up) with ``scaler`` (a gradient scaler, for fp16) when given. The augmentation draws
+    from the global RNG (seed it before the call for reproducibility).
     """
     device = next(model.parameters()).device
     images, labels = to_device(images, device), to_device(labels, device)
     B = images.shape[0]
     x = augment(images.repeat(views, 1, 1, 1))  # (V*B, C, S, S), view-major: row v * B + i
-    logits, _, z = model(x)
-    logits = logits.view(views, B, -1).transpose(0, 1)  # (B, V, C)
-    z = z.view(views, B, -1).transpose(0, 1)  # (B, V, d)
-    loss, parts = objective(logits, z, labels)
+    with numerics.autocast(device) if numerics is not None else contextlib.nullcontext():
+        logits, _, z = model(numerics.inputs(x) if numerics is not None else x)
+        logits = logits.view(views, B, -1).transpose(0, 1)  # (B, V, C)
+        z = z.view(views, B, -1).transpose(0, 1)  # (B, V, d)
+        loss, parts = objective(logits, z, labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach()), parts
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach(), parts
 
 
 @torch.no_grad()
-def predict(model: FineTuneModel, images: Tensor, transform: nn.Module, batch_size: int = 1024) -> Tensor:
-    """Logits of uint8 ``images`` ``(N, C, H, W)`` in eval mode, on the model's device. Shape: ``(N, num_classes)``."""
+def predict(
+    model: FineTuneModel,
+    images: Tensor,
+    transform: nn.Module,
+    batch_size: int = 1024,
+    *,
+    numerics: LoopPrecision | None = None,
+) -> Tensor:
+    """Logits of uint8 ``images`` ``(N, C, H, W)`` in eval mode, on the model's device, in the precision of
+    ``numerics`` when given. Shape: ``(N, num_classes)``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [
-        model(transform(to_device(images[s : s + batch_size], device)))[0]
-        for s in range(0, images.shape[0], batch_size)
-    ]
+    out = []
+    with numerics.autocast(device) if numerics is not None else contextlib.nullcontext():
+        for s in range(0, images.shape[0], batch_size):
+            x = transform(to_device(images[s : s + batch_size], device))
+            out.append(model(numerics.inputs(x) if numerics is not None else x)[0])
     model.train(was_training)
     return torch.cat(out)
 
@@ -315,15 +344,10 @@ class FinetuneResult:
     train_seconds: float
     model: FineTuneModel | None = None
     test_correct: Tensor | None = None  # (N_test,) bool: per-image correctness
+    numerics: dict | None = None  # what the run computed in (hscl.engine.precision.numerics_record)
 
     def as_dict(self) -> dict:
         return {"test_top1": self.test_top1, "history": self.history, "train_seconds": self.train_seconds}
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def finetune(
@@ -336,6 +360,7 @@ def finetune(
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device | None = "auto",
+    precision: str | LoopPrecision | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``pretrained`` with a linear head on ``data``'s training split; score its test split.
 
@@ -343,134 +368,109 @@ def finetune(
     ``pretrained`` is a ContrastiveModel or a :class:`Backbone` (see :class:`FineTuneModel`; its augmentation
     output stays in ``[0, 1]``, :func:`backbone_input`); ``config.embedding`` None is resolved for it.
 
+    ``precision``: a setting of ``train.precision`` (``auto``, ``fastest``, ``bf16``, ``16``, ``32``; decided by
+    the rule of training, :func:`hscl.engine.precision.resolve_precision`: on CUDA bf16 / fp16 autocast and
+    channels-last), a :class:`~hscl.engine.precision.LoopPrecision`, or None: the choice of an enclosing
+    :func:`~hscl.engine.precision.loop_precision_scope`, else ``auto``. On CUDA TF32 and cuDNN autotuning are on
+    while it runs (:func:`~hscl.engine.precision.loop_flags`, restored after). ``FinetuneResult.numerics``
+    records the choice.
+
     Each epoch visits the training images in an order drawn from ``(seed, epoch)`` (the last incomplete
     batch is dropped); the augmentation's draws follow from ``(seed, epoch, step)``. With ``out_dir``, the
     state is saved atomically after every epoch to ``out_dir/finetune_last.pt``; ``resume=True`` continues
-    from it and reaches the same weights as an uninterrupted run, ``resume=False`` refuses to overwrite it.
+    from it (in the numerics it started with) and reaches the same weights as an uninterrupted run,
+    ``resume=False`` refuses to overwrite it.
     """
     augment = augment or preset_for(data.channels, data.size)
     if config.augment is not None:
         augment = augment_preset(config.augment).with_overrides(None, size=data.size)
     augment, config = backbone_input(pretrained, augment), config.resolved(pretrained)
     state_file = _finetune_state_file(out_dir, resume)
+    saved = _read_finetune_state(state_file, resume, dataclasses.asdict(config))
     device = resolve_device(device)
     torch.manual_seed(config.seed)
     model = FineTuneModel(copy.deepcopy(pretrained), data.num_classes, config.embedding).to(device)
     objective = FinetuneObjective.from_config(config)
     train_aug, eval_tf = Augment(augment).to(device), EvalTransform(augment).to(device)
+    if saved is not None and "numerics" in saved:  # a resumed run keeps the numerics it started with
+        precision = LoopPrecision(**saved["numerics"])
+    rows = min(config.batch_size, len(data.train_labels)) * config.views
+    numerics = resolve_loop_precision(precision, model, eval_tf, data.train_images[:rows], device)
+    if numerics.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     # the training images and labels on the GPU once when they fit; else batches go through pinned memory
-    train_images, train_labels = place(data.train_images, device), place(data.train_labels, device)
-    n = int(data.train_labels.numel())
-    batch = min(config.batch_size, n)
-    steps_per_epoch = n // batch
+    train = place(data.train_images, device), place(data.train_labels, device)
+    steps_per_epoch = len(data.train_labels) // min(config.batch_size, len(data.train_labels))
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs * steps_per_epoch)
-    history: list[dict] = []
-    start_epoch, seconds = 0, 0.0
-    resolved = dataclasses.asdict(config)
-    if state_file is not None and resume and state_file.exists():
-        start_epoch, history, seconds = _load_finetune_state(state_file, resolved, model, optimizer, scheduler)
-    for epoch in range(start_epoch, config.epochs):
-        began = time.perf_counter()
-        losses, ces, cons = _finetune_epoch(
-            model,
-            objective,
-            optimizer,
-            scheduler,
-            train_aug,
-            (train_images, train_labels),
-            config,
-            epoch,
-            batch,
-            progress,
-        )
-        seconds += time.perf_counter() - began
-        logits = predict(model, data.test_images, eval_tf)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": sum(losses) / len(losses),
-                "ce": sum(ces) / len(ces),
-                "contrastive": sum(cons) / len(cons) if cons else None,
-                "test_top1": accuracy(logits, data.test_labels),
-                "seconds": seconds,
-            }
-        )
-        if state_file is not None:
-            _atomic_save(
-                {
-                    "config": resolved,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "seconds": seconds,
-                },
-                state_file,
+    scaler = numerics.grad_scaler(device)
+    history, start_epoch, seconds = [], 0, 0.0
+    if saved is not None:
+        start_epoch, history, seconds = _restore_finetune_state(saved, model, optimizer, scheduler, scaler)
+    with loop_flags(device):
+        for epoch in range(start_epoch, config.epochs):
+            began = time.perf_counter()
+            sums = _finetune_epoch(
+                model, objective, (optimizer, scheduler, scaler), train_aug, train, config, epoch, numerics, progress
             )
-    logits = predict(model, data.test_images, eval_tf)
+            seconds += time.perf_counter() - began
+            logits = predict(model, data.test_images, eval_tf, numerics=numerics)
+            history.append({"epoch": epoch + 1, **sums, "test_top1": accuracy(logits, data.test_labels)})
+            history[-1]["seconds"] = seconds
+            if state_file is not None:
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+                state["scheduler"], state["scaler"] = scheduler.state_dict(), scaler and scaler.state_dict()
+                state["numerics"] = dataclasses.asdict(numerics)
+                meta = {"config": dataclasses.asdict(config), "epoch": epoch + 1, "history": history}
+                _atomic_save({**meta, **state, "seconds": seconds}, state_file)
+        logits = predict(model, data.test_images, eval_tf, numerics=numerics)
     correct = (logits.argmax(1) == data.test_labels.to(logits.device)).cpu()
-    return FinetuneResult(accuracy(logits, data.test_labels), history, seconds, model.eval(), correct)
+    record = numerics.record(device)
+    return FinetuneResult(accuracy(logits, data.test_labels), history, seconds, model.eval(), correct, record)
 
 
-def _finetune_state_file(out_dir: str | Path | None, resume: bool) -> Path | None:
-    """``out_dir/finetune_last.pt`` (None without ``out_dir``); refuses to overwrite one unless resuming."""
-    if out_dir is None:
-        return None
-    state_file = Path(out_dir) / "finetune_last.pt"
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    if state_file.exists() and not resume:
-        raise FileExistsError(
-            f"{state_file.parent} already holds a fine-tuning run (finetune_last.pt); pass --resume to continue "
-            "it or choose another --out directory"
-        )
-    return state_file
-
-
-def _load_finetune_state(
-    state_file: Path,
-    resolved: dict,
-    model: FineTuneModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[int, list[dict], float]:
-    """Restore model, optimizer and scheduler from ``state_file``; returns ``(epoch, history, seconds)``."""
-    from hscl.engine.checkpoints import load_checkpoint
-
-    saved = load_checkpoint(state_file, expect="finetune")  # weights-only; a damaged file: one line
-    if saved["config"] != resolved:
-        raise ValueError(
-            f"{state_file}: was written with another fine-tuning config {saved['config']}; this run uses "
-            f"{resolved}; choose another --out directory"
-        )
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    return saved["epoch"], saved["history"], saved["seconds"]
+def resolve_loop_precision(precision, model: nn.Module, transform: nn.Module, images: Tensor, device) -> LoopPrecision:
+    """The numerics (``precision``: a setting, a LoopPrecision or None) of fine-tuning ``model`` (a
+    :class:`FineTuneModel`, or the pre-trained ContrastiveModel / Backbone) on ``device`` (a torch.device):
+    :func:`hscl.engine.precision.loop_precision`, the rule of training.
+    ``precision="fastest"`` on the CPU times the model on ``transform(images)`` (uint8 training images as the
+    steps see them, as many as a step's rows); no other setting reads them."""
+    model, sample = model.model if isinstance(model, FineTuneModel) else model, None  # forward: (h, z)
+    if precision == "fastest" and device.type == "cpu":
+        sample = transform(to_device(images, device))
+        if isinstance(model, Backbone):  # wrapped as fine-tuning wraps it, without touching the global RNG
+            with torch.random.fork_rng(devices=[]):
+                model = FineTuneModel(model, 2).model
+    return loop_precision(precision, model, device, sample)
 
 
 def _finetune_epoch(
     model: FineTuneModel,
     objective: FinetuneObjective,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    optimization: tuple,
     train_aug: nn.Module,
     train: tuple[Tensor, Tensor],
     config: FinetuneConfig,
     epoch: int,
-    batch: int,
+    numerics: LoopPrecision,
     progress: bool,
-) -> tuple[list[float], list[float], list[float]]:
-    """One epoch of ``batch``-image steps over ``train`` = (uint8 images, labels) in the order of ``(seed, epoch)``;
-    the loss, CE and contrastive term of each step (the last only where computed)."""
+) -> dict:
+    """One epoch of steps over ``train`` = (uint8 images, labels) in the order of ``(seed, epoch)``, with
+    ``optimization`` = (optimizer, scheduler, gradient scaler or None); the means of the loss, CE and
+    contrastive term (None where not computed) over its steps.
+
+    Host synchronisations: none per step. The order is drawn on the host and copied to the images' device
+    once (pinned, non-blocking); the step values stay on the device and are read once, at the end."""
     from tqdm.auto import tqdm
 
+    optimizer, scheduler, scaler = optimization
     train_images, train_labels = train
     n = int(train_labels.numel())
+    batch = min(config.batch_size, n)
     _set_train_mode(model, config.bn)
     order = torch.randperm(n, generator=epoch_generator(config.seed, epoch))
-    losses, ces, cons = [], [], []
+    order = to_device(order[: (n // batch) * batch].view(n // batch, batch), train_images.device)
+    values = []  # (loss, ce[, contrastive]) of each step, on the device
     bar = tqdm(
         range(n // batch),
         desc=f"fine-tune {config.objective} epoch {epoch + 1}/{config.epochs}",
@@ -478,15 +478,17 @@ def _finetune_epoch(
         leave=False,
     )
     for step in bar:
-        index = order[step * batch : (step + 1) * batch].to(train_images.device)
+        index = order[step]
         torch.manual_seed(int(epoch_generator(config.seed, epoch, 1 + step).initial_seed()))
+        images, labels = train_images[index], train_labels[index]
         loss, parts = train_step(
-            model, objective, optimizer, train_aug, train_images[index], train_labels[index], config.views
+            model, objective, optimizer, train_aug, images, labels, config.views, numerics=numerics, scaler=scaler
         )
         scheduler.step()
-        losses.append(loss)
-        ces.append(float(parts["ce"]))
-        if parts["contrastive"] is not None:
-            cons.append(float(parts["contrastive"]))
-        bar.set_postfix(loss=f"{loss:.3f}")
-    return losses, ces, cons
+        con = parts["contrastive"]
+        values.append(torch.stack([loss.float(), parts["ce"].float(), *([] if con is None else [con.float()])]))
+        if progress and (step + 1) % 50 == 0:  # a host synchronisation every 50 steps, for the bar only
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+    rows = torch.stack(values).T.tolist()  # the epoch's one read of the step values
+    means = [sum(column) / len(column) for column in rows]
+    return {"loss": means[0], "ce": means[1], "contrastive": means[2] if len(means) > 2 else None}

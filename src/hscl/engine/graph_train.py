@@ -134,7 +134,9 @@ def pretrain_graph_encoder(
 
     Adam(lr), ``epochs`` passes over shuffled mini-batches of ``batch_size`` graphs (a final batch of a
     single graph is skipped: it has no negatives). Labels are read only for supervised objectives, and only
-    those of the graphs in ``index``. Deterministic in ``seed``; ``epochs=0`` returns the initialised model.
+    those of the graphs in ``index``. Deterministic in ``seed`` on the CPU; on a GPU the GIN aggregation and the
+    graph pooling sum with atomic adds (scatter), whose order varies, so repeated runs agree only to rounding.
+    ``epochs=0`` returns the initialised model.
     ``progress(epoch, mean_loss)`` is called after each epoch. Trains on ``device`` (``"auto"``: a CUDA GPU
     when there is one, else the CPU): the model is initialised on the CPU from ``seed`` (the same weights on
     every device) and moved there; each mini-batch is assembled on the host and copied there.

@@ -16,10 +16,15 @@
 
 :func:`numerics_record` is the record every run writes of the numerics it used (precision, channels-last,
 TF32, torch version, CPU / GPU model).
+
+The loops hscl runs itself (fine-tuning, few-shot episodes) take the same rule through :func:`loop_precision`
+(a :class:`LoopPrecision`: autocast dtype, channels-last, an fp16 gradient scaler) and run inside
+:func:`loop_flags` (TF32 and cuDNN autotuning on CUDA, as training has them; restored after).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -28,6 +33,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -225,17 +233,24 @@ def _cuda_precision(setting: str, model: nn.Module | None, fork: bool) -> tuple[
 def enable_tf32() -> None:
     """TF32 tensor cores for float32 matmuls and convolutions on CUDA (Ampere and later; no effect before).
 
-    Only the CUDA back-ends' settings change (``torch.set_float32_matmul_precision`` would also let oneDNN
-    lower the CPU's float32 matmuls), so the CPU's numbers stay those of float32. Setting them does not
-    initialise CUDA.
+    Set through torch's legacy switches (``torch.backends.cuda.matmul.allow_tf32``, ``cudnn.allow_tf32``), which
+    newer torch mirrors into its per-backend ``fp32_precision`` settings: afterwards both APIs read back
+    consistently (``torch.get_float32_matmul_precision()`` is ``"high"``), which inductor and Lightning rely on.
+    Setting only the new ``fp32_precision`` would leave the legacy getters raising ("mix of the legacy and new
+    APIs"). Nothing changes when float32 matmuls already use TF32 (e.g. the user chose ``"medium"``). Only the
+    CUDA back-ends' settings change (``torch.set_float32_matmul_precision`` would also let oneDNN lower the CPU's
+    float32 matmuls), so the CPU's numbers stay those of float32. Setting them does not initialise CUDA.
     """
-    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):
-        matmul.fp32_precision = "tf32"  # torch >= 2.9
-        conv.fp32_precision = "tf32"
-    else:
-        matmul.allow_tf32 = True
+    matmul = torch.backends.cuda.matmul
+    if not _tf32_enabled():
+        try:
+            matmul.allow_tf32 = True
+        except (AttributeError, RuntimeError):  # a torch without the legacy switch: the new API alone
+            matmul.fp32_precision = "tf32"
+    try:
         torch.backends.cudnn.allow_tf32 = True
+    except (AttributeError, RuntimeError):
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
 
 
 def resolve_deterministic(setting: bool | None, device: torch.device) -> bool:
@@ -300,15 +315,120 @@ def numerics_record(
     return record
 
 
+# --------------------------------------------------------------------------------------------
+# hand-written training loops: fine-tuning and few-shot episodes
+
+
+@dataclass(frozen=True)
+class LoopPrecision:
+    """The numerics of a training loop hscl runs itself (fine-tuning, few-shot episodes), as
+    :func:`loop_precision` decides them: ``precision`` (Lightning's name: ``32-true``, ``bf16-mixed``,
+    ``16-mixed``), ``channels_last`` (model and inputs in NHWC) and the ``setting`` they came from."""
+
+    precision: str = "32-true"
+    channels_last: bool = False
+    setting: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in _AUTOCAST_DTYPES:
+            raise ValueError(f"precision must be one of {', '.join(_AUTOCAST_DTYPES)}, got {self.precision!r}")
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype (bf16 / fp16), None for float32."""
+        return _AUTOCAST_DTYPES[self.precision]
+
+    def autocast(self, device: torch.device | str) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` on ``device`` in :attr:`dtype`; nothing for float32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(device).type, dtype=self.dtype)
+
+    def grad_scaler(self, device: torch.device | str):
+        """A gradient scaler for fp16 (``16-mixed``); None otherwise (bf16 and float32 need none)."""
+        if self.precision != "16-mixed":
+            return None
+        device_type = torch.device(device).type
+        amp = getattr(torch, "amp", None)
+        if amp is not None and hasattr(amp, "GradScaler"):  # torch >= 2.3
+            return amp.GradScaler(device_type)
+        return torch.cuda.amp.GradScaler(enabled=device_type == "cuda")
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """A batch in the memory format of the model (NHWC under channels_last, for 4-d images)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def record(self, device: torch.device | str) -> dict:
+        """:func:`numerics_record` of this choice on ``device`` (TF32 on CUDA: :func:`loop_flags` turns it on)."""
+        device = torch.device(device)
+        on_cuda = device.type == "cuda"
+        return numerics_record(self.precision, self.channels_last, device, setting=self.setting, tf32=on_cuda)
+
+
+_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "32-true": None,
+    "bf16-mixed": torch.bfloat16,
+    "16-mixed": torch.float16,
+}
+#: the choice :func:`loop_precision_scope` hands to the loops run inside it
+_SCOPE: ContextVar[LoopPrecision | None] = ContextVar("hscl_loop_precision", default=None)
+
+
+def loop_precision(
+    setting: str | LoopPrecision | None,
+    model: nn.Module | None,
+    device: torch.device,
+    sample: Tensor | None = None,
+) -> LoopPrecision:
+    """The numerics of a fine-tuning / few-shot loop on ``device``, by :func:`resolve_precision`'s rule (the one
+    chooser; ``train.precision``'s settings): ``setting`` one of :data:`PRECISION_SETTINGS`, a
+    :class:`LoopPrecision` (taken as it is), or None: the choice of an enclosing :func:`loop_precision_scope`,
+    else ``"auto"``. ``model`` returns ``(h, z)`` (the probe of ``fastest``, which also needs ``sample``, a batch
+    of its input, on the CPU)."""
+    if setting is None:
+        scoped = _SCOPE.get()
+        if scoped is not None:
+            return scoped
+        setting = "auto"
+    if isinstance(setting, LoopPrecision):
+        return setting
+    precision, channels_last = resolve_precision(setting, model, sample, device)
+    return LoopPrecision(precision, bool(channels_last), setting)
+
+
+@contextlib.contextmanager
+def loop_precision_scope(choice: LoopPrecision, device: torch.device | str) -> Iterator[LoopPrecision]:
+    """Inside, loops called without a precision (``precision=None``) use ``choice``, and everything runs under
+    its autocast on ``device`` (e.g. ``hscl reproduce schane``: one stored choice for every fine-tuning)."""
+    token = _SCOPE.set(choice)
+    try:
+        with choice.autocast(device):
+            yield choice
+    finally:
+        _SCOPE.reset(token)
+
+
+@contextlib.contextmanager
+def loop_flags(device: torch.device | str) -> Iterator[None]:
+    """The process-wide switches of a training loop on ``device``, restored on exit: on CUDA TF32 tensor cores
+    (:func:`enable_tf32`) and cuDNN autotuning (``cudnn.benchmark``, as training sets it when not
+    deterministic); nothing on the CPU."""
+    from hscl.engine.torch_flags import restored_torch_flags
+
+    with restored_torch_flags():
+        if torch.device(device).type == "cuda":
+            enable_tf32()
+            torch.backends.cudnn.benchmark = True
+        yield
+
+
 def _tf32_enabled() -> bool:
     """Whether torch's CUDA float32 matmuls use TF32 now (what :func:`enable_tf32` turns on)."""
     matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        try:
-            return matmul.fp32_precision == "tf32"
-        except RuntimeError:  # mixed use of the legacy and the new API
-            pass
-    return bool(matmul.allow_tf32)
+    try:
+        return bool(matmul.allow_tf32)
+    except RuntimeError:  # a mix of the legacy and the new API (set by someone else): the new one decides
+        return getattr(matmul, "fp32_precision", "ieee") == "tf32"
 
 
 def describe_numerics(record: dict) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from hscl.engine._sweep_gpus import _visible_gpu, worker_gpus
 from hscl.engine._sweep_results import write_results
 from hscl.engine._sweep_study import (
     STUDY_NAME,
@@ -64,6 +65,7 @@ __all__ = [
     "train_and_evaluate",
     "run_worker",
     "run_sweep",
+    "worker_gpus",
     "write_results",
 ]
 
@@ -408,7 +410,9 @@ def _check_trial_metrics(sweep: Sweep, metrics: dict) -> None:
 # entry point
 
 
-def _worker_main(sweep: Sweep, threads: int | None) -> None:
+def _worker_main(sweep: Sweep, threads: int | None, gpu: str | None = None) -> None:
+    if gpu is not None:  # this worker's GPU, before anything starts CUDA in the process
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if threads:
         import torch
 
@@ -436,21 +440,28 @@ def _watch(sweep: Sweep, procs: list, progress: bool, poll: float = 0.5) -> None
         proc.join()
 
 
-def run_sweep(sweep: Sweep, *, workers: int = 1, trial_fn: TrialFn | None = None, progress: bool = True) -> dict:
+def run_sweep(
+    sweep: Sweep, *, workers: int = 1, trial_fn: TrialFn | None = None, progress: bool = True, gpus: list | None = None
+) -> dict:
     """Run the sweep with ``workers`` processes sharing its study, then write the results.
 
     With one worker the trials run in this process. Other workers may be started at any time with the
-    same arguments (here or in other shells): they share the study. Returns :func:`write_results`.
+    same arguments (here or in other shells): they share the study. The workers spread over the GPUs
+    (:func:`worker_gpus`: ``gpus``, or worker ``i`` on GPU ``i mod n``). Returns :func:`write_results`.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    assignment = worker_gpus(workers, gpus)
+    if gpus is not None or (workers > 1 and assignment[0] is not None):
+        print(f"hscl sweep: worker GPUs (CUDA_VISIBLE_DEVICES) {', '.join(map(str, assignment))}", flush=True)
     for point in sweep.points:
         sweep.point_config(point)
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
     saved = {**dataclasses.asdict(sweep), "storage": sweep.storage_spec.label}  # no database password on disk
     (sweep.out_dir / "sweep.json").write_text(json.dumps(saved, indent=2))
     if workers == 1:
-        run_worker(sweep, trial_fn=trial_fn, progress=progress)
+        with _visible_gpu(assignment[0] if gpus is not None else None):
+            run_worker(sweep, trial_fn=trial_fn, progress=progress)
     else:
         if trial_fn is not None:
             raise ValueError("with several workers the trial function is given by name (Sweep.trial)")
@@ -460,7 +471,7 @@ def run_sweep(sweep: Sweep, *, workers: int = 1, trial_fn: TrialFn | None = None
             _open_study(sweep)
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
-        procs = [context.Process(target=_worker_main, args=(sweep, threads)) for _ in range(workers)]
+        procs = [context.Process(target=_worker_main, args=(sweep, threads, gpu)) for gpu in assignment]
         for proc in procs:
             proc.start()
         try:

@@ -33,6 +33,8 @@ from hscl.engine.distributed import (
     launch_rank,
     rank,
     resolve_device,
+    shard_sizes,
+    world_size,
 )
 from hscl.engine.evaluate import extract_features
 from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import them from here)
@@ -52,6 +54,7 @@ from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import the
     save_loss_state,
 )
 from hscl.engine.precision import enable_tf32, numerics_record, resolve_deterministic, resolve_precision
+from hscl.engine.torch_flags import restores_torch_flags
 from hscl.hardening import linear_threshold
 from hscl.losses import get_loss, get_method, loss_kwargs
 from hscl.models import build_model
@@ -231,19 +234,24 @@ class ContrastiveTask(L.LightningModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         _, z = self.model(x)  # (B_k*V, d)
-        # the loss of the global batch (B, V, d) and, under DDP, gradients that average to its gradient
-        loss = global_batch_loss(self.loss_fn, z.view(B, V, -1), labels)
+        # the loss of the global batch (B, V, d) and, under DDP, gradients that average to its gradient (the
+        # shard sizes follow from the global batch size on the host: no exchange of counts)
+        loss = global_batch_loss(self.loss_fn, z.view(B, V, -1), labels, sizes=self._shard_sizes())
         self.log("loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=B)
         stats = getattr(self.loss_fn, "last_stats", None)
-        if stats is not None and self._schedule is not None:
-            valid = max(stats.num_valid_anchors, 1)
-            self.log("fallback_fraction", stats.num_fallbacks / valid, on_step=False, on_epoch=True, batch_size=B)
+        if stats is not None and self._schedule is not None:  # on the device: Lightning reads it once per epoch
+            fallbacks = stats.fallback.sum() / stats.valid.sum().clamp(min=1)
+            self.log("fallback_fraction", fallbacks.float(), on_step=False, on_epoch=True, batch_size=B)
         auto = auto_hardening(self.loss_fn)
         if auto is not None:  # the beta chosen for this step; the epoch's mean goes to metrics.csv
             beta = auto.beta
             value = beta.detach() if isinstance(beta, Tensor) else float(beta)
             self.log("beta", value, on_step=False, on_epoch=True, batch_size=B)
         return loss
+
+    def _shard_sizes(self) -> list[int] | None:  # every rank's samples of the global batch (None: 1 process)
+        sampler = getattr(getattr(self._trainer, "datamodule", None), "sampler", None)
+        return None if world_size() == 1 or sampler is None else shard_sizes(sampler.batch_size)
 
     def encode(self, images: Tensor, batch_size: int = 512) -> Tensor:
         """Encoder features of uint8 images with the evaluation transform. Shape: ``(N, F)``."""
@@ -291,8 +299,12 @@ def load_data(config: RunConfig) -> ImageData:
     return split_data(load_dataset(config.data.dataset, data_dir=config.data.data_dir), config)
 
 
+@restores_torch_flags
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: ImageData | None = None) -> Path:
     """Pre-train per ``config`` into ``out_dir``; returns the path of the final checkpoint.
+
+    The process-wide torch settings the run changes (deterministic algorithms, cuDNN autotuning, TF32, the
+    thread count) are restored when it returns (:mod:`hscl.engine.torch_flags`).
 
     ``resume=True`` continues from ``out_dir/checkpoints/last.ckpt`` when it exists, after loading it
     weights-only and checking it fits this config; a damaged one raises

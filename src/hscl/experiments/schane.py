@@ -19,7 +19,6 @@ ImageNet weights, on Fashion-MNIST, 3 fine-tuning seeds and 100 episodes, about 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -252,10 +251,12 @@ def _choose_precision(
 
 
 def _autocast(device: torch.device, precision: dict):
-    """bf16 autocast on ``device`` when chosen, else nothing."""
-    if precision["autocast"] != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    """The stored choice for every fine-tuning and few-shot call inside (they are given no precision of their
+    own), and bf16 autocast on ``device`` when chosen (:func:`hscl.engine.precision.loop_precision_scope`)."""
+    from hscl.engine.precision import LoopPrecision, loop_precision_scope
+
+    used = "bf16-mixed" if precision["autocast"] == "bf16" else "32-true"
+    return loop_precision_scope(LoopPrecision(used, precision["channels_last"], precision["setting"]), device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -15,6 +15,49 @@ HardeningLike = Hardening | Callable[[Tensor], Tensor] | None
 MLike = float | int | str | None
 
 
+class _ValueChecks:
+    """Checks of tensor values whose verdicts are read with a loss call's one host synchronisation.
+
+    Each check adds a 0-d flag on the device (1: passed) and what to do when it failed (raise, or look closer);
+    the loss stacks :meth:`flags` with the other numbers it reads and hands their values to :meth:`verify`.
+    """
+
+    def __init__(self) -> None:
+        self._flags: list[Tensor] = []
+        self._failed: list[Callable[[], None]] = []
+
+    def add(self, ok: Tensor, failed: Callable[[], None]) -> None:
+        self._flags.append(ok.reshape(()).long())
+        self._failed.append(failed)
+
+    def flags(self) -> list[Tensor]:
+        return self._flags
+
+    def verify(self, values: Sequence[int] | None = None) -> None:
+        """Call what each failed check asked for (``values``: the flags read on the host; None: read them now)."""
+        if values is None:
+            values = torch.stack(self._flags).tolist() if self._flags else []
+        for passed, failed in zip(values, self._failed):
+            if not passed:
+                failed()
+
+
+#: torch >= 2.4: ``torch.is_autocast_enabled(device_type)`` and ``torch.get_autocast_dtype(device_type)``
+_PER_DEVICE_AUTOCAST = hasattr(torch, "get_autocast_dtype")
+
+
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
+    """Whether autocast is on for ``device_type`` and its dtype, on every torch since 2.1 (the per-device-type
+    ``torch.is_autocast_enabled(device_type)`` / ``torch.get_autocast_dtype`` came in 2.4)."""
+    if _PER_DEVICE_AUTOCAST:
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    if device_type == "cuda":
+        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    if device_type == "cpu":
+        return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return False, None
+
+
 def _nonfinite_allowed(z: Tensor) -> bool:
     """Whether a non-finite ``z`` passes through instead of raising: under float16 (autocast or
     float16 ``z``), where overflow is expected and a gradient scaler skips the step on a non-finite
@@ -23,14 +66,16 @@ def _nonfinite_allowed(z: Tensor) -> bool:
         return False
     if z.dtype == torch.float16:
         return True
-    device_type = z.device.type
     try:
-        return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+        enabled, dtype = _autocast_state(z.device.type)
     except (RuntimeError, TypeError):  # a device type without autocast support
         return False
+    return enabled and dtype == torch.float16
 
 
-def _check_z(z: object, *, allow_nonfinite: bool = False) -> Tensor:
+def _check_z(z: object, *, allow_nonfinite: bool = False, checks: _ValueChecks | None = None) -> Tensor:
+    """``z`` of shape (B, V, d), floating, not empty; finite unless ``allow_nonfinite``: that check is added to
+    ``checks`` (read with the caller's one host synchronisation), or without ``checks`` done here."""
     if not isinstance(z, Tensor):
         raise TypeError(f"z must be a torch.Tensor of shape (B, V, d), got {type(z).__name__}")
     if z.dim() != 3:
@@ -42,18 +87,30 @@ def _check_z(z: object, *, allow_nonfinite: bool = False) -> Tensor:
         raise TypeError(f"z must be a floating-point tensor, got dtype {z.dtype}")
     if z.shape[0] < 1 or z.shape[1] < 1 or z.shape[2] < 1:
         raise ValueError(f"z must have B >= 1, V >= 1, d >= 1, got shape {tuple(z.shape)}")
-    # one reduction and one host sync; a NaN or inf anywhere makes the sum non-finite (an overflow of
-    # the sum alone is told apart by the exact count, only then)
-    if not allow_nonfinite and not bool(torch.isfinite(z.sum())) and (bad := int((~torch.isfinite(z)).sum())):
-        raise ValueError(
-            f"z contains {bad} non-finite value(s) (NaN or inf); the encoder output is already broken "
-            f"before the loss (check the learning rate, the input data and mixed-precision settings)"
-        )
+    if allow_nonfinite:
+        return z
+
+    def nonfinite() -> None:  # a NaN or inf makes the sum non-finite; an overflow of the sum alone is no error
+        bad = int((~torch.isfinite(z)).sum())
+        if bad:
+            raise ValueError(
+                f"z contains {bad} non-finite value(s) (NaN or inf); the encoder output is already broken "
+                f"before the loss (check the learning rate, the input data and mixed-precision settings)"
+            )
+
+    own = checks is None
+    checks = _ValueChecks() if own else checks
+    checks.add(torch.isfinite(z.detach().sum()), nonfinite)  # one reduction
+    if own:
+        checks.verify()
     return z
 
 
-def _check_labels(labels: object, batch: int, device: torch.device, required_for: str | None) -> Tensor | None:
-    """Integer class ids ``(B,)`` as long, or multi-hot ``(B, C)`` (bool, or 0/1 numbers) as bool."""
+def _check_labels(
+    labels: object, batch: int, device: torch.device, required_for: str | None, checks: _ValueChecks | None = None
+) -> Tensor | None:
+    """Integer class ids ``(B,)`` as long, or multi-hot ``(B, C)`` (bool, or 0/1 numbers) as bool, on ``device``
+    (the 0/1 check of numbers is added to ``checks`` when given, else done here)."""
     if labels is None:
         if required_for is not None:
             raise ValueError(f"labels are required for {required_for}; pass labels of shape (B,) = ({batch},)")
@@ -61,7 +118,7 @@ def _check_labels(labels: object, batch: int, device: torch.device, required_for
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
     if labels.dim() == 2 and labels.shape[0] == batch:
-        return _multi_hot("labels", labels).to(device)
+        return _multi_hot("labels", labels.to(device), checks)
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"labels must have an integer dtype (e.g. torch.long), got {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != batch:
@@ -72,21 +129,31 @@ def _check_labels(labels: object, batch: int, device: torch.device, required_for
     return labels.to(device=device, dtype=torch.long)
 
 
-def _multi_hot(name: str, labels: Tensor) -> Tensor:
-    """``labels`` (n, C) as bool; numbers must be 0 or 1 (one host synchronisation)."""
+def _multi_hot(name: str, labels: Tensor, checks: _ValueChecks | None = None) -> Tensor:
+    """``labels`` (n, C) as bool; numbers must be 0 or 1 (a check added to ``checks``, else done here)."""
     if labels.is_complex():
         raise TypeError(f"{name} of shape (n, C) must be multi-hot (bool or 0/1), got {labels.dtype}")
     if labels.shape[1] == 0:
         raise ValueError(f"{name} of shape (n, C) must have at least one class column, got shape {tuple(labels.shape)}")
     if labels.dtype != torch.bool:
-        if bool(((labels != 0) & (labels != 1)).any()):
+
+        def not_multi_hot() -> None:
             raise ValueError(f"{name} of shape (n, C) must be multi-hot: every entry 0 or 1")
+
+        own = checks is None
+        checks = _ValueChecks() if own else checks
+        checks.add(~((labels != 0) & (labels != 1)).any(), not_multi_hot)
+        if own:
+            checks.verify()
         labels = labels != 0
     return labels
 
 
-def _check_memory(memory: object, z: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
-    """``memory=(z_mem (K, d), labels_mem)``: shapes, dtype and device against ``z`` (B, V, d) and ``labels``.
+def _check_memory(
+    memory: object, z: Tensor, labels: Tensor | None, checks: _ValueChecks | None = None
+) -> tuple[Tensor, Tensor | None] | None:
+    """``memory=(z_mem (K, d), labels_mem)``: shapes, dtype and device against ``z`` (B, V, d) and ``labels``;
+    the finiteness of ``z_mem`` (and the 0/1 of multi-hot numbers) added to ``checks``, else checked here.
     Returns None for no memory or K = 0."""
     if memory is None:
         return None
@@ -102,10 +169,23 @@ def _check_memory(memory: object, z: Tensor, labels: Tensor | None) -> tuple[Ten
     K = z_mem.shape[0]
     if K == 0:
         return None
-    if not bool(torch.isfinite(z_mem).all()):
+    own = checks is None
+    checks = _ValueChecks() if own else checks
+
+    def nonfinite() -> None:
         raise ValueError("memory[0] (z_mem) has non-finite values (NaN or inf)")
+
+    checks.add(torch.isfinite(z_mem.detach()).all(), nonfinite)
+    checked = _memory_labels(labels_mem, K, z, labels, checks)
+    if own:
+        checks.verify()
+    return z_mem, checked
+
+
+def _memory_labels(labels_mem: object, K: int, z: Tensor, labels: Tensor | None, checks: _ValueChecks) -> Tensor | None:
+    """``memory[1]``: None, class ids ``(K,)`` or multi-hot ``(K, C)``, of the kind of ``labels``."""
     if labels_mem is None:
-        return z_mem, None
+        return None
     if not isinstance(labels_mem, Tensor) or labels_mem.shape[0] != K or labels_mem.dim() not in (1, 2):
         shape = tuple(labels_mem.shape) if isinstance(labels_mem, Tensor) else type(labels_mem).__name__
         raise ValueError(f"memory[1] (labels_mem) must be None or of shape (K,) or (K, C) with K = {K}, got {shape}")
@@ -116,15 +196,15 @@ def _check_memory(memory: object, z: Tensor, labels: Tensor | None) -> tuple[Ten
             f"memory[1] (labels_mem) must be of the kind of labels, {kind}; got shape {tuple(labels_mem.shape)}"
         )
     if labels_mem.dim() == 2:
-        labels_mem = _multi_hot("memory[1] (labels_mem)", labels_mem)
+        labels_mem = _multi_hot("memory[1] (labels_mem)", labels_mem, checks)
         if labels is not None and labels_mem.shape[1] != labels.shape[1]:
             raise ValueError(
                 f"memory[1] (labels_mem) has {labels_mem.shape[1]} classes but labels have {labels.shape[1]}"
             )
-        return z_mem, labels_mem
+        return labels_mem
     if labels_mem.dtype == torch.bool or labels_mem.is_floating_point() or labels_mem.is_complex():
         raise TypeError(f"memory[1] (labels_mem) must have an integer dtype, got {labels_mem.dtype}")
-    return z_mem, labels_mem.long()
+    return labels_mem.long()
 
 
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
@@ -194,10 +274,11 @@ def _callable_weights(eta: Callable, g: Tensor, negative_mask: Tensor) -> Tensor
             f"{tuple(g.shape)}, got {got}"
         )
     w = torch.where(negative_mask, w.to(g.dtype), 0.0)
-    with torch.no_grad():
-        if not bool(torch.isfinite(w).all()):
+    with torch.no_grad():  # both checks in one host synchronisation
+        finite, nonnegative = torch.stack([torch.isfinite(w).all(), (w >= 0).all()]).tolist()
+        if not finite:
             raise ValueError("hardening callable returned non-finite weights (NaN or inf) on negatives")
-        if bool((w < 0).any()):
+        if not nonnegative:
             raise ValueError(
                 f"hardening callable returned negative weights (min {float(w.min()):.4g}); a hardening "
                 "function must be non-negative (Definition 1)"

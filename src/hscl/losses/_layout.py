@@ -123,9 +123,9 @@ def _make_layout(
     view_ids = torch.arange(V, device=device)
     instance_columns = view_ids[None, :] * B + (rows % B)[:, None]  # (N, V)
     view_columns = None
-    if V > 1:
-        others = view_ids[None, :] != (rows // B)[:, None]
-        view_columns = instance_columns[others].view(N, V - 1)
+    if V > 1:  # the other views of each row, ascending: view j < own, then j + 1 (no mask indexing: no sync)
+        other = view_ids[None, : V - 1] + (view_ids[None, : V - 1] >= (rows // B)[:, None]).long()  # (N, V - 1)
+        view_columns = other * B + (rows % B)[:, None]
     row_class = None
     shape_t = torch.zeros(2, dtype=torch.long, device=device)
     if share_count is not None:

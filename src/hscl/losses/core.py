@@ -48,6 +48,7 @@ from hscl.losses._checks import (
     _check_tau_plus,
     _check_z,
     _nonfinite_allowed,
+    _ValueChecks,
 )
 from hscl.losses._fused import _constant_shift, _FusedContrastive
 from hscl.losses._generic import _generic_loss, _pair_index
@@ -392,12 +393,14 @@ def contrastive_loss(
     except under float16 (``torch.autocast(dtype=torch.float16)`` or a float16 ``z``): there it gives
     a non-finite loss and gradient, so that a gradient scaler skips the step.
 
-    Cost: the counts and column tables are built once per call with tensor ops; the call has two
-    host synchronisations (the finiteness check of ``z``, skipped under float16, and the table
-    shapes); each block of anchors is then tensor ops only. For the scalar reductions the
+    Cost: the counts and column tables are built once per call with tensor ops; the call has one
+    host synchronisation, which reads the table shapes together with the value checks (the finiteness
+    of ``z``, skipped under float16, and of a memory); each block of anchors is then tensor ops only
+    (a callable hardening adds one per block: its weights are checked). For the scalar reductions the
     gradient is computed in the forward (when ``z`` requires it), so the backward is a scaling.
     """
-    z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z))
+    checks = _ValueChecks()  # the value checks, read with the call's one host synchronisation
+    z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z), checks=checks)
     positives = _check_choice("positives", positives, POSITIVES)
     negatives = _check_choice("negatives", negatives, NEGATIVES)
     reduction = _check_choice("reduction", reduction, REDUCTIONS)
@@ -412,8 +415,8 @@ def contrastive_loss(
         needs.append('positives="labels"')
     if negatives == "supervised":
         needs.append('negatives="supervised"')
-    labels = _check_labels(labels, B, z.device, " and ".join(needs) if needs else None)
-    memory = _check_memory(memory, z, labels)
+    labels = _check_labels(labels, B, z.device, " and ".join(needs) if needs else None, checks)
+    memory = _check_memory(memory, z, labels, checks)
     if positives == "views" and V < 2:
         raise ValueError(
             'positives="views" needs at least 2 views per sample (z of shape (B, V>=2, d)), '
@@ -451,8 +454,10 @@ def contrastive_loss(
     )
     fused = hardening is None or type(hardening) in (Exponential, Threshold, AutoExponential)  # built-ins: fused
     layout = _make_layout(spec, relation, groups, share_count)
-    # the one host synchronisation of the call: the output size and the shape of the class tables
-    num_pairs, largest, classes = torch.stack([(num_pos * valid).sum(), *layout.shape_t]).tolist()
+    # the one host synchronisation of the call: the output size, the shape of the class tables, the value checks
+    sizes = torch.stack([(num_pos * valid).sum(), *layout.shape_t, *checks.flags()]).tolist()
+    num_pairs, largest, classes, passed = *sizes[:3], sizes[3:]
+    checks.verify(passed)
     spec.num_pairs = num_pairs
     if fused:
         _finish_layout(layout, largest, classes)

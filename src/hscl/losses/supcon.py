@@ -14,6 +14,7 @@ from hscl.losses._checks import (
     _check_positive_real,
     _check_z,
     _nonfinite_allowed,
+    _ValueChecks,
 )
 from hscl.losses._layout import _finish_layout, _label_groups, _make_layout
 from hscl.losses.base import _metric_learning_shape
@@ -47,12 +48,13 @@ def supcon_loss(
     Shape:
         z: ``(B, V, d)``; labels: ``(B,)`` or None; output: scalar.
     """
-    z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z))
+    checks = _ValueChecks()  # read with the call's one host synchronisation
+    z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z), checks=checks)
     temperature = _check_positive_real("temperature", temperature)
     base_temperature = _check_positive_real("base_temperature", base_temperature)
     chunk_size = _check_chunk_size(chunk_size)
     B, V, d = z.shape
-    labels = _check_labels(labels, B, z.device, None)
+    labels = _check_labels(labels, B, z.device, None, checks)
     if labels is None and V < 2:
         raise ValueError(f"supcon_loss without labels needs V >= 2 views per sample, got V={V}")
     rows, device, dtype = V * B, z.device, _compute_dtype(z)
@@ -82,7 +84,9 @@ def supcon_loss(
         pair="linear",
     )
     layout = _make_layout(spec, relation, groups, share_count)
-    num_valid, largest, classes = torch.stack([valid.sum(), *layout.shape_t]).tolist()  # one sync
+    sizes = torch.stack([valid.sum(), *layout.shape_t, *checks.flags()]).tolist()  # the one host synchronisation
+    num_valid, largest, classes = sizes[:3]
+    checks.verify(sizes[3:])
     _finish_layout(layout, largest, classes)
     with _autocast_off(device):
         Z = z.transpose(0, 1).reshape(rows, d).to(dtype)  # (N, d), row r = v*B + i
