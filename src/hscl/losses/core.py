@@ -44,6 +44,7 @@ from hscl.losses._checks import (
     _check_labels,
     _check_M,
     _check_memory,
+    _negative_ids_error,
     _check_positive_real,
     _check_tau_plus,
     _check_z,
@@ -203,8 +204,8 @@ def _log_M(M: MLike, rows: int, valid: Tensor, num_neg: Tensor, dtype: torch.dty
     ``|N(r)|`` (``"count"``). Shape ``(N,)``."""
     if M is None:
         cols = cols or rows
-        if cols - 2 <= 0:
-            raise ValueError(f"M=None means rows - 2 = {cols - 2} for a batch of {cols} rows; pass M > 0 explicitly")
+        if cols - 2 <= 0:  # M = 0: every pair term is log(1 + 0) = 0; contrastive_loss marks no anchor valid
+            return torch.zeros(rows, dtype=dtype, device=device)
         return torch.full((rows,), math.log(cols - 2), dtype=dtype, device=device)
     if M == "count":
         return torch.where(valid, torch.log(num_neg.clamp(min=1).to(dtype)), 0.0)
@@ -432,6 +433,8 @@ def contrastive_loss(
         groups = _label_groups(relation.labels)
     num_pos, num_neg = _set_sizes(V, relation, groups, share_count, positives, negatives)
     valid = (num_pos > 0) & (num_neg > 0)
+    if M is None and relation.cols <= 2:  # M = rows - 2 = 0 (a batch of one or two rows): every term is 0
+        valid = torch.zeros_like(valid)
     log_M = _log_M(M, rows, valid, num_neg, dtype, device, relation.cols)
     spec = _Spec(
         batch=B,
@@ -451,8 +454,11 @@ def contrastive_loss(
     )
     fused = hardening is None or type(hardening) in (Exponential, Threshold, AutoExponential)  # built-ins: fused
     layout = _make_layout(spec, relation, groups, share_count)
-    # the one host synchronisation of the call: the output size and the shape of the class tables
-    num_pairs, largest, classes = torch.stack([(num_pos * valid).sum(), *layout.shape_t]).tolist()
+    # the one host synchronisation of the call: the output size, the shape of the class tables, negative class ids
+    negative_ids = (labels < 0).sum() if uses_labels and labels.dim() == 1 else num_pos.new_zeros(())
+    num_pairs, largest, classes, negative = torch.stack([(num_pos * valid).sum(), *layout.shape_t, negative_ids]).tolist()
+    if negative:
+        raise _negative_ids_error(negative)
     spec.num_pairs = num_pairs
     if fused:
         _finish_layout(layout, largest, classes)
@@ -469,7 +475,7 @@ def contrastive_loss(
                 "contrastive_loss: no valid (anchor, positive) pair in this batch "
                 f"(positives={positives!r}, negatives={negatives!r}, B={B}, V={V}"
                 + (f", classes={int(labels.unique(dim=0).shape[0])}" if labels is not None else "")
-                + "): every anchor lacks a positive or a negative; the loss is 0",
+                + "): every anchor lacks a positive or a negative (or M = rows - 2 is 0); the loss is 0",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -13,6 +13,7 @@ from hscl.losses._checks import (
     _check_labels,
     _check_positive_real,
     _check_z,
+    _negative_ids_error,
     _nonfinite_allowed,
 )
 from hscl.losses._layout import _finish_layout, _label_groups, _make_layout
@@ -82,7 +83,11 @@ def supcon_loss(
         pair="linear",
     )
     layout = _make_layout(spec, relation, groups, share_count)
-    num_valid, largest, classes = torch.stack([valid.sum(), *layout.shape_t]).tolist()  # one sync
+    negative_ids = (labels < 0).sum() if labels is not None and labels.dim() == 1 else num_pos.new_zeros(())
+    # one sync: the anchors with a positive, the shape of the class tables, negative class ids
+    num_valid, largest, classes, negative = torch.stack([valid.sum(), *layout.shape_t, negative_ids]).tolist()
+    if negative:
+        raise _negative_ids_error(negative)
     _finish_layout(layout, largest, classes)
     with _autocast_off(device):
         Z = z.transpose(0, 1).reshape(rows, d).to(dtype)  # (N, d), row r = v*B + i
