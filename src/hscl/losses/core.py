@@ -44,10 +44,10 @@ from hscl.losses._checks import (
     _check_labels,
     _check_M,
     _check_memory,
-    _negative_ids_error,
     _check_positive_real,
     _check_tau_plus,
     _check_z,
+    _negative_ids_error,
     _nonfinite_allowed,
 )
 from hscl.losses._fused import _constant_shift, _FusedContrastive
@@ -456,7 +456,8 @@ def contrastive_loss(
     layout = _make_layout(spec, relation, groups, share_count)
     # the one host synchronisation of the call: the output size, the shape of the class tables, negative class ids
     negative_ids = (labels < 0).sum() if uses_labels and labels.dim() == 1 else num_pos.new_zeros(())
-    num_pairs, largest, classes, negative = torch.stack([(num_pos * valid).sum(), *layout.shape_t, negative_ids]).tolist()
+    sizes = torch.stack([(num_pos * valid).sum(), *layout.shape_t, negative_ids])
+    num_pairs, largest, classes, negative = sizes.tolist()
     if negative:
         raise _negative_ids_error(negative)
     spec.num_pairs = num_pairs
