@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 #: Tensor methods that read values on the host
 _READS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__")
@@ -65,11 +66,10 @@ class SyncCounter:
             wrap(torch, name)
         wrap(torch, "where", lambda *args, **kwargs: len(args) + len(kwargs) == 1)
 
-        def mask_index(self_, index):
-            parts = index if isinstance(index, tuple) else (index,)
-            return any(isinstance(p, torch.Tensor) and p.dtype in (torch.bool, torch.uint8) for p in parts)
-
-        wrap(torch.Tensor, "__getitem__", mask_index)
+        # indexing with a boolean mask is seen by a torch-function mode while counting: patching
+        # Tensor.__getitem__ on the class would leave its sequence slot behind after the undo, and
+        # torch.tensor([0-d tensors]) would then take each tensor for a sequence
+        self._mode = _MaskIndexMode(self)
 
         def tensor_repeats(*args, **kwargs):
             repeats = kwargs.get("repeats", args[1] if len(args) > 1 else None)
@@ -82,7 +82,28 @@ class SyncCounter:
     @contextlib.contextmanager
     def counting(self):
         self.count, self.where, self.active = 0, [], True
+        mode = getattr(self, "_mode", None)
         try:
-            yield self
+            with mode if mode is not None else contextlib.nullcontext():
+                yield self
         finally:
             self.active = False
+
+
+class _MaskIndexMode(TorchFunctionMode):
+    """Counts ``tensor[mask]`` (a boolean or uint8 index: its output size depends on the values)."""
+
+    def __init__(self, counter: SyncCounter) -> None:
+        super().__init__()
+        self.counter = counter
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.__getitem__ and len(args) == 2:
+            parts = args[1] if isinstance(args[1], tuple) else (args[1],)
+            masked = any(isinstance(p, torch.Tensor) and p.dtype in (torch.bool, torch.uint8) for p in parts)
+            within = self.counter.within
+            mine = within is None or sys._getframe(1).f_code.co_filename.startswith(within)
+            if masked and mine and self.counter.depth == 0:
+                self.counter._hit("Tensor.__getitem__")
+        return func(*args, **kwargs)

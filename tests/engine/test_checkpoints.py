@@ -223,7 +223,8 @@ def test_resume_refuses_a_last_ckpt_of_another_model_or_a_malicious_one(run, tmp
     last = copy / "checkpoints" / "last.ckpt"
     other = [*FAST, "model.widths=[8, 16, 16, 16]"]
     assert main(["train", *_sets(other), "--out", str(copy), "--resume"]) == 2
-    _assert_one_line(capsys, last, "do not fit the model of this config")
+    # the recorded config says what differs before any weight is compared
+    _assert_one_line(capsys, copy, "trained with another config (model.widths: [8, 16, 16, 32] -> [8, 16, 16, 16])")
     marker = tmp_path / "pwned"
     torch.save({"epoch": 1, "state_dict": _Payload(marker)}, last)
     assert main(["train", *_sets(FAST), "--out", str(copy), "--resume"]) == 2

@@ -192,6 +192,10 @@ def test_reproduce_fig4_fig5_and_collapse_on_tiny_configs(tmp_path, capsys):
     # a second call skips the finished runs
     assert main([*args, "--methods", "scl", "--normalizations", "ball"]) == 0
     assert "Neural vs dimensional collapse" in capsys.readouterr().out
+    # ... but not runs of another setting: refused in one line naming the run and the key
+    assert main([*args, "--methods", "scl", "--normalizations", "ball", "--set", "train.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'scl-ball'} holds a run of another config (train.epochs: 2 -> 3)" in err and err.count("\n") == 1
     assert main([*args, "--methods", "nope"]) == 2
 
 

@@ -174,4 +174,12 @@ def test_reproduce_table1_on_a_tiny_preset(tmp_path, capsys):
     assert main(args) == 0  # finished runs are reused, not retrained
     assert (out / "ucl" / "seed0" / "eval.json").read_text() == first
     assert "UCL" in capsys.readouterr().out
+    # another setting into the same folder: refused before any work, naming the cell and what differs
+    assert main([*args, "--set", "train.epochs=3"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"hscl: error: {out / 'ucl' / 'seed0'} holds a run of another config (train.epochs: 2 -> 3); it is not "
+        "reused: choose another --out, or delete that folder to train it again\n"
+    )
+    assert "==" not in captured.out and (out / "ucl" / "seed0" / "eval.json").read_text() == first
     assert main(["reproduce", "table1", "--preset", "nope", "--configs", str(tmp_path / "configs")]) == 2

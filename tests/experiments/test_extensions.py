@@ -158,6 +158,9 @@ def test_multilabel_end_to_end_and_resume(fashion_mnist, tmp_path, monkeypatch, 
     calls = _no_training(monkeypatch)
     assert main(args) == 0  # every cell finished: read back, nothing trained
     assert not calls and (out / "ucl" / "seed0" / "eval.json").read_text() == first
+    assert main([*args, "--set", "train.epochs=3"]) == 2  # another setting: refused before anything trains
+    err = capsys.readouterr().err
+    assert f"{out / 'ucl' / 'seed0'} holds a run of another config (train.epochs: " in err and not calls
     assert main(["report", str(out)]) == 0
     assert "linear mAP (%)" in (out / "report.html").read_text()
 

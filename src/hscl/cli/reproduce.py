@@ -131,7 +131,7 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("experiment", choices=sorted(REPRODUCERS))
     rp.add_argument(
         "--preset",
-        help="a packaged preset (see `hscl presets`): table1: quick [default], cifar10, cifar100, stl10, "
+        help="a packaged preset (see 'hscl presets'): table1: quick [default], cifar10, cifar100, stl10, "
         "tiny-imagenet; table2: quick [default], paper; schane: quick [default], pretrained, cifar-fs-vit (GPU); "
         "multilabel, small-batch, auto-beta: quick [default]",
     )

@@ -64,7 +64,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hscl.engine.config import config_to_dict, load_config
-    from hscl.engine.train import train
+    from hscl.engine.distributed import launch_rank
+    from hscl.engine.train import run_paths, train
     from hscl.experiments.presets import resolve_config
 
     config = load_config(resolve_config(args.config), _overrides(args))
@@ -74,8 +75,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False))
         return 0
+    paths = run_paths(out)
+    if args.resume and not (paths.last.exists() or paths.previous.exists()):
+        raise FileNotFoundError(
+            f"--resume: {out} holds no run to continue (no checkpoints/last.ckpt); leave out --resume to start one"
+        )
     final = train(config, out, resume=args.resume)
-    print(f"final checkpoint: {final}")
+    if launch_rank(config.train.devices) == 0:  # under DDP every process returns here; one prints
+        print(f"final checkpoint: {final}")
     return 0
 
 
@@ -170,6 +177,18 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=cmd_evaluate)
 
 
+def _check_json(path: str | None) -> None:
+    """``--json FILE`` names a file in an existing folder: checked before the work starts."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise ValueError(f"--json {path} is a folder; name a file to write to (e.g. {Path(path) / 'result.json'})")
+    if not Path(path).parent.is_dir():
+        raise FileNotFoundError(f"--json {path}: the folder {Path(path).parent} does not exist")
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (default: a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N"
@@ -183,6 +202,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hscl.engine.evaluate import evaluate_task
     from hscl.engine.train import load_data, load_task
 
+    _check_json(args.json)
     task, config = load_task(args.checkpoint, data_dir=args.data_dir, device=args.device)
     result = evaluate_task(task, load_data(config), config)
     result["checkpoint"] = str(args.checkpoint)
@@ -229,11 +249,18 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from hscl.engine.train import load_data, load_task
     from hscl.hardening import Exponential, Threshold
 
+    if args.probe_size is not None and args.probe_size < 4:
+        raise ValueError(f"--probe-size must be >= 4 (probe samples, two views each), got {args.probe_size}")
+    if args.beta is not None and args.tau is not None:
+        raise ValueError("give at most one of --beta and --tau")
+    if args.beta is not None and not args.beta >= 0:
+        raise ValueError(f"--beta must be >= 0, got {args.beta}")
+    if args.tau is not None and not args.tau > 0:
+        raise ValueError(f"--tau must be > 0, got {args.tau}")
+    _check_json(args.json)
     task, config = load_task(args.checkpoint, data_dir=args.data_dir, device=args.device)
     if args.probe_size is not None:
         config.diagnostics.probe_size = args.probe_size
-    if args.beta is not None and args.tau is not None:
-        raise ValueError("give at most one of --beta and --tau")
     if args.beta is not None:
         hardening = Exponential(args.beta)
     elif args.tau is not None:
@@ -273,8 +300,15 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from hscl.engine.report import html_report
 
+    if Path(args.run_dir).is_file():
+        raise ValueError(
+            f"{args.run_dir} is a file; hscl report takes the folder of a run or an experiment "
+            f"(e.g. {Path(args.run_dir).parent})"
+        )
     path = html_report(args.run_dir, args.out)
     print(f"written: {path}")
     return 0
@@ -290,16 +324,22 @@ def add_presets(sub: argparse._SubParsersAction) -> None:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     """``hscl presets``: the packaged presets; ``hscl presets NAME`` prints one config (to copy and edit)."""
+    from hscl.experiments.extensions import EXPERIMENTS, list_extension_presets
     from hscl.experiments.presets import SUITES, list_presets, packaged_configs, resolve_config
 
     if args.name is not None:
         print(resolve_config(args.name).read_text(), end="")
         return 0
     root = packaged_configs()
-    print(f"packaged presets (in {root}); run one with `hscl reproduce SUITE --preset NAME`:")
+    print(f"packaged presets (in {root}); run one with 'hscl reproduce EXPERIMENT --preset NAME':")
     for suite in SUITES:
-        print(f"  {suite}: {', '.join(list_presets(suite, args.configs)) or '-'}")
-    print("run configs for `hscl train --config NAME` (print one with `hscl presets NAME`):")
+        names = ", ".join(list_presets(suite, args.configs)) or "-"
+        if suite == "figures":  # each figure set-up is an experiment of its own, without --preset
+            names += " (experiments of their own: 'hscl reproduce collapse', 'hscl reproduce fig4-fig5')"
+        print(f"  {suite}: {names}")
+    for experiment in EXPERIMENTS:  # the extension experiments: multilabel, small-batch, auto-beta
+        print(f"  {experiment}: {', '.join(list_extension_presets(experiment, args.configs)) or '-'}")
+    print("run configs for 'hscl train --config NAME' (print one with 'hscl presets NAME'):")
     for path in sorted((root / "table1").rglob("*.yaml")):
         print(f"  {path.relative_to(root).with_suffix('')}")
     return 0

@@ -187,7 +187,20 @@ def _kind(obj: object) -> str:
     return f"a {type(obj).__name__}"
 
 
+def _finetuned(state: Mapping) -> bool:
+    """Whether ``state`` is the ``model.pt`` of ``hscl finetune``: an hscl model under ``model.`` and a linear
+    ``classifier``."""
+    keys = [str(k) for k in state]
+    return "classifier.weight" in keys and any(k.startswith("model.encoder.") for k in keys)
+
+
 def _check_task(obj: object, path: Path) -> None:
+    if _tensor_map(obj) and _finetuned(obj):
+        raise CheckpointError(
+            f"{path}: the weights of a `hscl finetune` model (an encoder with a linear classifier of "
+            f"{obj['classifier.weight'].shape[0]} classes), not a checkpoint of `hscl train`: its test accuracy is in "
+            "result.json beside it; evaluate and diagnose take a pre-training checkpoint (final.ckpt of `hscl train`)"
+        )
     if _tensor_map(obj):
         raise CheckpointError(
             f"{path}: a state_dict of {len(obj)} tensors ({_keys(obj, 3)}){_graph_hint(obj)}, not a checkpoint "

@@ -302,6 +302,13 @@ def _parse_value(text: str) -> Any:
     return load_yaml(text)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line: what is wrong and where (1-based line and column)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or type(err).__name__
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``section.key=value`` overrides to a nested mapping (a copy)."""
     data = json.loads(json.dumps(data))
@@ -315,7 +322,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = _parse_value(text)
+        try:
+            node[parts[-1]] = _parse_value(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(err)})") from None
     return data
 
 
@@ -326,7 +336,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        data = load_yaml(path.read_text()) or {}
+        try:
+            data = load_yaml(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(err)}") from None
+        if data is None:  # an empty file (or only comments): most likely not what was meant to run
+            raise ValueError(
+                f"config file {str(path)!r} is empty (no keys); write the keys to change, or leave out --config "
+                "to run the defaults"
+            )
         if not isinstance(data, dict):
             raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
     data = apply_overrides(data, overrides or [])

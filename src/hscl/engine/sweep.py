@@ -287,6 +287,7 @@ def train_and_evaluate(config: RunConfig, run_dir: Path) -> dict:
     also written to ``run_dir/eval.json`` (a finished point is not evaluated twice).
     """
     from hscl.engine.evaluate import evaluate_task
+    from hscl.engine.runs import train_seconds
     from hscl.engine.train import load_data, load_task, run_paths, train
 
     paths = run_paths(run_dir)
@@ -299,12 +300,11 @@ def train_and_evaluate(config: RunConfig, run_dir: Path) -> dict:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = load_data(config)
     data = _DATA_CACHE[key]
-    start = time.perf_counter()
     if not paths.final.exists():
         train(config, run_dir, resume=True, data=data)
-    train_seconds = time.perf_counter() - start
     task, _ = load_task(paths.final, data=data)
-    result = {**evaluate_task(task, data, config), "train_seconds": train_seconds}
+    # the epochs' training time, summed across resumes (an interrupted trial counts its epochs before too)
+    result = {**evaluate_task(task, data, config), "train_seconds": train_seconds(run_dir)}
     eval_file.write_text(json.dumps(result, indent=2))
     return result
 

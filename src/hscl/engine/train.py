@@ -15,7 +15,6 @@ import json
 import logging
 import subprocess
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -23,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from hscl.data.augment import Augment, AugmentConfig, EvalTransform, augment_preset, preset_for
-from hscl.data.images import ImageData, load_dataset
+from hscl.data.images import ImageData, check_data_dir, holds_dataset, load_dataset
 from hscl.data.views import epoch_generator
 from hscl.engine.checkpoints import CheckpointError, check_resumable, load_checkpoint
 from hscl.engine.config import RunConfig, config_to_dict
@@ -54,6 +53,8 @@ from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import the
     save_loss_state,
 )
 from hscl.engine.precision import enable_tf32, numerics_record, resolve_deterministic, resolve_precision
+from hscl.engine.progress import EpochProgress
+from hscl.engine.runs import RunPaths, after_failure, check_accelerator, check_run_config, restore_sigint, run_paths
 from hscl.engine.torch_flags import restores_torch_flags
 from hscl.hardening import linear_threshold
 from hscl.losses import get_loss, get_method, loss_kwargs
@@ -74,48 +75,16 @@ log = logging.getLogger("hscl")
 
 
 class _DropLitLoggerTip(logging.Filter):
-    """Lightning (2.6) prints an advertisement for its cloud logger at the start of every run; hscl drops it."""
+    """Lightning (2.6) prints an advertisement for its cloud logger at the start of every run; hscl drops it, and
+    Lightning's note on Ctrl-C (``hscl`` says in one line what was saved and how to resume)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage().lower()
+        message = record.getMessage()
+        return "litlogger" not in message.lower() and "Detected KeyboardInterrupt" not in message
 
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
     logging.getLogger(_name).addFilter(_DropLitLoggerTip())
-
-
-@dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.ckpt"
-
-    @property
-    def previous(self) -> Path:
-        """The checkpoint before ``last.ckpt`` (one epoch older), kept in case ``last.ckpt`` gets damaged."""
-        return self.checkpoints / "previous.ckpt"
-
-    @property
-    def final(self) -> Path:
-        return self.root / "final.ckpt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.csv"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-
-def run_paths(root: str | Path) -> RunPaths:
-    return RunPaths(Path(root))
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +264,9 @@ def _git_revision() -> str:
 
 
 def load_data(config: RunConfig) -> ImageData:
-    """The run's dataset, split per its config (:func:`~hscl.engine.datamodule.split_data`)."""
+    """The run's dataset, split per its config (:func:`~hscl.engine.datamodule.split_data`); an explicit
+    ``data.data_dir`` must hold it (:func:`~hscl.data.images.check_data_dir`)."""
+    check_data_dir(config.data.dataset, config.data.data_dir)
     return split_data(load_dataset(config.data.dataset, data_dir=config.data.data_dir), config)
 
 
@@ -309,8 +280,23 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
     ``resume=True`` continues from ``out_dir/checkpoints/last.ckpt`` when it exists, after loading it
     weights-only and checking it fits this config; a damaged one raises
     :class:`~hscl.engine.checkpoints.CheckpointError` naming ``checkpoints/previous.ckpt`` (the checkpoint
-    of the epoch before, kept for that case) when it is good.
+    of the epoch before, kept for that case) when it is good; a ``last.ckpt`` of another config (loss, data,
+    model, ...: :func:`~hscl.engine.runs.config_differences`) raises :class:`~hscl.engine.runs.RunConfigError`.
+    Ctrl-C raises :class:`~hscl.engine.runs.TrainingInterrupted`; a failed call removes the folder it created
+    when no checkpoint was written.
     """
+    check_accelerator(config)
+    if data is None:  # an explicit data.data_dir (--data-dir) must hold the data: never read it from elsewhere
+        check_data_dir(config.data.dataset, config.data.data_dir)
+    created = not Path(out_dir).exists()
+    try:
+        return _train(config, out_dir, resume, data)
+    except BaseException as err:
+        after_failure(run_paths(out_dir), config, created, err)  # raises err, or TrainingInterrupted for Ctrl-C
+        raise
+
+
+def _train(config: RunConfig, out_dir: str | Path, resume: bool, data: ImageData | None) -> Path:
     import yaml
 
     paths = run_paths(out_dir)
@@ -364,6 +350,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: Im
 def _open_run(paths: RunPaths, config: RunConfig, resume: bool) -> dict | None:
     """Create the run directory, refuse to overwrite a run unless resuming, set the thread count; returns the
     checked ``last.ckpt`` to resume from (None for a new run)."""
+    if paths.root.exists() and not paths.root.is_dir():
+        raise FileExistsError(f"{paths.root} is a file, not a folder: name a folder for the run (--out)")
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.last.exists() and not resume:
         raise FileExistsError(
@@ -373,7 +361,10 @@ def _open_run(paths: RunPaths, config: RunConfig, resume: bool) -> dict | None:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     # --resume: last.ckpt is read weights-only and checked first; a damaged one names previous.ckpt
-    return check_resumable(paths) if resume and (paths.last.exists() or paths.previous.exists()) else None
+    resumed = check_resumable(paths) if resume and (paths.last.exists() or paths.previous.exists()) else None
+    if resumed is not None:  # the run continues only with the config it started with
+        check_run_config(paths.root, config, recorded=resumed["hyper_parameters"]["config"], resume=True)
+    return resumed
 
 
 def _choose_precision(
@@ -431,7 +422,7 @@ def _build_trainer(
         use_distributed_sampler=False,  # each step shards the global batch (ContrastiveTask.training_step)
         precision=precision,
         logger=logger,
-        callbacks=_callbacks(paths, data, config),
+        callbacks=_callbacks(paths, data, config) + ([EpochProgress()] if tc.progress else []),
         enable_checkpointing=False,
         enable_progress_bar=tc.progress,
         enable_model_summary=False,
@@ -452,7 +443,13 @@ def _fit(trainer: L.Trainer, task: ContrastiveTask, data: ImageData, config: Run
         warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
         # Lightning 2.6's own use of a torch pytree API that newer torch deprecates; nothing a user can act on
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-        trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt, **_weights_only(trainer))
+        try:
+            trainer.fit(task, datamodule=ViewsDataModule(data, config), ckpt_path=ckpt, **_weights_only(trainer))
+        except SystemExit:  # Lightning's answer to Ctrl-C: it stops the fit, ignores SIGINT, and exits
+            if not trainer.interrupted:
+                raise
+            restore_sigint()
+            raise KeyboardInterrupt from None
 
 
 def _weights_only(trainer: L.Trainer) -> dict:
@@ -490,6 +487,8 @@ def load_task(
     config = task.config
     if data_dir is not None:
         config.data.data_dir = data_dir
+    elif not holds_dataset(config.data.dataset, config.data.data_dir):  # recorded on another machine: search
+        config.data.data_dir = None
     task.to(device)
     if device.type == "cuda":  # NHWC convolutions on the GPU (encode / measure_geometry follow the flag)
         task.channels_last = True

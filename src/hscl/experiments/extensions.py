@@ -252,6 +252,7 @@ def reproduce_extension(
     ``seeds`` replaces the preset's seeds, ``cells`` picks a subset of its cells (in the preset's order),
     ``overrides`` (``section.key=value``) apply to every cell. Returns the results (also ``results.json``).
     """
+    from hscl.engine.runs import check_run_configs
     from hscl.engine.train import load_data
     from hscl.experiments._extensions_outputs import write_outputs
 
@@ -267,6 +268,7 @@ def reproduce_extension(
     out_dir = Path(out_dir or f"runs/{experiment}-{preset}")
     out_dir.mkdir(parents=True, exist_ok=True)
     configs = {(key, seed): cell_config(spec, key, extra, seed) for seed in seeds for key in keys}  # checked first
+    check_run_configs({out_dir / key / f"seed{seed}": config for (key, seed), config in configs.items()})
 
     runs: dict[str, list[dict]] = {key: [] for key in keys}
     data_cache: dict = {}

@@ -15,7 +15,6 @@ rerunning the command after a kill loses nothing. Configs: ``configs/figures/<ex
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 from hscl.engine.config import RunConfig, load_config, load_yaml
@@ -32,14 +31,16 @@ def _experiment_dir(name: str, config_dir: str | Path | None) -> Path:
 
 
 def _train_run(config: RunConfig, run_dir: Path, data) -> tuple[list[dict], float]:
-    """Train (or resume, or skip when finished) one run; returns its metrics rows and train seconds."""
+    """Train (or resume, or skip when finished) one run; returns its metrics rows and train seconds (summed over
+    its epochs, across resumes). A folder holding a run of another config is refused."""
+    from hscl.engine.runs import check_run_config, train_seconds
     from hscl.engine.train import read_metrics, run_paths, train
 
     paths = run_paths(run_dir)
-    start = time.perf_counter()
+    check_run_config(run_dir, config)
     if not paths.final.exists():
         train(config, run_dir, resume=True, data=data)
-    return read_metrics(paths.metrics), time.perf_counter() - start
+    return read_metrics(paths.metrics), train_seconds(run_dir)
 
 
 def _last_value(rows: list[dict], key: str) -> float:

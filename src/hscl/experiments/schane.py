@@ -77,7 +77,7 @@ def reproduce_schane(
     episode of every objective (and ablation cell) are stored in ``out_dir`` when finished and skipped on a rerun
     (a fine-tuning run stored with other settings is refused, naming the folder).
     """
-    from hscl.data.images import load_dataset
+    from hscl.data.images import check_data_dir, load_dataset
     from hscl.engine.distributed import resolve_device
 
     began = time.perf_counter()
@@ -97,6 +97,7 @@ def reproduce_schane(
     if experiment.threads is not None:
         torch.set_num_threads(experiment.threads)
     device = resolve_device(experiment.device)
+    check_data_dir(dc.dataset, dc.data_dir)  # an explicit --data-dir must hold the data
     data = load_dataset(dc.dataset, data_dir=dc.data_dir)
 
     stage_seconds: dict[str, float] = {}  # wall clock of each stage in this invocation (cached stages: ~0)
@@ -183,9 +184,11 @@ def _pretrained_model(
 
 
 def _pretrain(experiment: SchaneExperiment, data: ImageData, out_dir: Path) -> Path:
+    from hscl.engine.runs import check_run_config
     from hscl.engine.train import run_paths, train
 
     paths = run_paths(out_dir)
+    check_run_config(out_dir, experiment.pretrain)  # a pre-training of another config is not reused
     if paths.final.exists():
         print(f"== pre-training: cached {paths.final}", flush=True)
         return paths.final

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 from hscl.engine.config import RunConfig, load_config
@@ -57,19 +56,22 @@ def find_preset(preset: str, suite: str = "table1", extra: str | Path | None = N
 
 
 def _run_one(config: RunConfig, run_dir: Path, data) -> dict:
+    """Pre-train (or resume) one cell and evaluate it; a finished cell of this config is read back from its
+    ``eval.json``, one of another config refused (:func:`~hscl.engine.runs.check_run_config`). ``train_seconds``
+    sums the epochs' training time, across resumes (:func:`~hscl.engine.runs.train_seconds`)."""
+    from hscl.engine.runs import check_run_config, train_seconds
     from hscl.engine.train import load_task, read_metrics, run_paths, train
 
     paths = run_paths(run_dir)
+    check_run_config(run_dir, config)
     eval_file = run_dir / "eval.json"
     if eval_file.exists() and paths.final.exists():
         return json.loads(eval_file.read_text())
-    start = time.perf_counter()
     if not paths.final.exists():
         train(config, run_dir, resume=True, data=data)
-    train_seconds = time.perf_counter() - start
     task, _ = load_task(paths.final, data=data)
     result = evaluate_task(task, data, config)
-    result["train_seconds"] = train_seconds
+    result["train_seconds"] = train_seconds(run_dir)
     result["curve"] = [
         {"epoch": int(r["epoch"]), "knn_top1": float(r["knn_top1"]), "loss": float(r["loss"])}
         for r in read_metrics(paths.metrics)
@@ -89,6 +91,7 @@ def reproduce_table1(
     methods: list[str] | None = None,
 ) -> dict:
     """Run a Table I preset; returns the results (also written to ``out_dir``)."""
+    from hscl.engine.runs import check_run_configs
     from hscl.engine.train import load_data
 
     out_dir = Path(out_dir)
@@ -104,6 +107,10 @@ def reproduce_table1(
     if data_dir is not None:
         extra.append(f"data.data_dir={data_dir}")
     configs = {key: load_config(path, extra) for key, path in files.items()}
+    # every cell's config, checked against what its folder holds before any of them trains
+    check_run_configs(
+        {out_dir / k / f"seed{s}": load_config(files[k], [*extra, f"train.seed={s}"]) for k in configs for s in seeds}
+    )
     results: dict = {"preset": preset, "seeds": seeds, "methods": {}}
     data_cache: dict = {}
     for key, base in configs.items():

@@ -109,16 +109,29 @@ def _check_z(z: object, *, allow_nonfinite: bool = False, checks: _ValueChecks |
 def _check_labels(
     labels: object, batch: int, device: torch.device, required_for: str | None, checks: _ValueChecks | None = None
 ) -> Tensor | None:
-    """Integer class ids ``(B,)`` as long, or multi-hot ``(B, C)`` (bool, or 0/1 numbers) as bool, on ``device``
-    (the 0/1 check of numbers is added to ``checks`` when given, else done here)."""
+    """Integer class ids ``(B,)`` or ``(B, 1)`` as long ``(B,)``, or multi-hot ``(B, C)`` as bool: ``C > 1`` columns
+    of bool or 0/1 numbers, or one bool column (a bool tensor is always multi-hot), on ``device``. The value checks
+    (class ids >= 0, multi-hot numbers 0 or 1) are added to ``checks`` when given, else done here."""
     if labels is None:
         if required_for is not None:
             raise ValueError(f"labels are required for {required_for}; pass labels of shape (B,) = ({batch},)")
         return None
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
-    if labels.dim() == 2 and labels.shape[0] == batch:
+    if labels.dim() == 2 and labels.shape[0] == batch and labels.shape[1] == 1 and labels.dtype != torch.bool:
+        if labels.is_floating_point() or labels.is_complex():  # 0/1 targets: class ids or one-class sets?
+            raise TypeError(
+                f"labels of shape (B, 1) = ({batch}, 1) must be integer class ids (labels.long()) or, for multi-hot "
+                f"sets of one class, bool (labels.bool()); got {labels.dtype}"
+            )
+        labels = labels[:, 0]  # a column of class ids
+    elif labels.dim() == 2 and labels.shape[0] == batch:
         return _multi_hot("labels", labels.to(device), checks)
+    elif labels.dim() == 2:
+        raise ValueError(
+            f"labels of shape (B, C) = ({batch}, C) (multi-hot) or (B,) = ({batch},) (class ids) must match z of "
+            f"B={batch} samples, got shape {tuple(labels.shape)}"
+        )
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"labels must have an integer dtype (e.g. torch.long), got {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != batch:
@@ -126,7 +139,25 @@ def _check_labels(
             f"labels must have shape (B,) = ({batch},) (class ids) or (B, C) (multi-hot) to match z of B={batch} "
             f"samples, got shape {tuple(labels.shape)}"
         )
-    return labels.to(device=device, dtype=torch.long)
+    labels = labels.to(device=device, dtype=torch.long)
+
+    def negative_ids() -> None:
+        raise _negative_ids_error(int((labels < 0).sum()))
+
+    own = checks is None
+    checks = _ValueChecks() if own else checks
+    checks.add(~(labels < 0).any(), negative_ids)
+    if own:
+        checks.verify()
+    return labels
+
+
+def _negative_ids_error(count: int) -> ValueError:
+    """The error for ``count`` negative class ids (found with the caller's host synchronisation)."""
+    return ValueError(
+        f"labels must be class ids >= 0, got {count} negative id(s) (e.g. -1 as 'ignore'); a sample without a class "
+        "is not supported: drop its rows from z and labels, or give it an id of its own"
+    )
 
 
 def _multi_hot(name: str, labels: Tensor, checks: _ValueChecks | None = None) -> Tensor:

@@ -204,8 +204,8 @@ def _log_M(M: MLike, rows: int, valid: Tensor, num_neg: Tensor, dtype: torch.dty
     ``|N(r)|`` (``"count"``). Shape ``(N,)``."""
     if M is None:
         cols = cols or rows
-        if cols - 2 <= 0:
-            raise ValueError(f"M=None means rows - 2 = {cols - 2} for a batch of {cols} rows; pass M > 0 explicitly")
+        if cols - 2 <= 0:  # M = 0: every pair term is log(1 + 0) = 0; contrastive_loss marks no anchor valid
+            return torch.zeros(rows, dtype=dtype, device=device)
         return torch.full((rows,), math.log(cols - 2), dtype=dtype, device=device)
     if M == "count":
         return torch.where(valid, torch.log(num_neg.clamp(min=1).to(dtype)), 0.0)
@@ -435,6 +435,8 @@ def contrastive_loss(
         groups = _label_groups(relation.labels)
     num_pos, num_neg = _set_sizes(V, relation, groups, share_count, positives, negatives)
     valid = (num_pos > 0) & (num_neg > 0)
+    if M is None and relation.cols <= 2:  # M = rows - 2 = 0 (a batch of one or two rows): every term is 0
+        valid = torch.zeros_like(valid)
     log_M = _log_M(M, rows, valid, num_neg, dtype, device, relation.cols)
     spec = _Spec(
         batch=B,
@@ -474,7 +476,7 @@ def contrastive_loss(
                 "contrastive_loss: no valid (anchor, positive) pair in this batch "
                 f"(positives={positives!r}, negatives={negatives!r}, B={B}, V={V}"
                 + (f", classes={int(labels.unique(dim=0).shape[0])}" if labels is not None else "")
-                + "): every anchor lacks a positive or a negative; the loss is 0",
+                + "): every anchor lacks a positive or a negative (or M = rows - 2 is 0); the loss is 0",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -97,12 +97,31 @@ def get_loss(method: str, **kwargs) -> nn.Module:
     """
     entry = get_method(method)
     allowed = _init_parameters(entry.loss)
+    if "auto_target" in kwargs and "beta" in allowed:  # loss.auto_target of a run config: the automatic hardening
+        kwargs = _auto_hardening(entry.name, dict(kwargs))
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise TypeError(
             f"get_loss({entry.name!r}) got unexpected keyword(s) {', '.join(unknown)}; it accepts {', '.join(allowed)}"
         )
     return entry.loss(**kwargs)
+
+
+def _auto_hardening(name: str, kwargs: dict) -> dict:
+    """``beta="auto", auto_target=t`` as ``hardening=AutoExponential(t)``; ``auto_target`` alone is refused."""
+    from hscl.hardening import AutoExponential
+
+    target = kwargs.pop("auto_target")
+    if kwargs.get("beta") != "auto":
+        raise TypeError(
+            f"get_loss({name!r}): auto_target applies to beta='auto' (the automatic hardening), got "
+            f"beta={kwargs.get('beta')!r}; pass beta='auto', auto_target={target!r}"
+        )
+    kwargs.pop("beta")
+    if kwargs.get("hardening") is not None:
+        raise ValueError(f"get_loss({name!r}): give at most one of beta=, tau=, hardening=; got beta, hardening")
+    kwargs["hardening"] = AutoExponential(target)
+    return kwargs
 
 
 def loss_kwargs(method: str, options: Mapping[str, object]) -> dict:

@@ -80,7 +80,7 @@ from hscl.data.images.mosaic import (
     read_fashion_mnist_mosaic,
     read_mnist_mosaic,
 )
-from hscl.data.images.registry import DATASETS, DatasetSpec, load_dataset
+from hscl.data.images.registry import DATASETS, DatasetSpec, check_data_dir, holds_dataset, load_dataset
 
 __all__ = [
     "CIFAR_FS_CLASSES",
@@ -102,6 +102,8 @@ __all__ = [
     "extract_archive",
     "holdout_indices",
     "load_dataset",
+    "check_data_dir",
+    "holds_dataset",
     "make_mosaics",
     "mosaic_dataset",
     "read_cifar10",

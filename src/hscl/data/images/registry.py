@@ -25,7 +25,7 @@ from hscl.data.images.formats import (
 from hscl.data.images.image_files import read_image_folder, read_tiny_imagenet
 from hscl.data.images.mosaic import read_fashion_mnist_mosaic, read_mnist_mosaic
 
-__all__ = ["DATASETS", "DatasetSpec", "load_dataset"]
+__all__ = ["DATASETS", "DatasetSpec", "check_data_dir", "holds_dataset", "load_dataset"]
 
 
 @dataclass(frozen=True)
@@ -277,6 +277,42 @@ def _lookup(name: str) -> DatasetSpec | None:
 
 def _valid_names() -> str:
     return ", ".join([*DATASETS, "folder:<path>"])
+
+
+def check_data_dir(name: str, data_dir: PathLike | None, **options) -> None:
+    """Check that an explicit ``data_dir`` (``--data-dir``, ``data.data_dir``) holds dataset ``name``.
+
+    :func:`load_dataset` searches further (``$HSCL_DATA``, system paths, the cache, a download); a run given a
+    folder must not silently read the data from elsewhere, so it calls this first. Raises a one-line
+    :class:`DatasetNotFoundError` naming the folder, the files looked for and where. No-op without ``data_dir``,
+    for ``folder:<path>`` datasets and for data shipped with a package (``digits``).
+    """
+    if data_dir is None or name.startswith("folder:"):
+        return
+    spec = _lookup(name)
+    if spec is None:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {_valid_names()}")
+    if not spec.files:
+        return
+    found, why = spec.find(data_dir, options)
+    if found is None:
+        needed = ", ".join(alts[0] for alts in spec.required(options))
+        places = ", ".join(str(p) for p in spec.candidates(data_dir))
+        raise DatasetNotFoundError(
+            f"--data-dir {data_dir}: dataset {spec.name!r} is not there ({why}); looked for {needed} in {places}",
+            [(f"data_dir {data_dir}", why)],
+        )
+
+
+def holds_dataset(name: str, data_dir: PathLike | None, **options) -> bool:
+    """Whether ``data_dir`` passes :func:`check_data_dir` (False for None)."""
+    if data_dir is None:
+        return False
+    try:
+        check_data_dir(name, data_dir, **options)
+    except (DatasetNotFoundError, ValueError):
+        return False
+    return True
 
 
 def load_dataset(name: str, data_dir: PathLike | None = None, download: bool = True, **options) -> ImageData:
