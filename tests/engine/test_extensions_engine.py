@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LEARNS, assert_above_chance, assert_loss_fell, run_losses
 from test_train import TINY as TRAIN_TINY
 
+from conftest import LEARNS, assert_above_chance, assert_loss_fell, run_losses
 from hscl.data.images import load_dataset
 from hscl.data.images.mosaic import mosaic_dataset
 from hscl.engine import monitor as monitor_module
@@ -69,7 +69,7 @@ def test_multilabel_run_gives_label_sets_to_the_loss_and_reports_map(method, mos
     # a scorer that ignores the images ranks a class's images at random: its AP is the class's share of images
     chance = 100 * mosaics.test_labels.float().mean(0)
     for row in rows:
-        assert float(row["knn_mAP"]) >= float(chance.mean()) + 20 and math.isnan(float(row["knn_top1"]))
+        assert float(row["knn_mAP"]) >= float(chance.mean()) + 30 and math.isnan(float(row["knn_top1"]))
         assert row["diag_hardening"] == MULTILABEL_NOTE
         assert all(math.isnan(float(row[k])) for k in monitor_module.CLASS_DIAGNOSTICS)  # skipped, not made up
         assert float(row["effective_rank"]) > 1 and math.isfinite(float(row["uniformity"]))
@@ -82,7 +82,7 @@ def test_multilabel_run_gives_label_sets_to_the_loss_and_reports_map(method, mos
     for key in ("linear_mAP", "linear_micro_f1", "linear_train_mAP", "knn_mAP"):
         assert 0 <= result[key] <= 100, key
     for key in ("linear_mAP", "linear_train_mAP", "knn_mAP"):  # the probes learn the classes the mosaics show
-        assert result[key] >= float(chance.mean()) + 20, (key, result[key], float(chance.mean()))
+        assert result[key] >= float(chance.mean()) + 30, (key, result[key], float(chance.mean()))
     (tmp_path / "run" / "eval.json").write_text(json.dumps(result))
     page = html_report(tmp_path / "run").read_text()
     assert "linear_mAP" in page and "knn_mAP" in page

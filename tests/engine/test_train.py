@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LEARNS, assert_above_chance, assert_loss_fell, run_losses
 
+from conftest import LEARNS, assert_above_chance, assert_loss_fell, run_losses
 from hscl.cli import main
 from hscl.engine.config import load_config
 from hscl.engine.train import load_task, train
@@ -81,7 +81,8 @@ def _cli(*args: str) -> list[str]:
 
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     sets = []
-    for item in [*TINY, *LEARNS, "data.train_subset=1000", "train.batch_size=32", "train.epochs=4", "loss.method=h-scl"]:
+    overrides = ["data.train_subset=1000", "train.batch_size=32", "train.epochs=4", "loss.method=h-scl"]
+    for item in [*TINY, *LEARNS, *overrides]:
         sets += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = tmp_path / "reference"
