@@ -17,7 +17,7 @@ from hscl.cli import main
 from hscl.engine.config import load_config
 from hscl.engine.monitor import DIAGNOSTIC_FIELDS, diagnostics_hardening, probe_set
 from hscl.engine.train import load_task, train
-from hscl.experiments.figures import collapse_verdict
+from hscl.experiments.figures import FIG5_ORDERINGS, collapse_verdict
 from hscl.experiments.presets import packaged_configs
 from hscl.geometry import diagnose
 from hscl.hardening import Exponential, Threshold
@@ -176,6 +176,8 @@ def test_reproduce_fig4_fig5_and_collapse_on_tiny_configs(tmp_path, capsys):
         assert (out / name).stat().st_size > 200
     assert {r["label"]: r["numerics"] for r in results["runs"].values()} == results["numerics"]["cells"]
     assert "Numerics: precision " in (out / "fig4_fig5.md").read_text()  # one precision, stated
+    assert FIG5_ORDERINGS in (out / "fig4_fig5.md").read_text()  # which ordering is an identity, which measured
+    assert "by construction" in results["orderings"] and "L_H-SCL <= L_H-UCL is measured" in results["orderings"]
     assert "Fig. 4 / Fig. 5 check" in capsys.readouterr().out
 
     out = tmp_path / "collapse"
