@@ -61,7 +61,7 @@ def assert_loss_fell(losses, factor: float = LOSS_FALL, what: str = "the trainin
     """The last of ``losses`` (per-epoch means, first to last) is finite and at most ``factor`` times the first."""
     values = [float(v) for v in losses]
     assert len(values) >= 2, f"{what}: {len(values)} epoch(s), need 2 to see it fall"
-    assert all(math.isfinite(v) for v in values), f"{what}: {values}"
+    assert all(math.isfinite(v) for v in values) and values[0] > 0, f"{what}: {values}"
     assert values[-1] <= factor * values[0], (
         f"{what} did not learn: {values[0]:.4f} in the first epoch, {values[-1]:.4f} in the last "
         f"(ratio {values[-1] / values[0]:.3f} > {factor})"
