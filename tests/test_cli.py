@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 import pytest
@@ -15,10 +16,15 @@ from hscl.losses import LOSSES
 def test_demo_prints_the_six_methods(capsys):
     assert main(["losses", "--batch", "64"]) == 0
     out = capsys.readouterr().out
+    values = {}
     for method in LOSSES:
         row = re.search(rf"^{re.escape(method)}\s+.*?(\d+\.\d+)\s+(\d+\.\d+)", out, re.MULTILINE)
         assert row, method
-        assert float(row.group(1)) > 0
+        values[method] = (float(row.group(1)), float(row.group(2)))  # (digits, random)
+    # random 128-d directions are near-orthogonal: every e^g is about 1 and UCL about log(1 + M), M = 2B - 2
+    assert values["ucl"][1] == pytest.approx(math.log(2 * 64 - 1), abs=0.1)
+    # the two views of a digit are closer than random pairs: the real batch's UCL loss is clearly lower
+    assert values["ucl"][0] < values["ucl"][1] - 0.1
     assert "H-SCL >= SCL: True" in out and "H-UCL >= UCL: True" in out
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import assert_above_chance
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 PIPELINES = ["pretrain", "evaluate", "diagnostics", "finetune", "few-shot", "graph fold", "ddp (2 GPUs)"]
 LOSSES = [f"loss {m} {rows}" for rows in (512, 1024, 2048) for m in ("pml-supcon", "h-scl", "scl", "supcon")]
@@ -37,6 +39,8 @@ def test_gpu_check_cpu_quick_form(tmp_path):
             assert rows[name]["status"] == "ok" and rows[name]["metrics"]["median_ms"] > 0, rows[name]
     assert rows["ddp (2 GPUs)"]["status"].startswith("skipped: needs 2 CUDA GPUs")
     assert 0 <= rows["evaluate"]["metrics"]["linear_top1"] <= 100
+    for name in ("pretrain", "evaluate"):  # the monitor's and the evaluation's kNN score the 10 classes
+        assert_above_chance(rows[name]["metrics"]["knn_top1"], 10, what=f"{name} kNN")
     assert rows["pretrain"]["metrics"]["images_per_s"] > 0
     header = report["header"]
     assert header["device"] == "cpu" and header["form"] == "quick" and header["cpu"] and "cpu_bf16" in header

@@ -12,11 +12,12 @@ import torch
 from test_train import TINY
 
 from browser import headless_chrome
+from conftest import LEARNS, assert_loss_fell, run_losses
 from hscl.cli import main
 from hscl.engine.config import load_config
 from hscl.engine.monitor import DIAGNOSTIC_FIELDS, diagnostics_hardening, probe_set
 from hscl.engine.train import load_task, train
-from hscl.experiments.figures import collapse_verdict
+from hscl.experiments.figures import FIG5_ORDERINGS, collapse_verdict
 from hscl.experiments.presets import packaged_configs
 from hscl.geometry import diagnose
 from hscl.hardening import Exponential, Threshold
@@ -32,7 +33,7 @@ def _rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("diag") / "run"
-    config = load_config(None, [*DIAG, "loss.method=h-scl", "loss.beta=2.0", "train.epochs=3"])
+    config = load_config(None, [*DIAG, *LEARNS, "loss.method=h-scl", "loss.beta=2.0", "train.epochs=3"])
     train(config, out)
     return out
 
@@ -40,6 +41,7 @@ def run(tmp_path_factory):
 def test_monitor_writes_every_diagnostic_per_epoch(run):
     rows = _rows(run / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert_loss_fell(run_losses(run))  # the monitor measures a run that learns
     for field in DIAGNOSTIC_FIELDS:
         assert all(r[field] != "" for r in rows), field
     for r in rows:
@@ -67,7 +69,7 @@ def test_last_epoch_row_equals_an_independent_recomputation(run):
     assert x.shape[0] == 2 * labels.shape[0] == 192
     with torch.no_grad():
         _, z = task.model(x)
-    metrics, values = diagnose(z.view(96, 2, -1), labels, Exponential(2.0), temperature=0.5)
+    metrics, values = diagnose(z.view(96, 2, -1), labels, Exponential(2.0), temperature=config.loss.temperature)
     last = _rows(run / "metrics.csv")[-1]
     for key in ("assumption1", "loss_ucl", "loss_h_scl", "nc1", "nc2_etf", "effective_rank", "isotropy"):
         assert float(last[key]) == pytest.approx(metrics[key], rel=1e-5, abs=1e-7), key
@@ -131,7 +133,7 @@ def _tiny_experiment_configs(tmp_path: Path) -> Path:
             runs = {k: runs[k] for k in ("h-scl-tau-e-0.5", "h-scl-beta-2")}
         (folder / "runs.yaml").write_text(yaml.safe_dump(runs, sort_keys=False))
         base: dict = {}
-        for item in [*DIAG, "data.train_subset=200", "train.epochs=2", "train.knn_k=0"]:
+        for item in [*DIAG, *LEARNS, "data.train_subset=200", "train.epochs=2", "train.knn_k=0"]:
             key, value = item.split("=", 1)
             section, field = key.split(".")
             base.setdefault(section, {})[field] = yaml.safe_load(value)
@@ -166,13 +168,16 @@ def test_reproduce_fig4_fig5_and_collapse_on_tiny_configs(tmp_path, capsys):
     assert list(results["runs"]) == ["h-scl-tau-e-0.5", "h-scl-beta-2"]
     assert results["runs"]["h-scl-tau-e-0.5"]["hardening"] == "tau=0.606531"
     assert results["runs"]["h-scl-beta-2"]["hardening"] == "beta=2"
-    for r in results["runs"].values():
+    for key, r in results["runs"].items():
         assert len(r["curve"]) == 2 and 0 <= r["assumption1_last"] <= 1
+        assert_loss_fell([p["loss"] for p in r["curve"]], what=key)  # each run learned
         assert r["lemma1_ok"] == (r["loss_h_scl"] <= r["loss_h_ucl"])
     for name in ("fig4.png", "fig5.png", "fig4_fig5.csv", "fig4_fig5.md"):
         assert (out / name).stat().st_size > 200
     assert {r["label"]: r["numerics"] for r in results["runs"].values()} == results["numerics"]["cells"]
     assert "Numerics: precision " in (out / "fig4_fig5.md").read_text()  # one precision, stated
+    assert FIG5_ORDERINGS in (out / "fig4_fig5.md").read_text()  # which ordering is an identity, which measured
+    assert "by construction" in results["orderings"] and "L_H-SCL <= L_H-UCL is measured" in results["orderings"]
     assert "Fig. 4 / Fig. 5 check" in capsys.readouterr().out
 
     out = tmp_path / "collapse"
@@ -180,7 +185,8 @@ def test_reproduce_fig4_fig5_and_collapse_on_tiny_configs(tmp_path, capsys):
     assert main([*args, "--methods", "scl,h-ucl", "--normalizations", "ball"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert sorted(results["runs"]) == ["h-ucl-ball", "scl-ball"]
-    for r in results["runs"].values():
+    for key, r in results["runs"].items():
+        assert_loss_fell(run_losses(out / key), what=key)
         assert r["projection_dim"] == 9 and len(r["spectrum_last"]) == 9
         assert r["verdict"] == collapse_verdict(
             r["last"]["nc1"], r["last"]["nc2_etf"], r["last"]["effective_rank"], r["num_classes"]

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_above_chance, assert_loss_fell
 from hscl.cli import main
 from hscl.data.images import load_dataset
 from hscl.engine.config import load_config
@@ -324,10 +325,11 @@ def test_finetune_learns_and_resumes_exactly(checkpoint, digits, tmp_path, monke
 
     pre = load_pretrained(checkpoint)
     data = digits.subset(500, 200, seed=1)
-    config = FinetuneConfig(objective="schane", epochs=3, batch_size=32, lr=1e-2)
+    config = FinetuneConfig(objective="schane", epochs=3, batch_size=32, lr=1e-2, head_lr=1e-1)
     reference = finetune(pre.model, data, config, out_dir=tmp_path / "a", progress=False)
-    assert reference.test_top1 > 25.0  # chance is 10%; the zero head predicts one class
-    assert reference.history[-1]["ce"] < reference.history[0]["ce"] < math.log(10)
+    assert_above_chance(reference.test_top1, 10)  # the zero head predicts one class: chance
+    assert reference.history[0]["ce"] < math.log(10)  # the zero head's loss, then lower within the first epoch
+    assert_loss_fell([h["ce"] for h in reference.history], what="the cross-entropy")
     assert [h["epoch"] for h in reference.history] == [1, 2, 3]
     assert all(h["contrastive"] > 0 for h in reference.history)
 
@@ -391,11 +393,14 @@ def test_few_shot_is_paired_and_resumable(checkpoint, digits, tmp_path, monkeypa
 
 def test_finetune_cli(checkpoint, tmp_path, capsys):
     out = tmp_path / "ft"
-    args = ["finetune", str(checkpoint), "--objective", "schane", "--epochs", "1", "--batch-size", "64"]
+    args = ["finetune", str(checkpoint), "--objective", "schane", "--epochs", "3", "--batch-size", "64"]
+    args += ["--lr", "1e-2", "--head-lr", "0.1"]
     args += ["--train-subset", "300", "--test-subset", "100", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     result = json.loads((out / "result.json").read_text())
-    assert 0 <= result["test_top1"] <= 100 and result["config"]["lam"] == 0.9
+    assert result["config"]["lam"] == 0.9
+    assert_loss_fell([h["ce"] for h in result["history"]], what="the cross-entropy")
+    assert_above_chance(result["test_top1"], 10)
     numerics = result["numerics"]  # the precision of train.precision's rule, auto, on the device it picked
     device = torch.device("cuda" if torch.cuda.device_count() else "cpu")
     expected = resolve_precision("auto", load_pretrained(checkpoint).model, None, device)
@@ -496,7 +501,8 @@ def test_backbone_finetune_runs_and_resumes_exactly(lite0, digits, tmp_path, mon
     assert max(float(hi) for _, hi in ranges) > 0.5  # images, not their normalised form
     assert all(torch.equal(v, before[k]) for k, v in lite0.state_dict().items())
     assert reference.model.embedding == "features" and len(reference.history) == 2
-    assert all(h["contrastive"] > 0 and math.isfinite(h["loss"]) for h in reference.history)
+    assert all(h["contrastive"] > 0 for h in reference.history)
+    assert_loss_fell([h["ce"] for h in reference.history], what="the cross-entropy")  # 6 steps: 1.15 to 0.90
     saved = torch.load(tmp_path / "a" / "finetune_last.pt", weights_only=True)
     assert saved["config"]["embedding"] == "features"
 

@@ -9,6 +9,7 @@ import torch
 
 pytest.importorskip("torch_geometric")
 
+from conftest import assert_loss_fell
 from hscl.data.graphs import GraphData, degree_features, graphs_from_lists
 from hscl.engine.graph_train import GRAPH_METHODS, GraphObjective, embed_graphs, pretrain_graph_encoder
 from hscl.hardening import Exponential, Threshold
@@ -284,7 +285,7 @@ def test_pretraining_is_deterministic_and_learns():
     first = pretrain_graph_encoder(data, GraphObjective("h-ucl", 2.0), epochs=6, batch_size=8, hidden=8, seed=3)
     second = pretrain_graph_encoder(data, GraphObjective("h-ucl", 2.0), epochs=6, batch_size=8, hidden=8, seed=3)
     assert first.losses == second.losses
-    assert first.losses[-1] < first.losses[0]
+    assert_loss_fell(first.losses, factor=0.5)  # 6 epochs on cycles vs stars: 10.3 to 0.72
     emb = embed_graphs(first.model, data)
     assert emb.shape == (16, 24) and torch.equal(emb, embed_graphs(second.model, data))
     assert isinstance(first.model, InfoGraphModel)

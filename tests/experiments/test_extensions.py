@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import assert_above_chance
 from hscl.cli import main
 from hscl.experiments import _extensions_outputs as outputs
 from hscl.experiments.extensions import (
@@ -37,6 +38,8 @@ TINY = [
     "train.channels_last=false",  # both pinned: no timing probe
     "train.progress=false",
     "eval.linear_epochs=2",
+    "eval.linear_lr=0.05",  # 2 steps an epoch at a rate that fits the 64 images in 4 (1e-3 stays at chance)
+    "eval.linear_batch_size=32",
     "diagnostics.enabled=false",
 ]
 
@@ -141,6 +144,9 @@ def test_multilabel_end_to_end_and_resume(fashion_mnist, tmp_path, monkeypatch, 
     for entry in results["cells"].values():
         run = entry["runs"][0]
         assert run["multilabel"] and 0 <= run["linear_mAP"] <= 100 and 0 <= run["linear_micro_f1"] <= 100
+        # one step of pre-training cannot show a fall; the probe does learn its 64 mosaics (a random scorer's mAP
+        # is the classes' mean share of images, about 34 % for four digits of ten)
+        assert run["linear_train_mAP"] >= 100 * (1 - 0.9**4) + 30, run["linear_train_mAP"]
         assert entry["linear_mAP_mean"] == run["linear_mAP"] and entry["linear_mAP_std"] == 0
         assert "knn_mAP" in run["curve"][0]
     table = (out / "multilabel.md").read_text()
@@ -174,6 +180,8 @@ def test_small_batch_seeds_subset_and_resume_of_an_interrupted_cell(fashion_mnis
     memory = results["cells"]["b32-h-scl-memory"]
     assert memory["batch_size"] == 32 and memory["loss"]["memory_size"] == 4096 and len(memory["runs"]) == 2
     top1 = [r["linear_top1"] for r in memory["runs"]]
+    for run in (r for cell in results["cells"].values() for r in cell["runs"]):  # the probe learned its 64 images
+        assert_above_chance(run["linear_train_top1"], 10, what="the probe's training top-1")
     assert memory["linear_top1_mean"] == pytest.approx(sum(top1) / 2)
     assert memory["linear_top1_std"] == pytest.approx(abs(top1[0] - top1[1]) / math.sqrt(2))
     assert all(r["step_seconds"] > 0 and r["curve"][0]["memory_rows"] == 2 * 64 for r in memory["runs"])
@@ -278,6 +286,8 @@ def test_auto_beta_end_to_end_with_the_verdict(fashion_mnist, tmp_path, monkeypa
     results = json.loads((out / "results.json").read_text())
     auto = results["cells"]["auto-0.5"]
     assert auto["loss"]["beta"] == "auto" and auto["runs"][0]["final_beta"] > 0
+    for run in (r for cell in results["cells"].values() for r in cell["runs"]):  # the probe learned its 64 images
+        assert_above_chance(run["linear_train_top1"], 10, what="the probe's training top-1")
     assert auto["final_beta_mean"] == auto["runs"][0]["curve"][-1]["beta"]
     assert results["cells"]["beta-1"]["final_beta_mean"] == 1.0
     verdict = results["verdict"]

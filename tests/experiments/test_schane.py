@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_above_chance, assert_loss_fell
 from hscl.cli import main
 from hscl.experiments.schane import find_experiment, load_experiment
 
@@ -36,7 +37,7 @@ def test_reproduce_schane_on_a_tiny_preset(tmp_path, capsys):
     experiment = {
         "name": "tiny",
         "pretrain": pretrain,
-        "finetune": {"epochs": 1, "batch_size": 64},
+        "finetune": {"epochs": 5, "batch_size": 64, "lr": 0.01, "head_lr": 0.1},  # 20 steps that learn the digits
         "full": {"train_subset": 200, "test_subset": 100, "seeds": [0, 1]},
         "fewshot": {"shots": [1, 3], "episodes": 2, "steps": 2, "queries": 4},
         "embedding_points": 60,
@@ -60,6 +61,11 @@ def test_reproduce_schane_on_a_tiny_preset(tmp_path, capsys):
         assert full[o]["top1_mean"] == pytest.approx(np.mean(values))  # the same 100 test images for every seed
     diffs = np.subtract(top1["schane"], top1["ce"])
     assert full["schane"]["seed_diff_ci95"] == pytest.approx([diffs.mean(), 12.706204736 * diffs.std(ddof=1) / 2**0.5])
+    for objective in ("ce", "schane"):  # full fine-tuning learned the 10 classes, with every seed
+        for seed, history in enumerate(full[objective]["history"]):
+            assert_loss_fell([epoch["ce"] for epoch in history], what=f"{objective} seed {seed} cross-entropy")
+        for seed, value in enumerate(top1[objective]):
+            assert_above_chance(value, 10, what=f"{objective} seed {seed} top-1")
     for name in ("schane.csv", "schane.md", "fewshot.png", "fewshot.csv", "tsne.png", "tsne.csv"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "tsne.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -115,6 +115,13 @@ def reproduce_fig4_fig5(
 
 _CURVE_KEYS = ("assumption1", "loss_ucl", "loss_h_ucl", "loss_scl", "loss_h_scl", "knn_top1", "loss")
 
+#: written under the fig4-fig5 table: which orderings of the four losses are identities and which one is measured
+FIG5_ORDERINGS = (
+    "L_SCL <= L_H-SCL and L_UCL <= L_H-UCL hold by construction (a non-decreasing hardening with the same positives "
+    "and M: Chebyshev's sum inequality), at every epoch of every run. L_H-SCL <= L_H-UCL is measured: Lemma 1 "
+    "implies it only for the anchors that satisfy Assumption 1."
+)
+
 
 def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
     from hscl.engine.report import _pyplot
@@ -152,10 +159,11 @@ def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
         f"Fig. 4 / Fig. 5 check: {dc.dataset} ({dc.train_subset or 'all'} train images), {config.model.encoder}, "
         f"{tc.epochs} epochs, batch {tc.batch_size}, probe {config.diagnostics.probe_size} x 2 views"
     )
-    results["title"], results["table_markdown"] = title, table
+    results["title"], results["table_markdown"], results["orderings"] = title, table, FIG5_ORDERINGS
     write_json(out_dir / "results.json", results)
     write_table(out_dir / "fig4_fig5.csv", ["key", "label", "epoch", *_CURVE_KEYS], csv_rows)
-    (out_dir / "fig4_fig5.md").write_text(f"{title}\n\n{table}\n\n{numerics_footer(results['numerics'])}\n")
+    footer = numerics_footer(results["numerics"])
+    (out_dir / "fig4_fig5.md").write_text(f"{title}\n\n{table}\n\n{FIG5_ORDERINGS}\n\n{footer}\n")
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -194,7 +202,8 @@ def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / "fig5.png")
     plt.close(fig)
-    print(f"\n{title}\n\n{table}\n\nwritten: {out_dir}/results.json, fig4_fig5.csv, fig4_fig5.md, fig4.png, fig5.png")
+    written = "results.json, fig4_fig5.csv, fig4_fig5.md, fig4.png, fig5.png"
+    print(f"\n{title}\n\n{table}\n\n{FIG5_ORDERINGS}\n\nwritten: {out_dir}/{written}")
 
 
 # --------------------------------------------------------------------------------------------

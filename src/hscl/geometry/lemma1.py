@@ -53,6 +53,10 @@ def loss_quartet(
     them by ``hardening`` (default :class:`~hscl.hardening.Exponential` with beta = 1).
     Computed in float64 without gradients.
 
+    For a non-decreasing hardening ``h_scl >= scl`` and ``h_ucl >= ucl`` hold by construction, pair by pair
+    (Chebyshev's sum inequality); ``h_scl <= h_ucl`` is Lemma 1's conclusion, which holds for the anchors that
+    satisfy Assumption 1, so for the means it is a measurement.
+
     Shape: z ``(B, V>=2, d)``, labels ``(B,)``.
     """
     z64, labels = _check_batch(z, labels, need_views=2)
