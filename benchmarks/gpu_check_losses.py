@@ -338,7 +338,7 @@ class LossBench:
         tol = PML_TOLERANCE[metrics["float32_matmul"]]
         metrics.update(pml_loss_rel_diff=loss_diff, pml_grad_rel_diff=grad_diff, pml_tolerance=tol)
         if "ref_loss" in metrics:  # PML itself against the float64 reference, for the record
-            metrics["pml_ref_loss_rel_err"] = relative(pml["value"], metrics["ref_loss"] / scale)
+            metrics["pml_ref_loss_rel_err"] = relative(pml["value"], metrics["ref_loss"] * scale)
         if loss_diff <= tol["loss"] and grad_diff <= tol["grad"]:
             return []
         return [f"PML SupConLoss: loss differs {loss_diff:.1e} (max {tol['loss']:g}), grad {grad_diff:.1e}"]

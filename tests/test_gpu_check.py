@@ -32,7 +32,7 @@ from reference import reference_loss as loop_loss  # noqa: E402
 from reference import reference_supcon  # noqa: E402
 
 QUICK_ROWS = (512, 1024, 2048)
-TINY = dataclasses.replace(common.QUICK, min_timing_s=0.0, loss_memory_budget=4e6, reference_memory=4e5)
+TINY = dataclasses.replace(common.QUICK, min_timing_s=0.0, loss_memory_budget=8e6, reference_memory=4e5)
 
 
 def test_gpu_check_cpu_quick_form(tmp_path):
@@ -56,7 +56,7 @@ def test_gpu_check_cpu_quick_form(tmp_path):
     assert data["distinct_fraction"] == 1.0 and data["pixel_knn_top1"] < gpu_check_data.MAX_PIXEL_KNN
     assert pretrain["knn_top1"] >= pretrain["knn_chance"] + pipelines.KNN_MARGIN
     assert "on cpu in float32" in pretrain["module_outputs"] or "on cpu in bfloat16" in pretrain["module_outputs"]
-    assert few["1shot_accuracy"] >= few["required"] > few["chance"] and "on cuda" not in few["module_outputs"]
+    assert few["5shot_accuracy"] >= few["required"] > few["chance"] and "on cuda" not in few["module_outputs"]
     assert rows["ddp (2 GPUs)"]["status"].startswith("skipped: needs 2 CUDA GPUs")
     for r in QUICK_ROWS:
         assert rows[f"floor {r}"]["metrics"]["median_ms"] > 0
@@ -68,6 +68,7 @@ def test_gpu_check_cpu_quick_form(tmp_path):
         if rows[f"loss pml-supcon {r}"]["status"] == "ok":
             assert rows[f"loss supcon {r}"]["metrics"]["pml_loss_rel_diff"] <= 1e-5
             assert rows[f"loss supcon {r}"]["metrics"]["pml_grad_rel_diff"] <= 1e-4
+            assert rows[f"loss supcon {r}"]["metrics"]["pml_ref_loss_rel_err"] <= 1e-5
     assert losses.plan_chunk("h-scl", 2048, common.QUICK.loss_memory_budget) is not None  # the chunked path ran
     for m in losses.HSCL_METHODS:
         metrics = rows[f"loss {m} 512 3-class"]["metrics"]
@@ -115,7 +116,7 @@ def test_loss_rows_pass_and_report_on_the_device(device):
     assert row.status == "ok" and tiles.status == "ok", (row, tiles)
     tol = losses.TOLERANCE[row.metrics["float32_matmul"]]
     assert row.metrics["ref_loss_rel_err"] <= tol["loss"] and row.metrics["ref_grad_rel_err"] <= tol["grad"]
-    assert row.metrics["chunk_size"] == losses.plan_chunk("supcon", 512, TINY.loss_memory_budget) == 128
+    assert row.metrics["chunk_size"] == losses.plan_chunk("supcon", 512, TINY.loss_memory_budget) == 256
     assert row.metrics["ratio_to_floor"] > 0 and tiles.metrics["chunk_size"] == 64
     if checks.rows[1].status == "ok":
         assert row.metrics["pml_loss_rel_diff"] <= losses.PML_TOLERANCE[row.metrics["float32_matmul"]]["loss"]
@@ -148,6 +149,7 @@ def test_a_supcon_off_from_pml_fails():
     row = common.Checks().run("supcon", "cpu", lambda: bench.hscl_row("supcon", 256))
     assert row.status.startswith("FAILED: CheckFailedError: PML SupConLoss: loss differs 9.9e-03"), row.status
     assert row.metrics["pml_grad_rel_diff"] < 1e-5 and row.metrics["ref_loss_rel_err"] < 1e-5
+    assert row.metrics["pml_ref_loss_rel_err"] == pytest.approx(0.01, rel=1e-9)  # PML's own error, 1%
 
 
 def test_chunk_sizes_follow_the_memory_budget():
@@ -179,6 +181,81 @@ def test_the_verdict_cannot_pass_vacuously():
     assert gpu_check.verdict(_rows({**good, "loss h-scl 512": "ok", "x": "ok"}), expected) == ["unexpected: x"]
 
 
+def _fake_train(precision: str, knn: float, autocast: torch.dtype | None):
+    """A stand-in for hscl.engine.train.train: one Linear on the CPU (under autocast to ``autocast``), then the
+    files a run writes."""
+
+    def train(config, run_dir, data=None):
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            torch.nn.Linear(2, 2)(torch.randn(1, 2))
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.csv").write_text(f"loss,images_per_s,epoch_seconds,knn_top1\n4.5,100,1,{knn}\n")
+        summary = {"precision": precision, "channels_last": True, "deterministic": False}
+        (run_dir / "train_summary.json").write_text(json.dumps(summary))
+        return run_dir / "final.ckpt"
+
+    return train
+
+
+@pytest.mark.parametrize(
+    ("bf16", "precision", "autocast", "knn", "failed"),
+    [
+        (None, "32-true", None, 40.0, None),  # the CPU: reported, not checked
+        (None, "32-true", None, 29.0, "kNN top-1 29.0% is not chance 10% + 20 points"),
+        (True, "32-true", None, 90.0, "expected bf16-mixed with bfloat16 modules, got 32-true with ['float32']"),
+        (True, "bf16-mixed", torch.bfloat16, 90.0, None),
+        (False, "bf16-mixed", torch.bfloat16, 90.0, "expected 16-mixed with float16 modules, got bf16-mixed"),
+    ],
+)
+def test_pretrain_checks_precision_and_knn(monkeypatch, tmp_path, bf16, precision, autocast, knn, failed):
+    """The GPU branch of the precision check, on the CPU: the watch's device is renamed to cuda:0."""
+    import hscl.engine.train
+
+    monkeypatch.setattr(hscl.engine.train, "train", _fake_train(precision, knn, autocast))
+    monkeypatch.setattr(pipelines, "native_bf16", lambda device: bf16)
+    real_hook = common.ModuleWatch._hook
+
+    def on_cuda(self, module, args, output):  # what a GPU run records
+        real_hook(self, module, args, output)
+        self.seen = type(self.seen)({("cuda:0", t): n for (_, t), n in self.seen.items()})
+
+    if bf16 is not None:
+        monkeypatch.setattr(common.ModuleWatch, "_hook", on_cuda)
+    data = type("Data", (), {"num_classes": 10, "train_labels": [0] * 8})()
+    pipes = pipelines.Pipelines(torch.device("cpu" if bf16 is None else "cuda"), common.QUICK, data, tmp_path)
+    row = common.Checks().run("pretrain", "x", pipes.pretrain)
+    if failed is None:
+        assert row.status == "ok" and row.metrics["precision"] == precision, row
+    else:
+        assert row.status.startswith(f"FAILED: CheckFailedError: {failed}"), row.status
+
+
+@pytest.mark.parametrize(
+    ("device", "accuracy", "failed"),
+    [
+        ("cpu", 90.0, None),
+        ("cpu", 55.0, "5-shot 55.0% not"),
+        ("cuda", 90.0, "asked for cuda, its modules ran on ['cpu']"),
+    ],
+)
+def test_few_shot_checks_its_device_and_chance(monkeypatch, tmp_path, device, accuracy, failed):
+    import hscl.engine.fewshot
+
+    def fake_few_shot(model, data, classes, configs, fewshot, progress, device):
+        torch.nn.Linear(2, 2)(torch.randn(1, 2))  # on the CPU
+        return {5: [{"accuracy": {"supcon+ce": accuracy}}] * fewshot.episodes}
+
+    monkeypatch.setattr(hscl.engine.fewshot, "few_shot", fake_few_shot)
+    pipes = pipelines.Pipelines(torch.device(device), common.QUICK, type("D", (), {"num_classes": 10})(), tmp_path)
+    pipes.final, pipes.task = tmp_path, type("Task", (), {"model": None})()
+    row = common.Checks().run("few-shot", device, pipes.few_shot)
+    if failed is None:
+        assert row.status == "ok" and row.device == "cpu" and row.metrics["required"] == pytest.approx(57.07, abs=0.01)
+    else:
+        assert row.status.startswith(f"FAILED: CheckFailedError: {failed}"), row.status
+
+
 def test_check_ranks_of_a_two_process_run():
     rank = {"rank": 0, "world_size": 2, "pid": 10, "devices": ["cuda:0"]}
     other = {"rank": 1, "world_size": 2, "pid": 11, "devices": ["cuda:1"]}
@@ -188,6 +265,10 @@ def test_check_ranks_of_a_two_process_run():
     assert pipelines.check_ranks([rank, {**other, "world_size": 1}], "cuda") == ["rank 1 ran in a process group of 1"]
     assert pipelines.check_ranks([rank, {**other, "devices": ["cuda:0"]}], "cuda") == [
         "rank 1 ran its modules on ['cuda:0'], not ['cuda:1']"
+    ]
+    assert pipelines.check_ranks([{**rank, "devices": ["cpu", "cuda:0"]}, other], "cuda") == []
+    assert pipelines.check_ranks([{**rank, "devices": ["cpu"]}, other], "cuda") == [
+        "rank 0 ran its modules on ['cpu'], not ['cuda:0']"
     ]
     assert pipelines.check_ranks([{**rank, "devices": ["cpu"]}, {**other, "devices": ["cpu"]}], "cpu") == []
 
@@ -228,6 +309,19 @@ def test_a_run_waits_for_its_other_rank(tmp_path):
     start = time.monotonic()
     assert pipelines.run_group([sys.executable, str(script), str(pids)], 60.0, tmp_path / "log") == 0
     assert time.monotonic() - start >= 2
+
+
+@pytest.mark.slow
+def test_the_two_process_run_on_the_cpu(tmp_path):
+    """The ddp row's path with 2 CPU processes over gloo: both ranks report, in a process group of 2."""
+    data, _ = gpu_check_data.load_images(common.QUICK)
+    pipes = pipelines.Pipelines(torch.device("cpu"), common.QUICK, data, tmp_path)
+    where, key, metrics = pipes.ddp(quick=True, device="cpu")
+    assert where == "2x cpu" and "over 2 processes" in key, key
+    assert sorted((r["rank"], r["world_size"], r["devices"][0]) for r in metrics["ranks"]) == [
+        (0, 2, "cpu"),
+        (1, 2, "cpu"),
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
