@@ -16,7 +16,7 @@ from hscl.cli import main
 from hscl.engine.config import load_config
 from hscl.engine.monitor import DIAGNOSTIC_FIELDS, diagnostics_hardening, probe_set
 from hscl.engine.train import load_task, train
-from hscl.experiments.figures import collapse_verdict
+from hscl.experiments.figures import collapse_verdict, collapse_verdicts
 from hscl.experiments.presets import packaged_configs
 from hscl.geometry import diagnose
 from hscl.hardening import Exponential, Threshold
@@ -182,13 +182,18 @@ def test_reproduce_fig4_fig5_and_collapse_on_tiny_configs(tmp_path, capsys):
     assert sorted(results["runs"]) == ["h-ucl-ball", "scl-ball"]
     for r in results["runs"].values():
         assert r["projection_dim"] == 9 and len(r["spectrum_last"]) == 9
-        assert r["verdict"] == collapse_verdict(
-            r["last"]["nc1"], r["last"]["nc2_etf"], r["last"]["effective_rank"], r["num_classes"]
-        )
+        assert r["verdict"] == collapse_verdicts(r["last"], r["num_classes"]).verdict
+        for convention in ("effective_rank", "effective_rank_cov"):
+            assert r["verdict_by_convention"][convention] == collapse_verdict(
+                r["last"]["nc1"], r["last"]["nc2_etf"], r["last"][convention], r["num_classes"]
+            )
+        assert r["last"]["effective_rank_cov"] <= r["last"]["effective_rank"]
         assert r["last"]["mean_norm"] <= 1.0 + 1e-6  # the ball keeps embeddings inside the unit ball
-    assert (out / "collapse.md").read_text().count("|") > 20
     assert set(results["numerics"]["cells"]) == {"SCL, ball", "H-UCL(beta=1), ball"}
     assert "Numerics: precision " in (out / "collapse.md").read_text()
+    md = (out / "collapse.md").read_text()
+    assert md.count("|") > 20 and "eff. rank s / (C-1)" in md and "eff. rank s² / (C-1)" in md
+    assert results["rule"] in md and "Borderline when the two conventions disagree" in results["rule"]
     # a second call skips the finished runs
     assert main([*args, "--methods", "scl", "--normalizations", "ball"]) == 0
     assert "Neural vs dimensional collapse" in capsys.readouterr().out
