@@ -419,6 +419,8 @@ def _plot_collapse(results: dict, out_dir: Path) -> None:
                 ax.axhline(C - 1, color="grey", ls=":", lw=1, label="C - 1")
                 threshold = COLLAPSE_RULES["dimensional_erank_fraction"] * (C - 1)
                 ax.axhline(threshold, color="black", ls="-.", lw=1, label=f"threshold {threshold:g}")
+                band = COLLAPSE_RULES["borderline_tolerance"] * threshold
+                ax.axhspan(threshold - band, threshold + band, color="grey", alpha=0.12, label="borderline band")
             ax.set_title(f"normalisation: {norm}")
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel + (": s solid, s² dashed" if len(keys) == 2 else ""))
