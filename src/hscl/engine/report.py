@@ -167,7 +167,15 @@ def _losses_figure(plt, rows: list[dict], hardening: str):
         ax.plot(*_floats(rows, key), marker="o", markersize=3, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss on the probe set")
-    ax.set_title(f"Lemma 1: the four losses, same positives and M ({hardening})")
+    ax.set_title(f"Lemma 1: the four losses, same positives and M ({hardening})", fontsize=10)
+    ax.text(
+        0.01,
+        0.01,
+        "measured: H-SCL <= H-UCL (Lemma 1); by construction: SCL <= H-SCL, UCL <= H-UCL",
+        transform=ax.transAxes,
+        fontsize=7,
+        color="grey",
+    )
     ax.legend()
     return fig
 

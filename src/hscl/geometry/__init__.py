@@ -12,7 +12,11 @@ H-SCL paper (Jiang, Nguyen, Ishwar, Aeron, arXiv 2209.00078), Sec. IV:
   (the other views) and the same ``M``, so that only the negative distribution differs (Lemma 1).
 * :func:`assumption1`: per anchor ``r``, ``E_{q_Hcol}[e^g] >= E_{q_H-SCL}[e^g]`` where both
   distributions are tilted by the hardening ``eta``; Hcol(r) = same label, other instance;
-  H-SCL(r) = other label. Under it, ``L_H-SCL <= L_H-UCL`` (Lemma 1).
+  H-SCL(r) = other label. Under it, ``L_H-SCL <= L_H-UCL`` (Lemma 1): a measured ordering, which
+  the probe set may or may not show. ``L_SCL <= L_H-SCL`` and ``L_UCL <= L_H-UCL`` are not
+  measurements: with the same ``M`` they hold by construction for any non-decreasing hardening
+  (Chebyshev's sum inequality: ``E[eta(g) e^g] >= E[eta(g)] E[e^g]``, so tilting never lowers
+  ``E_q[e^g]``).
 * :func:`alphas`: ``alpha_set(r) = (1 / |N(r)|) sum_{s in N(r)} 1[s in set] eta(g(r, s))`` over the
   unsupervised negatives ``N(r)``; Proposition 2: ``alpha_H-UCL = alpha_H-SCL + alpha_Hcol``.
 
