@@ -104,6 +104,10 @@ def test_diagnose_cli(run, tmp_path, capsys):
     result = json.loads(out.read_text())
     last = _rows(run / "metrics.csv")[-1]
     assert result["assumption1"] == pytest.approx(float(last["assumption1"]))
+    for key in ("effective_rank", "effective_rank_cov", "isotropy"):
+        assert result[key] == pytest.approx(float(last[key]), rel=1e-5), key
+    eigenvalues = [float(v) for v in (run / "spectrum.csv").read_text().splitlines()[-1].split(",")[1:]]
+    assert result["covariance_eigenvalues"] == pytest.approx(eigenvalues, rel=1e-4, abs=1e-9)
     assert main(["diagnose", str(run / "final.ckpt"), "--tau", "0.9", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["diag_hardening"] == "tau=0.9"
     assert main(["diagnose", str(run / "final.ckpt"), "--beta", "1", "--tau", "0.9"]) == 2
