@@ -247,8 +247,52 @@ def test_effective_rank_closed_forms():
     basis, _ = torch.linalg.qr(torch.randn(10, 3, generator=gen, dtype=torch.float64))
     x = torch.randn(5000, 3, generator=gen, dtype=torch.float64) @ basis.T
     s = spectrum(x)
-    assert s.dims_99 == 3 and 2.9 < s.effective_rank < 3.0 + 1e-9
-    assert (s.singular_values[3:] < 1e-12).all()
+    assert s.dims_99 == 3 and 2.9 < s.effective_rank_cov <= s.effective_rank < 3.0 + 1e-9
+    assert (s.eigenvalues[3:] < 1e-12).all() and (s.singular_values[3:] < 1e-9).all()
+
+
+def _matrix_with_singular_values(values, N: int, d: int, seed: int) -> np.ndarray:
+    """An ``(N, d)`` matrix of zero column means whose singular values are ``values`` (then zeros)."""
+    rng = np.random.default_rng(seed)
+    k = len(values)
+    a = rng.standard_normal((N, k))
+    a -= a.mean(0)  # columns orthogonal to the ones vector: centring leaves the matrix as it is
+    U, _ = np.linalg.qr(a)
+    V, _ = np.linalg.qr(rng.standard_normal((d, k)))
+    return U @ np.diag(values) @ V.T
+
+
+@pytest.mark.parametrize("values", [[3.0, 3.0, 3.0, 3.0], [5.0, 2.0, 1.0, 0.5, 0.1], [10.0, 1e-3, 1e-3], [7.0]])
+def test_effective_rank_against_numpy_svd_both_conventions(values):
+    N, d = 50, 6
+    x = _matrix_with_singular_values(values, N, d, seed=len(values))
+    s_np = np.linalg.svd(x - x.mean(0), compute_uv=False)  # float64, the independent computation
+    np.testing.assert_allclose(s_np[: len(values)], sorted(values, reverse=True), rtol=1e-10)
+
+    def entropy_rank(w):
+        p = np.asarray(w, dtype=np.float64)
+        p = p[p > 1e-12 * p.max()] / p.sum()
+        return math.exp(-(p * np.log(p)).sum())
+
+    spec = spectrum(torch.from_numpy(x))
+    np.testing.assert_allclose(spec.singular_values.numpy(), s_np, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(spec.eigenvalues.numpy(), s_np**2 / N, rtol=1e-10, atol=1e-12)
+    assert spec.effective_rank == pytest.approx(entropy_rank(values), rel=1e-9)
+    assert spec.effective_rank_cov == pytest.approx(entropy_rank(np.square(values)), rel=1e-9)
+    assert spec.as_dict()["effective_rank"] == spec.effective_rank
+    assert spec.as_dict()["effective_rank_cov"] == spec.effective_rank_cov
+    if len(set(values)) == 1:  # equal singular values: both conventions give the rank
+        assert spec.effective_rank == pytest.approx(len(values), rel=1e-9)
+        assert spec.effective_rank_cov == pytest.approx(len(values), rel=1e-9)
+    else:  # squaring weighs the leading directions more: the covariance form is strictly lower
+        assert spec.effective_rank_cov < spec.effective_rank
+
+
+def test_effective_rank_conventions_ordered_on_random_spectra():
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        s = rng.exponential(size=rng.integers(1, 12))
+        assert effective_rank(torch.from_numpy(s**2)) <= effective_rank(torch.from_numpy(s)) + 1e-12
 
 
 def test_dims_99_loop():
@@ -257,7 +301,7 @@ def test_dims_99_loop():
     s = spectrum(x)
     cov = np.cov(x.numpy().T, bias=True)
     ev = np.sort(np.linalg.eigvalsh(cov))[::-1]
-    np.testing.assert_allclose(s.singular_values.numpy(), ev, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(s.eigenvalues.numpy(), ev, rtol=1e-9, atol=1e-12)
     k = next(k for k in range(1, 7) if ev[:k].sum() / ev.sum() >= 0.99)
     assert s.dims_99 == k
 
@@ -281,14 +325,55 @@ def test_alignment_and_uniformity_loops():
 
 def test_isotropy_closed_forms():
     x = torch.zeros(10, 5, dtype=torch.float64)
-    x[:, 0] = 1.0
-    assert isotropy(x) == pytest.approx(math.exp(-2.0), rel=1e-12)
+    x[:, 0] = 1.0  # Z(e_0) = 10 e, Z(-e_0) = 10 / e, Z(c) = 10 on the other eigenvectors
+    assert isotropy(x) == pytest.approx(math.exp(-1.0), rel=1e-12)  # e_0 oriented positive: 10 / (10 e)
+    assert isotropy(-x) == pytest.approx(math.exp(-1.0), rel=1e-12)  # e_0 again: (10 / e) / 10
+    assert isotropy(x, symmetric=True) == pytest.approx(math.exp(-2.0), rel=1e-12)
     eye = torch.eye(4, dtype=torch.float64)
     assert isotropy(torch.cat([eye, -eye])) == pytest.approx(1.0, rel=1e-12)
+    assert isotropy(torch.cat([eye, -eye]), symmetric=True) == pytest.approx(1.0, rel=1e-12)
     # a shifted cloud is less isotropic than a centred one
     gen = torch.Generator().manual_seed(0)
     cloud = torch.nn.functional.normalize(torch.randn(500, 8, generator=gen, dtype=torch.float64), dim=1)
     assert isotropy(cloud + 0.5) < isotropy(cloud)
+
+
+def _isotropy_loop(x: np.ndarray, symmetric: bool) -> float:
+    """Mu and Viswanath's score by a float64 loop over numpy's eigenvectors of X^T X, each oriented with its
+    entry of largest magnitude positive (and their negatives when ``symmetric``)."""
+    _, vectors = np.linalg.eigh(x.T @ x)
+    cs = []
+    for k in range(vectors.shape[1]):
+        c = vectors[:, k]
+        c = c if c[np.argmax(np.abs(c))] > 0 else -c
+        cs += [c, -c] if symmetric else [c]
+    Z = [sum(math.exp(float(c @ row)) for row in x) for c in cs]
+    return min(Z) / max(Z)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_isotropy_equals_the_float64_loop_over_numpy_eigenvectors(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((60, 5)) * np.array([2.0, 1.0, 0.7, 0.4, 0.2]) + 0.3
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for symmetric in (False, True):
+        expected = _isotropy_loop(x, symmetric)
+        assert isotropy(torch.from_numpy(x), symmetric=symmetric) == pytest.approx(expected, rel=1e-10)
+    # (B, V, d) input is the same rows
+    assert isotropy(torch.from_numpy(x).view(30, 2, 5)) == pytest.approx(_isotropy_loop(x, False), rel=1e-10)
+    # the default form differs from the symmetric one on a shifted cloud
+    assert isotropy(torch.from_numpy(x), symmetric=True) < isotropy(torch.from_numpy(x))
+
+
+def test_symmetric_isotropy_never_above_the_default():
+    gen = torch.Generator().manual_seed(3)
+    for k in range(40):
+        n, d = 5 + k, 2 + k % 6
+        x = torch.randn(n, d, generator=gen, dtype=torch.float64) * torch.rand(d, generator=gen, dtype=torch.float64)
+        x = x + torch.randn(d, generator=gen, dtype=torch.float64) * (k % 3)
+        assert isotropy(x, symmetric=True) <= isotropy(x) + 1e-15
+    with pytest.raises(TypeError, match="symmetric must be True or False"):
+        isotropy(x, symmetric="yes")
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,12 +382,21 @@ def test_isotropy_closed_forms():
 
 def test_diagnose_collects_every_metric():
     z, labels = batch(9, B=20, d=6, classes=4)
-    metrics, sv = diagnose(z, labels, Exponential(1.0))
+    metrics, eigenvalues = diagnose(z, labels, Exponential(1.0))
     q = loss_quartet(z, labels, Exponential(1.0))
     assert metrics["loss_h_scl"] == q.h_scl and metrics["loss_ucl"] == q.ucl
     assert metrics["assumption1"] == assumption1(z, labels, Exponential(1.0)).fraction
     assert metrics["alpha_h_ucl"] == pytest.approx(metrics["alpha_h_scl"] + metrics["alpha_hcol"], rel=1e-12)
-    assert sv.shape == (6,)
+    assert eigenvalues.shape == (6,)
+    rows = z.transpose(0, 1).reshape(-1, 6).numpy()
+    cov_ev = np.sort(np.linalg.eigvalsh(np.cov(rows.T, bias=True)))[::-1]
+    np.testing.assert_allclose(eigenvalues.numpy(), cov_ev, rtol=1e-9, atol=1e-12)
+    s = np.linalg.svd(rows - rows.mean(0), compute_uv=False)
+    p = s / s.sum()
+    assert metrics["effective_rank"] == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-9)
+    q = cov_ev / cov_ev.sum()
+    assert metrics["effective_rank_cov"] == pytest.approx(math.exp(-(q * np.log(q)).sum()), rel=1e-9)
+    assert metrics["isotropy"] == pytest.approx(_isotropy_loop(rows, symmetric=False), rel=1e-10)
     assert all(isinstance(v, float) for v in metrics.values())
     assert metrics["mean_norm"] == pytest.approx(float(z.norm(dim=-1).mean()))
 

@@ -17,7 +17,7 @@ from hscl.cli import main
 from hscl.engine.config import load_config
 from hscl.engine.monitor import DIAGNOSTIC_FIELDS, diagnostics_hardening, probe_set
 from hscl.engine.train import load_task, train
-from hscl.experiments.figures import FIG5_ORDERINGS, collapse_verdict
+from hscl.experiments.figures import FIG5_ORDERINGS, collapse_verdict, collapse_verdicts
 from hscl.experiments.presets import packaged_configs
 from hscl.geometry import diagnose
 from hscl.hardening import Exponential, Threshold
@@ -106,6 +106,10 @@ def test_diagnose_cli(run, tmp_path, capsys):
     result = json.loads(out.read_text())
     last = _rows(run / "metrics.csv")[-1]
     assert result["assumption1"] == pytest.approx(float(last["assumption1"]))
+    for key in ("effective_rank", "effective_rank_cov", "isotropy"):
+        assert result[key] == pytest.approx(float(last[key]), rel=1e-5), key
+    eigenvalues = [float(v) for v in (run / "spectrum.csv").read_text().splitlines()[-1].split(",")[1:]]
+    assert result["covariance_eigenvalues"] == pytest.approx(eigenvalues, rel=1e-4, abs=1e-9)
     assert main(["diagnose", str(run / "final.ckpt"), "--tau", "0.9", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["diag_hardening"] == "tau=0.9"
     assert main(["diagnose", str(run / "final.ckpt"), "--beta", "1", "--tau", "0.9"]) == 2
@@ -188,13 +192,18 @@ def test_reproduce_fig4_fig5_and_collapse_on_tiny_configs(tmp_path, capsys):
     for key, r in results["runs"].items():
         assert_loss_fell(run_losses(out / key), what=key)
         assert r["projection_dim"] == 9 and len(r["spectrum_last"]) == 9
-        assert r["verdict"] == collapse_verdict(
-            r["last"]["nc1"], r["last"]["nc2_etf"], r["last"]["effective_rank"], r["num_classes"]
-        )
+        assert r["verdict"] == collapse_verdicts(r["last"], r["num_classes"]).verdict
+        for convention in ("effective_rank", "effective_rank_cov"):
+            assert r["verdict_by_convention"][convention] == collapse_verdict(
+                r["last"]["nc1"], r["last"]["nc2_etf"], r["last"][convention], r["num_classes"]
+            )
+        assert r["last"]["effective_rank_cov"] <= r["last"]["effective_rank"]
         assert r["last"]["mean_norm"] <= 1.0 + 1e-6  # the ball keeps embeddings inside the unit ball
-    assert (out / "collapse.md").read_text().count("|") > 20
     assert set(results["numerics"]["cells"]) == {"SCL, ball", "H-UCL(beta=1), ball"}
     assert "Numerics: precision " in (out / "collapse.md").read_text()
+    md = (out / "collapse.md").read_text()
+    assert md.count("|") > 20 and "eff. rank s / (C-1)" in md and "eff. rank s² / (C-1)" in md
+    assert results["rule"] in md and "Borderline when the two conventions disagree" in results["rule"]
     # a second call skips the finished runs
     assert main([*args, "--methods", "scl", "--normalizations", "ball"]) == 0
     assert "Neural vs dimensional collapse" in capsys.readouterr().out

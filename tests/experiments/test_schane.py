@@ -12,6 +12,7 @@ import torch
 
 from conftest import assert_above_chance, assert_loss_fell
 from hscl.cli import main
+from hscl.experiments._schane_outputs import ISOTROPY_FORMS
 from hscl.experiments.schane import find_experiment, load_experiment
 
 
@@ -71,6 +72,9 @@ def test_reproduce_schane_on_a_tiny_preset(tmp_path, capsys):
     assert (out / "tsne.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     emb = results["embedding"]
     assert all(0 < emb["isotropy_features"][o] <= 1 for o in ("ce", "schane"))
+    for part in ("features", "projection"):  # both forms; the sign-symmetric one is never above Mu-Viswanath's
+        assert all(emb[f"isotropy_{part}_symmetric"][o] <= emb[f"isotropy_{part}"][o] for o in ("ce", "schane"))
+    assert emb["isotropy"] == ISOTROPY_FORMS
     text = (out / "schane.md").read_text()
     assert "5-way 3-shot" in text and "isotropy of test projection z" in text and "pre-trained with h-scl" in text
     assert "CI over 2 training seeds)" in text and "CI over 100 test images x 2 seeds)" in text
@@ -78,6 +82,8 @@ def test_reproduce_schane_on_a_tiny_preset(tmp_path, capsys):
     lines = (out / "fewshot" / "3shot.jsonl").read_text().splitlines()
     sets = {frozenset(json.loads(line)["classes"]) for line in lines}
     assert results["fewshot"]["3"]["class_sets"] == len(sets) and f"(2 episodes, {len(sets)} class sets)" in text
+    assert "isotropy of test features h (↑), Mu-Viswanath | " in text and "projection z (↑), sym. | " in text
+    assert "Isotropy: Mu-Viswanath = Mu and Viswanath: min_c Z(c)" in text
     assert json.loads((out / "precision.json").read_text())["label"] == "float32"
     numerics = results["numerics"]  # the fine-tuning's record, per objective, and the pre-training's own
     assert numerics["cells"]["SCHaNe"]["precision"] == "32-true" and numerics["cells"]["SCHaNe"]["setting"] == "32"

@@ -279,12 +279,12 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         shown = f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else str(value)
         print(f"  {key:<{width}}  {shown}")
     print(
-        f"  {'singular values':<{width}}  "
+        f"  {'Cov(z) eigenvalues':<{width}}  "
         + " ".join(f"{float(v):.3g}" for v in values[:12])
         + (" ..." if len(values) > 12 else "")
     )
     if args.json:
-        payload = {"checkpoint": str(args.checkpoint), **metrics, "singular_values": [float(v) for v in values]}
+        payload = {"checkpoint": str(args.checkpoint), **metrics, "covariance_eigenvalues": [float(v) for v in values]}
         with open(args.json, "w") as handle:
             json.dump(payload, handle, indent=2)
         print(f"written: {args.json}")

@@ -365,12 +365,13 @@ def paired_ci95(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 # embedding quality
 
 
-def embedding_isotropy(x: Tensor) -> float:
+def embedding_isotropy(x: Tensor, symmetric: bool = False) -> float:
     """:func:`hscl.geometry.isotropy` of the L2-normalised rows of ``x`` ``(N, d)`` (the cosine geometry the
-    contrastive term sees; encoder features have arbitrary norms), in float64 on a CPU copy of ``x``."""
+    contrastive term sees; encoder features have arbitrary norms), in float64 on a CPU copy of ``x``: Mu and
+    Viswanath's score over the eigenvectors, or with ``symmetric`` over the eigenvectors and their negatives."""
     from hscl.geometry import isotropy
 
-    return float(isotropy(F.normalize(x.detach().cpu().double(), dim=1)))
+    return float(isotropy(F.normalize(x.detach().cpu().double(), dim=1), symmetric=symmetric))
 
 
 def tsne_figure(

@@ -4,8 +4,9 @@
 an atomic ``checkpoints/last.ckpt``, keeping the one before as ``previous.ckpt``. :class:`GeometryMonitor`
 measures the loss quartet (Lemma 1 / Fig. 5), Assumption 1
 (Fig. 4), the alphas, neural and dimensional collapse and the spectrum on a seeded probe batch of the training
-split; its row goes into ``metrics.csv`` (through the training run's epoch logger) and the spectrum into
-``spectrum.csv``. ``hscl diagnose`` runs the same measurement on a checkpoint.
+split; its row goes into ``metrics.csv`` (through the training run's epoch logger) and the spectrum (the
+eigenvalues of Cov(z), columns ``sv1..``: they are its singular values too) into ``spectrum.csv``.
+``hscl diagnose`` runs the same measurement on a checkpoint.
 
 Extensions (issue 15): with an automatic hardening (``loss.beta: auto``) the ``beta`` column is the epoch's
 mean of the beta chosen at each step; with a memory (``loss.memory_size``) ``memory_rows`` is the number of rows
@@ -241,6 +242,7 @@ DIAGNOSTIC_FIELDS = [
     "nc2_norm_cv",
     "ncc_accuracy",
     "effective_rank",
+    "effective_rank_cov",
     "dims_99",
     "alignment",
     "uniformity",
@@ -305,13 +307,13 @@ def probe_set(task: ContrastiveTask, data: ImageData, config: RunConfig) -> tupl
 @torch.no_grad()
 def measure_geometry(task: ContrastiveTask, x: Tensor, labels: Tensor, hardening) -> tuple[dict, Tensor]:
     """Every diagnostic of :func:`hscl.geometry.diagnose` for the model on the probe ``x``, plus the
-    effective rank of the encoder features. Returns (metrics row, singular values of z's covariance).
+    effective rank of the encoder features. Returns (metrics row, eigenvalues of z's covariance).
 
     The forward runs on the model's device (``x`` is moved there) under the run's autocast; the float64
     diagnostics then run on a CPU copy of the embeddings (a GPU's float64 is slow, and some of its kernels
     have no deterministic version).
     """
-    from hscl.geometry import diagnose, effective_rank, spectrum
+    from hscl.geometry import diagnose, spectrum
 
     model = task.model
     device = next(model.parameters()).device
@@ -332,7 +334,7 @@ def measure_geometry(task: ContrastiveTask, x: Tensor, labels: Tensor, hardening
     P = labels.shape[0]
     if labels.ndim == 2:  # multi-hot label sets: only the diagnostics that need no class
         metrics, values = _label_free_diagnostics(z.view(P, 2, -1), task.config.model.normalization == "sphere")
-        metrics["feature_effective_rank"] = effective_rank(spectrum(h).singular_values)
+        metrics["feature_effective_rank"] = spectrum(h).effective_rank
         metrics["diag_hardening"] = MULTILABEL_NOTE
         return metrics, values
     metrics, values = diagnose(
@@ -343,7 +345,7 @@ def measure_geometry(task: ContrastiveTask, x: Tensor, labels: Tensor, hardening
         M=lc.M if isinstance(lc.M, (int, float)) else None,
         normalize=task.config.model.normalization == "sphere",
     )
-    metrics["feature_effective_rank"] = effective_rank(spectrum(h).singular_values)
+    metrics["feature_effective_rank"] = spectrum(h).effective_rank
     metrics["diag_hardening"] = describe_hardening(hardening)
     return metrics, values
 
@@ -373,7 +375,7 @@ CLASS_DIAGNOSTICS = (
 def _label_free_diagnostics(z: Tensor, normalize: bool) -> tuple[dict, Tensor]:
     """The diagnostics of :func:`hscl.geometry.diagnose` that use no label, the others NaN.
 
-    Shape: z ``(P, 2, d)``; returns (metrics row, singular values ``(d,)``).
+    Shape: z ``(P, 2, d)``; returns (metrics row, covariance eigenvalues ``(d,)``).
     """
     from hscl.geometry import alignment, isotropy, spectrum, uniformity
 
@@ -386,7 +388,7 @@ def _label_free_diagnostics(z: Tensor, normalize: bool) -> tuple[dict, Tensor]:
     metrics["uniformity"] = uniformity(z64, normalize=normalize)
     metrics["isotropy"] = isotropy(rows)
     metrics["mean_norm"] = float(rows.norm(dim=1).mean())
-    return metrics, spec.singular_values
+    return metrics, spec.eigenvalues
 
 
 class GeometryMonitor(L.Callback):

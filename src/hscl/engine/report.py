@@ -103,7 +103,7 @@ def _floats(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 DIAGNOSTIC_FIGURES = {
     "fig4_assumption1.png": "fraction of probe anchors satisfying Assumption 1, per epoch (the paper's Fig. 4)",
     "fig5_losses.png": "UCL, H-UCL, SCL and H-SCL on the probe set, same positives and M (the paper's Fig. 5)",
-    "spectrum.png": "singular values of the embedding covariance per epoch, and the effective rank",
+    "spectrum.png": "eigenvalues of the embedding covariance per epoch, and the effective rank (both conventions)",
     "collapse.png": "NC1, NC2 (distance to the simplex ETF) and nearest-class-mean accuracy per epoch",
 }
 
@@ -167,7 +167,15 @@ def _losses_figure(plt, rows: list[dict], hardening: str):
         ax.plot(*_floats(rows, key), marker="o", markersize=3, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss on the probe set")
-    ax.set_title(f"Lemma 1: the four losses, same positives and M ({hardening})")
+    ax.set_title(f"Lemma 1: the four losses, same positives and M ({hardening})", fontsize=10)
+    ax.text(
+        0.01,
+        0.01,
+        "measured: H-SCL <= H-UCL (Lemma 1); by construction: SCL <= H-SCL, UCL <= H-UCL",
+        transform=ax.transAxes,
+        fontsize=7,
+        color="grey",
+    )
     ax.legend()
     return fig
 
@@ -188,7 +196,10 @@ def _spectrum_figure(plt, rows: list[dict], spectrum_path: Path):
     left.set_xlabel("index")
     left.set_ylabel("singular value of Cov(z)")
     left.set_title("embedding spectrum (light = late)")
-    right.plot(*_floats(rows, "effective_rank"), marker="o", markersize=3, label="z (embedding)")
+    right.plot(*_floats(rows, "effective_rank"), marker="o", markersize=3, label="z: over singular values s")
+    cov = _floats(rows, "effective_rank_cov")
+    if cov[0]:  # runs from before both conventions were recorded have none
+        right.plot(*cov, marker="^", markersize=3, ls="--", label="z: over covariance eigenvalues s²")
     right.plot(*_floats(rows, "dims_99"), marker="s", markersize=3, label="z: dims for 99% variance")
     right.set_xlabel("epoch")
     right.set_ylabel("dimensions")

@@ -30,6 +30,14 @@ PAPER = {
     "imagenet_1k_top1": 86.14,
 }
 
+#: the two forms of :func:`hscl.geometry.isotropy` the outputs report (key suffix -> definition); the first is
+#: the score of Mu and Viswanath (2018) that the SCHaNe paper reports
+ISOTROPY_FORMS = {
+    "": "Mu and Viswanath: min_c Z(c) / max_c Z(c), Z(c) = sum_i exp(c . x_i), over the eigenvectors c of X^T X "
+    "(each with its largest entry positive), on the L2-normalised rows x_i",
+    "_symmetric": "sign-symmetric: the same over the eigenvectors and their negatives (never above the first)",
+}
+
 
 def _binomial_ci(correct: Tensor) -> tuple[float, float]:
     """Accuracy (%) and its 95% CI half-width over test images (normal approximation)."""
@@ -165,17 +173,20 @@ def _table(results: dict, objectives: list[str]) -> tuple[list[str], list[list[s
             e = entry[o]
             csv_rows.append([name, o, e["top1_mean"], e["ci95"], e.get("diff_vs_ce"), e.get("diff_ci95")])
     emb = results["embedding"]
-    keys = [("isotropy_features", "features h")]
+    parts = [("features", "features h")]
     if emb.get("embedding", "projection") == "projection":  # with embedding "features", z is h
-        keys.append(("isotropy_projection", "projection z"))
-    for key, label in keys:
-        row = [f"isotropy of test {label} (↑)"] + [f"{emb[key][o]:.3f}" for o in objectives]
+        parts.append(("projection", "projection z"))
+    # results from before both forms were recorded (no "isotropy" entry) hold the sign-symmetric form alone
+    forms = (("", "Mu-Viswanath"), ("_symmetric", "sym.")) if "isotropy" in emb else (("", "sym."),)
+    for (part, label), (form, name) in [(p, f) for p in parts for f in forms]:
+        key = f"isotropy_{part}{form}"
+        row = [f"isotropy of test {label} (↑), {name}"] + [f"{emb[key][o]:.3f}" for o in objectives]
         row += [f"{emb[key][o] - emb[key]['ce']:+.3f}" for o in others]
         if paper:
-            row.append("more isotropic (reported)")
+            row.append("more isotropic (reported)" if name == "Mu-Viswanath" else "—")
         rows.append(row)
         for o in objectives:
-            csv_rows.append([f"isotropy {label}", o, emb[key][o], None, None, None])
+            csv_rows.append([f"isotropy {label}, {name}", o, emb[key][o], None, None, None])
     return header, rows, csv_rows
 
 
@@ -442,7 +453,10 @@ def write_schane_outputs(
     results["invocations"] = _invocations(out_dir / "results.json", seconds, stage_seconds)
     results["seconds_all_invocations"] = sum(i["seconds"] for i in results["invocations"])
     title = _title(experiment)
-    text = f"{title}\n\n{table}\n\n{_protocol_note(experiment, results)}\n\n{numerics_footer(results['numerics'])}\n"
+    text = f"{title}\n\n{table}\n"
+    if "isotropy" in embedding:
+        text += "\nIsotropy: Mu-Viswanath = " + ISOTROPY_FORMS[""] + "; sym. = " + ISOTROPY_FORMS["_symmetric"] + ".\n"
+    text += f"\n{_protocol_note(experiment, results)}\n\n{numerics_footer(results['numerics'])}\n"
     written = ["results.json", "schane.csv", "schane.md", "fewshot.png", "fewshot.csv", "tsne.png", "tsne.csv"]
     if ablation is not None:
         results["ablation"] = _summarise_ablation(ablation)

@@ -6,7 +6,9 @@
   Lemma 1 with the same positives and M (Fig. 5).
 * collapse (arXiv 2311.05139): SCL, H-SCL, UCL, H-UCL x output normalisation sphere / ball / none,
   projection output of dimension C - 1; each run is classified as approaching neural collapse,
-  collapsing dimensionally, or neither, from its last epoch's NC1, NC2 and effective rank.
+  collapsing dimensionally, or neither, from its last epoch's NC1, NC2 and effective rank, under both
+  conventions of the effective rank, and marked borderline where they disagree or a value is near a
+  threshold (:mod:`hscl.experiments._collapse_verdict`).
 
 Runs live in ``<out>/<run key>/``; a finished run is skipped and an interrupted one resumed, so
 rerunning the command after a kill loses nothing. Configs: ``configs/figures/<experiment>/``.
@@ -19,9 +21,16 @@ from pathlib import Path
 
 from hscl.engine.config import RunConfig, load_config, load_yaml
 from hscl.engine.report import markdown_table, write_json, write_table
+from hscl.experiments._collapse_verdict import (
+    COLLAPSE_RULES,
+    CONVENTIONS,
+    collapse_rule_text,
+    collapse_verdict,
+    collapse_verdicts,
+)
 from hscl.experiments._numerics import numerics_footer, run_numerics, table_numerics
 
-__all__ = ["reproduce_fig4_fig5", "reproduce_collapse", "collapse_verdict", "COLLAPSE_RULES"]
+__all__ = ["reproduce_fig4_fig5", "reproduce_collapse", "collapse_verdict", "collapse_verdicts", "COLLAPSE_RULES"]
 
 
 def _experiment_dir(name: str, config_dir: str | Path | None) -> Path:
@@ -134,7 +143,7 @@ def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
         "L_H-UCL",
         "L_SCL",
         "L_H-SCL",
-        "L_H-SCL <= L_H-UCL",
+        "L_H-SCL <= L_H-UCL (Lemma 1, measured)",
         "kNN top-1 (%)",
     ]
     rows, csv_rows = [], []
@@ -198,7 +207,11 @@ def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
         ax.legend(fontsize=8)
     for ax in axes[n:]:
         ax.axis("off")
-    fig.suptitle("Fig. 5: the four losses, same positives and M (Lemma 1: L_H-SCL <= L_H-UCL under Assumption 1)")
+    fig.suptitle(
+        "Fig. 5: the four losses, same positives and M. Measured: L_H-SCL <= L_H-UCL (Lemma 1, under Assumption 1); "
+        "by construction: L_SCL <= L_H-SCL, L_UCL <= L_H-UCL",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(out_dir / "fig5.png")
     plt.close(fig)
@@ -208,26 +221,6 @@ def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
 
 # --------------------------------------------------------------------------------------------
 # neural vs dimensional collapse
-
-#: thresholds of :func:`collapse_verdict`, applied to the last epoch's probe-set measurements
-COLLAPSE_RULES = {
-    "dimensional_erank_fraction": 0.75,  # effective rank < 0.75 (C - 1): dimensional collapse
-    "neural_nc1": 0.5,  # NC1 below this ...
-    "neural_nc2_etf": 0.1,  # ... and mean |cos + 1/(C-1)| below this: neural collapse (ETF)
-}
-
-
-def collapse_verdict(nc1: float, nc2_etf: float, effective_rank: float, num_classes: int) -> str:
-    """``"dimensional collapse"`` when the effective rank of the embeddings is below
-    ``0.75 (C - 1)``; else ``"neural collapse"`` when NC1 < 0.5 and NC2 (distance to the ETF
-    cosine) < 0.1; else ``"neither"``. Non-finite measurements (a diverged run) give ``"diverged"``."""
-    if not all(math.isfinite(v) for v in (nc1, nc2_etf, effective_rank)):
-        return "diverged"
-    if effective_rank < COLLAPSE_RULES["dimensional_erank_fraction"] * (num_classes - 1):
-        return "dimensional collapse"
-    if nc1 < COLLAPSE_RULES["neural_nc1"] and nc2_etf < COLLAPSE_RULES["neural_nc2_etf"]:
-        return "neural collapse"
-    return "neither"
 
 
 def reproduce_collapse(
@@ -258,7 +251,7 @@ def reproduce_collapse(
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = list(overrides or []) + ([f"data.data_dir={data_dir}"] if data_dir else [])
     cache: dict = {}
-    results: dict = {"experiment": "collapse", "rules": COLLAPSE_RULES, "runs": {}}
+    results: dict = {"experiment": "collapse", "rules": COLLAPSE_RULES, "conventions": CONVENTIONS, "runs": {}}
     config = None
     for method, spec in method_specs.items():
         for norm in norms:
@@ -271,6 +264,7 @@ def reproduce_collapse(
             C = data.num_classes
             print(f"== {spec['label']}, {norm} -> {out_dir / key}", flush=True)
             rows, seconds = _train_run(config, out_dir / key, data)
+            rows = _with_both_ranks(rows, out_dir / key)
             last = {k: _last_value(rows, k) for k in _COLLAPSE_KEYS}
             first = {k: _last_value(rows[:1], k) for k in _COLLAPSE_KEYS}
             results["runs"][key] = {
@@ -281,7 +275,7 @@ def reproduce_collapse(
                 "projection_dim": config.model.projection_dim,
                 "first": first,
                 "last": last,
-                "verdict": collapse_verdict(last["nc1"], last["nc2_etf"], last["effective_rank"], C),
+                **collapse_verdicts(last, C).as_dict(),
                 "train_seconds": seconds,
                 "curve": [{"epoch": int(r["epoch"]), **{k: _last_value([r], k) for k in _COLLAPSE_KEYS}} for r in rows],
                 "spectrum_last": _last_spectrum(out_dir / key),
@@ -291,60 +285,106 @@ def reproduce_collapse(
         raise ValueError("nothing to run: the method / normalisation selection is empty")
     cells = {f"{r['label']}, {r['normalization']}": r["numerics"] for r in results["runs"].values()}
     results["numerics"] = table_numerics(cells, f"collapse ({out_dir})")
+    results["rule"] = collapse_rule_text(C)
     _write_collapse(results, out_dir, config)
     return results
 
 
-_COLLAPSE_KEYS = ("nc1", "nc2_etf", "nc2_norm_cv", "ncc_accuracy", "effective_rank", "dims_99", "knn_top1", "mean_norm")
+_COLLAPSE_KEYS = (
+    "nc1",
+    "nc2_etf",
+    "nc2_norm_cv",
+    "ncc_accuracy",
+    "effective_rank",
+    "effective_rank_cov",
+    "dims_99",
+    "knn_top1",
+    "mean_norm",
+)
+
+
+def _spectra(run_dir: Path) -> dict[int, list[float]]:
+    """The covariance eigenvalues of each measured epoch, from the run's ``spectrum.csv``."""
+    path = run_dir / "spectrum.csv"
+    lines = [line for line in path.read_text().splitlines()[1:] if line.strip()] if path.exists() else []
+    return {int(line.split(",")[0]): [float(v) for v in line.split(",")[1:]] for line in lines}
 
 
 def _last_spectrum(run_dir: Path) -> list[float]:
-    path = run_dir / "spectrum.csv"
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines()[1:] if line.strip()]
-    return [float(v) for v in lines[-1].split(",")[1:]] if lines else []
+    spectra = _spectra(run_dir)
+    return spectra[max(spectra)] if spectra else []
+
+
+def _with_both_ranks(rows: list[dict], run_dir: Path) -> list[dict]:
+    """Rows of ``metrics.csv`` with both effective ranks. A row written before ``effective_rank_cov`` existed
+    holds the covariance-eigenvalue convention in ``effective_rank``: it moves there, and ``effective_rank``
+    is recomputed over the singular values ``sqrt(eigenvalue)`` of that epoch's ``spectrum.csv`` row."""
+    import torch
+
+    from hscl.geometry import effective_rank
+
+    spectra, out = None, []
+    for row in rows:
+        if row.get("effective_rank_cov", "") in ("", None) and row.get("effective_rank", "") not in ("", None):
+            spectra = _spectra(run_dir) if spectra is None else spectra
+            values = spectra.get(int(row["epoch"]))
+            singular = (
+                effective_rank(torch.tensor(values, dtype=torch.float64).clamp(min=0).sqrt()) if values else math.nan
+            )
+            row = {**row, "effective_rank_cov": row["effective_rank"], "effective_rank": singular}
+        out.append(row)
+    return out
 
 
 def _write_collapse(results: dict, out_dir: Path, config: RunConfig) -> None:
     table, csv_rows = _collapse_table(results)
     dc, tc = config.data, config.train
-    rules = results["rules"]
     title = (
         f"Neural vs dimensional collapse: {dc.dataset} ({dc.train_subset or 'all'} train images), "
         f"{config.model.encoder}, projection dim {config.model.projection_dim}, {tc.epochs} epochs, Adam lr {tc.lr}; "
-        f"probe {config.diagnostics.probe_size} x 2 views. Verdict: dimensional collapse if eff. rank < "
-        f"{rules['dimensional_erank_fraction']} (C-1); neural collapse if NC1 < {rules['neural_nc1']} and NC2 < "
-        f"{rules['neural_nc2_etf']}"
+        f"probe {config.diagnostics.probe_size} x 2 views, last epoch. Verdict: {results['rule']}"
     )
     results["title"], results["table_markdown"] = title, table
     write_json(out_dir / "results.json", results)
-    write_table(out_dir / "collapse.csv", ["key", "method", "normalization", *_COLLAPSE_KEYS, "verdict"], csv_rows)
-    (out_dir / "collapse.md").write_text(f"{title}\n\n{table}\n\n{numerics_footer(results['numerics'])}\n")
+    header = ["key", "method", "normalization", *_COLLAPSE_KEYS, "verdict_s", "verdict_s2", "verdict", "borderline"]
+    write_table(out_dir / "collapse.csv", header, csv_rows)
+    notes = [
+        f"- {r['label']}, {r['normalization']}: " + "; ".join(r["borderline_reasons"])
+        for r in results["runs"].values()
+        if r["borderline"]
+    ]
+    borderline = "\n\nBorderline runs:\n\n" + "\n".join(notes) if notes else ""
+    (out_dir / "collapse.md").write_text(f"{title}\n\n{table}{borderline}\n\n{numerics_footer(results['numerics'])}\n")
     _plot_collapse(results, out_dir)
     print(
-        f"\n{title}\n\n{table}\n\nwritten: {out_dir}/results.json, collapse.csv, collapse.md, "
+        f"\n{title}\n\n{table}{borderline}\n\nwritten: {out_dir}/results.json, collapse.csv, collapse.md, "
         "collapse_nc1.png, collapse_nc2.png, collapse_erank.png, collapse_spectrum.png"
     )
 
 
 def _collapse_table(results: dict) -> tuple[str, list[list]]:
-    """The markdown table of the collapse runs (last epoch, NC1 from the first) and the rows of ``collapse.csv``."""
+    """The markdown table of the collapse runs (last epoch, NC1 from the first) and the rows of ``collapse.csv``.
+
+    ``s``: the effective rank over the singular values of the centred embeddings; ``s²``: over the covariance
+    eigenvalues."""
     header = [
         "method",
         "normalisation",
         "NC1 (first -> last)",
         "NC2 ETF distance",
         "NCC acc (%)",
-        "eff. rank / (C-1)",
+        "eff. rank s / (C-1)",
+        "eff. rank s² / (C-1)",
         "dims 99%",
-        "mean |z|",
+        "mean norm of z",
         "kNN top-1 (%)",
+        "verdict (s)",
+        "verdict (s²)",
         "verdict",
     ]
     rows, csv_rows = [], []
     for key, r in results["runs"].items():
-        f, last = r["first"], r["last"]
+        f, last, by = r["first"], r["last"], r["verdict_by_convention"]
         rows.append(
             [
                 r["label"],
@@ -353,44 +393,53 @@ def _collapse_table(results: dict) -> tuple[str, list[list]]:
                 f"{last['nc2_etf']:.3f}",
                 f"{100 * last['ncc_accuracy']:.1f}",
                 f"{last['effective_rank']:.2f} / {r['num_classes'] - 1}",
+                f"{last['effective_rank_cov']:.2f} / {r['num_classes'] - 1}",
                 f"{last['dims_99']:.0f}",
                 f"{last['mean_norm']:.3g}",
                 f"{last['knn_top1']:.2f}",
+                by["effective_rank"],
+                by["effective_rank_cov"],
                 r["verdict"],
             ]
         )
-        csv_rows.append([key, r["method"], r["normalization"], *[last[k] for k in _COLLAPSE_KEYS], r["verdict"]])
+        verdicts = [by["effective_rank"], by["effective_rank_cov"], r["verdict"], r["borderline"]]
+        csv_rows.append([key, r["method"], r["normalization"], *[last[k] for k in _COLLAPSE_KEYS], *verdicts])
     return markdown_table(header, rows), csv_rows
 
 
 def _plot_collapse(results: dict, out_dir: Path) -> None:
-    """``collapse_nc1.png``, ``collapse_erank.png``, ``collapse_nc2.png`` (curves per epoch) and
-    ``collapse_spectrum.png`` (last epoch), one panel per normalisation."""
+    """``collapse_nc1.png``, ``collapse_erank.png`` (both conventions), ``collapse_nc2.png`` (curves per epoch)
+    and ``collapse_spectrum.png`` (last epoch), one panel per normalisation."""
     from hscl.engine.report import _pyplot
 
     plt = _pyplot()
     norms = list(dict.fromkeys(r["normalization"] for r in results["runs"].values()))
-    for name, key, ylabel, log in (
-        ("collapse_nc1.png", "nc1", "NC1 = Tr(S_W S_B^+)/C", True),
-        ("collapse_erank.png", "effective_rank", "effective rank of Cov(z)", False),
-        ("collapse_nc2.png", "nc2_etf", "NC2: mean |cos + 1/(C-1)|", False),
+    C = next(iter(results["runs"].values()))["num_classes"]
+    for name, keys, ylabel, log in (
+        ("collapse_nc1.png", ("nc1",), "NC1 = Tr(S_W S_B^+)/C", True),
+        ("collapse_erank.png", ("effective_rank", "effective_rank_cov"), "effective rank of z", False),
+        ("collapse_nc2.png", ("nc2_etf",), "NC2: mean |cos + 1/(C-1)|", False),
     ):
         fig, axes = plt.subplots(1, len(norms), figsize=(4.6 * len(norms), 3.8), dpi=110, squeeze=False)
         for ax, norm in zip(axes[0], norms):
-            for r in results["runs"].values():
-                if r["normalization"] != norm:
-                    continue
-                xs = [p["epoch"] for p in r["curve"] if math.isfinite(p[key])]
-                ys = [p[key] for p in r["curve"] if math.isfinite(p[key])]
-                (ax.semilogy if log else ax.plot)(xs, ys, marker="o", ms=2.5, label=r["label"])
-            if key == "effective_rank":
-                C = next(iter(results["runs"].values()))["num_classes"]
-                ax.axhline(C - 1, color="grey", ls="--", lw=1, label="C - 1")
+            for i, r in enumerate(r for r in results["runs"].values() if r["normalization"] == norm):
+                for key, style in zip(keys, ("-", "--")):
+                    xs = [p["epoch"] for p in r["curve"] if math.isfinite(p[key])]
+                    ys = [p[key] for p in r["curve"] if math.isfinite(p[key])]
+                    label = r["label"] + ("" if len(keys) == 1 else (" (s)" if style == "-" else " (s²)"))
+                    plot = ax.semilogy if log else ax.plot
+                    plot(xs, ys, style, color=f"C{i}", marker="o", ms=2.5, label=label)
+            if len(keys) == 2:
+                ax.axhline(C - 1, color="grey", ls=":", lw=1, label="C - 1")
+                threshold = COLLAPSE_RULES["dimensional_erank_fraction"] * (C - 1)
+                ax.axhline(threshold, color="black", ls="-.", lw=1, label=f"threshold {threshold:g}")
+                band = COLLAPSE_RULES["borderline_tolerance"] * threshold
+                ax.axhspan(threshold - band, threshold + band, color="grey", alpha=0.12, label="borderline band")
             ax.set_title(f"normalisation: {norm}")
             ax.set_xlabel("epoch")
-            ax.set_ylabel(ylabel)
+            ax.set_ylabel(ylabel + (": s solid, s² dashed" if len(keys) == 2 else ""))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7 if len(keys) == 2 else 8)
         fig.tight_layout()
         fig.savefig(out_dir / name)
         plt.close(fig)
@@ -402,7 +451,7 @@ def _plot_collapse(results: dict, out_dir: Path) -> None:
                 ax.semilogy(range(1, len(values) + 1), values, marker="o", ms=3, label=r["label"])
         ax.set_title(f"last-epoch spectrum, {norm}")
         ax.set_xlabel("index")
-        ax.set_ylabel("singular value of Cov(z)")
+        ax.set_ylabel("eigenvalue of Cov(z) = s² / N")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

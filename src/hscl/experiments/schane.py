@@ -42,7 +42,7 @@ from hscl.experiments._schane_config import (
     find_experiment,
     load_experiment,
 )
-from hscl.experiments._schane_outputs import write_schane_outputs
+from hscl.experiments._schane_outputs import ISOTROPY_FORMS, write_schane_outputs
 from hscl.experiments._schane_selection import choose_lam, test_episode_pool
 from hscl.models import Backbone, ContrastiveModel
 
@@ -448,6 +448,7 @@ def _embedding_quality(
     n = min(experiment.embedding_points, int(data.test_labels.numel()))
     embedding = experiment.finetune.resolved(model).embedding
     key = {"points": n, "seed": seed, "objectives": list(experiment.objectives), "data": repr(data)}
+    key["isotropy"] = ISOTROPY_FORMS  # a cache from before both forms were recorded is recomputed
     cache = out_dir / "embedding.json"
     if cache.exists() and (out_dir / "tsne.png").exists():
         stored = json.loads(cache.read_text())
@@ -457,7 +458,8 @@ def _embedding_quality(
     images, labels = data.test_images[index], data.test_labels[index]
     transform = EvalTransform(backbone_input(model, augment)).to(next(model.parameters()).device)
     features: dict[str, Tensor] = {}
-    result: dict = {**key, "embedding": embedding, "isotropy_features": {}, "isotropy_projection": {}}
+    result: dict = {**key, "embedding": embedding}
+    result |= {f"isotropy_{part}{form}": {} for part in ("features", "projection") for form in ("", "_symmetric")}
     for objective in experiment.objectives:
         tuned = FineTuneModel(copy.deepcopy(model), data.num_classes, embedding)
         state = torch.load(
@@ -465,8 +467,9 @@ def _embedding_quality(
         )
         tuned.load_state_dict(state)
         h, z = embed(tuned, images, transform)
-        result["isotropy_features"][objective] = embedding_isotropy(h)
-        result["isotropy_projection"][objective] = embedding_isotropy(z)
+        for form, symmetric in (("", False), ("_symmetric", True)):
+            result[f"isotropy_features{form}"][objective] = embedding_isotropy(h, symmetric=symmetric)
+            result[f"isotropy_projection{form}"][objective] = embedding_isotropy(z, symmetric=symmetric)
         features[OBJECTIVE_LABELS[objective]] = h.float()
     title = f"t-SNE of the encoder features h of {n} test images after full fine-tuning (seed {seed})"
     tsne_figure(out_dir / "tsne.png", features, labels, data.classes, seed=seed, title=title)

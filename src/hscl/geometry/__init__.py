@@ -12,7 +12,11 @@ H-SCL paper (Jiang, Nguyen, Ishwar, Aeron, arXiv 2209.00078), Sec. IV:
   (the other views) and the same ``M``, so that only the negative distribution differs (Lemma 1).
 * :func:`assumption1`: per anchor ``r``, ``E_{q_Hcol}[e^g] >= E_{q_H-SCL}[e^g]`` where both
   distributions are tilted by the hardening ``eta``; Hcol(r) = same label, other instance;
-  H-SCL(r) = other label. Under it, ``L_H-SCL <= L_H-UCL`` (Lemma 1).
+  H-SCL(r) = other label. Under it, ``L_H-SCL <= L_H-UCL`` (Lemma 1): a measured ordering, which
+  the probe set may or may not show. ``L_SCL <= L_H-SCL`` and ``L_UCL <= L_H-UCL`` are not
+  measurements: with the same ``M`` they hold by construction for any non-decreasing hardening
+  (Chebyshev's sum inequality: ``E[eta(g) e^g] >= E[eta(g)] E[e^g]``, so tilting never lowers
+  ``E_q[e^g]``).
 * :func:`alphas`: ``alpha_set(r) = (1 / |N(r)|) sum_{s in N(r)} 1[s in set] eta(g(r, s))`` over the
   unsupervised negatives ``N(r)``; Proposition 2: ``alpha_H-UCL = alpha_H-SCL + alpha_Hcol``.
 
@@ -21,11 +25,14 @@ Geometry paper (Jiang et al., arXiv 2311.05139) and the collapse literature:
 * :func:`neural_collapse`: NC1 ``Tr(S_W S_B^+) / C`` (Papyan, Han, Donoho 2020); NC2 on the
   centred class means (spread of pairwise cosines, distance to the simplex-ETF value
   ``-1/(C-1)``, spread of the norms); NC4-style nearest-class-mean accuracy.
-* :func:`spectrum`: singular values of the embedding covariance, effective rank
-  ``exp(H(p))`` with ``p = s / sum(s)`` (Roy and Vetterli 2007), dimensions holding 99% of the
-  variance. Dimensional collapse = effective rank well below the dimension the geometry needs.
-* :func:`alignment` and :func:`uniformity` (Wang and Isola 2020), :func:`isotropy` (the score
-  SCHaNe reports, from Mu and Viswanath 2018).
+* :func:`spectrum`: singular values ``s`` of the centred embedding matrix and the covariance
+  eigenvalues ``s^2 / N``; effective rank ``exp(H(p))`` with ``p = s / sum(s)`` (Roy and Vetterli
+  2007, as RankMe uses it) and, as ``effective_rank_cov``, with ``p = s^2 / sum(s^2)``; dimensions
+  holding 99% of the variance. Dimensional collapse = effective rank well below the dimension the
+  geometry needs.
+* :func:`alignment` and :func:`uniformity` (Wang and Isola 2020), :func:`isotropy` (Mu and
+  Viswanath 2018's score over the eigenvectors, which SCHaNe reports; ``symmetric=True`` adds
+  their negatives).
 * :func:`diagnose`: all of the above as one flat mapping of scalars (one row of a metrics CSV).
 """
 
@@ -93,7 +100,9 @@ def diagnose(
     first when ``normalize``, as the loss does); the collapse measures use the embeddings as the
     model outputs them (sphere, ball or unnormalised), all rows of all views.
 
-    Shape: z ``(B, V>=2, d)``, labels ``(B,)``; returns (metrics, singular values ``(d,)``).
+    ``isotropy`` is Mu and Viswanath's score (eigenvectors only, :func:`isotropy`).
+
+    Shape: z ``(B, V>=2, d)``, labels ``(B,)``; returns (metrics, covariance eigenvalues ``(d,)``).
     """
     z64, labels = _check_batch(z, labels, need_views=2)
     B, V, d = z64.shape
@@ -121,4 +130,4 @@ def diagnose(
     out["uniformity"] = uniformity(z64, normalize=normalize)
     out["isotropy"] = isotropy(rows)
     out["mean_norm"] = float(rows.norm(dim=1).mean())
-    return out, spec.singular_values
+    return out, spec.eigenvalues

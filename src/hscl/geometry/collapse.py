@@ -102,23 +102,37 @@ def neural_collapse(h: Tensor, labels: Tensor) -> NeuralCollapse:
 
 @dataclass
 class Spectrum:
-    """Spectrum of the covariance ``Sigma = (1/N) sum_i (x_i - mean)(x_i - mean)^T`` of ``(N, d)``.
+    """Spectrum of the centred rows ``X_c = x - mean`` of ``x`` ``(N, d)``.
 
-    ``singular_values`` are those of ``Sigma`` (its eigenvalues, descending); ``effective_rank`` is
-    ``exp(-sum_k p_k log p_k)`` with ``p = s / sum(s)``; ``dims_99`` the fewest leading directions
-    holding 99% of the variance.
+    * ``singular_values``: the singular values ``s`` of ``X_c`` (descending, zero-padded to ``d``).
+    * ``eigenvalues``: the eigenvalues of the covariance ``Sigma = X_c^T X_c / N``, ``s^2 / N`` (descending,
+      ``d`` of them); they give the variance shares.
+    * ``effective_rank``: ``exp(-sum_k p_k log p_k)`` with ``p = s / sum(s)`` over the singular values: Roy and
+      Vetterli's effective rank of the embedding matrix, as RankMe (Garrido et al. 2023) uses it.
+    * ``effective_rank_cov``: the same entropy over the covariance eigenvalues, ``p = s^2 / sum(s^2)``. It
+      weighs the leading directions more, so it is never above ``effective_rank``.
+    * ``dims_99``: the fewest leading directions holding 99% of the variance (of the eigenvalues).
     """
 
     singular_values: Tensor  # (d,)
+    eigenvalues: Tensor  # (d,)
     effective_rank: float
+    effective_rank_cov: float
     dims_99: int
 
     def as_dict(self) -> dict[str, float]:
-        return {"effective_rank": self.effective_rank, "dims_99": float(self.dims_99)}
+        return {
+            "effective_rank": self.effective_rank,
+            "effective_rank_cov": self.effective_rank_cov,
+            "dims_99": float(self.dims_99),
+        }
 
 
 def effective_rank(values: Tensor) -> float:
-    """``exp`` of the Shannon entropy of ``values / values.sum()`` (Roy and Vetterli 2007)."""
+    """``exp`` of the Shannon entropy of ``values / values.sum()`` (Roy and Vetterli 2007).
+
+    Pass singular values for the effective rank of a matrix, covariance eigenvalues for the variance-weighted form.
+    """
     values = values.to("cpu", torch.float64).clamp(min=0)
     total = values.sum()
     if not float(total) > 0:
@@ -129,7 +143,8 @@ def effective_rank(values: Tensor) -> float:
 
 
 def spectrum(x: Tensor, variance: float = 0.99) -> Spectrum:
-    """Covariance spectrum, effective rank and the dimensions holding ``variance`` of it.
+    """Singular values and covariance eigenvalues of the centred ``x``, both effective ranks, and the
+    dimensions holding ``variance`` of the variance (see :class:`Spectrum`).
 
     Shape: x ``(N, d)`` (or ``(B, V, d)``, flattened to rows).
     """
@@ -141,34 +156,49 @@ def spectrum(x: Tensor, variance: float = 0.99) -> Spectrum:
         raise ValueError(f"x must have shape (N>=2, d), got shape {tuple(x.shape)}")
     if not 0 < variance <= 1:
         raise ValueError(f"variance must be in (0, 1], got {variance}")
-    x = x.detach().to("cpu", torch.float64)  # float64 eigvalsh / cumsum on the CPU
-    centred = x - x.mean(0)
-    cov = centred.T @ centred / x.shape[0]
-    values = torch.linalg.eigvalsh(cov).flip(0).clamp(min=0)
+    x = x.detach().to("cpu", torch.float64)  # float64 SVD / cumsum on the CPU
+    N, d = x.shape
+    s = torch.linalg.svdvals(x - x.mean(0))  # (min(N, d),), descending
+    singular = torch.cat([s, s.new_zeros(d - s.numel())])
+    values = singular.square() / N
     total = values.sum()
     if float(total) > 0:
         share = torch.cumsum(values, 0) / total
         dims = int((share < variance - 1e-12).sum()) + 1
     else:
         dims = 0
-    return Spectrum(values, effective_rank(values), min(dims, len(values)))
+    return Spectrum(singular, values, effective_rank(singular), effective_rank(values), min(dims, d))
 
 
-def isotropy(z: Tensor) -> float:
-    """Isotropy score ``I = min_c Z(c) / max_c Z(c)``, ``Z(c) = sum_i exp(c . z_i)`` (Mu and Viswanath).
+def _oriented(vectors: Tensor) -> Tensor:
+    """The columns of ``vectors``, each with the sign that makes its entry of largest magnitude positive (the
+    first such entry on a tie): an eigenvector's sign is arbitrary, and LAPACK builds differ in it."""
+    index = vectors.abs().argmax(0)
+    signs = torch.sign(vectors[index, torch.arange(vectors.shape[1])])
+    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
 
-    ``c`` runs over the eigenvectors of ``Z^T Z`` and their negatives (an eigenvector's sign is
-    arbitrary; both signs are unit vectors of the definition's ``||c|| = 1``). 1 is perfectly
-    isotropic; all rows equal to a unit vector give ``e^{-2}``. Embeddings are used as given.
+
+def isotropy(z: Tensor, symmetric: bool = False) -> float:
+    """Isotropy score ``I = min_c Z(c) / max_c Z(c)``, ``Z(c) = sum_i exp(c . z_i)`` (Mu and Viswanath 2018).
+
+    ``c`` runs over the eigenvectors of ``Z^T Z`` (the score SCHaNe reports), each oriented so that its entry of
+    largest magnitude is positive (the definition leaves the sign open; fixing it makes the score the same on
+    every linear-algebra library). ``symmetric=True`` runs ``c`` over the eigenvectors and their negatives: the
+    sign-symmetric form, never above the default one. 1 is perfectly isotropic. All rows equal to a unit vector
+    give ``e^{-1}`` (``e^{-2}`` symmetric). Embeddings are used as given.
 
     Shape: z ``(N, d)`` or ``(B, V, d)`` (flattened to rows).
     """
     if not isinstance(z, Tensor) or z.dim() not in (2, 3):
         raise ValueError("z must be a tensor of shape (N, d) or (B, V, d)")
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric must be True or False, got {symmetric!r}")
     x = z.detach().to("cpu", torch.float64).reshape(-1, z.shape[-1])
     if not torch.isfinite(x).all():
         raise ValueError("z contains NaN or infinite values")
     _, vectors = torch.linalg.eigh(x.T @ x)  # columns: eigenvectors
-    c = torch.cat([vectors, -vectors], 1)  # (d, 2d)
-    log_Z = torch.logsumexp(x @ c, dim=0)  # (2d,)
+    c = _oriented(vectors)
+    if symmetric:
+        c = torch.cat([c, -c], 1)  # (d, 2d)
+    log_Z = torch.logsumexp(x @ c, dim=0)
     return float(torch.exp(log_Z.min() - log_Z.max()))

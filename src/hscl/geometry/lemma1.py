@@ -23,6 +23,10 @@ QUARTET = tuple(m.name for m in METHODS.values() if m.table1)
 class Quartet:
     """The four losses of Lemma 1 on one batch: same positives (views) and the same ``M``.
 
+    ``h_scl <= h_ucl`` is Lemma 1's claim under Assumption 1: measured, it can fail. ``scl <= h_scl`` and
+    ``ucl <= h_ucl`` hold by construction for a non-decreasing hardening (Chebyshev's sum inequality), per
+    positive pair, up to rounding: they check the implementation, not the paper.
+
     ``per_pair[method]`` holds each positive pair's loss in the row-major ``(r, p)`` order of
     :func:`hscl.losses.contrastive_loss` with ``reduction="none"``.
     """
