@@ -5,10 +5,9 @@
   probe (one logistic regression per class) on the frozen encoder, and the kNN mAP.
 * ``small-batch``: H-SCL(beta = 1) with no memory and with a memory of 4096 past rows, and SCL, at batch 32
   and 64; the table gives the linear top-1 and the mean training step time (mean +- std over seeds).
-* ``auto-beta``: H-SCL with beta from the paper's grid {0.1, 0.5, 1, 2, 5} against ``beta: auto`` (beta chosen
-  at every step for a target effective-sample fraction 0.25, 0.5, 0.75); the table gives the linear top-1
-  (mean +- std over seeds), the figure the chosen beta per epoch, and ``results.json`` the verdict: is the best
-  automatic run within 0.5 points of the best grid beta, and at which share of the grid's compute.
+* ``auto-beta``: H-SCL with beta from the paper's grid {0.1, 0.5, 1, 2, 5} at three temperatures against ONE
+  default target of ``beta: auto``, chosen on validation data among candidates at one temperature
+  (:mod:`hscl.experiments.auto_beta`, its own protocol and outputs).
 
 A preset is one YAML file ``configs/extensions/<experiment>/<preset>.yaml`` (a user's ``--configs DIR`` is
 looked in first, as ``DIR/extensions/<experiment>/<preset>.yaml``) holding ``experiment`` (its name),
@@ -57,7 +56,7 @@ EXPERIMENTS: dict[str, tuple[str, ...]] = {
 }
 
 #: the per-epoch columns of ``metrics.csv`` a run's ``curve`` keeps
-_CURVE_KEYS = ("loss", "knn_top1", "knn_mAP", "beta", "memory_rows", "step_seconds", "epoch_seconds")
+_CURVE_KEYS = ("loss", "knn_top1", "knn_mAP", "beta", "beta_solved", "memory_rows", "step_seconds", "epoch_seconds")
 
 
 @dataclass
@@ -69,6 +68,8 @@ class ExtensionPreset:
     cells: dict[str, Any]
     seeds: list[int] = field(default_factory=lambda: [0])
     budget: str = ""
+    #: auto-beta: temperatures and select_temperature (see hscl.experiments.auto_beta)
+    protocol: dict[str, Any] = field(default_factory=dict)
 
 
 def _check_experiment(experiment: str) -> str:
@@ -225,11 +226,15 @@ def reproduce_extension(
     overrides: list[str] | None = None,
     config_dir: str | Path | None = None,
     data_dir: str | None = None,
+    select: str | None = None,
+    workers: int = 1,
 ) -> dict:
     """Run the cells of an extension experiment's preset for each seed, then write its outputs.
 
     ``seeds`` replaces the preset's seeds, ``cells`` picks a subset of its cells (in the preset's order),
     ``overrides`` (``section.key=value``) apply to every cell. Returns the results (also ``results.json``).
+    auto-beta only: ``select`` (the split choices are made on, default validation) and ``workers`` (cells trained
+    at once) go to :func:`hscl.experiments.auto_beta.run_auto_beta`.
     """
     from hscl.engine.train import load_data
     from hscl.experiments._extensions_outputs import write_outputs
@@ -244,6 +249,12 @@ def reproduce_extension(
     if data_dir is not None:
         extra.append(f"data.data_dir={data_dir}")
     out_dir = Path(out_dir or f"runs/{experiment}-{preset}")
+    if experiment == "auto-beta":
+        from hscl.experiments.auto_beta import reproduce_auto_beta
+
+        return reproduce_auto_beta(spec, path, preset, keys, seeds, extra, out_dir, select=select, workers=workers)
+    if select is not None or workers != 1:
+        raise ValueError(f"--select and --workers apply to auto-beta, not to {experiment}")
     out_dir.mkdir(parents=True, exist_ok=True)
     configs = {(key, seed): cell_config(spec, key, extra, seed) for seed in seeds for key in keys}  # checked first
 
