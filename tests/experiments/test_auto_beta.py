@@ -96,6 +96,12 @@ def test_a_run_is_reused_only_for_the_same_resolved_config(tmp_path):
     recorded["train"]["threads"] = 7  # a runtime key: not a difference
     (run / "config.yaml").write_text(yaml.safe_dump(recorded))
     assert check_reusable(run, config)
+    grid = cell_config(preset, "beta-1", [], 1)
+    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(grid)))
+    assert check_reusable(run, cell_config(preset, "beta-1", ["loss.auto_warmup_steps=3"], 1))  # not used at beta 1
+    with pytest.raises(ValueError, match=r"differs in loss.auto_momentum, loss.auto_target, .*loss.beta"):
+        check_reusable(run, config)
+    (run / "config.yaml").write_text(yaml.safe_dump(recorded))
     other = cell_config(preset, "auto-0.7", ["loss.temperature=0.5"], 1)
     with pytest.raises(ValueError, match=r"holds a run of another config \(it differs in loss.auto_target, loss.te"):
         check_reusable(run, other)
@@ -134,11 +140,12 @@ def test_end_to_end_at_a_tiny_budget(fashion_mnist, tmp_path, monkeypatch):
         assert verdict["grid_selected"] == grid and verdict["gap_points"] == pytest.approx(gap)
         assert verdict["tolerance"] == 0.5 and verdict["within"] == (gap <= 0.5)  # one seed: no std
         run = cells[tag][target]["runs"][0]
-        assert run["final_beta"] == run["curve"][-1]["beta"] and run["precision"] == "32-true"
+        assert run["final_beta"] == run["curve"][-1]["beta"] and run["numerics"]["precision"] == "32-true"
         assert run["final_beta_solved"] == run["curve"][-1]["beta_solved"] > 0
     assert results["within_everywhere"] == all(v["within"] for v in results["verdicts"].values())
     text = (out / "auto_beta.md").read_text()
     assert "choices on validation" in text and "grid point selected on validation" in text
+    assert results["numerics"]["precision"] == "32-true" and "Numerics: precision" in text
     assert ("NOT within" in text) == (not results["within_everywhere"])
     rows = _csv(out / "auto_beta.csv")
     assert len(rows) == 3 * 2 + 2 + 2 and {r["temperature"] for r in rows} == {"0.2", "0.5", "1.0"}

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from hscl.engine.report import fmt_mean_std, markdown_table, write_json, write_table
+from hscl.experiments._numerics import numerics_footer
 
 __all__ = ["write_auto_beta"]
 
@@ -154,17 +155,12 @@ def _figure(results: dict, out_dir: Path) -> None:
 def _title(results: dict) -> str:
     s = results.get("setup", {})
     budget = f" Budget: {results['budget']}." if results.get("budget") else ""
-    precisions = sorted({r.get("precision") or "?" for c in _all(results) for r in c["runs"]})
     return (
         f"Automatic beta ({results.get('preset', '')}): {s.get('dataset')}, {s.get('encoder')}, {s.get('epochs')} "
-        f"epochs, batch {s.get('batch_size')}, seeds {results['seeds']}, precision {', '.join(precisions)}; choices "
+        f"epochs, batch {s.get('batch_size')}, seeds {results['seeds']}; choices "
         f"on {_split(results['selected_on'])} (eval.val_fraction {s.get('val_fraction')} of the training split "
         f"held out).{budget}"
     )
-
-
-def _all(results: dict) -> list[dict]:
-    return [cell for cells in results["cells"].values() for cell in cells.values()]
 
 
 def write_auto_beta(results: dict, out_dir: Path) -> None:
@@ -189,6 +185,7 @@ def write_auto_beta(results: dict, out_dir: Path) -> None:
     ]
     if results.get("overrides"):
         notes.append(f"Overrides of every cell: {', '.join(results['overrides'])}.")
+    notes.append(numerics_footer(results["numerics"]))
     text = "\n\n".join([title, table, verdicts, *notes])
     (out_dir / "auto_beta.md").write_text(text + "\n")
     results["title"], results["table_markdown"], results["verdict_markdown"] = title, table, verdicts

@@ -16,14 +16,14 @@ of its training split out, the preset 0.1) by default; ``select="test"`` chooses
 (the paper's protocol, labelled so in every output). The test-best grid point is reported beside either.
 
 Every (temperature, cell, seed) trains into ``<out>/t<temperature>/<cell>/seed<k>/``; a finished one is reused
-when the resolved config it recorded (``config.yaml``) equals this one's, apart from :data:`RUNTIME_KEYS`; an
+when the resolved config it recorded (``config.yaml``) equals this one's, apart from :data:`RUNTIME_KEYS` (and
+:data:`AUTO_KEYS` at a fixed beta); an
 interrupted one is resumed; a folder holding a run of another config is an error. ``workers > 1`` trains that
 many cells at once in separate processes. Outputs: :mod:`hscl.experiments._auto_beta_outputs`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ import yaml
 
 from hscl.engine.config import RunConfig, config_to_dict
 from hscl.engine.evaluate import mean_std
+from hscl.experiments._numerics import run_numerics, table_numerics
 from hscl.experiments.extensions import ExtensionPreset, cell_config, run_cell
 
 __all__ = [
@@ -157,11 +158,19 @@ def judge(
 # running the cells
 
 
+#: the keys of ``beta: auto`` alone: a run at a fixed beta is the same run whatever they hold
+AUTO_KEYS = ("auto_target", "auto_momentum", "auto_warmup_steps")
+
+
 def _comparable(data: dict) -> dict:
     data = yaml.safe_load(yaml.safe_dump(data))  # the types config.yaml reads back as
     data.pop("git_revision", None)
     for section, key in RUNTIME_KEYS:
         data.get(section, {}).pop(key, None)
+    loss = data.get("loss", {})
+    if loss.get("beta") != "auto":
+        for key in AUTO_KEYS:
+            loss.pop(key, None)
     return data
 
 
@@ -201,13 +210,9 @@ def _train_one(config_data: dict, run_dir: str) -> dict:
 
 
 def _with_record(result: dict, run_dir: Path) -> dict:
-    """A cell's result with the last epoch's mean solved beta and the precision it trained in."""
+    """A cell's result with the last epoch's mean solved beta and the numerics it trained in."""
     solved = [p["beta_solved"] for p in result.get("curve", []) if "beta_solved" in p]
-    result["final_beta_solved"] = solved[-1] if solved else None
-    summary = run_dir / "train_summary.json"
-    if summary.exists():
-        result["precision"] = json.loads(summary.read_text()).get("precision")
-    return result
+    return {**result, "final_beta_solved": solved[-1] if solved else None, "numerics": run_numerics(run_dir)}
 
 
 def run_cells(jobs: list[tuple[str, RunConfig, Path]], workers: int = 1) -> dict[str, dict]:
@@ -288,6 +293,12 @@ def run_auto_beta(
         _tag(t): {"temperature": t, **judge(cells[_tag(t)], protocol.grid, target, select)}
         for t in protocol.temperatures
     }
+    numerics = {  # one precision in the whole table (or every cell pinned), else a one-line error
+        f"T={c['temperature']:g} {c['label']} seed {seed}": run["numerics"]
+        for by_key in cells.values()
+        for c in by_key.values()
+        for seed, run in zip(seeds, c["runs"])
+    }
     return {
         "experiment": "auto-beta",
         "selected_on": select,
@@ -308,6 +319,7 @@ def run_auto_beta(
         "cells": cells,
         "verdicts": verdicts,
         "within_everywhere": all(v["within"] for v in verdicts.values()),
+        "numerics": table_numerics(numerics, f"auto-beta ({out_dir.name})"),
     }
 
 
