@@ -4,9 +4,9 @@ The preset (``configs/extensions/auto-beta/<preset>.yaml``, the format of :mod:`
 names grid cells (``loss.beta`` a number) and candidate cells (``loss.beta: auto`` with a ``loss.auto_target``),
 and a ``protocol``: ``temperatures`` and ``select_temperature``. The protocol:
 
-1. every grid cell at every temperature, and every candidate at ``select_temperature``, for every seed;
-2. the default target: the candidate with the best mean selection accuracy at ``select_temperature``;
-3. that one target at the other temperatures;
+1. every grid cell and every candidate at ``select_temperature``, for every seed;
+2. the default target: the candidate with the best mean selection accuracy there;
+3. every grid cell and that one target at the other temperatures;
 4. at each temperature, the verdict: the grid point with the best mean selection accuracy, against the target's
    cell, by TEST linear top-1 (mean over seeds): the target is *within* when it is at most
    ``max(0.5 points, the pooled standard deviation over seeds of the two cells)`` below the grid point.
@@ -282,13 +282,15 @@ def run_auto_beta(
         "epochs": probe.train.epochs,
         "batch_size": probe.train.batch_size,
     }
-    first = [(key, t) for t in protocol.temperatures for key in protocol.grid]
-    first += [(key, protocol.select_temperature) for key in protocol.candidates]
+    select_t = protocol.select_temperature
+    others = [t for t in protocol.temperatures if t != select_t]
+    first = [(key, select_t) for key in (*protocol.grid, *protocol.candidates)]
     cells = _run_stage(preset, first, seeds, config, out_dir, workers, {})
     at_select = {k: cells[_tag(protocol.select_temperature)][k] for k in protocol.candidates}
     target = choose_target(at_select, protocol.candidates, select)
-    second = [(target, t) for t in protocol.temperatures if t != protocol.select_temperature]
+    second = [(key, t) for t in others for key in (*protocol.grid, target)]
     cells = _run_stage(preset, second, seeds, config, out_dir, workers, cells)
+    cells = {_tag(t): cells[_tag(t)] for t in protocol.temperatures}  # in the protocol's order
     verdicts = {
         _tag(t): {"temperature": t, **judge(cells[_tag(t)], protocol.grid, target, select)}
         for t in protocol.temperatures
