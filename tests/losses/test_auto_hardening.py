@@ -82,13 +82,15 @@ def test_ratio_matches_the_loop_is_one_at_zero_and_decreases(temperature):
 def test_solved_beta_matches_a_float64_bisection(temperature, target):
     g, negatives = _similarities(2, temperature=temperature, spread=0.6)
     want = _loop_beta(g, negatives, target)
-    got = ess_beta(g, negatives, target)  # the defaults: 8 Newton / bisection steps from beta = 1
+    got = ess_beta(g, negatives, target, iterations=10)
     assert got.dtype == torch.float64 and got.dim() == 0
     assert float(got) == pytest.approx(want, rel=1e-9, abs=1e-12)
+    # the default: 6 Newton / bisection steps from beta = 1, with no previous solution to start from
+    assert float(ess_beta(g, negatives, target)) == pytest.approx(want, rel=1e-5, abs=1e-8)
     got32 = ess_beta(g.float(), negatives, target)
     assert got32.dtype == torch.float32 and float(got32) == pytest.approx(want, rel=1e-4, abs=1e-6)
     if want < 10.0:
-        assert _loop_ratio(g, negatives, float(got)) == pytest.approx(target, abs=1e-9)
+        assert _loop_ratio(g, negatives, float(got)) == pytest.approx(target, abs=1e-10)
 
 
 def test_trivial_targets_the_cap_and_batches_without_two_negatives():
@@ -143,7 +145,7 @@ def test_the_loss_is_h_scl_at_the_solved_beta_with_a_memory(target, positives, n
             for r in range(24)
         ]
     )
-    assert hardening.beta == hardening.solved == pytest.approx(_loop_beta(g, neg, target), rel=1e-9)
+    assert hardening.beta == hardening.solved == pytest.approx(_loop_beta(g, neg, target), rel=1e-6)
     b = z.clone().requires_grad_(True)
     ref = reference_loss(b, labels, hardening=Exponential(hardening.beta), **kw)
     torch.testing.assert_close(loss, ref, rtol=1e-10, atol=0)
@@ -163,7 +165,7 @@ def test_multi_hot_labels_use_their_negatives():
     multi = labels.repeat(2, 1)
     neg = ~((multi[:, None, :] & multi[None, :, :]).any(2))  # no class in common (a row without a class: all)
     neg &= (torch.arange(20) % 10)[:, None] != (torch.arange(20) % 10)[None, :]
-    assert hardening.beta == pytest.approx(_loop_beta(g, neg, 0.5), rel=1e-9)
+    assert hardening.beta == pytest.approx(_loop_beta(g, neg, 0.5), rel=1e-6)
 
 
 def test_the_solver_samples_anchor_groups_beyond_its_budget():
@@ -175,7 +177,7 @@ def test_the_solver_samples_anchor_groups_beyond_its_budget():
     instance = torch.arange(80) % 40
     rows = [round(i * (80 - 1) / 7) for i in range(8)]
     neg = instance[rows][:, None] != instance[None, :]
-    assert hardening.beta == pytest.approx(_loop_beta(g[rows], neg, 0.5), rel=1e-9)
+    assert hardening.beta == pytest.approx(_loop_beta(g[rows], neg, 0.5), rel=1e-6)
 
 
 def test_the_solve_reads_nothing_back_and_a_loss_call_adds_one_sync(monkeypatch):
