@@ -16,7 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["AutoExponential", "Exponential", "Hardening", "LinearThreshold", "Threshold", "linear_threshold"]
+__all__ = [
+    "AutoExponential",
+    "Exponential",
+    "Hardening",
+    "LinearThreshold",
+    "Threshold",
+    "ess_beta",
+    "ess_ratio",
+    "linear_threshold",
+]
 
 
 class Hardening:
@@ -82,84 +91,131 @@ class Threshold(Hardening):
 
 
 class AutoExponential(Hardening):
-    """Exponential tilting whose ``beta`` is chosen by each forward of the loss for a target effective
-    sample size of the tilted negatives.
+    """Exponential tilting whose ``beta`` each forward of the loss chooses from the batch (LOSSES.md,
+    "Automatic hardness").
 
-    For an anchor ``r`` with negatives ``N(r)`` and weights ``w = exp(beta g(r, s))``,
-    ``ESS_r = (sum_s w)^2 / sum_s w^2`` is the effective number of negatives; the fraction
-    ``ESS_r / |N(r)|`` is 1 at ``beta = 0`` and decreases in ``beta``. Each call of the loss sets
-    ``beta >= 0`` so that the mean of that fraction over the anchors with a non-empty ``N(r)`` equals
-    ``target``, on the detached similarities (no gradient flows through the choice), capped at
-    ``max_beta``; the loss is then exactly H-SCL / H-UCL with :class:`Exponential` ``(beta)``.
-    ``beta`` holds the value of the last call (0 before the first).
+    The gradient's negative distribution of anchor ``r`` is proportional to ``exp((1 + beta) g(r, s))`` over
+    its negatives ``N(r)``. With ``ESS(w) = (sum_s w)^2 / sum_s w^2`` (the effective number of negatives under
+    weights ``w``), ``rho_r(beta) = ESS(exp((1 + beta) g)) / ESS(exp(g))`` is the share of the effective
+    negatives that the tilt keeps beyond the concentration the temperature already gives: 1 at ``beta = 0`` at
+    every temperature, non-increasing in ``beta``. Each call of the loss sets ``beta >= 0`` so that the mean of
+    ``rho_r`` over the anchors with ``|N(r)| >= 2`` equals ``target``, on the detached similarities (no
+    gradient flows through the choice), capped at ``max_beta``; the loss is then exactly H-SCL / H-UCL with
+    :class:`Exponential` ``(beta)``.
 
-    The solver is a safeguarded Newton iteration on ``[0, max_beta]`` (bisection whenever a Newton step
-    leaves the bracket), started from the previous call's ``beta``, to ``|mean fraction - target| <=
-    1e-6``. At most ``max_entries`` similarities enter it: for a larger batch it uses 8 evenly spaced
-    contiguous groups of anchors holding that many, against every candidate column.
+    The solve (:func:`ess_beta`) is ``iterations`` steps of a safeguarded Newton iteration on ``[0, max_beta]``
+    (bisection whenever a Newton step leaves the bracket), started from the previous call's solution, all on
+    the similarities' device: a call costs one host synchronisation (reading the solution). At most
+    ``max_entries`` similarities enter it: for a larger batch it uses 8 evenly spaced contiguous groups of
+    anchors holding that many, against every candidate column.
+
+    Attributes: ``beta``, the beta the last call used (0 before the first); ``solved``, the last call's
+    solution (None before the first). They differ only where :meth:`use` is overridden: the training engine's
+    smoothing over steps and warm-up (``loss.auto_momentum``, ``loss.auto_warmup_steps``) do so.
 
     Args:
-        target: the mean ESS fraction, in ``(0, 1]`` (1 gives ``beta = 0``).
-        max_beta: the cap on ``beta`` (default 50: ``exp(50 g)`` already puts all the weight on the
-            hardest negatives for any temperature).
-        max_entries: similarities the solver may use per call (default ``2**19``).
+        target: the mean ``rho_r``, in ``(0, 1]`` (1 gives ``beta = 0``; smaller is harder).
+        max_beta: the cap on ``beta`` (default 10), also the answer when even it leaves a larger mean.
+        iterations: Newton / bisection steps per call (default 6).
+        max_entries: similarities the solver may use per call (default ``2**18``: every anchor of a batch of
+            256 x 2 views).
     """
 
-    MAX_BETA = 50.0
+    MAX_BETA = 10.0
+    ITERATIONS = 6
 
-    def __init__(self, target: float = 0.5, *, max_beta: float = MAX_BETA, max_entries: int = 1 << 19) -> None:
+    def __init__(
+        self,
+        target: float = 0.5,
+        *,
+        max_beta: float = MAX_BETA,
+        iterations: int = ITERATIONS,
+        max_entries: int = 1 << 18,
+    ) -> None:
         _check_real("target", target)
         if not 0.0 < target <= 1.0:
-            raise ValueError(f"target must be in (0, 1] (a mean fraction ESS_r / |N(r)|), got target={target}")
+            raise ValueError(f"target must be in (0, 1] (a mean ratio of effective sample sizes), got target={target}")
         _check_real("max_beta", max_beta)
         if not max_beta > 0:
             raise ValueError(f"max_beta must be > 0, got max_beta={max_beta}")
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError(f"max_entries must be an integer >= 1, got max_entries={max_entries!r}")
-        self.target, self.max_beta, self.max_entries = float(target), float(max_beta), max_entries
+        _check_count("iterations", iterations)
+        _check_count("max_entries", max_entries)
+        self.target, self.max_beta = float(target), float(max_beta)
+        self.iterations, self.max_entries = iterations, max_entries
         self.beta = 0.0
+        self.solved: float | None = None
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
         return torch.exp(self.beta * g)
 
     def __repr__(self) -> str:
-        return f"AutoExponential(target={self.target}, beta={self.beta:.6g}, max_beta={self.max_beta})"
+        return f"{type(self).__name__}(target={self.target}, beta={self.beta:.6g}, max_beta={self.max_beta})"
 
     def choose(self, g: torch.Tensor, negatives: torch.Tensor) -> float:
-        """Set and return ``beta`` for similarities ``g`` (a, n) with the negative mask ``negatives`` (a, n)."""
-        self.beta = ess_beta(g, negatives, self.target, self.max_beta, start=self.beta)
+        """Solve for similarities ``g`` (a, n) with the negative mask ``negatives`` (a, n), set ``solved`` and
+        ``beta`` (:meth:`use` of the solution) and return ``beta``. One host synchronisation."""
+        start = 1.0 if self.solved is None else self.solved
+        solution = ess_beta(g, negatives, self.target, self.max_beta, start=start, iterations=self.iterations)
+        self.solved = float(solution)  # the call's one host synchronisation
+        self.beta = float(self.use(self.solved))
         return self.beta
 
+    def use(self, solved: float) -> float:
+        """The beta a call uses given its solution: the solution itself (the training engine's smoothing
+        overrides this)."""
+        return solved
 
-def ess_fraction(g: torch.Tensor, negatives: torch.Tensor, beta: float) -> torch.Tensor:
-    """Mean over the rows with a negative of ``ESS_r / |N(r)|`` for weights ``exp(beta g)`` on the mask.
+    def state(self) -> dict:
+        """What a resumed run needs to choose the very betas of an uninterrupted one (plain numbers)."""
+        return {"beta": self.beta, "solved": self.solved}
 
-    Shape: g ``(a, n)``, negatives ``(a, n)`` bool; output: a scalar tensor.
-    """
-    return _ess_at(_ess_prepare(g, negatives), beta)[0]
+    def load_state(self, state: dict) -> None:
+        """Restore :meth:`state`."""
+        self.beta = float(state["beta"])
+        self.solved = None if state.get("solved") is None else float(state["solved"])
 
 
-def _ess_prepare(g: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The rows with a negative: ``g`` minus the row's largest negative (0 off the negatives), the mask
-    in ``g``'s dtype, and ``|N(r)|``."""
-    rows = negatives.any(1)
-    g, negatives = g[rows], negatives[rows]
+def _ess_prepare(g: torch.Tensor, negatives: torch.Tensor):
+    """The solver's inputs: ``g`` minus each row's largest negative on ``N(r)`` (<= 0; ``_OFF`` elsewhere, so
+    that its weights vanish for every ``theta >= 1``), the rows with ``|N(r)| >= 2`` (as the compute dtype) and
+    their number (at least 1). Shapes ``(a, n)``, ``(a,)`` bool, scalar; float64 for float64 ``g``, else float32."""
+    dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
+    g, negatives = g.detach().to(dtype), negatives.detach().to(device=g.device, dtype=torch.bool)
     top = torch.where(negatives, g, -math.inf).amax(1, keepdim=True)
-    shifted = torch.where(negatives, g - top, 0.0)  # <= 0: the weights stay <= 1
-    mask = negatives.to(g.dtype)
-    return shifted, mask, mask.sum(1)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    shifted = torch.where(negatives, g - top, _OFF)
+    rows = negatives.sum(1) >= 2
+    return shifted, rows, rows.sum().to(dtype).clamp(min=1.0)
 
 
-def _ess_at(prepared, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean ESS fraction and its derivative in ``beta``: ``d f_r / d beta = 2 f_r (m_beta - m_2beta)``
-    with ``m_b`` the mean of ``g`` under weights ``exp(b g)``."""
-    shifted, mask, count = prepared
-    w = torch.exp(beta * shifted).mul_(mask)  # (a, n), 0 off the negatives
-    w2 = w * w
-    a, b = w.sum(1), w2.sum(1)
-    frac = a * a / (count * b)
-    slope = frac * 2.0 * ((shifted * w).sum(1) / a - (shifted * w2).sum(1) / b)
-    return frac.mean(), slope.mean()
+#: the shifted similarity off ``N(r)``: ``exp(theta * _OFF)`` is 0 in float32 and float64 for ``theta >= 1``, and
+#: ``_OFF * 0`` is 0 (an infinity would give NaN in the derivative's sums)
+_OFF = -1.0e5
+
+
+def _log_ess(shifted: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log ESS(exp(theta g))`` per row and its derivative in ``theta``, ``2 E_theta[g] - 2 E_2theta[g]``
+    (``E_t``: the mean of ``g`` under weights ``exp(t g)``), from the max-shifted ``g``: the weights are at most 1
+    and the largest is 1, so the sums are >= 1 (the log-sum-exp form) and finite at any temperature."""
+    w = torch.mul(shifted, theta).exp_()  # in place, and row dot products: no (a, n) temporaries beyond w
+    s1, g1 = w.sum(1), torch.linalg.vecdot(shifted, w, dim=1)
+    w.mul_(w)
+    s2, g2 = w.sum(1), torch.linalg.vecdot(shifted, w, dim=1)
+    return 2.0 * s1.log() - s2.log(), 2.0 * (g1 / s1 - g2 / s2)
+
+
+def ess_ratio(g: torch.Tensor, negatives: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+    """``mean_r rho_r(beta)`` over the rows with ``|N(r)| >= 2``, ``rho_r = ESS(exp((1 + beta) g)) / ESS(exp(g))``
+    (1 where no row qualifies).
+
+    Shape: g ``(a, n)``, negatives ``(a, n)`` bool; output: a scalar tensor (float64 for float64 ``g``, else
+    float32), on ``g``'s device.
+    """
+    shifted, rows, count = _ess_prepare(g, negatives)
+    base = _log_ess(shifted, torch.ones((), dtype=shifted.dtype, device=shifted.device))[0]
+    theta = 1.0 + torch.as_tensor(beta, dtype=shifted.dtype, device=shifted.device)
+    rho = torch.where(rows, torch.exp(_log_ess(shifted, theta)[0] - base), 0.0)  # NaN rows (no negative) dropped
+    return torch.where(rows.any(), rho.sum() / count, 1.0)
 
 
 def ess_beta(
@@ -167,34 +223,46 @@ def ess_beta(
     negatives: torch.Tensor,
     target: float,
     max_beta: float = AutoExponential.MAX_BETA,
-    start: float = 0.0,
-) -> float:
-    """The ``beta`` in ``[0, max_beta]`` whose mean ESS fraction (:func:`ess_fraction`) is ``target``
-    (``max_beta`` when even that leaves a larger fraction). Safeguarded Newton from ``start``.
+    *,
+    start: float = 1.0,
+    iterations: int = AutoExponential.ITERATIONS,
+) -> torch.Tensor:
+    """The ``beta`` in ``[0, max_beta]`` with ``ess_ratio(g, negatives, beta) = target`` (:func:`ess_ratio`):
+    ``max_beta`` when even it leaves a larger ratio, 0 for ``target >= 1`` or without a row of ``|N(r)| >= 2``.
 
-    Shape: g ``(a, n)``, negatives ``(a, n)`` bool.
+    ``iterations`` steps of safeguarded Newton from ``start`` (clamped to the bracket): each step keeps the
+    bracket ``[lo, hi]`` of the root and takes the Newton step when it falls inside it, else the midpoint. All
+    on the device with a fixed number of steps: no host synchronisation (the caller reads the result).
+
+    Shape: g ``(a, n)``, negatives ``(a, n)`` bool; output: a scalar tensor (float64 for float64 ``g``, else
+    float32) on ``g``'s device.
     """
-    g, negatives = g.detach(), negatives.detach()
-    if target >= 1.0 or not bool(negatives.any()):
-        return 0.0
-    prepared = _ess_prepare(g, negatives)
-    if float(_ess_at(prepared, max_beta)[0]) >= target:
-        return float(max_beta)  # the cap: the target is not reached below it
-    lo, hi = 0.0, float(max_beta)
-    beta = min(max(float(start), 0.0), hi)
-    for _ in range(200):
-        value, slope = (float(x) for x in _ess_at(prepared, beta))
-        if abs(value - target) <= 1e-6:
-            break
-        if value > target:
-            lo = beta
-        else:
-            hi = beta
-        step = beta - (value - target) / slope if slope < 0 else math.nan
-        beta = step if lo < step < hi else 0.5 * (lo + hi)
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return beta
+    dtype = torch.float64 if g.dtype == torch.float64 else torch.float32
+    if target >= 1.0:
+        return torch.zeros((), dtype=dtype, device=g.device)
+    shifted, rows, count = _ess_prepare(g, negatives)
+
+    def at(beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean ratio minus ``target``, and its derivative in ``beta``."""
+        log_ess, slope = _log_ess(shifted, 1.0 + beta)
+        rho = torch.where(rows, torch.exp(log_ess - base), 0.0)  # NaN rows (no negative) dropped
+        return rho.sum() / count - target, torch.where(rows, rho * slope, 0.0).sum() / count
+
+    def full(value: float) -> torch.Tensor:
+        return torch.full((), value, dtype=dtype, device=g.device)
+
+    base = _log_ess(shifted, full(1.0))[0]
+    lo, hi = full(0.0), full(max_beta)
+    beta = full(min(max(float(start), 0.0), max_beta))
+    for _ in range(iterations):
+        value, slope = at(beta)
+        above = value > 0  # the ratio is still above the target: the root lies above beta
+        lo, hi = torch.where(above, beta, lo), torch.where(above, hi, beta)
+        step = beta - value / slope
+        inside = (slope < 0) & (step >= lo) & (step <= hi)
+        beta = torch.where(inside, step, 0.5 * (lo + hi))
+    capped = at(hi.new_tensor(max_beta))[0] >= 0  # the target is not reached below the cap
+    return torch.where(rows.any(), torch.where(capped, full(max_beta), beta), full(0.0))
 
 
 @dataclass(frozen=True)
@@ -247,6 +315,11 @@ def linear_threshold(start: float, end: float, epochs: int, temperature: float) 
     Example: ``linear_threshold(-0.5, -0.1, 200, 0.5)(1) == exp(-0.5 / 0.5)``.
     """
     return LinearThreshold(start, end, epochs, temperature)
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
 
 
 def _check_real(name: str, value: object) -> None:

@@ -20,7 +20,7 @@ from hscl.engine import train as train_module
 from hscl.engine.checkpoints import CheckpointError
 from hscl.engine.config import load_config
 from hscl.engine.evaluate import evaluate_task, knn_mean_average_precision, knn_scores
-from hscl.engine.monitor import AUTO_BETA_KEY, MULTILABEL_NOTE
+from hscl.engine.monitor import AUTO_BETA_KEY, AUTO_STATE_KEY, MULTILABEL_NOTE
 from hscl.engine.report import html_report
 from hscl.engine.train import build_loss, load_task, train
 from hscl.hardening import AutoExponential
@@ -197,6 +197,7 @@ class _InterruptedError(RuntimeError):
 
 def test_interrupted_run_with_memory_and_auto_beta_resumes_exactly(monkeypatch, tmp_path):
     extra = ["loss.method=h-scl", "loss.beta=auto", "loss.memory_size=200", "loss.memory_warmup_steps=3"]
+    extra.append("loss.auto_warmup_steps=4")  # the moving average runs in the resumed epochs
     config = load_config(None, [*TINY, *extra, "train.epochs=3", "train.knn_k=0", "diagnostics.enabled=false"])
     reference = train(config, tmp_path / "reference")
 
@@ -221,10 +222,10 @@ def test_interrupted_run_with_memory_and_auto_beta_resumes_exactly(monkeypatch, 
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
         torch.testing.assert_close(b["state_dict"][key], a["state_dict"][key], rtol=0, atol=0, msg=key)
-    assert b[AUTO_BETA_KEY] == a[AUTO_BETA_KEY]
+    assert b[AUTO_BETA_KEY] == a[AUTO_BETA_KEY] and b[AUTO_STATE_KEY] == a[AUTO_STATE_KEY]
     ref_rows, run_rows = _rows(tmp_path / "reference" / "metrics.csv"), _rows(tmp_path / "killed" / "metrics.csv")
     assert [r["epoch"] for r in run_rows] == ["1", "2", "3"]
-    for key in ("loss", "beta", "memory_rows"):
+    for key in ("loss", "beta", "beta_solved", "memory_rows"):
         assert [r[key] for r in run_rows] == [r[key] for r in ref_rows], key
 
 

@@ -1,6 +1,6 @@
 """``hscl reproduce multilabel | small-batch | auto-beta``: the packaged presets check out, each command runs end
-to end at a tiny budget and writes its files, a finished cell is not trained again, and the verdict of
-auto-beta is computed from the numbers."""
+to end at a tiny budget and writes its files, a finished cell is not trained again (auto-beta's protocol, choices
+and verdict: test_auto_beta.py)."""
 
 from __future__ import annotations
 
@@ -108,7 +108,9 @@ def test_packaged_quick_presets_resolve_for_every_cell_and_seed(experiment):
         assert len(preset.seeds) == 3
         loss = [c.loss for (_, s), c in configs.items() if s == 0]
         assert sorted(lc.beta for lc in loss if lc.beta != "auto") == [0.1, 0.5, 1.0, 2.0, 5.0]
-        assert sorted(lc.auto_target for lc in loss if lc.beta == "auto") == [0.25, 0.5, 0.75]
+        assert sorted(lc.auto_target for lc in loss if lc.beta == "auto") == [0.3, 0.5, 0.7, 0.85]
+        assert preset.protocol == {"temperatures": [0.2, 0.5, 1.0], "select_temperature": 0.5}
+        assert {(c.eval.val_fraction, c.train.precision) for c in configs.values()} == {(0.1, "32")}
 
 
 def test_a_bad_preset_is_refused_naming_the_key(tmp_path):
@@ -277,61 +279,3 @@ def test_memory_and_m_effects_are_paired_differences_over_seeds(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["effects"][0]["cells"] == ["m-small", "n-small"]
     del cells["m-small"]  # an incomplete design gives no effects
     assert outputs.memory_m_effects({"cells": cells}) == []
-
-
-def test_auto_beta_end_to_end_with_the_verdict(fashion_mnist, tmp_path, monkeypatch):
-    out = tmp_path / "out"
-    args = _args("auto-beta", out, "--methods", "beta-1,auto-0.5", "--seeds", "0", "--set", "train.batch_size=64")
-    assert main(args) == 0
-    results = json.loads((out / "results.json").read_text())
-    auto = results["cells"]["auto-0.5"]
-    assert auto["loss"]["beta"] == "auto" and auto["runs"][0]["final_beta"] > 0
-    for run in (r for cell in results["cells"].values() for r in cell["runs"]):  # the probe learned its 64 images
-        assert_above_chance(run["linear_train_top1"], 10, what="the probe's training top-1")
-    assert auto["final_beta_mean"] == auto["runs"][0]["curve"][-1]["beta"]
-    assert results["cells"]["beta-1"]["final_beta_mean"] == 1.0
-    verdict = results["verdict"]
-    gap = results["cells"]["beta-1"]["linear_top1_mean"] - auto["linear_top1_mean"]
-    assert verdict["gap_points"] == pytest.approx(gap) and verdict["within"] == (gap <= 0.5)
-    assert verdict["grid_trainings"] == 1 and verdict["best_auto"]["key"] == "auto-0.5"
-    text = (out / "auto_beta.md").read_text()
-    assert "Verdict: the best auto run, auto (target 0.5)" in text
-    assert f"{outputs._points(gap)} the best grid beta, beta=1" in text
-    assert ("not within 0.5 points" in text) == (not verdict["within"])
-    trajectory = _csv(out / "beta_trajectory.csv")
-    assert [r["series"] for r in trajectory] == ["auto (target 0.5)"] and float(
-        trajectory[0]["chosen beta (epoch mean, mean over seeds)"]
-    ) > 0
-    calls = _no_training(monkeypatch)
-    assert main(args) == 0 and not calls
-
-
-# -- the verdict ----------------------------------------------------------------------------------------------
-
-
-def _cell(beta, top1, seconds, target=0.5):
-    loss = {"beta": beta, "auto_target": target}
-    return {"label": f"{beta}/{target}", "loss": loss, "linear_top1_mean": top1, "linear_top1_std": 0.1,
-            "train_seconds_mean": seconds, "final_beta_mean": 1.0}  # fmt: skip
-
-
-def test_verdict_compares_the_best_auto_with_the_best_grid_beta():
-    results = {
-        "cells": {
-            "beta-0.5": _cell(0.5, 80.0, 10.0),
-            "beta-1": _cell(1.0, 81.0, 10.0),
-            "beta-2": _cell(2.0, 79.0, 10.0),
-            "auto-0.25": _cell("auto", 80.7, 12.0, 0.25),
-            "auto-0.5": _cell("auto", 80.2, 11.0, 0.5),
-        }
-    }
-    verdict = outputs.auto_beta_verdict(results)
-    assert verdict["best_grid"]["key"] == "beta-1" and verdict["best_auto"]["key"] == "auto-0.25"
-    assert verdict["gap_points"] == pytest.approx(0.3) and verdict["within"]
-    assert verdict["grid_trainings"] == 3 and verdict["measured_compute_ratio"] == pytest.approx(12.0 / 30.0)
-    assert verdict["default_auto"]["key"] == "auto-0.5" and not verdict["default_auto"]["within"]
-    assert verdict["default_auto"]["gap_points"] == pytest.approx(0.8)
-    results["cells"]["auto-0.25"]["linear_top1_mean"] = 80.4
-    assert not outputs.auto_beta_verdict(results)["within"]  # 0.6 points below
-    assert outputs.auto_beta_verdict({"cells": {"b": _cell(1.0, 80.0, 1.0)}}) is None
-    assert [outputs._points(g) for g in (0.3, -0.56, 0.0)] == ["0.30 points below", "0.56 points above", "level with"]

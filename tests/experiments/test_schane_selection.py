@@ -119,6 +119,6 @@ def test_select_is_checked_and_refused_where_nothing_is_chosen(tmp_path, capsys)
     with pytest.raises(ValueError, match=r"ablation\.select must be one of validation, test; got 'train'"):
         load_experiment(find_experiment("pretrained"), ["ablation.select=train"])
     assert main(["reproduce", "table1", "--select", "test", "--out", str(tmp_path / "t")]) == 2
-    assert "--select applies to schane; table1 chooses no best point" in capsys.readouterr().err
+    assert "--select applies to schane, auto-beta; table1 chooses no best point" in capsys.readouterr().err
     assert main(["reproduce", "schane", "--preset", "quick", "--select", "test", "--out", str(tmp_path / "s")]) == 2
     assert "the schane preset 'quick' has no ablation" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hscl.hardening import AutoExponential, Exponential, Threshold, ess_beta, ess_fraction
+from hscl.hardening import AutoExponential, Exponential, Threshold
 from hscl.losses import contrastive_loss, get_loss
 from reference import _rows, reference_loss, reference_pairs
 
@@ -194,89 +194,7 @@ def test_multi_hot_errors():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# AutoExponential
-
-
-def _loop_fraction(Z, negatives, beta):
-    """mean over anchors with a negative of ESS_r / |N(r)|, one anchor at a time in float64."""
-    values = []
-    for r in range(Z.shape[0]):
-        cols = [s for s in range(negatives.shape[1]) if negatives[r, s]]
-        if not cols:
-            continue
-        w = [math.exp(beta * float(Z[r, s])) for s in cols]
-        values.append(sum(w) ** 2 / sum(x * x for x in w) / len(cols))
-    return sum(values) / len(values)
-
-
-def _loop_beta(g, negatives, target, high=50.0):
-    lo, hi = 0.0, high
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if _loop_fraction(g, negatives, mid) > target else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
-@pytest.mark.parametrize("target", [0.25, 0.5, 0.75])
-@pytest.mark.parametrize("positives,negatives", [("views", "unsupervised"), ("labels", "supervised")])
-def test_auto_beta_matches_loop_and_the_loss_is_h_scl_with_it(target, positives, negatives):
-    z, labels = _batch(20, B=12, classes=3)
-    memory = _memory(20, classes=3)
-    hardening = AutoExponential(target)
-    kw = {"positives": positives, "negatives": negatives, "temperature": 0.5, "memory": memory}
-    a = z.clone().requires_grad_(True)
-    loss = contrastive_loss(a, labels, hardening=hardening, **kw)
-    # the chosen beta from the float64 loop: g over the columns, negatives by the semantics
-    Z = torch.cat([_rows(z, True), torch.nn.functional.normalize(memory[0], dim=1)])
-    g = Z[:24] @ Z.T / 0.5
-    instance = [r % 12 for r in range(24)] + [12 + k for k in range(7)]
-    label = [int(labels[r % 12]) for r in range(24)] + [int(x) for x in memory[1]]
-    neg = torch.tensor(
-        [
-            [instance[s] != instance[r] and (negatives == "unsupervised" or label[s] != label[r]) for s in range(31)]
-            for r in range(24)
-        ]
-    )
-    want = _loop_beta(g, neg, target)
-    assert hardening.beta == pytest.approx(want, rel=1e-5, abs=1e-7)
-    assert _loop_fraction(g, neg, hardening.beta) == pytest.approx(target, abs=1e-5)
-    # the loss is exactly H-SCL(beta) with that beta, gradient included (no gradient through the choice)
-    b = z.clone().requires_grad_(True)
-    ref = reference_loss(b, labels, hardening=Exponential(hardening.beta), **kw)
-    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=0)
-    loss.backward()
-    ref.backward()
-    torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-11)
-
-
-def test_ess_fraction_is_one_at_zero_and_decreases():
-    g = torch.randn(6, 9, dtype=torch.float64)
-    negatives = torch.rand(6, 9) < 0.7
-    negatives[0] = False  # an anchor without negatives is left out
-    assert float(ess_fraction(g, negatives, 0.0)) == pytest.approx(1.0)
-    values = [float(ess_fraction(g, negatives, b)) for b in (0.0, 0.5, 1.0, 2.0, 5.0)]
-    assert values == sorted(values, reverse=True)
-    assert values[2] == pytest.approx(_loop_fraction(g, negatives, 1.0), rel=1e-12)
-
-
-def test_auto_beta_cap_and_trivial_targets():
-    g = torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64)  # equal similarities: the fraction is 1 for any beta
-    assert ess_beta(g, torch.ones(1, 3, dtype=torch.bool), 0.5, max_beta=7.0) == 7.0
-    g = torch.randn(4, 8, dtype=torch.float64)
-    assert ess_beta(g, torch.ones(4, 8, dtype=torch.bool), 1.0) == 0.0
-    assert ess_beta(g, torch.zeros(4, 8, dtype=torch.bool), 0.5) == 0.0
-
-
-def test_auto_beta_samples_anchor_groups_beyond_its_budget():
-    z, labels = _batch(21, B=40)
-    hardening = AutoExponential(0.5, max_entries=8 * 80)  # 8 anchors of 80 columns: 8 groups of one
-    contrastive_loss(z, labels, hardening=hardening)
-    Z = _rows(z, True)
-    g = Z @ Z.T / 0.5
-    instance = torch.arange(80) % 40
-    rows = [round(i * (80 - 1) / 7) for i in range(8)]
-    neg = instance[rows][:, None] != instance[None, :]
-    assert hardening.beta == pytest.approx(_loop_beta(g[rows], neg, 0.5), rel=1e-5)
+# AutoExponential (the solver and the loss at its beta: test_auto_hardening.py)
 
 
 def test_get_loss_beta_auto():

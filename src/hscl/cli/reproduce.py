@@ -95,6 +95,7 @@ def _reproduce_extension(experiment: str):
             overrides=args.set,
             config_dir=args.configs,
             data_dir=args.data_dir,
+            **({"select": args.select, "workers": args.workers} if experiment == "auto-beta" else {}),
         )
 
     return run
@@ -115,12 +116,14 @@ REPRODUCERS: dict = {
 
 
 #: the experiments that choose a best point and take ``--select``
-SELECTING = ("schane",)
+SELECTING = ("schane", "auto-beta")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.select is not None and args.experiment not in SELECTING:
         raise ValueError(f"--select applies to {', '.join(SELECTING)}; {args.experiment} chooses no best point")
+    if args.workers != 1 and args.experiment != "auto-beta":
+        raise ValueError(f"--workers applies to auto-beta, not to {args.experiment}")
     REPRODUCERS[args.experiment](args)
     return 0
 
@@ -155,7 +158,11 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
         "--select",
         choices=("validation", "test"),
         help="schane: the episodes the ablation's best lam is chosen on: validation (the preset's default; episodes "
-        "of the held-out classes' training images) or test (the paper's protocol)",
+        "of the held-out classes' training images) or test (the paper's protocol); auto-beta: the split the grid "
+        "point and the default target are chosen on: validation (default; eval.val_fraction) or test",
+    )
+    rp.add_argument(
+        "--workers", type=int, default=1, help="auto-beta: cells trained at once, each in its own process (default 1)"
     )
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every config")
     rp.add_argument("--data-dir")

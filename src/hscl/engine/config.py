@@ -94,8 +94,13 @@ class LossConfig:
     memory_size: int = 0
     #: training steps (loss calls) before the memory is used; it fills during them
     memory_warmup_steps: int = 0
-    #: beta: auto: the target mean over anchors of ESS_r / |N(r)|, in (0, 1] (1: beta = 0; smaller: harder)
+    #: beta: auto: the target mean over anchors of ESS(e^{(1+beta) g}) / ESS(e^g), in (0, 1] (1: beta = 0;
+    #: smaller: harder); see hscl.hardening.AutoExponential
     auto_target: float = 0.5
+    #: beta: auto: the beta used is the EMA over steps of the solved ones, in [0, 1) (0: each step's own)
+    auto_momentum: float = 0.9
+    #: beta: auto: training steps at beta = 1 before the automatic choice takes over (hscl.engine.auto_beta)
+    auto_warmup_steps: int = 20
 
 
 @dataclass
@@ -420,7 +425,7 @@ def validate_config(config: RunConfig) -> None:
 
 
 def _validate_loss_extensions(config: RunConfig) -> None:
-    """``loss.beta`` (a number >= 0 or ``auto``), ``loss.auto_target`` and the memory keys."""
+    """``loss.beta`` (a number >= 0 or ``auto``), ``loss.auto_*`` and the memory keys."""
     from hscl.losses import METHODS, loss_kwargs
 
     lc = config.loss
@@ -428,6 +433,10 @@ def _validate_loss_extensions(config: RunConfig) -> None:
         raise ValueError(f"loss.beta must be a number >= 0 or auto, got {lc.beta}")
     if not (math.isfinite(lc.auto_target) and 0 < lc.auto_target <= 1):
         raise ValueError(f"loss.auto_target must lie in (0, 1], got {lc.auto_target}")
+    if not (math.isfinite(lc.auto_momentum) and 0 <= lc.auto_momentum < 1):
+        raise ValueError(f"loss.auto_momentum must lie in [0, 1) (0: no smoothing), got {lc.auto_momentum}")
+    if lc.auto_warmup_steps < 0:
+        raise ValueError(f"loss.auto_warmup_steps must be >= 0 (training steps at beta 1), got {lc.auto_warmup_steps}")
     if lc.memory_size < 0:
         raise ValueError(f"loss.memory_size must be >= 0 (0: no memory), got {lc.memory_size}")
     if lc.memory_warmup_steps < 0:

@@ -69,6 +69,7 @@ METRIC_FIELDS = [
     "fallback_fraction",
     # issue 15: the epoch's mean auto-chosen beta, the memory's rows, the multi-label kNN monitor, step time
     "beta",
+    "beta_solved",  # beta: auto: the epoch's mean solution (beta is the mean used: after warm-up and EMA)
     "memory_rows",
     "knn_mAP",
     "step_seconds",
@@ -134,6 +135,7 @@ class EpochLogger(L.Callback):
             "tau": getattr(loss_fn.hardening, "tau", "") if hasattr(loss_fn, "hardening") and not auto else "",
             "fallback_fraction": float(metrics["fallback_fraction"]) if "fallback_fraction" in metrics else "",
             "beta": float(metrics["beta"]) if auto and "beta" in metrics else "",
+            "beta_solved": float(metrics["beta_solved"]) if auto and "beta_solved" in metrics else "",
             "memory_rows": rows if rows is not None else "",
             "knn_mAP": "",
             "step_seconds": seconds / steps if steps else math.nan,
@@ -182,31 +184,36 @@ def memory_rows(loss_fn: nn.Module | None) -> int | None:
     return 0 if memory is None else int(memory[0].shape[0])
 
 
-#: the entry of a task checkpoint holding the last beta an automatic hardening chose (its solver starts from it,
-#: so a resumed run needs it to choose the very betas of an uninterrupted one)
+#: the entry of a task checkpoint holding the last beta an automatic hardening used
 AUTO_BETA_KEY = "hscl_auto_beta"
+#: the entry holding its state (AutoExponential.state(): the last solution, where the next solve starts, and the
+#: engine's moving average and step count), so that a resumed run uses the very betas of an uninterrupted one
+AUTO_STATE_KEY = "hscl_auto_state"
 
 #: the loss's memory buffers: their saved shape is the right one (the memory grows until it is full)
 _LOSS_MEMORY = ("loss_fn.memory_z", "loss_fn.memory_labels", "loss_fn.memory_steps")
 
 
 def save_loss_state(task: nn.Module, checkpoint: dict) -> None:
-    """Add to a task checkpoint the loss state that is not a buffer: the automatic hardening's last beta."""
+    """Add to a task checkpoint the loss state that is not a buffer: the automatic hardening's beta and state."""
     auto = auto_hardening(task.loss_fn)
     if auto is not None:
         checkpoint[AUTO_BETA_KEY] = float(auto.beta)
+        checkpoint[AUTO_STATE_KEY] = auto.state()
 
 
 def restore_loss_state(task: nn.Module, checkpoint: dict) -> None:
     """Before the task loads ``checkpoint`` (strictly): fit its ``state_dict`` to the task's loss (a checkpoint
     written before the losses had a memory gets the task's own, empty one; a memory the loss does not keep is
-    dropped) and restore the automatic hardening's last beta."""
+    dropped) and restore the automatic hardening's state (a checkpoint of before it kept one: its last beta)."""
     own = task.state_dict()
     state = {k: v for k, v in checkpoint["state_dict"].items() if k not in _LOSS_MEMORY or k in own}
     state.update({k: own[k] for k in _LOSS_MEMORY if k in own and k not in state})
     checkpoint["state_dict"] = state
     auto = auto_hardening(task.loss_fn)
-    if auto is not None and AUTO_BETA_KEY in checkpoint:
+    if auto is not None and AUTO_STATE_KEY in checkpoint:
+        auto.load_state(checkpoint[AUTO_STATE_KEY])
+    elif auto is not None and AUTO_BETA_KEY in checkpoint:
         auto.beta = float(checkpoint[AUTO_BETA_KEY])
 
 

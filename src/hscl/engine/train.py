@@ -102,9 +102,10 @@ def augment_config(config: RunConfig, channels: int, size: int) -> AugmentConfig
 def build_loss(config: RunConfig) -> nn.Module:
     """The loss module of a run: the registered method with the options of ``config.loss`` that it takes.
 
-    ``loss.beta: auto`` gives ``hardening=AutoExponential(loss.auto_target)``; ``loss.memory_size > 0`` a memory
-    of that many past rows, used after ``loss.memory_warmup_steps`` loss calls (the module keeps it in its
-    buffers, so the run's checkpoints hold it and a resumed run continues with it).
+    ``loss.beta: auto`` gives ``SmoothedAutoExponential(loss.auto_target)`` with ``loss.auto_momentum`` and
+    ``loss.auto_warmup_steps`` (:mod:`hscl.engine.auto_beta`); ``loss.memory_size > 0`` a memory of that many
+    past rows, used after ``loss.memory_warmup_steps`` loss calls (the module keeps it in its buffers, so the
+    run's checkpoints hold it and a resumed run continues with it).
     """
     lc = config.loss
     method = get_method(lc.method)
@@ -115,9 +116,11 @@ def build_loss(config: RunConfig) -> nn.Module:
         elif lc.tau is not None:
             hardening["tau"] = lc.tau
         elif lc.beta == "auto":
-            from hscl.hardening import AutoExponential
+            from hscl.engine.auto_beta import SmoothedAutoExponential
 
-            hardening["hardening"] = AutoExponential(lc.auto_target)
+            hardening["hardening"] = SmoothedAutoExponential(
+                lc.auto_target, momentum=lc.auto_momentum, warmup_steps=lc.auto_warmup_steps
+            )
         elif lc.beta is not None:
             hardening["beta"] = lc.beta
     memory = {"memory_size": lc.memory_size, "memory_warmup_steps": lc.memory_warmup_steps} if lc.memory_size else {}
@@ -212,10 +215,10 @@ class ContrastiveTask(L.LightningModule):
             fallbacks = stats.fallback.sum() / stats.valid.sum().clamp(min=1)
             self.log("fallback_fraction", fallbacks.float(), on_step=False, on_epoch=True, batch_size=B)
         auto = auto_hardening(self.loss_fn)
-        if auto is not None:  # the beta chosen for this step; the epoch's mean goes to metrics.csv
-            beta = auto.beta
-            value = beta.detach() if isinstance(beta, Tensor) else float(beta)
-            self.log("beta", value, on_step=False, on_epoch=True, batch_size=B)
+        if auto is not None:  # the beta used at this step and the step's solution; epoch means go to metrics.csv
+            self.log("beta", float(auto.beta), on_step=False, on_epoch=True, batch_size=B)
+            if auto.solved is not None:
+                self.log("beta_solved", float(auto.solved), on_step=False, on_epoch=True, batch_size=B)
         return loss
 
     def _shard_sizes(self) -> list[int] | None:  # every rank's samples of the global batch (None: 1 process)

@@ -1,5 +1,5 @@
 """The outputs of the extension experiments (:mod:`hscl.experiments.extensions`): ``results.json``, a CSV and
-a Markdown table, a PNG figure with its data as CSV, and for ``auto-beta`` the verdict against the grid."""
+a Markdown table, a PNG figure with its data as CSV (auto-beta: :mod:`hscl.experiments._auto_beta_outputs`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ from hscl.engine.evaluate import mean_std
 from hscl.engine.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
 from hscl.experiments._numerics import numerics_footer
 
-__all__ = ["auto_beta_verdict", "memory_m_effects", "write_outputs"]
-
-#: the verdict's tolerance: the best automatic run is "within" when at most this many points below the best grid
-VERDICT_POINTS = 0.5
+__all__ = ["memory_m_effects", "write_outputs"]
 
 
 def _ms(entry: dict, metric: str, digits: int = 2, scale: float = 1.0) -> str:
@@ -48,7 +45,7 @@ def _title(results: dict, config: RunConfig, what: str) -> str:
 
 def write_outputs(results: dict, out_dir: Path, config: RunConfig) -> None:
     """Write the experiment's files into ``out_dir`` and print its table."""
-    writer = {"multilabel": _multilabel, "small-batch": _small_batch, "auto-beta": _auto_beta}[results["experiment"]]
+    writer = {"multilabel": _multilabel, "small-batch": _small_batch}[results["experiment"]]
     stem, table, title, figure, notes = writer(results, out_dir, config)
     from hscl.experiments.extensions import EXPERIMENTS
 
@@ -223,144 +220,3 @@ def _small_batch(results: dict, out_dir: Path, config: RunConfig):
         table += "\n\nEffects apart (differences paired by seed, mean ± std over seeds):\n\n"
         table += markdown_table(effect_header, effect_rows)
     return "small_batch", table, _title(results, config, "Small batches"), "top1_vs_batch", notes
-
-
-def _is_auto(entry: dict) -> bool:
-    return entry["loss"].get("beta") == "auto"
-
-
-def auto_beta_verdict(results: dict, points: float = VERDICT_POINTS) -> dict | None:
-    """The best ``beta: auto`` cell against the best grid cell by mean linear top-1.
-
-    Returns ``best_grid`` / ``best_auto`` (key, label, mean, std), ``gap_points`` (best grid minus best auto),
-    ``within`` (``gap_points <= points``), the compute: ``grid_trainings`` (trainings per seed of the grid) against
-    one for an automatic run, and ``measured_compute_ratio`` (the best automatic cell's mean training time over
-    the sum of the grid cells' mean training times); and ``default_auto`` the same comparison for target 0.5
-    alone, when that cell ran. None when the results lack a grid or an automatic cell.
-    """
-    cells = results["cells"]
-    grid = {k: e for k, e in cells.items() if not _is_auto(e) and isinstance(e["loss"].get("beta"), (int, float))}
-    auto = {k: e for k, e in cells.items() if _is_auto(e)}
-    if not grid or not auto:
-        return None
-
-    def best(entries: dict) -> tuple[str, dict]:
-        finite = {k: e for k, e in entries.items() if math.isfinite(e["linear_top1_mean"])}
-        return (
-            max(finite.items(), key=lambda item: item[1]["linear_top1_mean"]) if finite else next(iter(entries.items()))
-        )
-
-    def brief(key: str, entry: dict) -> dict:
-        return {
-            "key": key,
-            "label": entry["label"],
-            "beta": entry["loss"].get("beta"),
-            "auto_target": entry["loss"].get("auto_target") if _is_auto(entry) else None,
-            "linear_top1_mean": entry["linear_top1_mean"],
-            "linear_top1_std": entry["linear_top1_std"],
-            "final_beta_mean": entry.get("final_beta_mean"),
-            "train_seconds_mean": entry.get("train_seconds_mean"),
-        }
-
-    grid_key, grid_best = best(grid)
-    auto_key, auto_best = best(auto)
-    grid_seconds = sum(e.get("train_seconds_mean", math.nan) for e in grid.values())
-    gap = grid_best["linear_top1_mean"] - auto_best["linear_top1_mean"]
-    verdict = {
-        "points": points,
-        "best_grid": brief(grid_key, grid_best),
-        "best_auto": brief(auto_key, auto_best),
-        "gap_points": gap,
-        "within": bool(gap <= points),
-        "grid_trainings": len(grid),
-        "auto_trainings": 1,
-        "measured_compute_ratio": auto_best.get("train_seconds_mean", math.nan) / grid_seconds,
-        "default_auto": None,
-    }
-    default = [(k, e) for k, e in auto.items() if e["loss"].get("auto_target") == 0.5]
-    if default:
-        key, entry = default[0]
-        default_gap = grid_best["linear_top1_mean"] - entry["linear_top1_mean"]
-        verdict["default_auto"] = {
-            **brief(key, entry),
-            "gap_points": default_gap,
-            "within": bool(default_gap <= points),
-        }
-    return verdict
-
-
-def _points(gap: float) -> str:
-    """``gap`` (best grid minus auto) in words: "0.30 points below", "0.56 points above" or "level with"."""
-    if gap == 0:
-        return "level with"
-    return f"{abs(gap):.2f} points {'below' if gap > 0 else 'above'}"
-
-
-def _verdict_text(verdict: dict | None) -> str:
-    if verdict is None:
-        return "Verdict: not computed (it needs at least one grid beta and one auto cell)."
-    g, a = verdict["best_grid"], verdict["best_auto"]
-    text = (
-        f"Verdict: the best auto run, {a['label']} ({fmt_mean_std(a['linear_top1_mean'], a['linear_top1_std'])}), "
-        f"is {_points(verdict['gap_points'])} the best grid beta, {g['label']} "
-        f"({fmt_mean_std(g['linear_top1_mean'], g['linear_top1_std'])}): "
-        f"{'within' if verdict['within'] else 'not within'} {verdict['points']:g} points, with one training per "
-        f"seed against {verdict['grid_trainings']} for the grid ({verdict['measured_compute_ratio']:.2f} of the "
-        "grid's measured training time)."
-    )
-    d = verdict["default_auto"]
-    if d is not None and d["key"] != a["key"]:
-        text += (
-            f" The default target alone, {d['label']}, is {_points(d['gap_points'])} it "
-            f"({'within' if d['within'] else 'not within'} {verdict['points']:g}). Choosing the best of several "
-            "targets is itself a small grid."
-        )
-    return text
-
-
-def _auto_beta(results: dict, out_dir: Path, config: RunConfig):
-    header = [
-        "hardening",
-        "linear top-1 (%)",
-        "linear top-5 (%)",
-        "kNN top-1 (%)",
-        "beta (last epoch)",
-        "train s / run",
-    ]
-    rows, curves = [], {}
-    for entry in results["cells"].values():
-        rows.append(
-            [
-                entry["label"],
-                _ms(entry, "linear_top1"),
-                _ms(entry, "linear_top5"),
-                _ms(entry, "knn_top1"),
-                _ms(entry, "final_beta", digits=3) if _is_auto(entry) else f"{entry['loss'].get('beta', '-'):g}",
-                _train_s(entry),
-            ]
-        )
-        if _is_auto(entry):  # the mean over seeds of each epoch's mean chosen beta
-            per_epoch: dict[int, list[float]] = {}
-            for run in entry["runs"]:
-                for point in run["curve"]:
-                    if "beta" in point:
-                        per_epoch.setdefault(point["epoch"], []).append(point["beta"])
-            epochs = sorted(per_epoch)
-            curves[entry["label"]] = (epochs, [mean_std(per_epoch[e])[0] for e in epochs])
-    plot_curves(
-        out_dir / "beta_trajectory.png",
-        curves,
-        xlabel="epoch",
-        ylabel="chosen beta (epoch mean, mean over seeds)",
-        title=f"auto beta ({results['preset']}): the beta chosen per epoch",
-        logy=all(v > 0 for _, ys in curves.values() for v in ys) and bool(curves),
-    )
-    results["verdict"] = auto_beta_verdict(results)
-    notes = [_verdict_text(results["verdict"])]
-    return (
-        "auto_beta",
-        markdown_table(header, rows),
-        _title(results, config, "Automatic beta"),
-        "beta_trajectory",
-        notes,
-    )

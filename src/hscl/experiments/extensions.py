@@ -7,10 +7,9 @@
   rows x M fixed at the batch's value (V*B - 2) / at the memory's (V*B + 4096 - 2), and SCL; the table gives
   each cell's M, the linear top-1 and the mean training step time (mean +- std over seeds), a second table the
   memory's and M's effects apart (paired over seeds).
-* ``auto-beta``: H-SCL with beta from the paper's grid {0.1, 0.5, 1, 2, 5} against ``beta: auto`` (beta chosen
-  at every step for a target effective-sample fraction 0.25, 0.5, 0.75); the table gives the linear top-1
-  (mean +- std over seeds), the figure the chosen beta per epoch, and ``results.json`` the verdict: is the best
-  automatic run within 0.5 points of the best grid beta, and at which share of the grid's compute.
+* ``auto-beta``: H-SCL with beta from the paper's grid {0.1, 0.5, 1, 2, 5} at three temperatures against ONE
+  default target of ``beta: auto``, chosen on validation data among candidates at one temperature
+  (:mod:`hscl.experiments.auto_beta`, its own protocol and outputs).
 
 A preset is one YAML file ``configs/extensions/<experiment>/<preset>.yaml`` (a user's ``--configs DIR`` is
 looked in first, as ``DIR/extensions/<experiment>/<preset>.yaml``) holding ``experiment`` (its name),
@@ -60,7 +59,7 @@ EXPERIMENTS: dict[str, tuple[str, ...]] = {
 }
 
 #: the per-epoch columns of ``metrics.csv`` a run's ``curve`` keeps
-_CURVE_KEYS = ("loss", "knn_top1", "knn_mAP", "beta", "memory_rows", "step_seconds", "epoch_seconds")
+_CURVE_KEYS = ("loss", "knn_top1", "knn_mAP", "beta", "beta_solved", "memory_rows", "step_seconds", "epoch_seconds")
 
 
 @dataclass
@@ -72,6 +71,8 @@ class ExtensionPreset:
     cells: dict[str, Any]
     seeds: list[int] = field(default_factory=lambda: [0])
     budget: str = ""
+    #: auto-beta: temperatures and select_temperature (see hscl.experiments.auto_beta)
+    protocol: dict[str, Any] = field(default_factory=dict)
 
 
 def _check_experiment(experiment: str) -> str:
@@ -246,11 +247,15 @@ def reproduce_extension(
     overrides: list[str] | None = None,
     config_dir: str | Path | None = None,
     data_dir: str | None = None,
+    select: str | None = None,
+    workers: int = 1,
 ) -> dict:
     """Run the cells of an extension experiment's preset for each seed, then write its outputs.
 
     ``seeds`` replaces the preset's seeds, ``cells`` picks a subset of its cells (in the preset's order),
     ``overrides`` (``section.key=value``) apply to every cell. Returns the results (also ``results.json``).
+    auto-beta only: ``select`` (the split choices are made on, default validation) and ``workers`` (cells trained
+    at once) go to :func:`hscl.experiments.auto_beta.run_auto_beta`.
     """
     from hscl.engine.runs import check_run_configs
     from hscl.engine.train import load_data
@@ -266,6 +271,12 @@ def reproduce_extension(
     if data_dir is not None:
         extra.append(f"data.data_dir={data_dir}")
     out_dir = Path(out_dir or f"runs/{experiment}-{preset}")
+    if experiment == "auto-beta":
+        from hscl.experiments.auto_beta import reproduce_auto_beta
+
+        return reproduce_auto_beta(spec, path, preset, keys, seeds, extra, out_dir, select=select, workers=workers)
+    if select is not None or workers != 1:
+        raise ValueError(f"--select and --workers apply to auto-beta, not to {experiment}")
     out_dir.mkdir(parents=True, exist_ok=True)
     configs = {(key, seed): cell_config(spec, key, extra, seed) for seed in seeds for key in keys}  # checked first
     check_run_configs({out_dir / key / f"seed{seed}": config for (key, seed), config in configs.items()})

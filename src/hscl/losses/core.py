@@ -295,7 +295,8 @@ def _fused_loss(
 
 def _choose_beta(Z: Tensor, Zm: Tensor | None, spec: _Spec, hardening: AutoExponential, normalize: bool) -> None:
     """Set ``hardening.beta`` for this batch on the detached similarities (see :class:`AutoExponential`):
-    every anchor, or 8 evenly spaced groups of anchors holding ``hardening.max_entries`` similarities."""
+    every anchor, or 8 evenly spaced groups of anchors holding ``hardening.max_entries`` similarities, each
+    against the anchor's own ``N(r)`` (memory columns included), as the loss sees them."""
     with torch.no_grad():
         columns = Z.detach() if Zm is None else torch.cat([Z.detach(), Zm])
         if normalize:
@@ -395,9 +396,10 @@ def contrastive_loss(
 
     Cost: the counts and column tables are built once per call with tensor ops; the call has one
     host synchronisation, which reads the table shapes together with the value checks (the finiteness
-    of ``z``, skipped under float16, and of a memory); each block of anchors is then tensor ops only
-    (a callable hardening adds one per block: its weights are checked). For the scalar reductions the
-    gradient is computed in the forward (when ``z`` requires it), so the backward is a scaling.
+    of ``z``, skipped under float16, and of a memory), an :class:`~hscl.hardening.AutoExponential` a
+    second (reading its device-side solution); each block of anchors is then tensor ops only (a callable
+    hardening adds one per block: its weights are checked). For the scalar reductions the gradient is
+    computed in the forward (when ``z`` requires it), so the backward is a scaling.
     """
     checks = _ValueChecks()  # the value checks, read with the call's one host synchronisation
     z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z), checks=checks)
@@ -454,7 +456,8 @@ def contrastive_loss(
         num_neg=num_neg,
         chunk=chunk,
     )
-    fused = hardening is None or type(hardening) in (Exponential, Threshold, AutoExponential)  # built-ins: fused
+    # built-ins (an automatic hardening, the engine's smoothed one included): fused
+    fused = hardening is None or type(hardening) in (Exponential, Threshold) or isinstance(hardening, AutoExponential)
     layout = _make_layout(spec, relation, groups, share_count)
     # the one host synchronisation of the call: the output size, the shape of the class tables, the value checks
     sizes = torch.stack([(num_pos * valid).sum(), *layout.shape_t, *checks.flags()]).tolist()
