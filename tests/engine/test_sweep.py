@@ -101,7 +101,7 @@ def _log(tmp_path: Path) -> list[tuple[str, float, int]]:
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     monkeypatch.setenv("HSCL_TEST_LOG", str(tmp_path / "log.txt"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.delenv("HSCL_TEST_HANG", raising=False)
     return {**os.environ}
 
