@@ -9,7 +9,9 @@ repository:
   ``katex.min.css``, ``fonts/`` and ``contrib/auto-render.min.js`` are served as ``assets/katex/...``.
 - The API reference of a whole layer. A line ``<!-- api-modules: hscl.engine -->`` in a page becomes one
   mkdocstrings block per public module of that package (every ``*.py`` and sub-package whose name does not
-  start with ``_``), so a module added or split later is documented without editing the page.
+  start with ``_``), so a module added or split later is documented without editing the page. A module that
+  another page documents with its own ``::: module`` block is left to that page (one anchor per object, so that
+  the API reference's cross-references have one target).
 - The measured outputs under ``results/``. A page links a figure by its path in the repository
   (``../../results/table1-quick/fig1.png`` from ``docs/experiments/``), which also resolves when the Markdown
   is read on a code host; the hook serves every file of ``results/`` (except its Markdown notes) as
@@ -36,6 +38,9 @@ KATEX_FILES = ("katex.min.js", "katex.min.css", "contrib/auto-render.min.js")
 MISSING_KATEX = "KaTeX is not available"  # tests/test_docs.py skips on this message
 
 _API_MODULES = re.compile(r"^<!-- api-modules: ([\w.]+) -->$", re.M)
+_EXPLICIT_BLOCK = re.compile(r"^::: ([\w.]+)\s*$", re.M)
+#: module -> the pages (src_uri) that document it with an explicit ``::: module`` block; filled by on_files
+_EXPLICIT: dict[str, set[str]] = {}
 # a Markdown link or image target: ](target) or ](target "title")
 _LINK = re.compile(r"(\]\()([^)\s]+)((?:\s+\"[^\"]*\")?\))")
 
@@ -83,6 +88,10 @@ def on_files(files, config):
     for path in sorted(results.rglob("*")):
         if path.is_file() and path.suffix != ".md":
             _add(files, config, f"assets/results/{path.relative_to(results).as_posix()}", path)
+    _EXPLICIT.clear()
+    for page in files.documentation_pages():
+        for name in _EXPLICIT_BLOCK.findall(Path(page.abs_src_path).read_text(encoding="utf-8")):
+            _EXPLICIT.setdefault(name, set()).add(page.src_uri)
     return files
 
 
@@ -123,9 +132,12 @@ def on_page_markdown(markdown, page, config, files):
     under ``assets/results/``."""
     root = _repo_root(config)
     check_results_blocks(markdown, page.file.src_uri, root)
-    markdown = _API_MODULES.sub(
-        lambda m: "\n\n".join(f"::: {name}" for name in public_modules(root, m.group(1))), markdown
-    )
+
+    def expand(match: re.Match) -> str:
+        names = public_modules(root, match.group(1))
+        return "\n\n".join(f"::: {n}" for n in names if not _EXPLICIT.get(n, set()) - {page.file.src_uri})
+
+    markdown = _API_MODULES.sub(expand, markdown)
     docs = Path(config["docs_dir"]).resolve()
     results = root / "results"
     page_dir = Path(page.file.abs_src_path).resolve().parent
