@@ -12,6 +12,8 @@ repository:
   start with ``_``), so a module added or split later is documented without editing the page. A module that
   another page documents with its own ``::: module`` block is left to that page (one anchor per object, so that
   the API reference's cross-references have one target).
+- The configuration reference. A line ``<!-- config-reference -->`` becomes the tables of every ``--set`` key
+  that ``docs/config_reference.py`` generates from the config dataclasses, so the page cannot drift from them.
 - The measured outputs under ``results/``. A page links a figure by its path in the repository
   (``../../results/table1-quick/fig1.png`` from ``docs/experiments/``), which also resolves when the Markdown
   is read on a code host; the hook serves every file of ``results/`` (except its Markdown notes) as
@@ -38,6 +40,7 @@ KATEX_FILES = ("katex.min.js", "katex.min.css", "contrib/auto-render.min.js")
 MISSING_KATEX = "KaTeX is not available"  # tests/test_docs.py skips on this message
 
 _API_MODULES = re.compile(r"^<!-- api-modules: ([\w.]+) -->$", re.M)
+_CONFIG_REFERENCE = re.compile(r"^<!-- config-reference -->$", re.M)
 _EXPLICIT_BLOCK = re.compile(r"^::: ([\w.]+)\s*$", re.M)
 #: module -> the pages (src_uri) that document it with an explicit ``::: module`` block; filled by on_files
 _EXPLICIT: dict[str, set[str]] = {}
@@ -107,10 +110,11 @@ def public_modules(root: Path, package: str) -> list[str]:
     return sorted(modules)
 
 
-def _renderer():
-    """``docs/render_results.py``, the renderer of the results blocks, loaded from beside this file."""
-    name = "hscl_render_results"
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("render_results.py"))
+def _renderer(filename: str = "render_results.py"):
+    """A module beside this file, loaded by path: by default ``docs/render_results.py``, the renderer of the
+    results blocks."""
+    name = f"hscl_{Path(filename).stem}"
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
     sys.modules[name] = module = importlib.util.module_from_spec(spec)  # registered first: its dataclass looks it up
     spec.loader.exec_module(module)
     return module
@@ -138,6 +142,9 @@ def on_page_markdown(markdown, page, config, files):
         return "\n\n".join(f"::: {n}" for n in names if not _EXPLICIT.get(n, set()) - {page.file.src_uri})
 
     markdown = _API_MODULES.sub(expand, markdown)
+    if _CONFIG_REFERENCE.search(markdown):
+        table = _renderer("config_reference.py").render()
+        markdown = _CONFIG_REFERENCE.sub(lambda m: table, markdown)
     docs = Path(config["docs_dir"]).resolve()
     results = root / "results"
     page_dir = Path(page.file.abs_src_path).resolve().parent

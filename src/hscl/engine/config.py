@@ -51,43 +51,43 @@ PRECISION_SETTINGS = ("auto", "fastest", "bf16", "16", "32")
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
+    dataset: str = "fashion-mnist"  # the image data set (hscl.data.images.registry.DATASETS)
+    data_dir: str | None = None  # folder holding the data set (None: its default location); must hold it
     #: stratified subsets of the splits (None: the whole split)
     train_subset: int | None = None
-    test_subset: int | None = None
+    test_subset: int | None = None  # as train_subset, for the test split
     #: "instance" (V augmentations of one image), "same_label" (the second view is another image of
     #: the class), or "auto" (same_label for scl / h-scl, instance otherwise)
     pair_mode: str = "auto"
-    views: int = 2
+    views: int = 2  # augmented views per sample, V >= 2
     #: augmentation preset name (None: chosen from channels and size) and field overrides
     augment: str | None = None
-    augment_overrides: dict[str, Any] = field(default_factory=dict)
+    augment_overrides: dict[str, Any] = field(default_factory=dict)  # fields of the preset to change
 
 
 @dataclass
 class ModelConfig:
-    encoder: str = "resnet50"
-    projection_dim: int = 128
-    hidden_dim: int = 512
-    normalization: str = "sphere"
+    encoder: str = "resnet50"  # the encoder network (hscl.models.ENCODERS)
+    projection_dim: int = 128  # width d of the embeddings z the loss sees
+    hidden_dim: int = 512  # hidden width of the projection head (encoder -> hidden -> d)
+    normalization: str = "sphere"  # the output normalisation: unit sphere, unit ball, or none
     stem: str | None = None  # resnets: "cifar" (default) or "imagenet"
     widths: list[int] | None = None  # convnet: channels of its four blocks (default 32, 64, 128, 256)
 
 
 @dataclass
 class LossConfig:
-    method: str = "h-scl"
-    temperature: float = 0.5
+    method: str = "h-scl"  # the loss (hscl.losses.METHODS)
+    temperature: float = 0.5  # gamma: the similarities are divided by it
     #: exponential tilting exp(beta g), beta >= 0; or "auto": beta chosen at every step by
     #: hscl.hardening.AutoExponential(auto_target) (its per-epoch mean is logged as the "beta" column)
     beta: float | typing.Literal["auto"] | None = None
-    tau: float | None = None
+    tau: float | None = None  # threshold hardening 1[e^g >= tau], tau > 0 (hscl.hardening.Threshold)
     #: eq. (4): linear threshold schedule (start, end) cosine cuts; overrides tau
     tau_schedule: list[float] | None = None
-    M: float | str | None = None
-    tau_plus: float = 0.0
-    chunk_size: int | None = None
+    M: float | str | None = None  # eq. (3)'s M: None (rows - 2), a number, or "count" (|N(r)|)
+    tau_plus: float = 0.0  # class prior of the debiasing (ucl, h-ucl; 0: none)
+    chunk_size: int | None = None  # anchors per block: O(chunk x rows) memory (None: all at once)
     base_temperature: float | None = None  # supcon only
     #: rows of past batches kept as extra candidates (a FIFO of the K most recent rows, detached, with their
     #: labels; never anchors); 0: no memory. ucl, h-ucl, scl, h-scl and schane take it
@@ -105,11 +105,11 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 512
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    seed: int = 0
+    epochs: int = 200  # pre-training epochs, >= 1
+    batch_size: int = 512  # the global batch (samples; rows = views x samples), >= 2
+    lr: float = 1e-3  # Adam's learning rate, > 0
+    weight_decay: float = 1e-6  # Adam's weight decay
+    seed: int = 0  # seed of the weights, the augmentations and the batches
     #: "auto" (a rule of the hardware, not of its load -- CPU: bf16-mixed where it has native bf16, amx_bf16 or
     #: avx512_bf16, else 32; CUDA: bf16-mixed on GPUs with native bf16, compute capability >= 8.0, else fp16-mixed
     #: with gradient scaling), "fastest" (CPU: the fastest of a few timed steps; CUDA: as auto), "bf16", "16"
@@ -122,15 +122,15 @@ class TrainConfig:
     deterministic: bool | None = None
     #: weighted kNN monitor on encoder features, every epoch (0 disables)
     knn_k: int = 200
-    knn_train: int = 10000
-    knn_test: int = 2000
-    threads: int | None = None
-    progress: bool = True
+    knn_train: int = 10000  # training images the kNN monitor searches
+    knn_test: int = 2000  # test images it classifies
+    threads: int | None = None  # torch's CPU threads (None: torch's default)
+    progress: bool = True  # progress bars on the terminal
     #: data-parallel training (Lightning): processes = devices x num_nodes, each holding a shard of the
     #: global batch of batch_size samples; the loss gathers all shards (hscl.engine.distributed)
     accelerator: str = "cpu"  # "cpu" (DDP over gloo) or "gpu" (NCCL, SyncBatchNorm)
     devices: int = 1  # processes per node (CPU) or GPUs per node
-    num_nodes: int = 1
+    num_nodes: int = 1  # machines, each running devices processes
     strategy: str = "auto"  # Lightning strategy: auto (DDP when devices x num_nodes > 1), ddp, ddp_spawn, ddp_fork
 
 
@@ -139,10 +139,10 @@ class EvalConfig:
     """``eval``: the linear probe (``linear_epochs``, ``linear_lr``, ``linear_batch_size``), the kNN's ``knn_k``,
     and ``val_fraction``, the share of the training split held out as validation data (0: none)."""
 
-    linear_epochs: int = 60
-    linear_lr: float = 1e-3
-    linear_batch_size: int = 1024
-    knn_k: int = 200
+    linear_epochs: int = 60  # epochs of the linear probe on frozen encoder features
+    linear_lr: float = 1e-3  # its learning rate
+    linear_batch_size: int = 1024  # its batch size
+    knn_k: int = 200  # neighbours of the final weighted kNN classifier
     #: share of the training split held out as validation data (stratified, the same images for every training
     #: seed: :func:`hscl.engine.datamodule.split_data`); excluded from pre-training and from the probe's training
     #: data, it gives the ``val_*`` metrics of :func:`hscl.engine.evaluate.evaluate_task`. 0: none
@@ -153,13 +153,13 @@ class EvalConfig:
 class DiagnosticsConfig:
     """Per-epoch geometry diagnostics (:mod:`hscl.geometry`) on a fixed, seeded probe set."""
 
-    enabled: bool = True
+    enabled: bool = True  # compute the diagnostics (false: skip them)
     #: samples in the probe set (a stratified subset of the training split, two augmented views each)
     probe_size: int = 512
     #: hardening for the loss quartet / Assumption 1 / alphas; default: the run's own hardening
     #: (the threshold in force that epoch under a schedule), or exponential tilting beta = 1
     beta: float | None = None
-    tau: float | None = None
+    tau: float | None = None  # or a threshold tau > 0 (at most one of beta and tau)
     #: evaluate every this many epochs (and always at the last one)
     every: int = 1
 
