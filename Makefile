@@ -72,8 +72,8 @@ gpu-check: $(GPU_STAMP)
 # the documentation site into site/ (--strict: any warning, broken link or unresolved reference fails);
 # docs/hooks.py serves KaTeX from npm's katex package, installed once into build/npm/ when missing
 docs: $(STAMP)
-	@test -f build/npm/node_modules/katex/dist/katex.min.js || \
-		npm install --no-save --no-audit --no-fund --prefix build/npm katex@0.16
+	@test -f build/npm/node_modules/katex/dist/katex.min.js -a -f build/npm/node_modules/iframe-worker/shim/index.js || \
+		npm install --no-save --no-audit --no-fund --prefix build/npm katex@0.16 iframe-worker@1
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # the results tables and quoted times of README.md and docs/, rewritten from the files under results/ they name

@@ -7,6 +7,10 @@ repository:
   once with ``npm install --no-save --prefix build/npm katex@0.16`` (this hook runs that command when the
   package is missing; ``HSCL_KATEX_DIR`` may point to another ``katex/dist`` folder). ``katex.min.js``,
   ``katex.min.css``, ``fonts/`` and ``contrib/auto-render.min.js`` are served as ``assets/katex/...``.
+- The Web Worker shim that Material's offline plugin needs for search on pages opened as files (``file://``),
+  from the npm package ``iframe-worker`` (installed into ``build/npm`` like KaTeX) and served as
+  ``assets/javascripts/iframe-worker-shim.js``; mkdocs.yml lists it under ``extra.polyfills``, so the plugin
+  does not point the pages at a CDN instead.
 - The API reference of a whole layer. A line ``<!-- api-modules: hscl.engine -->`` in a page becomes one
   mkdocstrings block per public module of that package (every ``*.py`` and sub-package whose name does not
   start with ``_``), so a module added or split later is documented without editing the page. A module that
@@ -18,6 +22,8 @@ repository:
   (``../../results/table1-quick/fig1.png`` from ``docs/experiments/``), which also resolves when the Markdown
   is read on a code host; the hook serves every file of ``results/`` (except its Markdown notes) as
   ``assets/results/...`` and rewrites those links to it.
+- Search previews without raw TeX: the search index's text has its math delimiters removed and TeX commands
+  reduced to symbols (``\\beta`` -> β) before Material's offline plugin inlines it.
 - A check that every results block of a page (``<!-- results: ... -->``, see ``docs/render_results.py``) still
   holds what its file renders: a page that differs fails the build, naming the block (``make render`` fixes it).
 """
@@ -25,6 +31,7 @@ repository:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -33,9 +40,13 @@ import sys
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
 KATEX_VERSION = "0.16"
+#: the Web Worker shim of Material's offline plugin (search on pages opened as files), from the npm package
+IFRAME_WORKER = ("iframe-worker", "1", "shim/index.js")
+SHIM_URI = "assets/javascripts/iframe-worker-shim.js"  # mkdocs.yml's extra.polyfills names it
 KATEX_FILES = ("katex.min.js", "katex.min.css", "contrib/auto-render.min.js")
 MISSING_KATEX = "KaTeX is not available"  # tests/test_docs.py skips on this message
 
@@ -60,17 +71,31 @@ def katex_dist(root: Path) -> Path:
         if not (dist / "katex.min.js").is_file():
             raise PluginError(f"{MISSING_KATEX}: HSCL_KATEX_DIR={override} holds no katex.min.js")
         return dist
-    prefix = root / "build" / "npm"
-    dist = prefix / "node_modules" / "katex" / "dist"
+    dist = root / "build" / "npm" / "node_modules" / "katex" / "dist"
     if not (dist / "katex.min.js").is_file():
+        try:
+            npm_file(root, "katex", KATEX_VERSION, "dist/katex.min.js")
+        except PluginError as err:
+            raise PluginError(f"{MISSING_KATEX}: {err}") from None
+    return dist
+
+
+def npm_file(root: Path, package: str, version: str, relpath: str) -> Path:
+    """``relpath`` of the npm package ``package@version``, installed into ``build/npm`` when missing (together
+    with KaTeX: ``npm install --no-save`` removes the packages it was not named)."""
+    path = root / "build" / "npm" / "node_modules" / package / relpath
+    if not path.is_file():
         npm = shutil.which("npm")
         if npm is None:
-            raise PluginError(f"{MISSING_KATEX}: npm is not installed (needed once: npm install katex@0.16)")
-        command = [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(prefix)]
-        done = subprocess.run([*command, f"katex@{KATEX_VERSION}"], capture_output=True, text=True, check=False)
-        if done.returncode != 0 or not (dist / "katex.min.js").is_file():
-            raise PluginError(f"{MISSING_KATEX}: `npm install katex@{KATEX_VERSION}` failed: {done.stderr[-500:]}")
-    return dist
+            raise PluginError(f"{package} is not available: npm is not installed (needed once: npm install {package})")
+        command = [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(root / "build" / "npm")]
+        names = sorted({f"{package}@{version}", f"katex@{KATEX_VERSION}", f"{IFRAME_WORKER[0]}@{IFRAME_WORKER[1]}"})
+        done = subprocess.run([*command, *names], capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not path.is_file():
+            raise PluginError(
+                f"{package} is not available: `npm install {package}@{version}` failed: {done.stderr[-500:]}"
+            )
+    return path
 
 
 def _add(files, config, src_uri: str, path: Path) -> None:
@@ -87,6 +112,7 @@ def on_files(files, config):
         _add(files, config, f"assets/katex/{name}", dist / name)
     for font in sorted((dist / "fonts").iterdir()):
         _add(files, config, f"assets/katex/fonts/{font.name}", font)
+    _add(files, config, SHIM_URI, npm_file(root, *IFRAME_WORKER))
     results = root / "results"
     for path in sorted(results.rglob("*")):
         if path.is_file() and path.suffix != ".md":
@@ -162,3 +188,48 @@ def on_page_markdown(markdown, page, config, files):
         return f"{match.group(1)}{new}{match.group(3)}"
 
     return _LINK.sub(rewrite, markdown)
+
+
+_GREEK = "alpha beta gamma delta epsilon eta theta kappa lambda mu nu pi rho sigma tau phi chi psi omega"
+_TEX_SYMBOLS = {
+    **{
+        name: chr(
+            0x3B1
+            + "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
+            "final-sigma sigma tau upsilon phi chi psi omega".split().index(name)
+        )
+        for name in _GREEK.split()
+    },
+    "ge": "\u2265",
+    "geq": "\u2265",
+    "le": "\u2264",
+    "leq": "\u2264",
+    "cdot": "\u00b7",
+    "times": "\u00d7",
+    "in": "\u2208",
+    "sum": "\u03a3",
+    "infty": "\u221e",
+    "to": "\u2192",
+    "approx": "\u2248",
+    "neq": "\u2260",
+}
+_TEX_DELIMITERS = re.compile(r"\\[()\[\]]|\$\$")
+_TEX_COMMAND = re.compile(r"\\([A-Za-z]+)\s?")
+
+
+def plain_tex(text: str) -> str:
+    """Search previews without raw TeX: math delimiters dropped, Greek letters and relations as symbols, other
+    commands (``\\mathbf``, ``\\left``) reduced to their arguments."""
+    text = _TEX_DELIMITERS.sub("", text)
+    return _TEX_COMMAND.sub(lambda m: _TEX_SYMBOLS.get(m.group(1), ""), text)
+
+
+@event_priority(-50)  # after the search plugin writes its index, before the offline plugin inlines it
+def on_post_build(config):
+    index = Path(config["site_dir"]) / "search" / "search_index.json"
+    if index.is_file():
+        data = json.loads(index.read_text(encoding="utf-8"))
+        for doc in data.get("docs", []):
+            doc["text"] = plain_tex(doc.get("text", ""))
+            doc["title"] = plain_tex(doc.get("title", ""))
+        index.write_text(json.dumps(data), encoding="utf-8")

@@ -91,7 +91,7 @@ def site(tmp_path_factory) -> Path:
 
 
 def test_build_is_strict_and_complete(site):
-    pages = ["index", "getting-started", "losses", "cli", "distributed", "benchmarks", "development"]
+    pages = ["index", "getting-started", "losses", "cli", "configuration", "distributed", "benchmarks", "development"]
     pages += [f"experiments/{name}" for name in EXPERIMENT_PAGES]
     pages += [f"api/{name}" for name in ("losses", "hardening", "geometry", "models", "data", "engine", "experiments")]
     for page in pages:
@@ -203,3 +203,50 @@ def test_experiment_figures_decode(browser, server, name):
     for src, complete, width, height in images:
         assert complete and width > 0 and height > 0, src  # decoded, not a broken-image icon
     assert _remote_requests(browser, server) == []
+
+
+def test_search_works_on_pages_opened_as_files(browser, site):
+    """Material's offline plugin: the search index is a script and the Web Worker shim is served by the site,
+    so a page opened as a file:// URL finds pages; the previews carry no raw TeX."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.set_window_size(1400, 1000)
+    _open(browser, (site / "losses.html").as_uri())
+    box = browser.find_element("css selector", "input[data-md-component=search-query]")
+    box.click()
+    box.send_keys("tilting")
+    count = "return document.querySelectorAll('.md-search-result__item').length;"
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script(count) > 0)
+    hits = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.md-search-result__item')).map(e => e.textContent);"
+    )
+    assert any("ilting" in hit for hit in hits), hits[:3]
+    assert not any("\\(" in hit or "\\beta" in hit for hit in hits), hits[:3]
+    assert [name for name in _remote_requests(browser, site.as_uri()) if not name.startswith("file:")] == []
+
+
+def test_api_reference_has_no_raw_sphinx_roles_and_links_across_pages(site):
+    roles = re.compile(r":(?:func|class|meth|mod|data|attr|obj|exc):")
+    pages = sorted((site / "api").glob("*.html"))
+    assert len(pages) >= 8
+    raw = {p.name: len(roles.findall(p.read_text(encoding="utf-8"))) for p in pages}
+    assert sum(raw.values()) == 0, raw
+    assert not roles.search((site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    engine = (site / "api" / "engine.html").read_text(encoding="utf-8")
+    # a role in a docstring (hscl.engine.checkpoint names :func:`load_checkpoint` and friends) is now a link
+    assert engine.count('class="autorefs autorefs-internal"') >= 50
+
+
+def test_configuration_page_lists_every_key(site):
+    import dataclasses
+
+    from hscl.engine.config import RunConfig
+
+    text = (site / "configuration.html").read_text(encoding="utf-8")
+    config = RunConfig()
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                assert f"<code>{section.name}.{f.name}</code>" in text, f"{section.name}.{f.name}"
+    assert 'href="configuration.html"' in (site / "cli.html").read_text(encoding="utf-8")
