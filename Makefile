@@ -42,8 +42,8 @@ postgres:
 		echo 'could not install postgresql; the PostgreSQL sweep test will be skipped'
 
 test: $(STAMP) fashion-mnist browser postgres docs
-	$(PY) -m ruff check src tests benchmarks docs/hooks.py docs/render_results.py
-	$(PY) -m ruff format --check src tests benchmarks docs/hooks.py docs/render_results.py
+	$(PY) -m ruff check src tests benchmarks docs/hooks.py docs/render_results.py docs/griffe_roles.py docs/config_reference.py
+	$(PY) -m ruff format --check src tests benchmarks docs/hooks.py docs/render_results.py docs/griffe_roles.py docs/config_reference.py
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
@@ -87,8 +87,8 @@ dist: $(STAMP)
 	$(PY) -m build --outdir dist .
 
 format: $(STAMP)
-	$(PY) -m ruff format src tests benchmarks docs/hooks.py docs/render_results.py
-	$(PY) -m ruff check --fix src tests benchmarks docs/hooks.py docs/render_results.py
+	$(PY) -m ruff format src tests benchmarks docs/hooks.py docs/render_results.py docs/griffe_roles.py docs/config_reference.py
+	$(PY) -m ruff check --fix src tests benchmarks docs/hooks.py docs/render_results.py docs/griffe_roles.py docs/config_reference.py
 
 clean:
 	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .ruff_cache
