@@ -173,7 +173,9 @@ def postgres():
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     monkeypatch.setenv("HSCL_TEST_LOG", str(tmp_path / "log.txt"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(TESTS.parent), str(SRC), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), str(TESTS.parent), str(SRC), os.environ.get("PYTHONPATH", "")])
+    )
     monkeypatch.delenv("HSCL_TEST_HANG", raising=False)
     return {**os.environ}
 
