@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hscl.hardening import AutoExponential, Exponential, Threshold
+from hscl.losses import _compiled
 from hscl.losses._checks import (
     HardeningLike,
     MLike,
@@ -424,6 +425,12 @@ def contrastive_loss(
             'positives="views" needs at least 2 views per sample (z of shape (B, V>=2, d)), '
             f'got V={V}; use positives="labels" with labels for single-view batches'
         )
+    if _compiled.AVAILABLE and torch.compiler.is_compiling():  # one opaque node running this eager call
+        options = {"positives": positives, "negatives": negatives, "temperature": temperature, "M": M}
+        options.update(tau_plus=tau_plus, normalize=normalize, detach_weights=detach_weights, reduction=reduction)
+        options["chunk_size"] = chunk_size
+        loss, fields = _compiled.traced_call("contrastive", z, labels, memory, hardening, options)
+        return (loss, LossStats(**fields)) if return_stats else loss
     rows = V * B
     device = z.device
     uses_labels = labels is not None and (positives == "labels" or negatives == "supervised")
