@@ -66,3 +66,98 @@ def test_every_method_compiles_with_eager_values_and_gradients(method, kwargs):
     if hasattr(eager_fn, "last_stats"):
         for field in ("num_kept", "valid", "log_tilted_mean", "anchor_loss"):
             torch.testing.assert_close(getattr(compiled_fn.last_stats, field), getattr(eager_fn.last_stats, field))
+
+
+def test_reduction_none_pairs_and_their_weighted_gradient():
+    """A vector of data-dependent length (an unbacked size in the graph); its backward recomputes the call."""
+    z, labels = _batch(dtype=torch.float32)
+    kwargs = dict(positives="labels", negatives="supervised", hardening=Exponential(1.0), reduction="none")
+
+    def fn(z, labels):
+        loss, stats = contrastive_loss(z, labels, return_stats=True, **kwargs)
+        return loss, stats.pair_index
+
+    eager_loss, eager_pairs = fn(z, labels)
+    weights = torch.rand(eager_loss.shape[0], generator=torch.Generator().manual_seed(1))
+    compiled = _compiled(fn)
+    got = _value_and_grad(lambda z, y: compiled(z, y)[0], z, labels, weights)
+    expected = _value_and_grad(lambda z, y: fn(z, y)[0], z, labels, weights)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert torch.equal(compiled(z, labels)[1], eager_pairs)
+
+
+def test_a_memory_bank_keeps_its_state_under_compile():
+    """memory_size: each training call uses the memory as it was, then enqueues its rows, as in eager mode; once
+    warmed up and full, no step recompiles (ten steps: past Dynamo's limit of 8 if each step did)."""
+    eager_fn = get_loss("h-scl", beta=1.0, memory_size=30, memory_warmup_steps=1)
+    compiled_fn = get_loss("h-scl", beta=1.0, memory_size=30, memory_warmup_steps=1)
+    compiled = _compiled(compiled_fn)
+    for step in range(10):  # warm-up, a growing memory, then a full one (30 < 3 x 24 rows)
+        z, labels = _batch(seed=step)
+        expected, got = _value_and_grad(eager_fn, z, labels), _value_and_grad(compiled, z, labels)
+        torch.testing.assert_close(got, expected, rtol=1e-15, atol=0)
+        torch.testing.assert_close(compiled_fn.memory_z, eager_fn.memory_z, rtol=0, atol=0)
+        assert torch.equal(compiled_fn.memory_labels, eager_fn.memory_labels)
+        assert int(compiled_fn.memory_steps) == int(eager_fn.memory_steps) == step + 1
+
+
+def test_functional_memory_auto_beta_and_a_callable_hardening():
+    """The functional call with a memory, an AutoExponential object (its state moves call by call) and a plain
+    callable hardening (the generic autograd path), in float32."""
+    z, labels = _batch(dtype=torch.float32)
+    memory = (torch.randn(10, 6), torch.randint(0, 3, (10,)))
+    eager_auto, compiled_auto = AutoExponential(0.5), AutoExponential(0.5)
+
+    def fn(hardening):
+        def call(z, labels):
+            return contrastive_loss(
+                z, labels, positives="labels", negatives="supervised", hardening=hardening, memory=memory, chunk_size=7
+            )
+
+        return call
+
+    for step in range(2):
+        expected = _value_and_grad(fn(eager_auto), z + step, labels)
+        got = _value_and_grad(_compiled(fn(compiled_auto)), z + step, labels)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        assert compiled_auto.beta == eager_auto.beta and compiled_auto.solved == eager_auto.solved
+    hinge = lambda g: torch.relu(g) + 0.5  # noqa: E731
+    expected = _value_and_grad(fn(hinge), z, labels)
+    torch.testing.assert_close(_value_and_grad(_compiled(fn(hinge)), z, labels), expected, rtol=0, atol=0)
+
+
+def test_supcon_function_metric_learning_shape_and_anchor_mean():
+    z, labels = _batch()
+    flat, flat_labels = z[:, 0], labels
+    schane = get_loss("schane", beta=1.0)  # anchor_mean
+    for fn, args in [(supcon_loss, (z, None)), (get_loss("supcon"), (flat, flat_labels)), (schane, (z, labels))]:
+        torch.testing.assert_close(_value_and_grad(_compiled(fn), *args), _value_and_grad(fn, *args), rtol=0, atol=0)
+
+
+def test_inductor_float32():
+    """The default backend (inductor) around the node, with a computation before and after it."""
+    z, labels = _batch(dtype=torch.float32)
+    loss_fn = get_loss("h-scl", beta=1.0)
+
+    def step(z, labels):
+        return 2.0 * loss_fn(torch.tanh(z), labels) + z.square().mean()
+
+    expected = _value_and_grad(step, z, labels)
+    torch.testing.assert_close(_value_and_grad(_compiled(step, "inductor"), z, labels), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_errors_and_warnings_are_eager_ones():
+    """Bad values raise eager's error at run time (from inside the node); shapes raise while tracing (wrapped in
+    Dynamo's error under fullgraph=True, with eager's message);
+    a batch without a valid pair warns and gives an exact 0."""
+    loss_fn = _compiled(get_loss("h-scl", beta=1.0))
+    z, labels = _batch()
+    z[0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        loss_fn(z, labels)
+    with pytest.raises(Exception, match=r"z must have shape \(B, V, d\)"):  # Dynamo's wrapper under fullgraph
+        _compiled(contrastive_loss)(torch.randn(4, 3, 2, 1))
+    z, _ = _batch()
+    with pytest.warns(RuntimeWarning, match="no valid"):
+        loss = loss_fn(z, torch.zeros(12, dtype=torch.long))
+    assert loss.item() == 0.0

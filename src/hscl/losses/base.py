@@ -128,7 +128,8 @@ class ContrastiveLoss(nn.Module):
         self.register_buffer("memory_z", torch.zeros(0, 0))
         self.register_buffer("memory_labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("memory_steps", torch.zeros((), dtype=torch.long))
-        self._steps = 0
+        self._steps = 0  # the forwards seen, counted up to memory_warmup_steps only (a constant afterwards, so
+        # that torch.compile, which specialises on it, does not recompile every step)
 
     @property
     def memory(self) -> tuple[Tensor, Tensor | None] | None:
@@ -184,7 +185,7 @@ class ContrastiveLoss(nn.Module):
             if saved is not None:
                 setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._steps = int(self.memory_steps)
+        self._steps = min(int(self.memory_steps), self.memory_warmup_steps)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Shape: z ``(B, V, d)`` with labels ``(B,)``, or embeddings ``(N, d)`` with labels ``(N,)``."""
@@ -213,8 +214,8 @@ class ContrastiveLoss(nn.Module):
         )
         if self.memory_size and self.training:  # the memory changes in training mode only
             self._enqueue(z, None if labels is None else (labels != 0 if labels.dim() == 2 else labels.long()))
-            self._steps += 1
-            self.memory_steps.fill_(self._steps)
+            self._steps = min(self._steps + 1, self.memory_warmup_steps)
+            self.memory_steps += 1
         return loss
 
     def extra_repr(self) -> str:
