@@ -21,6 +21,7 @@ eager loss itself, so values, gradients, errors, warnings and state changes are 
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 import weakref
@@ -35,12 +36,16 @@ AVAILABLE = hasattr(torch.library, "custom_op") and hasattr(torch.compiler, "is_
 
 #: the hardening objects the compiled graphs call, by ``id`` (weak: a graph does not keep its object alive)
 _OBJECTS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_KEPT: dict = {}  # those that cannot be weakly referenced (builtin functions)
 
 
 def _handle(obj: object) -> int:
     """``id(obj)``, with ``obj`` registered for the node to find. Dynamo runs this at trace time on the real
     object (a constant result, the graph guarded on the identity of ``obj``); it is never part of a graph."""
-    _OBJECTS[id(obj)] = obj
+    try:
+        _OBJECTS[id(obj)] = obj
+    except TypeError:  # not weakly referable (a builtin function): kept
+        _KEPT[id(obj)] = obj
     return id(obj)
 
 
@@ -56,7 +61,7 @@ if AVAILABLE:
 
 
 def _object(handle: int):
-    obj = _OBJECTS.get(handle)
+    obj = _OBJECTS.get(handle, _KEPT.get(handle))
     if obj is None:
         raise RuntimeError(
             "hscl loss under torch.compile: the hardening object this graph was compiled for no longer exists "
@@ -80,12 +85,20 @@ def _hardening(kind: str, value: float, handle: int, beta_used: Tensor | None = 
     return obj
 
 
+@functools.lru_cache(maxsize=256)
+def _config(options: str) -> dict:
+    """``options`` decoded (read on every call of the node: cached; callers do not modify it)."""
+    config = json.loads(options)
+    config["reduction"] = config["kwargs"].get("reduction", "mean")
+    return config
+
+
 def _eager(z: Tensor, labels, memory_z, memory_labels, handle: int, options: str, numbers, beta_used=None):
     """The eager call the node stands for: ``(loss, LossStats or None)``."""
     from hscl.losses.core import contrastive_loss  # the eager losses (they import this module)
     from hscl.losses.supcon import supcon_loss
 
-    config = json.loads(options)
+    config = _config(options)
     kwargs = {**config["kwargs"], **dict(zip(config["numbers"], numbers[:-1], strict=True))}
     if kwargs.get("chunk_size") is not None:
         kwargs["chunk_size"] = int(kwargs["chunk_size"])
@@ -122,24 +135,25 @@ def _forward(
 ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """The node's kernel, the eager loss: ``(loss, d loss / d z or an empty tensor, the beta used,
     [*STATS, pair_index] or [] for SupCon)``."""
-    scalar = json.loads(options)["kwargs"].get("reduction", "mean") != "none"
+    scalar = _config(options)["reduction"] != "none"
     with _autograd_on(), torch.enable_grad():
         leaf = z.detach().requires_grad_(need_grad)
         loss, stats = _eager(leaf, labels, memory_z, memory_labels, handle, options, numbers)
         dz = torch.autograd.grad(loss, leaf)[0].contiguous() if need_grad and scalar else z.new_zeros(0)
     obj = _OBJECTS.get(handle) if handle else None
-    beta = float(obj.beta) if isinstance(obj, AutoExponential) else 0.0
+    value = float(obj.beta) if isinstance(obj, AutoExponential) else 0.0
+    beta = torch.full((), value, dtype=torch.float64, device=z.device)  # a fill: no host-to-device copy
     if stats is None:
-        return loss.detach(), dz, torch.tensor(beta, dtype=torch.float64, device=z.device), []
-    pairs = stats.pair_index if stats.pair_index is not None else torch.zeros((0, 2), dtype=torch.long)
-    out = [getattr(stats, name).detach().clone() for name in STATS] + [pairs.to(z.device).clone()]
-    return loss.detach(), dz, torch.tensor(beta, dtype=torch.float64, device=z.device), out
+        return loss.detach(), dz, beta, []
+    pairs = stats.pair_index
+    pairs = pairs.clone() if pairs is not None else torch.zeros((0, 2), dtype=torch.long, device=z.device)
+    return loss.detach(), dz, beta, [getattr(stats, name).detach().clone() for name in STATS] + [pairs]
 
 
 def _forward_fake(z, labels, memory_z, memory_labels, handle, options, numbers, need_grad):
     """Output shapes: ``V*B`` statistics; ``reduction="none"`` gives ``(P,)`` pairs, P known at run time."""
-    config = json.loads(options)
-    reduction = config["kwargs"].get("reduction", "mean")
+    config = _config(options)
+    reduction = config["reduction"]
     B, V, _ = z.shape
     dtype, long = (torch.float64 if z.dtype == torch.float64 else torch.float32), torch.long
     if reduction == "none":
@@ -177,8 +191,10 @@ def _backward(
 def _setup_context(ctx, inputs, output) -> None:
     z, labels, memory_z, memory_labels, handle, options, numbers, _ = inputs
     ctx.handle, ctx.options, ctx.numbers = handle, options, numbers
-    ctx.scalar = json.loads(options)["kwargs"].get("reduction", "mean") != "none"
-    ctx.save_for_backward(output[1]) if ctx.scalar else ctx.save_for_backward(z, labels, memory_z, memory_labels, output[2])
+    ctx.scalar = _config(options)["reduction"] != "none"
+    ctx.save_for_backward(output[1]) if ctx.scalar else ctx.save_for_backward(
+        z, labels, memory_z, memory_labels, output[2]
+    )
 
 
 def _backward_rule(ctx, grad_loss, *unused):
@@ -187,7 +203,10 @@ def _backward_rule(ctx, grad_loss, *unused):
         (dz,) = ctx.saved_tensors
         return ((dz * grad_loss).to(dz.dtype), *nones)
     z, labels, memory_z, memory_labels, beta_used = ctx.saved_tensors
-    return (_backward_op(grad_loss, z, labels, memory_z, memory_labels, beta_used, ctx.handle, ctx.options, ctx.numbers), *nones)
+    return (
+        _backward_op(grad_loss, z, labels, memory_z, memory_labels, beta_used, ctx.handle, ctx.options, ctx.numbers),
+        *nones,
+    )
 
 
 if AVAILABLE:
@@ -208,10 +227,28 @@ def _encode_hardening(hardening) -> tuple[str, float, int]:
     return "object", 0.0, _handle(hardening)  # the object itself: its state changes at run time
 
 
-def traced_call(function: str, z: Tensor, labels: Tensor | None, memory, hardening, kwargs: dict) -> tuple:
+#: the arguments of each function after ``z``, ``labels``, ``memory`` and ``hardening``, in :func:`traced_call`'s order
+ARGUMENTS = {
+    "contrastive": (
+        "positives",
+        "negatives",
+        "temperature",
+        "M",
+        "tau_plus",
+        "normalize",
+        "detach_weights",
+        "reduction",
+        "chunk_size",
+    ),
+    "supcon": ("temperature", "base_temperature", "normalize", "chunk_size"),
+}
+
+
+def traced_call(function: str, z: Tensor, labels: Tensor | None, memory, hardening, args: tuple) -> tuple:
     """A checked call of ``function`` (``"contrastive"``: :func:`~hscl.losses.contrastive_loss`, ``"supcon"``:
     :func:`~hscl.losses.supcon_loss`) as the node, traced by Dynamo: ``(loss, {LossStats field: tensor} or
-    None)``. ``kwargs``: the call's other arguments (numbers, strings, None)."""
+    None)``. ``args``: the call's other arguments (numbers, strings, flags, None), named by :data:`ARGUMENTS`."""
+    kwargs = dict(zip(ARGUMENTS[function], args, strict=True))
     kind, value, handle = _encode_hardening(hardening)
     constants = {key: v for key, v in kwargs.items() if v is None or isinstance(v, (str, bool))}
     names = sorted(key for key in kwargs if key not in constants)

@@ -83,7 +83,8 @@ class ContrastiveLoss(nn.Module):
     detached, normalised like the loss's rows, with their labels): each forward in training mode uses the
     memory as it was before the call (once ``memory_warmup_steps`` forwards have filled it) and then enqueues
     the call's ``V*B`` rows; in eval mode the memory is used but not changed. ``memory`` returns
-    ``(z, labels)`` or None, ``reset_memory()`` empties it; it is saved in the ``state_dict``.
+    ``(z, labels)`` or None, ``reset_memory()`` empties it; it is saved in the ``state_dict``. Under
+    ``torch.compile`` the memory keeps these semantics; each of its sizes while it fills compiles once.
 
     Shape:
         z: ``(B, V, d)`` with labels ``(B,)`` (or None when neither set uses labels), or
