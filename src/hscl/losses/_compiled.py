@@ -1,12 +1,14 @@
-""":func:`~hscl.losses.contrastive_loss` inside ``torch.compile``: the whole call as one custom operator.
+""":func:`~hscl.losses.contrastive_loss` and :func:`~hscl.losses.supcon_loss` inside ``torch.compile``: the
+whole call as one custom operator.
 
 The eager loss reads its table shapes and value checks on the host (one synchronisation per call), builds
 its column tables with data-dependent sizes, computes its gradient in the forward (an autograd Function)
 and, with :class:`~hscl.hardening.AutoExponential`, updates Python state on every call. None of that can
-be traced into a graph. Under ``torch.compile`` the call is therefore the custom operator
-``hscl::contrastive_loss`` (``torch.library.custom_op``, torch >= 2.4): Dynamo and AOTAutograd see one
-opaque node with a fake (meta) implementation for its output shapes, and at run time the node runs the
-eager loss itself, so values, gradients, errors, warnings and state changes are those of eager mode.
+be traced into a graph. Under ``torch.compile`` the call is therefore the custom operator ``hscl::loss``
+(``torch.library.custom_op``, torch >= 2.4; ``hscl::loss_backward`` is the backward of
+``reduction="none"``): Dynamo and AOTAutograd see one opaque node with a fake (meta) implementation for its
+output shapes, and at run time the node runs the eager loss itself, so values, gradients, errors, warnings
+and state changes are those of eager mode.
 
 * The output (and the statistics) come back from the node; for the scalar reductions so does the gradient
   with respect to ``z`` (the eager loss computes it in its forward anyway), and the backward scales it.
@@ -17,6 +19,7 @@ eager loss itself, so values, gradients, errors, warnings and state changes are 
   :class:`~hscl.hardening.AutoExponential`, a callable) is passed as a handle to the very object, which the
   node calls at run time (the graph is guarded on the object's identity), so its state changes each call
   as in eager mode.
+* The kernels run the eager loss on detached leaves with autograd switched back on (:func:`_autograd_on`).
 """
 
 from __future__ import annotations
