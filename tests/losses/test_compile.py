@@ -68,22 +68,49 @@ def test_every_method_compiles_with_eager_values_and_gradients(method, kwargs):
             torch.testing.assert_close(getattr(compiled_fn.last_stats, field), getattr(eager_fn.last_stats, field))
 
 
-def test_reduction_none_pairs_and_their_weighted_gradient():
-    """A vector of data-dependent length (an unbacked size in the graph); its backward recomputes the call."""
+class _CountingAuto(AutoExponential):
+    """An AutoExponential that counts its choices."""
+
+    calls = 0
+
+    def choose(self, g, negatives):
+        self.calls += 1
+        return super().choose(g, negatives)
+
+
+@pytest.mark.parametrize("auto", [False, True], ids=["exponential", "auto"])
+def test_reduction_none_pairs_and_their_weighted_gradient(auto):
+    """A vector of data-dependent length (an unbacked size in the graph); its backward recomputes the call, with
+    the beta the forward chose (an AutoExponential is not asked again)."""
     z, labels = _batch(dtype=torch.float32)
-    kwargs = dict(positives="labels", negatives="supervised", hardening=Exponential(1.0), reduction="none")
 
-    def fn(z, labels):
-        loss, stats = contrastive_loss(z, labels, return_stats=True, **kwargs)
-        return loss, stats.pair_index
+    def make(hardening):
+        def fn(z, labels):
+            loss, stats = contrastive_loss(
+                z,
+                labels,
+                positives="labels",
+                negatives="supervised",
+                hardening=hardening,
+                reduction="none",
+                return_stats=True,
+            )
+            return loss, stats.pair_index
 
-    eager_loss, eager_pairs = fn(z, labels)
-    weights = torch.rand(eager_loss.shape[0], generator=torch.Generator().manual_seed(1))
-    compiled = _compiled(fn)
-    got = _value_and_grad(lambda z, y: compiled(z, y)[0], z, labels, weights)
-    expected = _value_and_grad(lambda z, y: fn(z, y)[0], z, labels, weights)
+        return fn
+
+    eager_hardening = _CountingAuto(0.5) if auto else Exponential(1.0)
+    compiled_hardening = _CountingAuto(0.5) if auto else Exponential(1.0)
+    eager, compiled = make(eager_hardening), _compiled(make(compiled_hardening))
+    pairs = contrastive_loss(z, labels, positives="labels", negatives="supervised", reduction="none").shape[0]
+    weights = torch.rand(pairs, generator=torch.Generator().manual_seed(1))
+    expected = _value_and_grad(lambda z, y: eager(z, y)[0], z, labels, weights)  # each side's first call, then
+    got = _value_and_grad(lambda z, y: compiled(z, y)[0], z, labels, weights)  # its second (beta moves on)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    assert torch.equal(compiled(z, labels)[1], eager_pairs)
+    assert torch.equal(compiled(z, labels)[1], eager(z, labels)[1])
+    if auto:  # two calls each: the backward did not choose again
+        assert compiled_hardening.calls == eager_hardening.calls == 2
+        assert compiled_hardening.beta == eager_hardening.beta > 0
 
 
 def test_a_memory_bank_keeps_its_state_under_compile():
