@@ -6,6 +6,7 @@ code generation: the same graph capture, fast to compile); one case goes through
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -161,6 +162,9 @@ def test_supcon_function_metric_learning_shape_and_anchor_mean():
         torch.testing.assert_close(_value_and_grad(_compiled(fn), *args), _value_and_grad(fn, *args), rtol=0, atol=0)
 
 
+@pytest.mark.skipif(
+    not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")), reason="inductor on the CPU needs a C++ compiler"
+)
 def test_inductor_float32():
     """The default backend (inductor) around the node, with a computation before and after it."""
     z, labels = _batch(dtype=torch.float32)
