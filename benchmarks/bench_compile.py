@@ -15,10 +15,11 @@ weights:
 * ``compiled model, eager loss``: only the model compiled (what a user without a compilable loss would do),
   for the loss node's share.
 
-Protocol: each variant runs ``--warmup`` untimed steps (default 3; the first compiles, its time is reported)
-then ``--steps`` timed steps (default 15); the variants alternate over ``--repeats`` (default 3) and the median
-ms per step over all timed steps is reported. Before timing, the compiled loss value and gradient on the first
-batch are compared with eager's (same weights). Run it on an idle machine: the numbers are wall-clock.
+Protocol: before timing, the compiled loss value and gradient on the first batch are compared with eager's
+(same weights; the first call compiles, its time is reported). Each variant then runs ``--warmup`` untimed
+steps (default 3), then ``--steps`` x ``--repeats`` rounds (default 15 x 3) each time one step of every
+variant, in a rotating order, so that a changing load of the machine falls on all variants alike; the
+median (and the minimum) ms per step is reported. Run it on an idle machine: the numbers are wall-clock.
 
 Run from the repository root::
 
@@ -133,15 +134,14 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()[0]
     checks = _check(variants, x, labels)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else names[::-1]:
-            _, _, step = variants[name]
-            for _ in range(args.warmup):
-                step(x, labels)
-            for _ in range(steps):
-                start = time.perf_counter()
-                step(x, labels)
-                times[name].append(1e3 * (time.perf_counter() - start))
+    for name in names:
+        for _ in range(args.warmup):
+            variants[name][2](x, labels)
+    for round_ in range(steps * repeats):  # one step of each variant per round, in a rotating order
+        for name in names[round_ % 3 :] + names[: round_ % 3]:
+            start = time.perf_counter()
+            variants[name][2](x, labels)
+            times[name].append(1e3 * (time.perf_counter() - start))
     load_end = os.getloadavg()[0]
 
     eager_ms = statistics.median(times["eager"])
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"Step: convnet(16,32,64,128) + {args.method}(beta={args.beta}, temperature 0.5), batch {B} x 2 views "
-        f"(28x28 grey), Adam; {args.warmup} warm-up + {steps} timed steps x {repeats} repeat(s) per variant.\n"
+        f"(28x28 grey), Adam; {args.warmup} warm-up steps, then {steps * repeats} rounds of one timed step per "
+        "variant (rotating order).\n"
     )
     for line in checks:
         print(f"- {line}")
