@@ -15,6 +15,9 @@ weights:
 * ``compiled model, eager loss``: only the model compiled (what a user without a compilable loss would do),
   for the loss node's share.
 
+A second table times the loss alone (forward + backward on fixed unit rows ``(B, 2, 128)``), eager and
+compiled with ``fullgraph=True``: the cost of the custom operator around the eager loss.
+
 Protocol: before timing, the compiled loss value and gradient on the first batch are compared with eager's
 (same weights; the first call compiles, its time is reported). Each variant then runs ``--warmup`` untimed
 steps (default 3), then ``--steps`` x ``--repeats`` rounds (default 15 x 3) each time one step of every
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import platform
 import statistics
@@ -109,6 +113,45 @@ def _check(variants: dict, x, labels) -> list[str]:
     return lines
 
 
+def _rounds(steps: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
+    """``warmup`` untimed calls of each ``steps[name]()``, then ``rounds`` rounds of one timed call of each, in a
+    rotating order (a changing load of the machine falls on every variant alike): ms per call."""
+    names = list(steps)
+    for name in names:
+        for _ in range(warmup):
+            steps[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def _table(times: dict[str, list[float]], what: str) -> None:
+    eager_ms = statistics.median(times["eager"])
+    print(f"\n| {what} | median ms | min ms | speed-up over eager (medians) |")
+    print("|---|---:|---:|---:|")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.1f} | {min(values):.1f} | {eager_ms / median:.2f}x |")
+
+
+def _loss_only(loss_fn, B: int, rounds: int, warmup: int) -> dict[str, list[float]]:
+    """The loss alone (forward + backward on fixed unit rows ``(B, 2, 128)``): eager, compiled (inductor)."""
+    z0 = torch.nn.functional.normalize(torch.randn(B, 2, 128), dim=-1)
+    labels = torch.randint(0, 10, (B,))
+    compiled = torch.compile(loss_fn, fullgraph=True)
+
+    def run(fn):
+        z = z0.clone().requires_grad_(True)
+        fn(z, labels).backward()
+
+    return _rounds({"eager": lambda: run(loss_fn), "compiled": lambda: run(compiled)}, rounds, warmup)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", default="h-scl", help="hscl loss method (default h-scl)")
@@ -133,18 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     variants = {name: _variant(name, model, loss_fn, B) for name in names}
     load = os.getloadavg()[0]
     checks = _check(variants, x, labels)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for name in names:
-        for _ in range(args.warmup):
-            variants[name][2](x, labels)
-    for round_ in range(steps * repeats):  # one step of each variant per round, in a rotating order
-        for name in names[round_ % 3 :] + names[: round_ % 3]:
-            start = time.perf_counter()
-            variants[name][2](x, labels)
-            times[name].append(1e3 * (time.perf_counter() - start))
+    times = _rounds(
+        {name: functools.partial(variants[name][2], x, labels) for name in names}, steps * repeats, args.warmup
+    )
+    loss_times = _loss_only(loss_fn, B, 2 * steps * repeats, args.warmup)
     load_end = os.getloadavg()[0]
 
-    eager_ms = statistics.median(times["eager"])
     print(f"# bench_compile: a {args.method} training step, compiled vs eager\n")
     print(
         f"CPU: {_cpu_model()}; {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
@@ -157,11 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     for line in checks:
         print(f"- {line}")
-    print("\n| variant | median ms / step | min ms / step | speed-up over eager |")
-    print("|---|---:|---:|---:|")
-    for name in names:
-        median = statistics.median(times[name])
-        print(f"| {name} | {median:.1f} | {min(times[name]):.1f} | {eager_ms / median:.2f}x |")
+    _table(times, "training step")
+    _table(loss_times, f"the loss alone, forward + backward, ({B}, 2, 128), {2 * steps * repeats} rounds")
 
 
 if __name__ == "__main__":
