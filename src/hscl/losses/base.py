@@ -83,7 +83,8 @@ class ContrastiveLoss(nn.Module):
     detached, normalised like the loss's rows, with their labels): each forward in training mode uses the
     memory as it was before the call (once ``memory_warmup_steps`` forwards have filled it) and then enqueues
     the call's ``V*B`` rows; in eval mode the memory is used but not changed. ``memory`` returns
-    ``(z, labels)`` or None, ``reset_memory()`` empties it; it is saved in the ``state_dict``.
+    ``(z, labels)`` or None, ``reset_memory()`` empties it; it is saved in the ``state_dict``. Under
+    ``torch.compile`` the memory keeps these semantics; each of its sizes while it fills compiles once.
 
     Shape:
         z: ``(B, V, d)`` with labels ``(B,)`` (or None when neither set uses labels), or
@@ -128,7 +129,8 @@ class ContrastiveLoss(nn.Module):
         self.register_buffer("memory_z", torch.zeros(0, 0))
         self.register_buffer("memory_labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("memory_steps", torch.zeros((), dtype=torch.long))
-        self._steps = 0
+        self._steps = 0  # the forwards seen, counted up to memory_warmup_steps only (a constant afterwards, so
+        # that torch.compile, which specialises on it, does not recompile every step)
 
     @property
     def memory(self) -> tuple[Tensor, Tensor | None] | None:
@@ -184,7 +186,7 @@ class ContrastiveLoss(nn.Module):
             if saved is not None:
                 setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._steps = int(self.memory_steps)
+        self._steps = min(int(self.memory_steps), self.memory_warmup_steps)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """Shape: z ``(B, V, d)`` with labels ``(B,)``, or embeddings ``(N, d)`` with labels ``(N,)``."""
@@ -213,8 +215,8 @@ class ContrastiveLoss(nn.Module):
         )
         if self.memory_size and self.training:  # the memory changes in training mode only
             self._enqueue(z, None if labels is None else (labels != 0 if labels.dim() == 2 else labels.long()))
-            self._steps += 1
-            self.memory_steps.fill_(self._steps)
+            self._steps = min(self._steps + 1, self.memory_warmup_steps)
+            self.memory_steps += 1
         return loss
 
     def extra_repr(self) -> str:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hscl.hardening import AutoExponential, Exponential, Threshold
+from hscl.losses import _compiled
 from hscl.losses._checks import (
     HardeningLike,
     MLike,
@@ -400,6 +401,9 @@ def contrastive_loss(
     second (reading its device-side solution); each block of anchors is then tensor ops only (a callable
     hardening adds one per block: its weights are checked). For the scalar reductions the gradient is
     computed in the forward (when ``z`` requires it), so the backward is a scaling.
+
+    Under ``torch.compile`` (``fullgraph=True`` too) the call is one custom operator running this eager call:
+    the same values, gradients, statistics and errors (``docs/losses.md``, "Inside torch.compile").
     """
     checks = _ValueChecks()  # the value checks, read with the call's one host synchronisation
     z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z), checks=checks)
@@ -424,6 +428,10 @@ def contrastive_loss(
             'positives="views" needs at least 2 views per sample (z of shape (B, V>=2, d)), '
             f'got V={V}; use positives="labels" with labels for single-view batches'
         )
+    if _compiled.AVAILABLE and torch.compiler.is_compiling():  # one custom operator running this eager call
+        args = (positives, negatives, temperature, M, tau_plus, normalize, detach_weights, reduction, chunk_size)
+        loss, fields = _compiled.traced_call("contrastive", z, labels, memory, hardening, args)
+        return (loss, LossStats(**fields)) if return_stats else loss
     rows = V * B
     device = z.device
     uses_labels = labels is not None and (positives == "labels" or negatives == "supervised")

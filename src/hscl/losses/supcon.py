@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from hscl.losses import _compiled
 from hscl.losses._checks import (
     _check_chunk_size,
     _check_labels,
@@ -57,6 +58,9 @@ def supcon_loss(
     labels = _check_labels(labels, B, z.device, None, checks)
     if labels is None and V < 2:
         raise ValueError(f"supcon_loss without labels needs V >= 2 views per sample, got V={V}")
+    if _compiled.AVAILABLE and torch.compiler.is_compiling():  # one custom operator running this eager call
+        args = (temperature, base_temperature, normalize, chunk_size)
+        return _compiled.traced_call("supcon", z, labels, None, None, args)[0]
     rows, device, dtype = V * B, z.device, _compute_dtype(z)
     # the fused core with P(r) = same label (or sample), N(r) = every other row, beta = 0, M = rows - 1
     # and the linear pair term log M + log E(r) - g(r,p) = -log softmax_{s != r}(g(r, .))[p]
