@@ -5,8 +5,9 @@ combination of positives (``"views"`` or ``"labels"``), negatives (``"unsupervis
 ``"supervised"``) and hardening (none, :class:`~hscl.hardening.Exponential`,
 :class:`~hscl.hardening.Threshold`, or any callable). The named methods (``ucl.py`` ... ``schane.py``)
 are presets of it. This module holds the contract: input checks, the sets and their sizes, ``M``, the
-reductions and :class:`LossStats`; the computation itself is in ``_fused.py`` (built-in hardenings,
-analytic backward) or ``_generic.py`` (user callables, autograd).
+reductions and :class:`LossStats`; the computation itself is in ``_fused.py`` (log-linear hardenings,
+analytic backward) or ``_generic.py`` (other callables, autograd). ``dense.py`` is its definition on one
+screen (:func:`~hscl.losses.dense_contrastive_loss`), which the tests hold it to.
 
 References:
     Jiang, Nguyen, Ishwar, Aeron. Supervised Contrastive Learning with Hard Negative Samples.
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hscl.hardening import AutoExponential, Exponential, Threshold
+from hscl.hardening import AutoExponential
 from hscl.losses._checks import (
     HardeningLike,
     MLike,
@@ -47,6 +48,7 @@ from hscl.losses._checks import (
     _check_positive_real,
     _check_tau_plus,
     _check_z,
+    _log_linear,
     _nonfinite_allowed,
     _ValueChecks,
 )
@@ -357,7 +359,10 @@ def contrastive_loss(
         loss(r,p) = log(1 + M(r) * exp(-g(r,p)) * E(r))
 
     Implements eq. (3) of arXiv 2209.00078 (UCL, H-UCL, SCL, H-SCL), the debiased estimator of
-    Robinson et al. (``tau_plus``) and SCHaNe's ``M = |N(r)|`` (``M="count"``).
+    Robinson et al. (``tau_plus``) and SCHaNe's ``M = |N(r)|`` (``M="count"``). The definition, on one
+    screen with plain masks and log-sum-exps, is :func:`~hscl.losses.dense_contrastive_loss`: this function
+    computes the same values and gradients block by block (fused and analytic for log-linear hardenings,
+    see :class:`~hscl.hardening.Hardening`), checks its input and keeps memory ``O(chunk x rows)``.
 
     Args:
         z: embeddings, view ``v`` of sample ``i`` at ``z[i, v]``.
@@ -368,7 +373,9 @@ def contrastive_loss(
         negatives: ``"unsupervised"`` (every row of another sample) or ``"supervised"`` (every row
             of another class).
         hardening: ``None``, :class:`~hscl.hardening.Exponential`, :class:`~hscl.hardening.Threshold`,
-            or a callable ``eta(g) -> weights`` (same shape, non-negative, non-decreasing).
+            or a callable ``eta(g) -> weights`` (same shape, non-negative, non-decreasing). A
+            :class:`~hscl.hardening.Hardening` that declares ``log_linear`` (the built-ins and their
+            subclasses do) takes the fused path, any other the generic autograd path.
         temperature: gamma; ``g = z_r . z_s / temperature``. Must be > 0.
         M: ``None`` for ``V*B - 2``, a number > 0, or ``"count"`` for ``|N(r)|``.
         tau_plus: class prior for H-UCL's debiasing, in ``[0, 1)``; unsupervised negatives only.
@@ -456,8 +463,8 @@ def contrastive_loss(
         num_neg=num_neg,
         chunk=chunk,
     )
-    # built-ins (an automatic hardening, the engine's smoothed one included): fused
-    fused = hardening is None or type(hardening) in (Exponential, Threshold) or isinstance(hardening, AutoExponential)
+    # log-linear hardenings (the built-ins, their subclasses, an automatic one, any that declares it): fused
+    fused = hardening is None or _log_linear(hardening)
     layout = _make_layout(spec, relation, groups, share_count)
     # the one host synchronisation of the call: the output size, the shape of the class tables, the value checks
     sizes = torch.stack([(num_pos * valid).sum(), *layout.shape_t, *checks.flags()]).tolist()
