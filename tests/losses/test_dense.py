@@ -16,11 +16,20 @@ from reference import reference_loss
 
 B, V, D, K, TEMPERATURE = 7, 2, 5, 3, 0.5
 #: the cosine cut of the threshold: high enough that some anchors keep no negative and fall back, not all
-CUT = 0.45
+CUT = 0.7
 
 
 def _poly_eta(g):
-    return (g - 0.2).clamp(min=0.0) ** 2  # zero below 0.2: weights of 0, some anchors fall back
+    return (g - 1.2).clamp(min=0.0) ** 2  # zero below g = 1.2 (cosine 0.6): weights of 0, some anchors fall back
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Thousands of tiny (14 x 17) problems: torch's thread pool only costs time there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 HARDENINGS = {
