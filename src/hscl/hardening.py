@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -29,17 +30,31 @@ __all__ = [
 
 
 class Hardening:
-    """Base class of the built-in hardening functions.
+    """Base class of the hardening functions.
 
-    A built-in hardening has the log-linear form ``log eta(g) = beta * g`` on a kept set
-    ``{g >= log_threshold}`` and ``-inf`` elsewhere. The loss uses that form for a fused, analytic
-    forward and backward; a plain callable ``eta(g) -> weights`` takes the generic autograd path.
+    A hardening is *log-linear* when ``log eta(g) = beta * g`` on a kept set ``{g >= log_threshold}`` and
+    ``-inf`` elsewhere, i.e. ``eta(g) = exp(beta * g) * 1[g >= log_threshold]`` (this class's own
+    ``__call__``). The class attribute ``log_linear`` declares it: the loss then computes eq. (3) from
+    ``beta`` and ``log_threshold`` alone, with a fused, analytic forward and backward. Any other hardening
+    (``log_linear = False``, or a plain callable ``eta(g) -> weights``) takes the generic autograd path.
+
+    ``log_linear`` is inherited, except that a subclass which defines its own ``__call__`` is not log-linear
+    unless it declares ``log_linear = True`` itself: a new ``eta`` must say that it still has that form.
+    :class:`Exponential`, :class:`Threshold` and :class:`AutoExponential` declare it, and so do their
+    subclasses that keep their ``__call__``.
     """
 
+    #: ``eta(g) = exp(beta * g) * 1[g >= log_threshold]`` exactly (see the class docstring)
+    log_linear: ClassVar[bool] = True
     #: slope of ``log eta`` in ``g`` (0 for the threshold)
     beta: float = 0.0
     #: ``g`` below this gets weight 0 (``-inf`` keeps every negative)
     log_threshold: float = -math.inf
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__ and "log_linear" not in cls.__dict__:
+            cls.log_linear = False  # a new eta(g) is not known to be log-linear until it says so
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
         """Return the weights ``eta(g) = exp(beta * g) * 1[g >= log_threshold]``, same shape as ``g``."""
@@ -53,6 +68,7 @@ class Exponential(Hardening):
     ``beta = 0`` gives weight 1 everywhere, i.e. no hardening.
     """
 
+    log_linear = True  # eta(g) = exp(beta * g)
     beta: float = 1.0
 
     def __post_init__(self) -> None:
@@ -75,6 +91,7 @@ class Threshold(Hardening):
     back to the untilted distribution (weight 1), and the loss counts the fallback.
     """
 
+    log_linear = True  # eta(g) = 1[g >= log(tau)]
     tau: float = 1.0
 
     def __post_init__(self) -> None:
@@ -123,6 +140,7 @@ class AutoExponential(Hardening):
 
     MAX_BETA = 10.0
     ITERATIONS = 6
+    log_linear = True  # eta(g) = exp(beta * g) with this call's beta
 
     def __init__(
         self,

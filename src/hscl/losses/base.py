@@ -77,7 +77,8 @@ class ContrastiveLoss(nn.Module):
     Implements eq. (3) of arXiv 2209.00078 with the sets, hardening, ``M`` and reduction given here
     (see :func:`~hscl.losses.contrastive_loss` for each argument). After each forward,
     ``last_stats`` holds the :class:`~hscl.losses.LossStats` of that batch. ``hardening`` may be
-    reassigned between steps (e.g. a threshold schedule per epoch).
+    reassigned between steps (e.g. a threshold schedule per epoch). The computation, step by step with
+    shapes, is :func:`~hscl.losses.dense_contrastive_loss` (the definition; the same values and gradients).
 
     With ``memory_size=K > 0`` the module keeps a memory of the ``K`` most recent rows (first in, first out;
     detached, normalised like the loss's rows, with their labels): each forward in training mode uses the

@@ -5,8 +5,8 @@ combination of positives (``"views"`` or ``"labels"``), negatives (``"unsupervis
 ``"supervised"``) and hardening (none, :class:`~hscl.hardening.Exponential`,
 :class:`~hscl.hardening.Threshold`, or any callable). The named methods (``ucl.py`` ... ``schane.py``)
 are presets of it. This module holds the contract: input checks, the sets and their sizes, ``M``, the
-reductions and :class:`LossStats`; the computation itself is in ``_fused.py`` (built-in hardenings,
-analytic backward) or ``_generic.py`` (user callables, autograd).
+reductions and :class:`LossStats`; the computation is in ``_fused.py`` (log-linear hardenings, analytic
+backward) or ``_generic.py`` (other callables, autograd); its definition on one screen is ``dense.py``.
 
 References:
     Jiang, Nguyen, Ishwar, Aeron. Supervised Contrastive Learning with Hard Negative Samples.
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hscl.hardening import AutoExponential, Exponential, Threshold
+from hscl.hardening import AutoExponential
 from hscl.losses import _compiled
 from hscl.losses._checks import (
     HardeningLike,
@@ -48,6 +48,7 @@ from hscl.losses._checks import (
     _check_positive_real,
     _check_tau_plus,
     _check_z,
+    _log_linear,
     _nonfinite_allowed,
     _ValueChecks,
 )
@@ -358,7 +359,8 @@ def contrastive_loss(
         loss(r,p) = log(1 + M(r) * exp(-g(r,p)) * E(r))
 
     Implements eq. (3) of arXiv 2209.00078 (UCL, H-UCL, SCL, H-SCL), the debiased estimator of
-    Robinson et al. (``tau_plus``) and SCHaNe's ``M = |N(r)|`` (``M="count"``).
+    Robinson et al. (``tau_plus``) and SCHaNe's ``M = |N(r)|`` (``M="count"``). Its definition, step by step,
+    is :func:`~hscl.losses.dense_contrastive_loss`; this computes the same values and gradients block by block.
 
     Args:
         z: embeddings, view ``v`` of sample ``i`` at ``z[i, v]``.
@@ -369,7 +371,8 @@ def contrastive_loss(
         negatives: ``"unsupervised"`` (every row of another sample) or ``"supervised"`` (every row
             of another class).
         hardening: ``None``, :class:`~hscl.hardening.Exponential`, :class:`~hscl.hardening.Threshold`,
-            or a callable ``eta(g) -> weights`` (same shape, non-negative, non-decreasing).
+            or a callable ``eta(g) -> weights`` (same shape, non-negative, non-decreasing); fused when it
+            declares :attr:`~hscl.hardening.Hardening.log_linear` (the built-ins and their subclasses do).
         temperature: gamma; ``g = z_r . z_s / temperature``. Must be > 0.
         M: ``None`` for ``V*B - 2``, a number > 0, or ``"count"`` for ``|N(r)|``.
         tau_plus: class prior for H-UCL's debiasing, in ``[0, 1)``; unsupervised negatives only.
@@ -464,8 +467,7 @@ def contrastive_loss(
         num_neg=num_neg,
         chunk=chunk,
     )
-    # built-ins (an automatic hardening, the engine's smoothed one included): fused
-    fused = hardening is None or type(hardening) in (Exponential, Threshold) or isinstance(hardening, AutoExponential)
+    fused = hardening is None or _log_linear(hardening)  # declared log-linear (built-ins, subclasses): fused
     layout = _make_layout(spec, relation, groups, share_count)
     # the one host synchronisation of the call: the output size, the shape of the class tables, the value checks
     sizes = torch.stack([(num_pos * valid).sum(), *layout.shape_t, *checks.flags()]).tolist()

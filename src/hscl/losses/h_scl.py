@@ -26,6 +26,9 @@ class HSCL(ContrastiveLoss):
 
     and the loss is the mean over all valid pairs ``(r, p)``.
 
+    Its definition on one screen (the computation, step by step, with shapes) is
+    :func:`~hscl.losses.dense_contrastive_loss` with ``positives="labels", negatives="supervised"`` and the hardening.
+
     Shape:
         z: ``(B, V, d)`` with labels ``(B,)``, or ``(N, d)`` embeddings with labels ``(N,)``.
         output: scalar, or ``(num_pairs,)`` for ``reduction="none"``.

@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hscl.hardening import Exponential, Hardening, Threshold
-from hscl.losses._checks import _callable_weights
+from hscl.hardening import Exponential, Hardening
+from hscl.losses._checks import _callable_weights, _log_linear
 
 __all__ = ["ESTIMATORS", "graph_negative_mask", "local_global_loss", "log_negative_weights", "negative_weights"]
 
@@ -128,7 +128,7 @@ def log_negative_weights(
         raise ValueError(f"scores {tuple(scores.shape)} and negative_mask {tuple(negative_mask.shape)} must match")
     count = negative_mask.sum(1, keepdim=True)  # (n, 1) |N(n)|
     has = count > 0
-    if type(eta) not in (Exponential, Threshold):
+    if not _log_linear(eta):  # the closed form below needs eta(s) = exp(beta s) 1[s >= log_threshold]
         return _log_callable_weights(scores, negative_mask, eta, count)
     kept = negative_mask
     if eta.log_threshold != -math.inf:

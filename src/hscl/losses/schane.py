@@ -24,6 +24,10 @@ class SCHaNe(ContrastiveLoss):
 
     and the loss is the mean of ``loss(r)`` over the anchors with a positive and a negative.
 
+    Its definition on one screen (the computation, step by step, with shapes) is
+    :func:`~hscl.losses.dense_contrastive_loss` with ``positives="labels", negatives="supervised",
+    M="count", reduction="anchor_mean"`` and the hardening.
+
     Shape:
         z: ``(B, V, d)`` with labels ``(B,)``, or ``(N, d)`` embeddings with labels ``(N,)``.
         output: scalar.

@@ -22,6 +22,9 @@ class SCL(ContrastiveLoss):
 
     and the loss is the mean over all valid pairs ``(r, p)``.
 
+    Its definition on one screen (the computation, step by step, with shapes) is
+    :func:`~hscl.losses.dense_contrastive_loss` with ``positives="labels", negatives="supervised"``.
+
     Shape:
         z: ``(B, V, d)`` with labels ``(B,)``, or ``(N, d)`` embeddings with labels ``(N,)``.
         output: scalar, or ``(num_pairs,)`` for ``reduction="none"``.

@@ -23,6 +23,9 @@ class UCL(ContrastiveLoss):
 
     and the loss is the mean over all pairs ``(r, p)``.
 
+    Its definition on one screen (the computation, step by step, with shapes) is
+    :func:`~hscl.losses.dense_contrastive_loss` with ``positives="views", negatives="unsupervised"``.
+
     Shape:
         z: ``(B, V, d)``, ``V >= 2``; labels: ignored (or ``(N, d)`` embeddings with labels ``(N,)``,
         see :class:`~hscl.losses.ContrastiveLoss`).
