@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,9 +98,15 @@ import os, sys
 import torch
 import torch.multiprocessing as mp
 
-def run(rank, world, port, snippet, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+def run(rank, world, store, snippet, out):
+    import datetime, functools
     torch.set_num_threads(1)
+    # the snippet's init_process_group("gloo") meets its peer through a file (no TCP port to race for) and
+    # gives up after a minute instead of hanging (the tests of the engine's DDP do the same)
+    torch.distributed.init_process_group = functools.partial(
+        torch.distributed.init_process_group, init_method=f"file://{store}", rank=rank, world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     from hscl.engine.distributed import shard
     torch.manual_seed(0)
     encoder = torch.nn.Linear(16, 8)
@@ -112,11 +118,14 @@ def run(rank, world, port, snippet, out):
     if rank == 0:
         weight = ns["model"].module.weight
         torch.save({"weight": weight.detach(), "grad": weight.grad, "loss": ns["loss"].detach()}, out)
-    torch.distributed.destroy_process_group()
+    torch.distributed.barrier()
+    # leave without tearing gloo down: its destructors can wait forever for a peer that already left
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 if __name__ == "__main__":
-    snippet, port, out, world = open(sys.argv[1]).read(), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    mp.spawn(run, args=(world, port, snippet, out), nprocs=world)
+    snippet, store, out, world = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    mp.spawn(run, args=(world, store, snippet, out), nprocs=world)
 """
 
 
@@ -125,14 +134,18 @@ def test_ddp_own_loop_snippet(tmp_path):
     (block,) = [b for b in python_blocks(ROOT / "docs" / "distributed.md") if "global_batch_loss(" in b]
     (tmp_path / "snippet.py").write_text(block)
     (tmp_path / "runner.py").write_text(_DDP_RUNNER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    out = tmp_path / "rank0.pt"
-    command = [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "snippet.py"), str(port), str(out), "2"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    out, store = tmp_path / "rank0.pt", tmp_path / "store"
+    command = [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "snippet.py"), str(store), str(out), "2"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # both ranks, not only the launcher
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     result = torch.load(out)
 
     # one process, the whole batch of 12 samples, the same initial weights and optimizer
