@@ -222,13 +222,12 @@ def run_cells(jobs: list[tuple[str, RunConfig, Path]], workers: int = 1) -> dict
     results: dict[str, dict] = {}
     total = len(jobs)
     if workers <= 1:
-        from hscl.engine.train import load_data
+        from hscl.engine.train import data_key, load_data
 
         cache: dict = {}
         for index, (name, config, run_dir) in enumerate(jobs, 1):
             print(f"== [{index}/{total}] {name} -> {run_dir.name}", flush=True)
-            key = (config.data.dataset, config.data.data_dir, config.data.train_subset, config.data.test_subset,
-                   config.eval.val_fraction, config.train.seed)  # fmt: skip
+            key = data_key(config)
             finished = (run_dir / "eval.json").exists() and (run_dir / "final.ckpt").exists()
             if not finished and key not in cache:
                 cache = {key: load_data(config)}  # one dataset in memory at a time

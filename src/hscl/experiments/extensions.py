@@ -258,7 +258,7 @@ def reproduce_extension(
     at once) go to :func:`hscl.experiments.auto_beta.run_auto_beta`.
     """
     from hscl.engine.runs import check_run_configs
-    from hscl.engine.train import load_data
+    from hscl.engine.train import data_key, load_data
     from hscl.experiments._extensions_outputs import write_outputs
 
     path = find_extension_preset(experiment, preset, config_dir)
@@ -295,11 +295,10 @@ def reproduce_extension(
         if done is not None:  # no data needed
             runs[key].append({**done, "numerics": run_numerics(run_dir)})
             continue
-        dc = config.data
-        data_key = (dc.dataset, dc.data_dir, dc.train_subset, dc.test_subset, config.train.seed)
-        if data_key not in data_cache:
-            data_cache = {data_key: load_data(config)}  # one dataset in memory at a time
-        runs[key].append({**run_cell(config, run_dir, data_cache[data_key]), "numerics": run_numerics(run_dir)})
+        key_data = data_key(config)
+        if key_data not in data_cache:
+            data_cache = {key_data: load_data(config)}  # one dataset in memory at a time
+        runs[key].append({**run_cell(config, run_dir, data_cache[key_data]), "numerics": run_numerics(run_dir)})
 
     results: dict = {
         "experiment": experiment,

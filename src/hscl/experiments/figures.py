@@ -61,10 +61,9 @@ def _last_value(rows: list[dict], key: str) -> float:
 
 
 def _load_data_cached(config: RunConfig, cache: dict):
-    from hscl.engine.train import load_data
+    from hscl.engine.train import data_key, load_data
 
-    dc = config.data
-    key = (dc.dataset, dc.data_dir, dc.train_subset, dc.test_subset, config.eval.val_fraction)
+    key = data_key(config)
     if key not in cache:
         cache.clear()
         cache[key] = load_data(config)

@@ -92,7 +92,7 @@ def reproduce_table1(
 ) -> dict:
     """Run a Table I preset; returns the results (also written to ``out_dir``)."""
     from hscl.engine.runs import check_run_configs
-    from hscl.engine.train import load_data
+    from hscl.engine.train import data_key, load_data
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,12 +117,11 @@ def reproduce_table1(
         per_seed = []
         for seed in seeds:
             config = load_config(files[key], [*extra, f"train.seed={seed}"])
-            dc = config.data
-            data_key = (dc.dataset, dc.data_dir, dc.train_subset, dc.test_subset, config.eval.val_fraction)
-            if data_key not in data_cache:
-                data_cache = {data_key: load_data(config)}
+            key_data = data_key(config)  # the seed draws the subsets: one dataset per seed
+            if key_data not in data_cache:
+                data_cache = {key_data: load_data(config)}
             print(f"== {TABLE1_CELLS[key]} (seed {seed}) -> {out_dir / key / f'seed{seed}'}", flush=True)
-            run = _run_one(config, out_dir / key / f"seed{seed}", data_cache[data_key])
+            run = _run_one(config, out_dir / key / f"seed{seed}", data_cache[key_data])
             per_seed.append({**run, "numerics": run_numerics(out_dir / key / f"seed{seed}")})
         results["methods"][key] = {
             "label": TABLE1_CELLS[key],
