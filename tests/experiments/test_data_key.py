@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from hscl.engine.config import load_config
+from hscl.engine.datamodule import data_key
 from hscl.engine.paths import PRESETS
-from hscl.engine.train import data_key
 from hscl.experiments import table1
 
 SCL = PRESETS / "table1/quick/scl.yaml"

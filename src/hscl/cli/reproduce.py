@@ -80,7 +80,7 @@ def _reproduce_table2(args: argparse.Namespace) -> None:
 
 
 def _reproduce_extension(experiment: str):
-    """The command of one extension experiment (issue 15): multilabel, small-batch or auto-beta."""
+    """The command of one extension experiment: multilabel, small-batch or auto-beta."""
 
     def run(args: argparse.Namespace) -> None:
         from hscl.experiments.extensions import reproduce_extension

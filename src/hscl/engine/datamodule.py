@@ -12,7 +12,7 @@ from torch import Tensor
 
 from hscl.data.images import VALIDATION_SEED, ImageData
 from hscl.data.views import ViewSampler
-from hscl.engine.config import RunConfig
+from hscl.engine.config import RunConfig, config_to_dict
 from hscl.engine.distributed import (
     place,
     shard,
@@ -32,6 +32,19 @@ from hscl.engine.monitor import (  # noqa: F401 (re-exported: callers import the
     read_metrics,
 )
 from hscl.losses import get_method
+
+
+def data_key(config: RunConfig) -> str:
+    """What :func:`~hscl.engine.train.load_data` depends on, as a key for callers that reuse one loaded dataset
+    across runs: every ``data.*`` key, ``eval.val_fraction`` (the hold-out) and ``train.seed`` (the subsets are
+    drawn with it). Two configs with the same key get the same splits."""
+    import json
+
+    return json.dumps(
+        {"data": config_to_dict(config)["data"], "val_fraction": config.eval.val_fraction, "seed": config.train.seed},
+        sort_keys=True,
+        default=str,
+    )
 
 
 def split_data(data: ImageData, config: RunConfig) -> ImageData:

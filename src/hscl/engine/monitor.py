@@ -8,7 +8,7 @@ split; its row goes into ``metrics.csv`` (through the training run's epoch logge
 eigenvalues of Cov(z), columns ``sv1..``: they are its singular values too) into ``spectrum.csv``.
 ``hscl diagnose`` runs the same measurement on a checkpoint.
 
-Extensions (issue 15): with an automatic hardening (``loss.beta: auto``) the ``beta`` column is the epoch's
+Extensions: with an automatic hardening (``loss.beta: auto``) the ``beta`` column is the epoch's
 mean of the beta chosen at each step; with a memory (``loss.memory_size``) ``memory_rows`` is the number of rows
 it holds at the end of the epoch. On a multi-label dataset (multi-hot labels) the kNN monitor reports
 ``knn_mAP`` (weighted-kNN class scores, :func:`~hscl.engine.evaluate.knn_scores`) instead of ``knn_top1``, and
@@ -67,7 +67,7 @@ METRIC_FIELDS = [
     "epoch_seconds",
     "tau",
     "fallback_fraction",
-    # issue 15: the epoch's mean auto-chosen beta, the memory's rows, the multi-label kNN monitor, step time
+    # the extensions: the epoch's mean auto-chosen beta, the memory's rows, the multi-label kNN monitor, step time
     "beta",
     "beta_solved",  # beta: auto: the epoch's mean solution (beta is the mean used: after warm-up and EMA)
     "memory_rows",

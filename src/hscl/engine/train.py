@@ -273,19 +273,6 @@ def load_data(config: RunConfig) -> ImageData:
     return split_data(load_dataset(config.data.dataset, data_dir=config.data.data_dir), config)
 
 
-def data_key(config: RunConfig) -> str:
-    """What :func:`load_data` depends on, as a key for callers that reuse one loaded dataset across runs:
-    every ``data.*`` key, ``eval.val_fraction`` (the hold-out) and ``train.seed`` (the subsets are drawn with
-    it). Two configs with the same key get the same splits."""
-    import json
-
-    return json.dumps(
-        {"data": config_to_dict(config)["data"], "val_fraction": config.eval.val_fraction, "seed": config.train.seed},
-        sort_keys=True,
-        default=str,
-    )
-
-
 @restores_torch_flags
 def train(config: RunConfig, out_dir: str | Path, resume: bool = False, data: ImageData | None = None) -> Path:
     """Pre-train per ``config`` into ``out_dir``; returns the path of the final checkpoint.

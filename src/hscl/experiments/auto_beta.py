@@ -222,7 +222,8 @@ def run_cells(jobs: list[tuple[str, RunConfig, Path]], workers: int = 1) -> dict
     results: dict[str, dict] = {}
     total = len(jobs)
     if workers <= 1:
-        from hscl.engine.train import data_key, load_data
+        from hscl.engine.datamodule import data_key
+        from hscl.engine.train import load_data
 
         cache: dict = {}
         for index, (name, config, run_dir) in enumerate(jobs, 1):

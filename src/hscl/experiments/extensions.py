@@ -1,4 +1,4 @@
-"""``hscl reproduce multilabel | small-batch | auto-beta``: the experiments of issue 15 (beyond the peers).
+"""``hscl reproduce multilabel | small-batch | auto-beta``: experiments beyond the peers.
 
 * ``multilabel``: UCL, SCL, H-SCL(beta) and SupCon pre-trained on ``fashion-mnist-mosaic`` (2 x 2 mosaics of
   Fashion-MNIST, labelled by the set of classes they show); the table gives the mAP and micro-F1 of a linear
@@ -257,8 +257,9 @@ def reproduce_extension(
     auto-beta only: ``select`` (the split choices are made on, default validation) and ``workers`` (cells trained
     at once) go to :func:`hscl.experiments.auto_beta.run_auto_beta`.
     """
+    from hscl.engine.datamodule import data_key
     from hscl.engine.runs import check_run_configs
-    from hscl.engine.train import data_key, load_data
+    from hscl.engine.train import load_data
     from hscl.experiments._extensions_outputs import write_outputs
 
     path = find_extension_preset(experiment, preset, config_dir)

@@ -61,7 +61,8 @@ def _last_value(rows: list[dict], key: str) -> float:
 
 
 def _load_data_cached(config: RunConfig, cache: dict):
-    from hscl.engine.train import data_key, load_data
+    from hscl.engine.datamodule import data_key
+    from hscl.engine.train import load_data
 
     key = data_key(config)
     if key not in cache:

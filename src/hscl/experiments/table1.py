@@ -91,8 +91,9 @@ def reproduce_table1(
     methods: list[str] | None = None,
 ) -> dict:
     """Run a Table I preset; returns the results (also written to ``out_dir``)."""
+    from hscl.engine.datamodule import data_key
     from hscl.engine.runs import check_run_configs
-    from hscl.engine.train import data_key, load_data
+    from hscl.engine.train import load_data
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
