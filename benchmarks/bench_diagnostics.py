@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from hscl.engine.config import load_config
-from hscl.engine.monitor import diagnostics_hardening, measure_geometry, probe_set
-from hscl.engine.train import load_data, load_task, read_metrics, train
+from hscl.engine.pretrain.monitor import diagnostics_hardening, measure_geometry, probe_set
+from hscl.engine.pretrain.run import load_data, load_task, train
+from hscl.engine.runtime.config import load_config
+from hscl.engine.runtime.runs import read_metrics
 from hscl.experiments.presets import resolve_config
 from hscl.geometry import diagnose
 

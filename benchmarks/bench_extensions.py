@@ -1,4 +1,4 @@
-"""Cost of the loss extensions of issue 15 on the CPU: the memory of past rows, automatic hardness, multi-hot labels.
+"""Cost of the loss extensions on the CPU: the memory of past rows, automatic hardness, multi-hot labels.
 
 What it measures (forward + backward of ``hscl.losses.get_loss("h-scl", ...)`` on ``z`` of shape ``(B, 2, 128)``,
 float32, labels from 10 classes; the median of repeated calls, the two sides of every ratio timed alternately

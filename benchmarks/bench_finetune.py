@@ -1,7 +1,7 @@
 """Throughput of fine-tuning EfficientNet-Lite0 with SCHaNe on the CPU: images/s at 64, 96 and 224 px, fp32 and bf16.
 
 What it measures: complete fine-tuning steps exactly as ``hscl finetune --backbone efficientnet-lite0`` and
-``hscl reproduce schane --preset pretrained`` run them (:func:`hscl.engine.finetune.train_step`): a batch of
+``hscl reproduce schane --preset pretrained`` run them (:func:`hscl.engine.finetune.loop.train_step`): a batch of
 ``B`` uint8 Fashion-MNIST images (28 x 28 grey; random images when the data set is not on disk) augmented
 twice on the fly (``V = 2`` views, the ``grey28`` preset with the identity normalisation a Backbone takes), the
 backbone (``build_backbone("efficientnet-lite0", input_size=S)``, ImageNet weights; it repeats the grey channel,
@@ -42,14 +42,8 @@ import psutil
 import torch
 
 from hscl.data.augment import Augment, preset_for
-from hscl.engine.finetune import (
-    FinetuneConfig,
-    FineTuneModel,
-    FinetuneObjective,
-    backbone_input,
-    make_optimizer,
-    train_step,
-)
+from hscl.engine.finetune.config import FinetuneConfig
+from hscl.engine.finetune.loop import FineTuneModel, FinetuneObjective, backbone_input, make_optimizer, train_step
 from hscl.models import build_backbone
 
 #: mode -> (bf16 autocast, channels_last)

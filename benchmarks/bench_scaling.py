@@ -4,13 +4,13 @@ What it measures
 ----------------
 1. Training throughput with 1 and 2 processes: ``hscl train`` (Lightning; with ``--devices 2 --strategy
    ddp`` two processes over gloo, the global batch split between them and the loss computed on the
-   gathered global batch, :mod:`hscl.engine.distributed`) on Fashion-MNIST 28x28 (``--train-subset`` images,
+   gathered global batch, :mod:`hscl.engine.runtime.distributed`) on Fashion-MNIST 28x28 (``--train-subset`` images,
    stratified) with the quick preset's convnet (widths 16, 32, 64, 128), H-SCL(beta=1), global batch
    ``--batch`` samples x 2 views, float32, no kNN monitor, no diagnostics. Each run does ``--epochs``
    epochs; the throughput is that of the last epoch (the first includes start-up), from the run's
    metrics.csv: ``steps * batch * 2 / epoch seconds`` (images, both views) and half that (samples).
    Lightning gives each of the 2 processes ``cores / 2`` torch threads; the single process uses all cores.
-2. The loss alone, as each DDP rank evaluates it (:func:`hscl.engine.distributed.global_batch_loss` evaluates
+2. The loss alone, as each DDP rank evaluates it (:func:`hscl.engine.runtime.distributed.global_batch_loss` evaluates
    the loss of the whole global batch on every rank): forward + backward of H-SCL(beta=1) (temperature
    0.5, M = rows - 2) on random embeddings ``(B, 2, 128)`` with 10 classes, for growing global batches
    ``B``, unchunked and with ``chunk_size`` anchors per block, with ``--loss-threads`` torch threads (default

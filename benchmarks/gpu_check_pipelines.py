@@ -29,7 +29,7 @@ GPU_CHECK = Path(__file__).resolve().parent / "gpu_check.py"
 
 
 def run_config(sizes, accelerator: str, devices: int = 1):
-    from hscl.engine.config import load_config
+    from hscl.engine.runtime.config import load_config
 
     overrides = [
         "data.dataset=cifar10",  # the name only: the data is passed to train()
@@ -160,7 +160,7 @@ class Pipelines:
         return str(where)
 
     def pretrain(self) -> tuple[str, str, dict]:
-        from hscl.engine.train import train
+        from hscl.engine.pretrain.run import train
 
         accelerator = "gpu" if self.device.type == "cuda" else "cpu"
         run_dir = self.work / "pretrain"
@@ -201,13 +201,13 @@ class Pipelines:
         if self.final is None:
             raise SkipError("needs the pretrain checkpoint (pretrain failed)")
         if self.task is None:
-            from hscl.engine.train import load_task
+            from hscl.engine.pretrain.run import load_task
 
             self.task, self.config = load_task(self.final, device=self.device)
         return self.task, self.config
 
     def evaluate(self) -> tuple[str, str, dict]:
-        from hscl.engine.evaluate import evaluate_task
+        from hscl.engine.evaluation.probes import evaluate_task
 
         task, config = self._task()
         where = self._where(task)
@@ -216,7 +216,7 @@ class Pipelines:
         return where, key, result
 
     def diagnostics(self) -> tuple[str, str, dict]:
-        from hscl.engine.monitor import diagnostics_hardening, measure_geometry, probe_set
+        from hscl.engine.pretrain.monitor import diagnostics_hardening, measure_geometry, probe_set
 
         task, config = self._task()
         where = self._where(task)
@@ -232,7 +232,8 @@ class Pipelines:
         return where, key, {**numbers, "probe_images": int(x.shape[0]), "diag_hardening": metrics["diag_hardening"]}
 
     def finetune(self) -> tuple[str, str, dict]:
-        from hscl.engine.finetune import FinetuneConfig, finetune
+        from hscl.engine.finetune.config import FinetuneConfig
+        from hscl.engine.finetune.loop import finetune
 
         task, _ = self._task()
         data = self.data
@@ -250,8 +251,8 @@ class Pipelines:
         return where, key, {**metrics, "module_outputs": watch.describe()}
 
     def few_shot(self) -> tuple[str, str, dict]:
-        from hscl.engine.fewshot import FewShotConfig, few_shot
-        from hscl.engine.finetune import FinetuneConfig
+        from hscl.engine.finetune.config import FinetuneConfig
+        from hscl.engine.finetune.fewshot import FewShotConfig, few_shot
 
         task, _ = self._task()
         s = self.sizes
@@ -291,7 +292,7 @@ class Pipelines:
         from sklearn.model_selection import StratifiedKFold
 
         from hscl.data.images import DatasetNotFoundError
-        from hscl.engine.graph_train import GraphObjective, embed_graphs, pretrain_graph_encoder
+        from hscl.engine.pretrain.graph_train import GraphObjective, embed_graphs, pretrain_graph_encoder
         from hscl.experiments.table2 import svm_accuracy
 
         try:
@@ -392,7 +393,7 @@ def ddp_worker(args, sizes) -> None:
     ``rank<r>.json`` with what this process saw: its rank and process group size, its pid, its modules' devices."""
     quiet_lightning()
     from gpu_check_data import load_images
-    from hscl.engine.train import train
+    from hscl.engine.pretrain.run import train
 
     data, _ = load_images(sizes)
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"  # cpu: a gloo run, to test this path

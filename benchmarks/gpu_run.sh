@@ -1,7 +1,7 @@
 #!/bin/bash
 # The one command for a lent GPU machine (CPython 3.12 with torch, lightning, numpy, scikit-learn, matplotlib,
 # pillow, pyyaml, tqdm, transformers, safetensors, torch_geometric, pytest; no network): from the checkout's root,
-# with the wheels it lacks in .whl/ (../shared/device/wheels.sh downloads them), run
+# with the wheels it lacks in .whl/ (the device set-up script downloads them), run
 #
 #     OUT=/some/folder bash benchmarks/gpu_run.sh
 #
@@ -41,7 +41,7 @@ echo "gpu_check rc=$CHECK_RC (limit ${CHECK_S} s; 124: timed out)" >> "$OUT/gpu_
 tail -n 40 "$OUT/gpu_check.md"
 
 timeout -k 5 "$TESTS_S" python3 -m pytest -q -m gpu -p no:cacheprovider tests \
-    --ignore=tests/engine/test_sweep_postgres.py > "$OUT/pytest_gpu.log" 2>&1
+    --ignore=tests/engine/sweep/test_sweep_postgres.py > "$OUT/pytest_gpu.log" 2>&1
 TEST_RC=$?
 echo "pytest rc=$TEST_RC (limit ${TESTS_S} s; 124: timed out)" >> "$OUT/pytest_gpu.log"
 tail -n 15 "$OUT/pytest_gpu.log"

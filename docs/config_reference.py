@@ -1,8 +1,8 @@
-"""The Configuration page's tables, generated from the run config dataclasses of ``hscl.engine.config``.
+"""The Configuration page's tables, generated from the run config dataclasses of ``hscl.engine.runtime.config``.
 
-Every ``--set`` key (``section.key``) of :class:`hscl.engine.config.RunConfig` is listed with its type, its
+Every ``--set`` key (``section.key``) of :class:`hscl.engine.runtime.config.RunConfig` is listed with its type, its
 default (the dataclass's), the values it allows and its meaning. The meaning is the field's comment in
-``src/hscl/engine/config.py``: the ``#:`` lines above the field, a ``#`` comment at the end of its line, or a
+``src/hscl/engine/runtime/config.py``: the ``#:`` lines above the field, a ``#`` comment at the end of its line, or a
 string right below it; a section's introduction is its class docstring. The allowed values of a choice come from
 the constants the code checks against (``hscl.losses.METHODS``, ``PRECISION_SETTINGS``, the encoder, dataset and
 augmentation registries) or, for the few choices and ranges written out in ``validate_config``, from
@@ -60,7 +60,7 @@ def registry_choices() -> dict[str, tuple[str, ...]]:
     """The choices read from the code's own registries and constants."""
     from hscl.data.augment import PRESETS
     from hscl.data.images.registry import DATASETS
-    from hscl.engine.config import PRECISION_SETTINGS
+    from hscl.engine.runtime.config import PRECISION_SETTINGS
     from hscl.losses import METHODS
     from hscl.models import ENCODERS
 
@@ -143,7 +143,7 @@ def allowed_text(key: str, annotation, choices: dict[str, tuple[str, ...]]) -> s
 
 def rows() -> list[tuple[str, str, str, str, str]]:
     """``(key, type, default, allowed, meaning)`` for every ``--set`` key, in the dataclasses' order."""
-    from hscl.engine.config import RunConfig, _field_types
+    from hscl.engine.runtime.config import RunConfig, _field_types
 
     choices = {**CHOICES, **registry_choices()}
     out = []
@@ -167,7 +167,7 @@ def _cell(text: str) -> str:
 
 def render() -> str:
     """The Markdown of the reference: one table per section (``data``, ``model``, ...), with its introduction."""
-    from hscl.engine.config import RunConfig
+    from hscl.engine.runtime.config import RunConfig
 
     defaults = RunConfig()
     parts = [f"`name` (string, default `{defaults.name}`): the run's name, used in its folder and reports.\n"]

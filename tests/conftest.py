@@ -78,3 +78,25 @@ def assert_above_chance(accuracy: float, classes: int, points: float = 30.0, wha
     """``accuracy`` (in %) is at least chance (100 / classes) + ``points``: the classifier learned the classes."""
     chance = 100.0 / classes
     assert accuracy >= chance + points, f"{what} {accuracy:.2f}% is below chance ({chance:.1f}%) + {points} points"
+
+
+#: a run config small enough for a test: digits, a small convnet, float32, no progress bar
+TINY = [
+    "data.dataset=digits",
+    "data.train_subset=400",
+    "data.test_subset=200",
+    "model.encoder=convnet",
+    "model.widths=[8, 16, 16, 32]",
+    "model.hidden_dim=64",
+    "model.projection_dim=16",
+    "train.batch_size=64",
+    "train.knn_train=200",
+    "train.knn_test=100",
+    "train.knn_k=20",
+    "train.precision=32",
+    "train.channels_last=false",
+    "train.progress=false",
+    "eval.linear_epochs=5",
+    "eval.linear_lr=0.05",  # 4 steps an epoch at a rate that lets 20 steps learn the digits (1e-3 stays at chance)
+    "eval.linear_batch_size=128",
+]

@@ -122,15 +122,15 @@ def test_a_data_dir_without_the_data_is_an_error_naming_what_was_looked_for(tmp_
 
 
 def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
-    import hscl.engine.train
+    import hscl.engine.pretrain.run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(hscl.engine.train, "load_task", interrupted)
+    monkeypatch.setattr(hscl.engine.pretrain.run, "load_task", interrupted)
     assert main(["evaluate", str(tmp_path / "final.ckpt")]) == 130
     assert _one_line(capsys) == "hscl: interrupted"
-    monkeypatch.setattr(hscl.engine.train, "load_data", interrupted)  # reproduce's start-up
+    monkeypatch.setattr(hscl.engine.pretrain.run, "load_data", interrupted)  # reproduce's start-up
     out = tmp_path / "t1"
     assert main(["reproduce", "table1", "--out", str(out)]) == 130
     assert "run the same command again to continue" in _one_line(capsys)
@@ -138,9 +138,9 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(tmp_path, cap
 
 
 def test_final_checkpoint_is_printed_by_rank_zero_only(tmp_path, capsys, monkeypatch):
-    import hscl.engine.train
+    import hscl.engine.pretrain.run
 
-    monkeypatch.setattr(hscl.engine.train, "train", lambda config, out, resume=False: tmp_path / "final.ckpt")
+    monkeypatch.setattr(hscl.engine.pretrain.run, "train", lambda config, out, resume=False: tmp_path / "final.ckpt")
     for local_rank, printed in (("1", False), ("0", True)):  # what Lightning's launcher gives its processes
         monkeypatch.setenv("LOCAL_RANK", local_rank)
         assert main(["train", "--out", str(tmp_path / "run"), "--devices", "2"]) == 0
@@ -169,7 +169,7 @@ def test_presets_lists_every_experiment(capsys):
 
 
 def test_a_finetuned_model_is_named_by_evaluate_and_diagnose(tmp_path, capsys):
-    from hscl.engine.finetune import FineTuneModel
+    from hscl.engine.finetune.loop import FineTuneModel
     from hscl.models import build_model
 
     model = FineTuneModel(build_model("convnet", 1, projection_dim=8, hidden_dim=16, widths=(4, 4, 4, 4)), 3)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hscl.engine.config import RunConfig, load_config
+from hscl.engine.runtime.config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_every_key_is_listed_with_its_default_and_a_meaning(reference):
         type_, shown, allowed, meaning = rows[key]
         assert shown == f"`{_yaml(default)}`", (key, shown, default)
         assert type_ and allowed, key
-        assert len(meaning) > 10, f"{key} has no comment in src/hscl/engine/config.py"
+        assert len(meaning) > 10, f"{key} has no comment in src/hscl/engine/runtime/config.py"
 
 
 def test_the_built_page_and_the_cli_page_link(reference):

@@ -55,7 +55,7 @@ def _context(page: str) -> dict:
 
 
 def _check_schane_and_ce(ns: dict) -> None:
-    from hscl.engine.finetune import FinetuneObjective
+    from hscl.engine.finetune.loop import FinetuneObjective
 
     h, logits, y = ns["h"], ns["logits"], ns["y"]
     expected, _ = FinetuneObjective("schane", lam=0.9, beta=1.0, temperature=0.5)(logits.view(B, 2, C), h, y)
@@ -107,7 +107,7 @@ def run(rank, world, store, snippet, out):
         torch.distributed.init_process_group, init_method=f"file://{store}", rank=rank, world_size=world,
         timeout=datetime.timedelta(seconds=60),
     )
-    from hscl.engine.distributed import shard
+    from hscl.engine.runtime.distributed import shard
     torch.manual_seed(0)
     encoder = torch.nn.Linear(16, 8)
     g = torch.Generator().manual_seed(1)

@@ -240,7 +240,7 @@ def test_api_reference_has_no_raw_sphinx_roles_and_links_across_pages(site):
 def test_configuration_page_lists_every_key(site):
     import dataclasses
 
-    from hscl.engine.config import RunConfig
+    from hscl.engine.runtime.config import RunConfig
 
     text = (site / "configuration.html").read_text(encoding="utf-8")
     config = RunConfig()

@@ -185,7 +185,7 @@ def test_the_verdict_cannot_pass_vacuously():
 
 
 def _fake_train(precision: str, knn: float, autocast: torch.dtype | None):
-    """A stand-in for hscl.engine.train.train: one Linear on the CPU (under autocast to ``autocast``), then the
+    """A stand-in for hscl.engine.pretrain.run.train: one Linear on the CPU (under autocast to ``autocast``), then the
     files a run writes."""
 
     def train(config, run_dir, data=None):
@@ -213,9 +213,9 @@ def _fake_train(precision: str, knn: float, autocast: torch.dtype | None):
 )
 def test_pretrain_checks_precision_and_knn(monkeypatch, tmp_path, bf16, precision, autocast, knn, failed):
     """The GPU branch of the precision check, on the CPU: the watch's device is renamed to cuda:0."""
-    import hscl.engine.train
+    import hscl.engine.pretrain.run
 
-    monkeypatch.setattr(hscl.engine.train, "train", _fake_train(precision, knn, autocast))
+    monkeypatch.setattr(hscl.engine.pretrain.run, "train", _fake_train(precision, knn, autocast))
     monkeypatch.setattr(pipelines, "native_bf16", lambda device: bf16)
     real_hook = common.ModuleWatch._hook
 
@@ -243,13 +243,13 @@ def test_pretrain_checks_precision_and_knn(monkeypatch, tmp_path, bf16, precisio
     ],
 )
 def test_few_shot_checks_its_device_and_chance(monkeypatch, tmp_path, device, accuracy, failed):
-    import hscl.engine.fewshot
+    import hscl.engine.finetune.fewshot
 
     def fake_few_shot(model, data, classes, configs, fewshot, progress, device):
         torch.nn.Linear(2, 2)(torch.randn(1, 2))  # on the CPU
         return {5: [{"accuracy": {"supcon+ce": accuracy}}] * fewshot.episodes}
 
-    monkeypatch.setattr(hscl.engine.fewshot, "few_shot", fake_few_shot)
+    monkeypatch.setattr(hscl.engine.finetune.fewshot, "few_shot", fake_few_shot)
     pipes = pipelines.Pipelines(torch.device(device), common.QUICK, type("D", (), {"num_classes": 10})(), tmp_path)
     pipes.final, pipes.task = tmp_path, type("Task", (), {"model": None})()
     row = common.Checks().run("few-shot", device, pipes.few_shot)

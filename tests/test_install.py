@@ -127,7 +127,7 @@ def test_the_installed_wheel_reproduces_table1_quick_from_an_empty_folder(wheel,
     assert_above_chance(row["linear_top1_mean"], 10, what="linear probe")
     assert_above_chance(row["knn_top1_mean"], 10, points=20, what="kNN")  # a bank of the 330 training images
     assert row["config"] == "table1/quick/scl.yaml"  # the packaged preset, named relative to the presets folder
-    presets = _run([python, "-c", "from hscl.engine.paths import PRESETS; print(PRESETS)"], cwd=empty, env=env)
+    presets = _run([python, "-c", "from hscl.engine.runtime.paths import PRESETS; print(PRESETS)"], cwd=empty, env=env)
     assert Path(presets.stdout.strip()).is_relative_to(env_dir)  # the wheel's copy of the presets
     assert (Path(presets.stdout.strip()) / row["config"]).is_file()
     assert "| SCL |" in (empty / "out" / "table1.md").read_text()

@@ -17,6 +17,8 @@ from typing import ClassVar
 
 import torch
 
+from hscl.validation import check_int, check_real
+
 __all__ = [
     "AutoExponential",
     "Exponential",
@@ -72,7 +74,7 @@ class Exponential(Hardening):
     beta: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_real("beta", self.beta)
+        check_real("beta", self.beta)
         if self.beta < 0:
             raise ValueError(
                 f"beta must be >= 0 (exponential tilting exp(beta * g) must be non-decreasing), got beta={self.beta}"
@@ -95,7 +97,7 @@ class Threshold(Hardening):
     tau: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_real("tau", self.tau)
+        check_real("tau", self.tau)
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0 (the threshold compares exp(g) >= tau), got tau={self.tau}")
 
@@ -108,7 +110,7 @@ class Threshold(Hardening):
 
 
 class AutoExponential(Hardening):
-    """Exponential tilting whose ``beta`` each forward of the loss chooses from the batch (LOSSES.md,
+    """Exponential tilting whose ``beta`` each forward of the loss chooses from the batch (docs/losses.md,
     "Automatic hardness").
 
     The gradient's negative distribution of anchor ``r`` is proportional to ``exp((1 + beta) g(r, s))`` over
@@ -150,14 +152,14 @@ class AutoExponential(Hardening):
         iterations: int = ITERATIONS,
         max_entries: int = 1 << 18,
     ) -> None:
-        _check_real("target", target)
+        check_real("target", target)
         if not 0.0 < target <= 1.0:
             raise ValueError(f"target must be in (0, 1] (a mean ratio of effective sample sizes), got target={target}")
-        _check_real("max_beta", max_beta)
+        check_real("max_beta", max_beta)
         if not max_beta > 0:
             raise ValueError(f"max_beta must be > 0, got max_beta={max_beta}")
-        _check_count("iterations", iterations)
-        _check_count("max_entries", max_entries)
+        check_int("iterations", iterations, 1)
+        check_int("max_entries", max_entries, 1)
         self.target, self.max_beta = float(target), float(max_beta)
         self.iterations, self.max_entries = iterations, max_entries
         self.beta = 0.0
@@ -298,15 +300,15 @@ class LinearThreshold:
     temperature: float
 
     def __post_init__(self) -> None:
-        _check_real("start", self.start)
-        _check_real("end", self.end)
+        check_real("start", self.start)
+        check_real("end", self.end)
         if not (-1.0 <= self.start <= 1.0 and -1.0 <= self.end <= 1.0):
             raise ValueError(
                 f"start and end are cosine similarities and must lie in [-1, 1], got start={self.start}, end={self.end}"
             )
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs must be an integer >= 1, got epochs={self.epochs!r}")
-        _check_real("temperature", self.temperature)
+        check_real("temperature", self.temperature)
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got temperature={self.temperature}")
 
@@ -333,15 +335,3 @@ def linear_threshold(start: float, end: float, epochs: int, temperature: float) 
     Example: ``linear_threshold(-0.5, -0.1, 200, 0.5)(1) == exp(-0.5 / 0.5)``.
     """
     return LinearThreshold(start, end, epochs, temperature)
-
-
-def _check_count(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
-
-
-def _check_real(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {name}={value}")

@@ -1,5 +1,5 @@
 """Few-shot benchmark splits: the official class lists, CIFAR-FS and FC100 from tiny CIFAR-100 python files,
-miniImageNet from a tiny folder of CSVs + JPEGs, episode data for hscl.engine.fewshot, clear errors."""
+miniImageNet from a tiny folder of CSVs + JPEGs, episode data for hscl.engine.finetune.fewshot, clear errors."""
 
 from __future__ import annotations
 
@@ -260,8 +260,8 @@ def test_benchmark_rejects_a_class_in_two_splits():
 
 
 def test_few_shot_draws_episodes_from_the_test_classes(tmp_path):
-    from hscl.engine.fewshot import FewShotConfig, few_shot
-    from hscl.engine.finetune import FinetuneConfig
+    from hscl.engine.finetune.config import FinetuneConfig
+    from hscl.engine.finetune.fewshot import FewShotConfig, few_shot
     from hscl.models import build_model
 
     write_cifar100(tmp_path / "cifar-100-python", per_class=(4, 2))

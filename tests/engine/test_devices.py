@@ -16,14 +16,17 @@ import torch
 from conftest import LEARNS, assert_above_chance, assert_loss_fell, run_losses
 from hscl.data.augment import Augment, EvalTransform, augment_preset
 from hscl.data.images import load_dataset
-from hscl.engine import datamodule, distributed
-from hscl.engine import precision as precision_module
-from hscl.engine import train as train_module
-from hscl.engine.config import config_to_dict, load_config
-from hscl.engine.distributed import fits_on_device, place, resolve_device, to_device
-from hscl.engine.evaluate import evaluate_task, extract_features, knn_accuracy, linear_probe
-from hscl.engine.torch_flags import restored_torch_flags
-from hscl.engine.train import ContrastiveTask, load_task, resolve_deterministic, resolve_precision
+from hscl.engine.evaluation.probes import evaluate_task, extract_features, knn_accuracy, linear_probe
+from hscl.engine.pretrain import datamodule
+from hscl.engine.pretrain import run as train_module
+from hscl.engine.pretrain.run import load_task
+from hscl.engine.pretrain.task import ContrastiveTask
+from hscl.engine.runtime import distributed
+from hscl.engine.runtime import precision as precision_module
+from hscl.engine.runtime.config import config_to_dict, load_config
+from hscl.engine.runtime.distributed import fits_on_device, place, resolve_device, to_device
+from hscl.engine.runtime.precision import resolve_deterministic, resolve_precision
+from hscl.engine.runtime.torch_flags import restored_torch_flags
 from hscl.losses import get_loss
 from hscl.models import build_model
 
@@ -161,8 +164,8 @@ def test_geometry_diagnostics_run_in_float64_on_the_cpu(device):
 
 
 def test_measure_geometry_and_evaluate_task_with_a_task_on_the_device(device):
-    from hscl.engine.monitor import diagnostics_hardening, measure_geometry, probe_set
-    from hscl.engine.train import load_data
+    from hscl.engine.pretrain.monitor import diagnostics_hardening, measure_geometry, probe_set
+    from hscl.engine.pretrain.run import load_data
 
     config = load_config(None, [*TINY, "loss.method=h-scl", "loss.beta=1.0"])
     data = load_data(config)
@@ -184,14 +187,8 @@ def test_measure_geometry_and_evaluate_task_with_a_task_on_the_device(device):
 
 
 def test_finetune_step_and_run_on_the_device(device, digits):
-    from hscl.engine.finetune import (
-        FinetuneConfig,
-        FineTuneModel,
-        FinetuneObjective,
-        finetune,
-        make_optimizer,
-        train_step,
-    )
+    from hscl.engine.finetune.config import FinetuneConfig
+    from hscl.engine.finetune.loop import FineTuneModel, FinetuneObjective, finetune, make_optimizer, train_step
 
     config = FinetuneConfig(objective="schane", epochs=1, batch_size=32, head_lr=1e-2)
     model = FineTuneModel(_model(device), digits.num_classes).to(device)
@@ -219,8 +216,8 @@ def test_finetune_step_and_run_on_the_device(device, digits):
 
 
 def test_few_shot_episode_on_the_device(device, digits):
-    from hscl.engine.fewshot import FewShotConfig, few_shot, run_episode
-    from hscl.engine.finetune import FinetuneConfig
+    from hscl.engine.finetune.config import FinetuneConfig
+    from hscl.engine.finetune.fewshot import FewShotConfig, few_shot, run_episode
 
     # a 2-way episode of digits 0 and 1, 5 shots and 5 queries each, that the random initialisation learns in 20 steps
     config = FinetuneConfig(objective="supcon+ce", bn="frozen", lr=1e-2, head_lr=1e-1)
@@ -251,7 +248,7 @@ def test_few_shot_episode_on_the_device(device, digits):
 def test_graph_pretraining_on_the_device(device):
     pytest.importorskip("torch_geometric")
     from hscl.data.graphs import graphs_from_lists
-    from hscl.engine.graph_train import GraphObjective, embed_graphs, pretrain_graph_encoder
+    from hscl.engine.pretrain.graph_train import GraphObjective, embed_graphs, pretrain_graph_encoder
 
     generator = torch.Generator().manual_seed(0)
     features, edges, labels = [], [], []

@@ -13,13 +13,20 @@ import torch
 
 from hscl.data.augment import Augment, augment_preset
 from hscl.data.images import load_dataset
-from hscl.engine import datamodule as datamodule_module
-from hscl.engine import finetune as finetune_module
-from hscl.engine.config import load_config
-from hscl.engine.distributed import same_device
-from hscl.engine.finetune import FinetuneConfig, FineTuneModel, FinetuneObjective, finetune, make_optimizer
-from hscl.engine.precision import LoopPrecision, enable_tf32, loop_flags, loop_precision_scope, resolve_precision
-from hscl.engine.torch_flags import restored_torch_flags, snapshot_torch_flags
+from hscl.engine.finetune import loop as finetune_module
+from hscl.engine.finetune.config import FinetuneConfig
+from hscl.engine.finetune.loop import FineTuneModel, FinetuneObjective, finetune, make_optimizer
+from hscl.engine.pretrain import datamodule as datamodule_module
+from hscl.engine.runtime.config import load_config
+from hscl.engine.runtime.distributed import same_device
+from hscl.engine.runtime.precision import (
+    LoopPrecision,
+    enable_tf32,
+    loop_flags,
+    loop_precision_scope,
+    resolve_precision,
+)
+from hscl.engine.runtime.torch_flags import restored_torch_flags, snapshot_torch_flags
 from hscl.losses._checks import _nonfinite_allowed
 from hscl.models import build_model
 from sync_counter import SyncCounter
@@ -98,7 +105,7 @@ def test_flags_restored_after_a_mixed_use_of_the_tf32_apis():
 
 
 def test_train_restores_the_flags_it_changes(tmp_path, digits, monkeypatch):
-    from hscl.engine.train import train
+    from hscl.engine.pretrain.run import train
 
     calls = []
     original = torch.use_deterministic_algorithms
@@ -199,7 +206,7 @@ def _epoch_syncs(monkeypatch, digits, batches: int) -> int:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, batches)
     train = (digits.train_images, digits.train_labels)
     objective, augment = FinetuneObjective.from_config(config), Augment(augment_preset("grey28"))
-    counter = SyncCounter(monkeypatch, within=str(Path(finetune_module.__file__).parents[1])).install()
+    counter = SyncCounter(monkeypatch, within=str(Path(finetune_module.__file__).parents[2])).install()
     with counter.counting():
         finetune_module._finetune_epoch(
             model, objective, (optimizer, scheduler, None), augment, train, config, 0, LoopPrecision(), False
@@ -265,7 +272,7 @@ def test_few_shot_and_finetune_on_cuda_use_the_rule(digits, monkeypatch):
     import copy
     import types
 
-    from hscl.engine import fewshot as fewshot_module
+    from hscl.engine.finetune import fewshot as fewshot_module
 
     device = torch.device("cuda")
     precision, channels_last = resolve_precision("auto", _model(), None, device)

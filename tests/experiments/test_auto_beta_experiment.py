@@ -13,7 +13,7 @@ import yaml
 from test_extensions import TINY, _csv, _no_training
 
 from hscl.cli import main
-from hscl.engine.config import config_to_dict
+from hscl.engine.runtime.config import config_to_dict
 from hscl.experiments.auto_beta import check_reusable, choose_target, judge, protocol_of, summarize
 from hscl.experiments.extensions import ExtensionPreset, cell_config, find_extension_preset, load_extension_preset
 

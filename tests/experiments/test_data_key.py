@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from hscl.engine.config import load_config
-from hscl.engine.datamodule import data_key
-from hscl.engine.paths import PRESETS
+from hscl.engine.pretrain.datamodule import data_key
+from hscl.engine.runtime.config import load_config
+from hscl.engine.runtime.paths import PRESETS
 from hscl.experiments import table1
 
 SCL = PRESETS / "table1/quick/scl.yaml"
@@ -31,7 +31,7 @@ def test_table1_draws_each_seeds_subset(tmp_path, monkeypatch):
         used.append((config.loss.method, config.train.seed, data))
         return {"linear_top1": 1.0, "linear_top5": 1.0, "knn_top1": 1.0, "train_seconds": 1.0, "curve": []}
 
-    monkeypatch.setattr("hscl.engine.train.load_data", fake_load)
+    monkeypatch.setattr("hscl.engine.pretrain.run.load_data", fake_load)
     monkeypatch.setattr(table1, "_run_one", fake_run)
     monkeypatch.setattr(table1, "run_numerics", lambda run_dir: {})
     table1.reproduce_table1("quick", tmp_path / "out", seeds=[0, 1], methods=["scl", "ucl"])

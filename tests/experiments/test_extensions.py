@@ -68,7 +68,7 @@ def _csv(path: Path) -> list[dict]:
 
 def _no_training(monkeypatch) -> list:
     """Make any training call fail the test; returns the list of calls (resumed cells go through it)."""
-    import hscl.engine.train as train_module
+    import hscl.engine.pretrain.run as train_module
 
     calls = []
 
@@ -200,7 +200,7 @@ def test_small_batch_seeds_subset_and_resume_of_an_interrupted_cell(fashion_mnis
     cell = out / "b64-scl" / "seed1"
     (cell / "final.ckpt").unlink()
     (cell / "eval.json").unlink()
-    import hscl.engine.train as train_module
+    import hscl.engine.pretrain.run as train_module
 
     resumed = []
     original = train_module.train

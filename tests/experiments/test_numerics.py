@@ -93,7 +93,7 @@ def _fake_table1(monkeypatch, tmp_path: Path, numerics: dict[str, dict]) -> tupl
         return {"linear_top1": 50.0, "linear_top5": 90.0, "knn_top1": 48.0, "train_seconds": 1.0, "curve": curve}
 
     monkeypatch.setattr(table1_module, "_run_one", fake_run)
-    monkeypatch.setattr("hscl.engine.train.load_data", lambda config: None)
+    monkeypatch.setattr("hscl.engine.pretrain.run.load_data", lambda config: None)
     return [("fake",), {"config_dir": tmp_path / "configs"}], tmp_path / "out"
 
 

@@ -12,8 +12,8 @@ import torch
 
 from conftest import assert_above_chance, assert_loss_fell
 from hscl.cli import main
+from hscl.experiments._schane_config import find_experiment, load_experiment
 from hscl.experiments._schane_outputs import ISOTROPY_FORMS
-from hscl.experiments.schane import find_experiment, load_experiment
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -190,8 +190,8 @@ def test_lam_zero_is_cross_entropy_exactly():
     """The ablation takes lam = 0 from the CE cells: SCHaNe with lam = 0 gives the very same episodes."""
     from hscl.data.augment import preset_for
     from hscl.data.images import load_dataset
-    from hscl.engine.fewshot import FewShotConfig, few_shot
-    from hscl.engine.finetune import FinetuneConfig
+    from hscl.engine.finetune.config import FinetuneConfig
+    from hscl.engine.finetune.fewshot import FewShotConfig, few_shot
     from hscl.models import build_backbone
 
     data = load_dataset("digits")
@@ -272,11 +272,11 @@ def test_the_gpu_preset_loads_and_runs_at_a_tiny_size(tmp_path, capsys):
         (["pretrain={}"], "give either backbone"),
         (["pretrain_classes=[0, 1]"], "nothing is pre-trained with a backbone"),
         (["backbone.name=vgg16"], "backbone.name must be one of efficientnet-lite0"),
-        (["ablation.lams=[0.5, 1.5]"], r"ablation.lams must lie in \[0.0, 1.0\], got 1.5"),
+        (["ablation.lams=[0.5, 1.5]"], r"ablation.lams must lie in \[0.0, 1.0\], got ablation.lams=1.5"),
         (["ablation.lams=[0.5, 0.5]"], "ablation.lams must be distinct"),
-        (["precision=fp8"], "precision must be one of 32, bf16, auto, fastest; got 'fp8'"),
+        (["precision=fp8"], "precision must be one of '32', 'bf16', 'auto', 'fastest', got 'fp8'"),
         (["full.seeds=[]"], "full.seeds must list at least one seed"),
-        (["objectives=[ce, focal]"], "objectives must be one of ce, .*; got .focal."),
+        (["objectives=[ce, focal]"], "objectives must be one of 'ce', .*, got .focal."),
     ],
 )
 def test_bad_settings_are_named(overrides, message):

@@ -14,8 +14,8 @@ import torch
 import hscl.experiments._schane_selection as selection
 from hscl.cli import main
 from hscl.data.images import ImageData
+from hscl.experiments._schane_config import find_experiment, load_experiment
 from hscl.experiments._schane_outputs import _ablation_table, _selection_text, _summarise_ablation
-from hscl.experiments.schane import find_experiment, load_experiment
 
 
 def _id_data(per_class: int = 40, classes: int = 10) -> ImageData:
@@ -116,7 +116,7 @@ def test_select_test_chooses_the_test_best_lam_and_says_so(experiment, monkeypat
 
 
 def test_select_is_checked_and_refused_where_nothing_is_chosen(tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"ablation\.select must be one of validation, test; got 'train'"):
+    with pytest.raises(ValueError, match=r"ablation\.select must be one of 'validation', 'test', got 'train'"):
         load_experiment(find_experiment("pretrained"), ["ablation.select=train"])
     assert main(["reproduce", "table1", "--select", "test", "--out", str(tmp_path / "t")]) == 2
     assert "--select applies to schane, auto-beta; table1 chooses no best point" in capsys.readouterr().err

@@ -10,13 +10,8 @@ import pytest
 pytest.importorskip("torch_geometric")
 
 from hscl.cli import main
-from hscl.experiments.table2 import (
-    Table2Config,
-    find_table2_preset,
-    load_table2_config,
-    reproduce_table2,
-    table2_variants,
-)
+from hscl.experiments._table2_config import Table2Config, find_table2_preset, load_table2_config, table2_variants
+from hscl.experiments.table2 import reproduce_table2
 
 
 def _write_tu(raw, name: str, count: int = 20) -> None:

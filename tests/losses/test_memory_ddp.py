@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from hscl.engine.distributed import global_batch_loss
+from hscl.engine.runtime.distributed import global_batch_loss
 from hscl.losses import get_loss
 
 IN_DIM, D, V, B, STEPS = 6, 5, 2, 12, 4

@@ -19,10 +19,15 @@ import sys
 from pathlib import Path
 
 from hscl import __version__
+from hscl.cli.diagnose import add_diagnose
+from hscl.cli.evaluate import add_evaluate
 from hscl.cli.finetune import add_finetune
 from hscl.cli.losses import add_losses
+from hscl.cli.presets import add_presets
+from hscl.cli.report import add_report
 from hscl.cli.reproduce import add_reproduce
-from hscl.cli.train import add_diagnose, add_evaluate, add_presets, add_report, add_sweep, add_train
+from hscl.cli.sweep import add_sweep
+from hscl.cli.train import add_train
 
 __all__ = ["build_parser", "main"]
 
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
     """The line Ctrl-C prints: what was saved and how to continue."""
-    from hscl.engine.runs import TrainingInterrupted
+    from hscl.engine.runtime.runs import TrainingInterrupted
 
     if args.command == "reproduce":
         return (

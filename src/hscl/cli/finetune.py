@@ -1,8 +1,8 @@
 """``hscl finetune CHECKPOINT`` / ``hscl finetune --backbone NAME``: fine-tune a pre-trained encoder with a linear
 head, fully or ``--few-shot``.
 
-The general fine-tuning command over :mod:`hscl.engine.finetune` (full fine-tuning) and
-:mod:`hscl.engine.fewshot` (N-way K-shot episodes); ``hscl reproduce schane`` is the experiment built
+The general fine-tuning command over :mod:`hscl.engine.finetune.loop` (full fine-tuning) and
+:mod:`hscl.engine.finetune.fewshot` (N-way K-shot episodes); ``hscl reproduce schane`` is the experiment built
 on the same functions. Heavy imports stay inside the functions.
 """
 
@@ -107,8 +107,9 @@ _BACKBONE_FLAGS = ("input_size", "random_init")
 
 
 def _load_backbone(args: argparse.Namespace):
-    """The pre-trained ``--backbone`` as a :class:`~hscl.engine.pretrained.Pretrained` (``source="backbone"``)."""
-    from hscl.engine.pretrained import Pretrained
+    """The pre-trained ``--backbone`` as a :class:`~hscl.engine.finetune.pretrained.Pretrained`
+    (``source="backbone"``)."""
+    from hscl.engine.finetune.pretrained import Pretrained
     from hscl.models import build_backbone
 
     given = [f"--{f.replace('_', '-')}" for f in _STATE_DICT_FLAGS if getattr(args, f) is not None]
@@ -131,8 +132,9 @@ def _load_backbone(args: argparse.Namespace):
 
 
 def _load_model(args: argparse.Namespace):
-    """The pre-trained model of ``CHECKPOINT`` or ``--backbone`` (a :class:`~hscl.engine.pretrained.Pretrained`)."""
-    from hscl.engine.pretrained import load_pretrained
+    """The pre-trained model of ``CHECKPOINT`` or ``--backbone`` (a
+    :class:`~hscl.engine.finetune.pretrained.Pretrained`)."""
+    from hscl.engine.finetune.pretrained import load_pretrained
 
     if args.backbone is not None:
         return _load_backbone(args)
@@ -173,8 +175,8 @@ def _load_data(args: argparse.Namespace, pretrained):
 
 
 def _finetune_config(args: argparse.Namespace):
-    """The :class:`~hscl.engine.finetune.FinetuneConfig` of the flags."""
-    from hscl.engine.finetune import FinetuneConfig
+    """The :class:`~hscl.engine.finetune.loop.FinetuneConfig` of the flags."""
+    from hscl.engine.finetune.config import FinetuneConfig
 
     return FinetuneConfig(
         objective=args.objective,
@@ -196,11 +198,11 @@ def _finetune_config(args: argparse.Namespace):
 def _run_few_shot(args, pretrained, data, classes, config, augment, out: Path, record: dict) -> None:
     """N-way K-shot episodes on ``classes`` (default: every class); adds ``fewshot``, ``results`` and ``numerics``
     to ``record``."""
-    from hscl.engine.distributed import resolve_device
-    from hscl.engine.fewshot import FewShotConfig, few_shot, mean_ci95
-    from hscl.engine.finetune import OBJECTIVE_LABELS
-    from hscl.engine.precision import LoopPrecision
-    from hscl.experiments._schane_outputs import _fmt
+    from hscl.engine.finetune.config import OBJECTIVE_LABELS
+    from hscl.engine.finetune.fewshot import FewShotConfig, few_shot, mean_ci95
+    from hscl.engine.runtime.distributed import resolve_device
+    from hscl.engine.runtime.precision import LoopPrecision
+    from hscl.experiments.schane import fmt_ci
 
     pool = classes if classes is not None else list(range(data.num_classes))
     fewshot = FewShotConfig(
@@ -235,7 +237,7 @@ def _run_few_shot(args, pretrained, data, classes, config, augment, out: Path, r
         mean, half = mean_ci95([r["accuracy"][config.objective] for r in rows])
         record["results"][str(shots)] = {"top1_mean": mean, "ci95": half, "episodes": len(rows)}
         print(
-            f"{fewshot.ways}-way {shots}-shot {OBJECTIVE_LABELS[config.objective]}: {_fmt(mean, half)} % "
+            f"{fewshot.ways}-way {shots}-shot {OBJECTIVE_LABELS[config.objective]}: {fmt_ci(mean, half)} % "
             f"(mean, 95% CI over {len(rows)} episodes)"
         )
 
@@ -244,8 +246,9 @@ def _run_full(args, pretrained, data, classes, config, augment, out: Path, recor
     """Full fine-tuning on ``classes`` (default: every class); writes ``<out>/model.pt``, fills ``record``."""
     import torch
 
-    from hscl.engine.finetune import OBJECTIVE_LABELS, finetune, select_classes
-    from hscl.experiments._schane_outputs import _binomial_ci, _fmt
+    from hscl.engine.finetune.config import OBJECTIVE_LABELS
+    from hscl.engine.finetune.loop import finetune, select_classes
+    from hscl.experiments.schane import binomial_ci, fmt_ci
 
     if classes is not None:
         data = select_classes(data, classes)
@@ -265,12 +268,12 @@ def _run_full(args, pretrained, data, classes, config, augment, out: Path, recor
     )
     torch.save(result.model.state_dict(), out / "model.pt")
     record["numerics"] = result.numerics
-    top1, half = _binomial_ci(result.test_correct)
+    top1, half = binomial_ci(result.test_correct)
     record.update(result.as_dict())
     record["test_top1_ci95"] = half
     record["data"] = repr(data)
     print(
-        f"{OBJECTIVE_LABELS[config.objective]}: test top-1 {_fmt(top1, half)} % (95% CI over "
+        f"{OBJECTIVE_LABELS[config.objective]}: test top-1 {fmt_ci(top1, half)} % (95% CI over "
         f"{result.test_correct.numel()} test images); weights: {out / 'model.pt'}"
     )
 

@@ -168,9 +168,6 @@ class AugmentConfig:
                 raise ValueError(f"unknown augmentation option {key!r}; valid options: {', '.join(valid)}")
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 _CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 _TINY_IMAGENET = ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hscl.engine.report import fmt_mean_std, markdown_table, write_json, write_table
+from hscl.engine.evaluation.report import fmt_mean_std, markdown_table, write_json, write_table
 from hscl.experiments._numerics import numerics_footer
 
 __all__ = ["write_auto_beta"]
@@ -118,9 +118,9 @@ def _verdict_text(results: dict) -> str:
 def _figure(results: dict, out_dir: Path) -> None:
     """Beta used (solid) and solved (dashed) per epoch, mean over seeds, for the default target at each
     temperature, and the selected grid beta (dotted); the data as ``beta_trajectory.csv``."""
-    from hscl.engine.report import _pyplot
+    from hscl.engine.evaluation.report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.8, 4.4), dpi=120)
     rows = []
     target = results["target"]["key"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hscl.engine.config import RunConfig
-from hscl.engine.evaluate import mean_std
-from hscl.engine.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
+from hscl.engine.evaluation.probes import mean_std
+from hscl.engine.evaluation.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
+from hscl.engine.runtime.config import RunConfig
 from hscl.experiments._numerics import numerics_footer
 
 __all__ = ["memory_m_effects", "write_outputs"]

@@ -1,7 +1,7 @@
 """One precision per table: the numerics record of every cell of an ``hscl reproduce`` table, and the check
 that they agree.
 
-Every cell (a trained run) records the numerics it used (:func:`hscl.engine.precision.numerics_record`, in its
+Every cell (a trained run) records the numerics it used (:func:`hscl.engine.runtime.precision.numerics_record`, in its
 ``train_summary.json``). :func:`table_numerics` gathers them; a table whose cells trained in different
 precisions is refused, naming the cells and their precisions, unless every cell's precision was pinned
 (``train.precision`` bf16, 16 or 32, by the preset or by ``--set``), in which case the table says so.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hscl.engine.precision import describe_numerics
+from hscl.engine.runtime.precision import describe_numerics
 
 __all__ = ["PINNED_SETTINGS", "numerics_footer", "run_numerics", "table_numerics"]
 

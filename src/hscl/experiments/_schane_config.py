@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hscl.engine.config import DataConfig, RunConfig, config_from_dict
-from hscl.engine.fewshot import FewShotConfig
-from hscl.engine.finetune import OBJECTIVES, FinetuneConfig, _check_choice, _check_int, _check_real
+from hscl.engine.finetune.config import OBJECTIVES, FinetuneConfig
+from hscl.engine.finetune.fewshot import FewShotConfig
+from hscl.engine.runtime.config import DataConfig, RunConfig, config_from_dict
+from hscl.validation import check_choice, check_int, check_real
 
 __all__ = [
     "PRECISIONS",
@@ -30,7 +31,7 @@ __all__ = [
 #: ``precision``: "32" float32 (CPU: default memory format); "bf16" bf16 autocast (channels-last for a
 #: convnet); "auto" bf16 where the hardware computes it natively (CPU: amx_bf16 / avx512_bf16; CUDA: compute
 #: capability >= 8.0), else float32; "fastest" (CPU) the fastest of float32, float32 channels-last and bf16
-#: channels-last, timed on the model (rules: :mod:`hscl.engine.precision`)
+#: channels-last, timed on the model (rules: :mod:`hscl.engine.runtime.precision`)
 PRECISIONS = ("32", "bf16", "auto", "fastest")
 
 
@@ -47,10 +48,10 @@ class FullConfig:
     def __post_init__(self) -> None:
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None:
-                setattr(self, name, _check_int(f"full.{name}", getattr(self, name), 2))
+                setattr(self, name, check_int(f"full.{name}", getattr(self, name), 2))
         if not self.seeds:
             raise ValueError("full.seeds must list at least one seed")
-        self.seeds = [_check_int("full.seeds", s, 0) for s in self.seeds]
+        self.seeds = [check_int("full.seeds", s, 0) for s in self.seeds]
 
 
 @dataclass
@@ -68,7 +69,7 @@ class BackboneConfig:
         if not isinstance(self.name, str) or not (self.name in BACKBONES or self.name.startswith(HF_PREFIX)):
             raise ValueError(f"backbone.name must be one of {', '.join(backbone_names())}; got {self.name!r}")
         if self.input_size is not None:
-            self.input_size = _check_int("backbone.input_size", self.input_size, 8)
+            self.input_size = check_int("backbone.input_size", self.input_size, 8)
 
 
 #: the episodes the ablation's best ``lam`` is chosen on (``ablation.select``)
@@ -96,14 +97,14 @@ class AblationConfig:
     def __post_init__(self) -> None:
         if not self.lams:
             raise ValueError("ablation.lams must list at least one lam in [0, 1]")
-        self.lams = [_check_real("ablation.lams", lam, 0.0, 1.0) for lam in self.lams]
+        self.lams = [check_real("ablation.lams", lam, 0.0, 1.0) for lam in self.lams]
         if len(set(self.lams)) != len(self.lams):
             raise ValueError(f"ablation.lams must be distinct, got {self.lams}")
-        self.shots = _check_int("ablation.shots", self.shots, 1)
-        self.select = _check_choice("ablation.select", self.select, SELECTIONS)
+        self.shots = check_int("ablation.shots", self.shots, 1)
+        self.select = check_choice("ablation.select", self.select, SELECTIONS)
         if self.val_episodes is not None:
-            self.val_episodes = _check_int("ablation.val_episodes", self.val_episodes, 1)
-        self.val_fraction = _check_real("ablation.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True)
+            self.val_episodes = check_int("ablation.val_episodes", self.val_episodes, 1)
+        self.val_fraction = check_real("ablation.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True)
         if self.val_fraction == 1.0:
             raise ValueError("ablation.val_fraction must lie in (0, 1): the rest of the images is the test episodes'")
 
@@ -155,20 +156,20 @@ class SchaneExperiment:
             if not self.pretrain_classes:
                 raise ValueError("pretrain_classes must list the classes to pre-train on")
         if self.threads is not None:
-            self.threads = _check_int("threads", self.threads, 1)
+            self.threads = check_int("threads", self.threads, 1)
             if self.pretrain is not None:
                 self.pretrain.train.threads = self.threads
         if not self.objectives:
             raise ValueError("objectives must list at least one of " + ", ".join(OBJECTIVES))
         for objective in self.objectives:
-            _check_choice("objectives", objective, OBJECTIVES)
+            check_choice("objectives", objective, OBJECTIVES)
         if not self.heldout_classes:
             raise ValueError("heldout_classes must list the classes the few-shot episodes draw from")
         overlap = sorted(set(self.pretrain_classes) & set(self.heldout_classes))
         if overlap:
             raise ValueError(f"heldout_classes must be disjoint from pretrain_classes; both hold {overlap}")
-        self.embedding_points = _check_int("embedding_points", self.embedding_points, 2)
-        self.precision = _check_choice("precision", self.precision, PRECISIONS)
+        self.embedding_points = check_int("embedding_points", self.embedding_points, 2)
+        self.precision = check_choice("precision", self.precision, PRECISIONS)
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {self.device!r}")
 
@@ -189,7 +190,7 @@ def find_experiment(preset: str, extra: str | Path | None = None) -> Path:
 
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> SchaneExperiment:
     """Read a ``SchaneExperiment`` YAML and apply ``section.key=value`` overrides (e.g. ``fewshot.episodes=20``)."""
-    from hscl.engine.config import apply_overrides, load_yaml, validate_config
+    from hscl.engine.runtime.config import apply_overrides, load_yaml, validate_config
 
     data = load_yaml(Path(path).read_text()) or {}
     if not isinstance(data, dict):

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hscl.engine.config import config_to_dict
-from hscl.engine.fewshot import mean_ci95, paired_ci95
-from hscl.engine.finetune import OBJECTIVE_LABELS
+from hscl.engine.finetune.config import OBJECTIVE_LABELS
+from hscl.engine.finetune.fewshot import mean_ci95, paired_ci95
+from hscl.engine.runtime.config import config_to_dict
 
 #: what the SCHaNe paper reports for SCHaNe against CE fine-tuning of BEiT-3 (base), in top-1 points: the largest
 #: gains over its few-shot benchmarks and over its full fine-tuning data sets, as its abstract states them
@@ -39,14 +39,14 @@ ISOTROPY_FORMS = {
 }
 
 
-def _binomial_ci(correct: Tensor) -> tuple[float, float]:
+def binomial_ci(correct: Tensor) -> tuple[float, float]:
     """Accuracy (%) and its 95% CI half-width over test images (normal approximation)."""
     n = correct.numel()
     p = float(correct.float().mean())
     return 100.0 * p, 100.0 * 1.959964 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
 
 
-def _fmt(mean: float, half: float | None, signed: bool = False) -> str:
+def fmt_ci(mean: float, half: float | None, signed: bool = False) -> str:
     text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
     return text if half is None or math.isnan(half) else f"{text} ± {half:.2f}"
 
@@ -70,7 +70,7 @@ def _summarise(experiment, data, full_data, full, correct, episodes, embedding) 
     full_summary["test_images"] = int(full_data.test_labels.numel())
     for objective in objectives:
         pooled = torch.cat(correct[objective])
-        top1, ci = _binomial_ci(pooled)
+        top1, ci = binomial_ci(pooled)
         per_seed = [r["test_top1"] for r in full[objective]]
         full_summary[objective] = {
             "top1_mean": top1,
@@ -164,8 +164,8 @@ def _table(results: dict, objectives: list[str]) -> tuple[list[str], list[list[s
         sets = f", {v['class_sets']} class sets" if "class_sets" in v else ""
         settings.append(("fewshot", f"{ways}-way {k}-shot ({v['episodes']} episodes{sets})", v))
     for kind, name, entry in settings:
-        row = [name] + [_fmt(entry[o]["top1_mean"], entry[o]["ci95"]) for o in objectives]
-        row += [_fmt(entry[o]["diff_vs_ce"], entry[o]["diff_ci95"], signed=True) for o in others]
+        row = [name] + [fmt_ci(entry[o]["top1_mean"], entry[o]["ci95"]) for o in objectives]
+        row += [fmt_ci(entry[o]["diff_vs_ce"], entry[o]["diff_ci95"], signed=True) for o in others]
         if paper:
             row.append(_paper_cell(kind))
         rows.append(row)
@@ -221,11 +221,11 @@ def _ablation_table(ablation: dict) -> tuple[list[str], list[list[str]]]:
         source = {"ce": "CE cells", "schane": "SCHaNe cells", "ablation": "ablation run"}[cell["source"]]
         if cell.get("head") == "fitted":
             source += ", head fitted after"
-        diff = _fmt(cell["diff_vs_lam0"], cell["diff_ci95"], signed=True) if "diff_vs_lam0" in cell else "—"
+        diff = fmt_ci(cell["diff_vs_lam0"], cell["diff_ci95"], signed=True) if "diff_vs_lam0" in cell else "—"
         record = f"{cell['wins']} / {cell['losses']}" if "wins" in cell else "—"
-        val = [_fmt(cell["val_top1_mean"], cell["val_ci95"])] if on_val else []
+        val = [fmt_ci(cell["val_top1_mean"], cell["val_ci95"])] if on_val else []
         chosen = f"**selected ({ablation['selected_on']})**" if cell["selected"] else ""
-        rows.append([f"{cell['lam']:g}", source, *val, _fmt(cell["top1_mean"], cell["ci95"]), diff, record, chosen])
+        rows.append([f"{cell['lam']:g}", source, *val, fmt_ci(cell["top1_mean"], cell["ci95"]), diff, record, chosen])
     return header, rows
 
 
@@ -262,7 +262,7 @@ def _fewshot_figure(path: Path, results: dict, objectives: list[str]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullLocator
 
-    from hscl.engine.report import write_table
+    from hscl.engine.evaluation.report import write_table
 
     shots = sorted(int(k) for k in results["fewshot"])
     fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=120)
@@ -303,7 +303,7 @@ def _ablation_figure(path: Path, ablation: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hscl.engine.report import write_table
+    from hscl.engine.evaluation.report import write_table
 
     cells = ablation["lams"]
     lams = [c["lam"] for c in cells]
@@ -355,7 +355,7 @@ def _ablation_figure(path: Path, ablation: dict) -> None:
 def _machine(precision: dict) -> dict:
     """The machine and numerics of the fine-tuning (``precision.json``, written by ``schane._choose_precision``;
     one stored before hscl recorded its numerics is described as this machine now)."""
-    from hscl.engine.precision import numerics_record
+    from hscl.engine.runtime.precision import numerics_record
 
     numerics = precision.get("numerics")
     if numerics is None:
@@ -433,7 +433,7 @@ def write_schane_outputs(
 ) -> dict:
     """``results.json``, ``schane.csv``, ``schane.md``, ``fewshot.png`` (+ ``.csv``), and with an ablation
     ``ablation.png`` (+ ``.csv``); prints the tables. Returns the results."""
-    from hscl.engine.report import markdown_table, write_json, write_table
+    from hscl.engine.evaluation.report import markdown_table, write_json, write_table
 
     results = _summarise(experiment, data, full_data, full, correct, episodes, embedding)
     header, rows, csv_rows = _table(results, experiment.objectives)

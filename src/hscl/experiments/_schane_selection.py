@@ -19,7 +19,7 @@ import torch
 
 from hscl.data.augment import AugmentConfig
 from hscl.data.images import ImageData, holdout_indices
-from hscl.engine.fewshot import few_shot
+from hscl.engine.finetune.fewshot import few_shot
 from hscl.models import Backbone, ContrastiveModel
 
 __all__ = ["choose_lam", "test_episode_pool", "validation_episode_data", "validation_split"]
@@ -31,7 +31,8 @@ def validation_split(
     """``(validation, rest)``: a stratified ``fraction`` of the images of ``classes`` (the training and test splits
     pooled; :func:`~hscl.data.images.holdout_indices` with the fixed validation seed) for the validation episodes,
     and ``data`` without them for the test episodes. Each image keeps its split (training images as "train", test
-    images as "test"), so either draw of :func:`hscl.engine.episodes.sample_episode` works on both parts. Every class
+    images as "test"), so either draw of :func:`hscl.engine.finetune.episodes.sample_episode` works on both parts.
+    Every class
     must keep enough validation images for an episode, ``shots + queries`` (``draw="split"``: ``shots`` training
     and ``queries`` test images), else a ``ValueError`` naming ``ablation.val_fraction``."""
     n_train = int(data.train_labels.numel())

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hscl.engine.config import apply_overrides, config_from_dict, load_yaml
-from hscl.engine.graph_train import ESTIMATORS, GRAPH_METHODS, GraphObjective
+from hscl.engine.pretrain.graph_train import ESTIMATORS, GRAPH_METHODS, GraphObjective
+from hscl.engine.runtime.config import apply_overrides, config_from_dict, load_yaml
 
 __all__ = [
     "SVM_KERNELS",

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from hscl.engine.config import RunConfig, config_to_dict
-from hscl.engine.evaluate import mean_std
+from hscl.engine.evaluation.probes import mean_std
+from hscl.engine.runtime.config import RunConfig, config_to_dict
 from hscl.experiments._numerics import run_numerics, table_numerics
 from hscl.experiments.extensions import ExtensionPreset, cell_config, run_cell
 
@@ -202,8 +202,8 @@ def check_reusable(run_dir: Path, config: RunConfig) -> bool:
 
 def _train_one(config_data: dict, run_dir: str) -> dict:
     """One cell in a worker process: load its data, train (or resume) and evaluate it."""
-    from hscl.engine.config import config_from_dict
-    from hscl.engine.train import load_data
+    from hscl.engine.pretrain.run import load_data
+    from hscl.engine.runtime.config import config_from_dict
 
     config = config_from_dict(config_data, RunConfig, "auto-beta cell")
     return run_cell(config, Path(run_dir), load_data(config))
@@ -222,8 +222,8 @@ def run_cells(jobs: list[tuple[str, RunConfig, Path]], workers: int = 1) -> dict
     results: dict[str, dict] = {}
     total = len(jobs)
     if workers <= 1:
-        from hscl.engine.datamodule import data_key
-        from hscl.engine.train import load_data
+        from hscl.engine.pretrain.datamodule import data_key
+        from hscl.engine.pretrain.run import load_data
 
         cache: dict = {}
         for index, (name, config, run_dir) in enumerate(jobs, 1):

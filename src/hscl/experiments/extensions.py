@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hscl.engine.config import RunConfig, apply_overrides, config_from_dict, load_yaml, validate_config
-from hscl.engine.evaluate import evaluate_task, mean_std
-from hscl.engine.paths import portable_path
+from hscl.engine.evaluation.probes import evaluate_task, mean_std
+from hscl.engine.runtime.config import RunConfig, apply_overrides, config_from_dict, load_yaml, validate_config
+from hscl.engine.runtime.paths import portable_path
 from hscl.experiments import presets
 from hscl.experiments._numerics import run_numerics, table_numerics
 
@@ -199,13 +199,14 @@ def _finished(run_dir: Path) -> dict | None:
 
 def run_cell(config: RunConfig, run_dir: Path, data) -> dict:
     """Pre-train (or resume) one cell into ``run_dir`` and evaluate it; a finished cell is read back from
-    its ``eval.json``. Returns :func:`~hscl.engine.evaluate.evaluate_task`'s metrics plus ``train_seconds``,
+    its ``eval.json``. Returns :func:`~hscl.engine.evaluation.probes.evaluate_task`'s metrics plus ``train_seconds``,
     ``step_seconds``, ``final_beta`` (the last epoch's mean chosen beta, for ``beta: auto``) and the ``curve``.
 
     ``train_seconds`` is the sum of the epochs' training time (``epoch_seconds`` of ``metrics.csv``: the kNN
     monitor and the diagnostics excluded), so a resumed cell counts its epochs before the interruption too;
     ``wall_seconds`` is this call's wall-clock time (training, resumed or not, and evaluation)."""
-    from hscl.engine.train import load_task, read_metrics, run_paths, train
+    from hscl.engine.pretrain.run import load_task, train
+    from hscl.engine.runtime.runs import read_metrics, run_paths
 
     paths = run_paths(run_dir)
     finished = _finished(run_dir)
@@ -215,7 +216,7 @@ def run_cell(config: RunConfig, run_dir: Path, data) -> dict:
     start = time.perf_counter()
     if not paths.final.exists():
         train(config, run_dir, resume=True, data=data)
-    task, _ = load_task(paths.final, data=data)
+    task, _ = load_task(paths.final)
     result = evaluate_task(task, data, config)
     curve = _curve(read_metrics(paths.metrics))
     result["train_seconds"] = sum(p.get("epoch_seconds", 0.0) for p in curve)
@@ -257,9 +258,9 @@ def reproduce_extension(
     auto-beta only: ``select`` (the split choices are made on, default validation) and ``workers`` (cells trained
     at once) go to :func:`hscl.experiments.auto_beta.run_auto_beta`.
     """
-    from hscl.engine.datamodule import data_key
-    from hscl.engine.runs import check_run_configs
-    from hscl.engine.train import load_data
+    from hscl.engine.pretrain.datamodule import data_key
+    from hscl.engine.pretrain.run import load_data
+    from hscl.engine.runtime.runs import check_run_configs
     from hscl.experiments._extensions_outputs import write_outputs
 
     path = find_extension_preset(experiment, preset, config_dir)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hscl.engine.config import RunConfig, load_config, load_yaml
-from hscl.engine.report import markdown_table, write_json, write_table
+from hscl.engine.evaluation.report import markdown_table, write_json, write_table
+from hscl.engine.runtime.config import RunConfig, load_config, load_yaml
 from hscl.experiments._collapse_verdict import (
     COLLAPSE_RULES,
     CONVENTIONS,
@@ -42,8 +42,8 @@ def _experiment_dir(name: str, config_dir: str | Path | None) -> Path:
 def _train_run(config: RunConfig, run_dir: Path, data) -> tuple[list[dict], float]:
     """Train (or resume, or skip when finished) one run; returns its metrics rows and train seconds (summed over
     its epochs, across resumes). A folder holding a run of another config is refused."""
-    from hscl.engine.runs import check_run_config, train_seconds
-    from hscl.engine.train import read_metrics, run_paths, train
+    from hscl.engine.pretrain.run import train
+    from hscl.engine.runtime.runs import check_run_config, read_metrics, run_paths, train_seconds
 
     paths = run_paths(run_dir)
     check_run_config(run_dir, config)
@@ -61,8 +61,8 @@ def _last_value(rows: list[dict], key: str) -> float:
 
 
 def _load_data_cached(config: RunConfig, cache: dict):
-    from hscl.engine.datamodule import data_key
-    from hscl.engine.train import load_data
+    from hscl.engine.pretrain.datamodule import data_key
+    from hscl.engine.pretrain.run import load_data
 
     key = data_key(config)
     if key not in cache:
@@ -133,7 +133,7 @@ FIG5_ORDERINGS = (
 
 
 def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
-    from hscl.engine.report import _pyplot
+    from hscl.engine.evaluation.report import pyplot
 
     header = [
         "run",
@@ -174,7 +174,7 @@ def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
     footer = numerics_footer(results["numerics"])
     (out_dir / "fig4_fig5.md").write_text(f"{title}\n\n{table}\n\n{FIG5_ORDERINGS}\n\n{footer}\n")
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for r in results["runs"].values():
         ax.plot(
@@ -410,9 +410,9 @@ def _collapse_table(results: dict) -> tuple[str, list[list]]:
 def _plot_collapse(results: dict, out_dir: Path) -> None:
     """``collapse_nc1.png``, ``collapse_erank.png`` (both conventions), ``collapse_nc2.png`` (curves per epoch)
     and ``collapse_spectrum.png`` (last epoch), one panel per normalisation."""
-    from hscl.engine.report import _pyplot
+    from hscl.engine.evaluation.report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     norms = list(dict.fromkeys(r["normalization"] for r in results["runs"].values()))
     C = next(iter(results["runs"].values()))["num_classes"]
     for name, keys, ylabel, log in (

@@ -3,8 +3,8 @@
 One YAML (``configs/schane/<preset>.yaml``, a :class:`SchaneExperiment`). The pre-trained model is either hscl's
 own encoder, pre-trained by the experiment on some classes (``pretrain``; cached), or a pre-trained backbone
 (``backbone``: EfficientNet-Lite0 with its ImageNet weights, a HuggingFace model from ``hf:PATH``; nothing is
-pre-trained). From its weights the fine-tuning ``objectives`` of :mod:`hscl.engine.finetune` are compared by full
-fine-tuning on every class and by the few-shot episodes of :mod:`hscl.engine.fewshot` on the held-out classes;
+pre-trained). From its weights the fine-tuning ``objectives`` of :mod:`hscl.engine.finetune.loop` are compared by full
+fine-tuning on every class and by the few-shot episodes of :mod:`hscl.engine.finetune.fewshot` on the held-out classes;
 with ``ablation`` SCHaNe's ``lam`` is varied on the ``K``-shot episodes, the best ``lam`` chosen on validation
 episodes of the held-out classes' training images (``ablation.select: test``: on the test episodes). Written:
 ``results.json``, ``schane.csv``, ``schane.md``, ``fewshot.png``, ``tsne.png``, ``ablation.png`` (each figure with
@@ -31,9 +31,11 @@ from torch import Tensor, nn
 
 from hscl.data.augment import AugmentConfig, EvalTransform
 from hscl.data.images import ImageData
-from hscl.engine.config import config_to_dict
-from hscl.engine.fewshot import embedding_isotropy, few_shot, fits_head, tsne_figure
-from hscl.engine.finetune import OBJECTIVE_LABELS, FineTuneModel, backbone_input, embed, finetune, select_classes
+from hscl.engine.finetune.config import OBJECTIVE_LABELS
+from hscl.engine.finetune.episodes import fits_head
+from hscl.engine.finetune.fewshot import embedding_isotropy, few_shot, tsne_figure
+from hscl.engine.finetune.loop import FineTuneModel, backbone_input, embed, finetune, select_classes
+from hscl.engine.runtime.config import config_to_dict
 from hscl.experiments._schane_config import (
     AblationConfig,
     BackboneConfig,
@@ -42,7 +44,7 @@ from hscl.experiments._schane_config import (
     find_experiment,
     load_experiment,
 )
-from hscl.experiments._schane_outputs import ISOTROPY_FORMS, write_schane_outputs
+from hscl.experiments._schane_outputs import ISOTROPY_FORMS, binomial_ci, fmt_ci, write_schane_outputs
 from hscl.experiments._schane_selection import choose_lam, test_episode_pool
 from hscl.models import Backbone, ContrastiveModel
 
@@ -51,6 +53,8 @@ __all__ = [
     "BackboneConfig",
     "FullConfig",
     "SchaneExperiment",
+    "binomial_ci",
+    "fmt_ci",
     "find_experiment",
     "load_experiment",
     "reproduce_schane",
@@ -78,7 +82,7 @@ def reproduce_schane(
     (a fine-tuning run stored with other settings is refused, naming the folder).
     """
     from hscl.data.images import check_data_dir, load_dataset
-    from hscl.engine.distributed import resolve_device
+    from hscl.engine.runtime.distributed import resolve_device
 
     began = time.perf_counter()
     out_dir = Path(out_dir)
@@ -164,7 +168,7 @@ def _pretrained_model(
 ) -> tuple[ContrastiveModel | Backbone, AugmentConfig]:
     """The model every objective starts from, and the fine-tuning augmentation (before :func:`backbone_input`)."""
     from hscl.data.augment import augment_preset, preset_for
-    from hscl.engine.pretrained import load_pretrained
+    from hscl.engine.finetune.pretrained import load_pretrained
 
     if experiment.backbone is None:
         pretrained = load_pretrained(_pretrain(experiment, data, out_dir / "pretrain"))
@@ -184,8 +188,8 @@ def _pretrained_model(
 
 
 def _pretrain(experiment: SchaneExperiment, data: ImageData, out_dir: Path) -> Path:
-    from hscl.engine.runs import check_run_config
-    from hscl.engine.train import run_paths, train
+    from hscl.engine.pretrain.run import run_paths, train
+    from hscl.engine.runtime.runs import check_run_config
 
     paths = run_paths(out_dir)
     check_run_config(out_dir, experiment.pretrain)  # a pre-training of another config is not reused
@@ -210,13 +214,13 @@ def _choose_precision(
     """``{"setting", "device", "autocast": "bf16" | None, "channels_last": bool, "label", "numerics"}``, stored in
     ``precision.json``.
 
-    :func:`hscl.engine.precision.resolve_precision` decides, as for a training run (``"auto"``: bf16 where the
+    :func:`hscl.engine.runtime.precision.resolve_precision` decides, as for a training run (``"auto"``: bf16 where the
     hardware computes it natively, a rule with no timing; ``"fastest"`` on the CPU times a few forward + backward
     steps of a fine-tuning batch). fp16 (old GPUs) is not used: the fine-tuning steps have no gradient scaler;
-    float32 runs instead. ``numerics``: :func:`~hscl.engine.precision.numerics_record`. A rerun keeps the stored
+    float32 runs instead. ``numerics``: :func:`~hscl.engine.runtime.precision.numerics_record`. A rerun keeps the stored
     choice (every finished cell was computed with it) and refuses another setting.
     """
-    from hscl.engine.precision import enable_tf32, numerics_record, resolve_precision
+    from hscl.engine.runtime.precision import enable_tf32, numerics_record, resolve_precision
 
     path = out_dir / "precision.json"
     key = {"setting": experiment.precision, "device": device.type}
@@ -255,8 +259,8 @@ def _choose_precision(
 
 def _autocast(device: torch.device, precision: dict):
     """The stored choice for every fine-tuning and few-shot call inside (they are given no precision of their
-    own), and bf16 autocast on ``device`` when chosen (:func:`hscl.engine.precision.loop_precision_scope`)."""
-    from hscl.engine.precision import LoopPrecision, loop_precision_scope
+    own), and bf16 autocast on ``device`` when chosen (:func:`hscl.engine.runtime.precision.loop_precision_scope`)."""
+    from hscl.engine.runtime.precision import LoopPrecision, loop_precision_scope
 
     used = "bf16-mixed" if precision["autocast"] == "bf16" else "32-true"
     return loop_precision_scope(LoopPrecision(used, precision["channels_last"], precision["setting"]), device)
@@ -381,7 +385,7 @@ def _lam_ablation(
     A cell the few-shot comparison already ran is taken from it: ``lam = 0`` is CE exactly (the contrastive term
     is skipped), ``lam = finetune.lam`` is its SCHaNe. The others run in ``out_dir/ablation`` (resumable). At
     ``lam = 1`` there is no CE term to train the linear head, so its head is fitted after the fine-tuning steps
-    (:func:`~hscl.engine.episodes.fits_head`; ``"head": "fitted"``, else ``"joint"``). Returns
+    (:func:`~hscl.engine.finetune.episodes.fits_head`; ``"head": "fitted"``, else ``"joint"``). Returns
     ``{"shots", "ways", "episodes", "lams": [{"lam", "source", "accuracy": [per episode], "head"}], "selection"}``
     (None without ``ablation``): the best ``lam`` chosen on validation episodes (each cell then also has
     ``val_accuracy``) or, with ``ablation.select: test``, on the test episodes (:func:`choose_lam`).

@@ -13,10 +13,10 @@ import json
 import math
 from pathlib import Path
 
-from hscl.engine.config import RunConfig, load_config
-from hscl.engine.evaluate import evaluate_task, mean_std
-from hscl.engine.paths import portable_path
-from hscl.engine.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
+from hscl.engine.evaluation.probes import evaluate_task, mean_std
+from hscl.engine.evaluation.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
+from hscl.engine.runtime.config import RunConfig, load_config
+from hscl.engine.runtime.paths import portable_path
 from hscl.experiments import presets
 from hscl.experiments._numerics import numerics_footer, run_numerics, table_numerics
 from hscl.losses import METHODS
@@ -57,10 +57,10 @@ def find_preset(preset: str, suite: str = "table1", extra: str | Path | None = N
 
 def _run_one(config: RunConfig, run_dir: Path, data) -> dict:
     """Pre-train (or resume) one cell and evaluate it; a finished cell of this config is read back from its
-    ``eval.json``, one of another config refused (:func:`~hscl.engine.runs.check_run_config`). ``train_seconds``
-    sums the epochs' training time, across resumes (:func:`~hscl.engine.runs.train_seconds`)."""
-    from hscl.engine.runs import check_run_config, train_seconds
-    from hscl.engine.train import load_task, read_metrics, run_paths, train
+    ``eval.json``, one of another config refused (:func:`~hscl.engine.runtime.runs.check_run_config`). ``train_seconds``
+    sums the epochs' training time, across resumes (:func:`~hscl.engine.runtime.runs.train_seconds`)."""
+    from hscl.engine.pretrain.run import load_task, train
+    from hscl.engine.runtime.runs import check_run_config, read_metrics, run_paths, train_seconds
 
     paths = run_paths(run_dir)
     check_run_config(run_dir, config)
@@ -69,7 +69,7 @@ def _run_one(config: RunConfig, run_dir: Path, data) -> dict:
         return json.loads(eval_file.read_text())
     if not paths.final.exists():
         train(config, run_dir, resume=True, data=data)
-    task, _ = load_task(paths.final, data=data)
+    task, _ = load_task(paths.final)
     result = evaluate_task(task, data, config)
     result["train_seconds"] = train_seconds(run_dir)
     result["curve"] = [
@@ -91,9 +91,9 @@ def reproduce_table1(
     methods: list[str] | None = None,
 ) -> dict:
     """Run a Table I preset; returns the results (also written to ``out_dir``)."""
-    from hscl.engine.datamodule import data_key
-    from hscl.engine.runs import check_run_configs
-    from hscl.engine.train import load_data
+    from hscl.engine.pretrain.datamodule import data_key
+    from hscl.engine.pretrain.run import load_data
+    from hscl.engine.runtime.runs import check_run_configs
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Protocol (one dataset, one method variant, repetition ``r``):
 
 1. The graphs are split by ``StratifiedKFold(folds, shuffle=True, random_state=r)``; every variant sees the
    same splits (a paired comparison).
-2. Pre-training (:func:`hscl.engine.graph_train.pretrain_graph_encoder`, Adam, InfoGraph's GIN + heads):
+2. Pre-training (:func:`hscl.engine.pretrain.graph_train.pretrain_graph_encoder`, Adam, InfoGraph's GIN + heads):
 
    * SCL and H-SCL use labels, so they are pre-trained once PER FOLD on that fold's training graphs only;
      the test fold's labels never reach the encoder (``folds`` models per repetition).
@@ -36,9 +36,9 @@ import torch
 import yaml
 
 from hscl.data.graphs import GraphData, load_graph_dataset
-from hscl.engine.config import config_to_dict
-from hscl.engine.graph_train import GraphObjective, embed_graphs, pretrain_graph_encoder
-from hscl.engine.report import fmt_mean_std, markdown_table, write_json, write_table
+from hscl.engine.evaluation.report import fmt_mean_std, markdown_table, write_json, write_table
+from hscl.engine.pretrain.graph_train import GraphObjective, embed_graphs, pretrain_graph_encoder
+from hscl.engine.runtime.config import config_to_dict
 from hscl.experiments._numerics import numerics_footer, table_numerics
 from hscl.experiments._table2_config import (
     SVM_KERNELS,
@@ -207,8 +207,8 @@ def _final_loss(result) -> float:
 def _run_dataset(name, data, config, variants, units, out_dir, bar) -> None:
     from sklearn.model_selection import StratifiedKFold
 
-    from hscl.engine.distributed import resolve_device
-    from hscl.engine.precision import numerics_record
+    from hscl.engine.runtime.distributed import resolve_device
+    from hscl.engine.runtime.precision import numerics_record
 
     numerics = numerics_record("32-true", False, resolve_device("auto"))  # graph pre-training: float32 always
 

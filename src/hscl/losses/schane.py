@@ -12,7 +12,7 @@ class SCHaNe(ContrastiveLoss):
     """SCHaNe: hard-negative supervised contrastive loss with ``M = |N(r)|``, mean per anchor then over anchors.
 
     Reference: Long et al., SCHaNe, arXiv 2308.14893 (fine-tuning with
-    ``(1 - lam) * CE + lam * SCHaNe``, see :mod:`hscl.engine.finetune`); Jiang et al., arXiv 2209.00078.
+    ``(1 - lam) * CE + lam * SCHaNe``, see :mod:`hscl.engine.finetune.loop`); Jiang et al., arXiv 2209.00078.
     Implements eq. (3) of arXiv 2209.00078 with ``q = q_H-SCL`` and SCHaNe's two choices: ``M`` is
     the number of negatives of the anchor, and each anchor's pair losses are averaged before the
     anchors are (``reduction="anchor_mean"``). ``beta`` defaults to 1.

@@ -18,7 +18,7 @@ has to know them:
 The input contract of :meth:`Backbone.forward`: images ``(N, C, H, W)``, float in ``[0, 1]`` (or uint8 in
 ``[0, 255]``), *not* normalised. That is the output of hscl's :class:`~hscl.data.augment.Augment` /
 :class:`~hscl.data.augment.EvalTransform` with ``mean = 0`` and ``std = 1`` (their presets normalise with the
-data set's statistics; :func:`hscl.engine.finetune.finetune` sets the identity normalisation for a Backbone).
+data set's statistics; :func:`hscl.engine.finetune.loop.finetune` sets the identity normalisation for a Backbone).
 Inside ``forward``, on the tensor's device: grey images (``C = 1``) are repeated to the backbone's channels,
 the batch is resized bilinearly to ``input_size`` (antialiased when shrinking), normalised with
 ``(x - mean) / std``, and passed through the feature extractor.

@@ -30,7 +30,7 @@ Built from these files:
 * The few-shot benchmarks (:mod:`~hscl.data.images.fewshot_splits`): CIFAR-FS and FC100 (class splits of the
   CIFAR-100 files) and miniImageNet (``train.csv`` / ``val.csv`` / ``test.csv`` over ``images/``), read as a
   :class:`FewShotBenchmark` of three splits with disjoint classes; ``load_dataset("cifar-fs")`` (``"fc100"``,
-  ``"mini-imagenet"``) gives the test split's classes as episode data for :func:`hscl.engine.fewshot.few_shot`.
+  ``"mini-imagenet"``) gives the test split's classes as episode data for :func:`hscl.engine.finetune.fewshot.few_shot`.
 
 :func:`load_dataset` finds a dataset by name in the ``data_dir`` argument, ``$HSCL_DATA``, known system
 locations, the cache directory (``$HSCL_CACHE/<name>``, default ``~/.cache/hscl/<name>``), and finally

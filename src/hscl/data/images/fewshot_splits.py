@@ -1,5 +1,6 @@
 """The few-shot benchmarks' class splits: CIFAR-FS, FC100 and miniImageNet, each a train / val / test split of
-disjoint classes, and their conversion to the :class:`ImageData` that :func:`hscl.engine.fewshot.few_shot` draws
+disjoint classes, and their conversion to the :class:`ImageData` that :func:`hscl.engine.finetune.fewshot.few_shot`
+draws
 episodes from.
 
 * CIFAR-FS (Bertinetto et al., "Meta-learning with differentiable closed-form solvers", ICLR 2019): the 100
@@ -167,11 +168,11 @@ class FewShotBenchmark:
         return self.splits[split]
 
     def as_episode_data(self, split: str = "test", query_fraction: float = 0.5, seed: int = 0) -> ImageData:
-        """One split as an :class:`ImageData` for :func:`hscl.engine.fewshot.few_shot`.
+        """One split as an :class:`ImageData` for :func:`hscl.engine.finetune.fewshot.few_shot`.
 
         The images of each class of ``split`` are divided once, stratified and at random by ``seed``, into
         ``train_images`` (``1 - query_fraction`` of them) and ``test_images``. The episode code
-        (:func:`hscl.engine.episodes.sample_episode`) by default pools the two again and draws an episode's
+        (:func:`hscl.engine.finetune.episodes.sample_episode`) by default pools the two again and draws an episode's
         support and query sets from all the images of each class (all 600 for CIFAR-FS and FC100), disjoint within
         the episode: the papers' protocol, so this division does not restrict the episodes. With
         ``FewShotConfig(draw="split")`` it does: the support from ``train_images``, the queries from
