@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from hscl.cli import main
+from hscl.experiments.methods import TABLE1_CELLS, TABLE1_ORDER
 from hscl.experiments.presets import SUITES, find_preset, list_presets, packaged_configs, resolve_config
-from hscl.experiments.table1 import TABLE1_CELLS, TABLE1_ORDER
 from hscl.experiments.table1 import find_preset as find_table1
 from hscl.losses import METHODS
 

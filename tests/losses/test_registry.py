@@ -16,6 +16,7 @@ from hscl.losses import (
     LOSSES,
     METHODS,
     ContrastiveLoss,
+    Method,
     available_losses,
     contrastive_loss,
     get_loss,
@@ -115,10 +116,20 @@ def test_methods_are_the_one_list():
     assert LOSSES == {name: method.loss for name, method in METHODS.items()}
     assert available_losses() == list(METHODS)
     assert [m.label for m in METHODS.values()] == ["UCL", "H-UCL", "SCL", "H-SCL", "SupCon", "SCHaNe"]
-    assert [name for name, m in METHODS.items() if m.graph] == ["ucl", "h-ucl", "scl", "h-scl"]
     assert [name for name, m in METHODS.items() if m.supervised] == ["scl", "h-scl", "supcon", "schane"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         METHODS["ucl"].hardened = True
+
+
+def test_entries_hold_only_facts_about_the_loss_given_by_keyword():
+    """How experiments show a method or the engine trains it is not in the registry; no entry is positional."""
+    facts = ["name", "label", "loss", "positives", "negatives", "hardened", "reference"]
+    assert [f.name for f in dataclasses.fields(Method)] == facts
+    assert all(f.kw_only for f in dataclasses.fields(Method))
+    with pytest.raises(TypeError, match="positional"):
+        Method("ucl", "UCL", METHODS["ucl"].loss, "views", "unsupervised", False, "Chen et al.")
+    as_keywords = Method(**{name: getattr(METHODS["scl"], name) for name in facts})
+    assert as_keywords == METHODS["scl"]
 
 
 @pytest.mark.parametrize("name", list(METHODS))

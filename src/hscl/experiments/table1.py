@@ -19,26 +19,9 @@ from hscl.engine.runtime.config import RunConfig, load_config
 from hscl.engine.runtime.paths import portable_path
 from hscl.experiments import presets
 from hscl.experiments._numerics import numerics_footer, run_numerics, table_numerics
-from hscl.losses import METHODS
+from hscl.experiments.methods import TABLE1_CELLS
 
-__all__ = ["TABLE1_CELLS", "TABLE1_ORDER", "find_preset", "list_presets", "reproduce_table1"]
-
-
-def _cell(method, variant: str) -> tuple[str, str]:
-    """(config file stem, table label) of one method under one hardening variant ("", "beta", "tau")."""
-    if not variant:
-        return method.name, method.label
-    return f"{method.name}-{variant}", f"{method.label}({variant})"
-
-
-#: every cell a Table I preset may hold (config stem -> label), in the registry's order: each method as it
-#: is, and each hardened method with ``-beta`` (exponential tilting) or ``-tau`` (threshold)
-TABLE1_CELLS: dict[str, str] = dict(
-    _cell(m, v) for m in METHODS.values() for v in (("", "beta", "tau") if m.hardened else ("",))
-)
-
-#: the paper's Table I, in its order (from the registry's ``table1`` field)
-TABLE1_ORDER: dict[str, str] = dict(_cell(m, v) for m in METHODS.values() for v in m.table1)
+__all__ = ["find_preset", "list_presets", "reproduce_table1"]
 
 
 def list_presets(suite: str = "table1", extra: str | Path | None = None) -> list[str]:

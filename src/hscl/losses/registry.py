@@ -1,7 +1,10 @@
-"""The one list of contrastive methods; the training engine, fine-tuning, tables and CLI derive from it.
+"""The one list of contrastive methods: facts about each loss (its class, sets, hardening, paper).
 
-Adding a method is one file (its module class) plus one entry in :data:`METHODS`. The method files
-never import this module.
+Adding a method is one file (its module class) plus one entry in :data:`METHODS`, built with keywords. The
+method files never import this module. How a method is used is decided where it is used: which Table I
+cells show it in :mod:`hscl.experiments.methods`; how a training batch pairs images for it, whether it has a
+graph form and how fine-tuning names it in the engine (its data module, graph pre-training and fine-tuning
+settings).
 """
 
 from __future__ import annotations
@@ -22,28 +25,21 @@ from hscl.losses.ucl import UCL
 __all__ = ["LOSSES", "METHODS", "Method", "available_losses", "get_loss", "get_method", "loss_kwargs"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Method:
-    """One contrastive method: its module class and how it chooses positives and negatives."""
+    """One contrastive method: its module class, how it chooses positives and negatives, and its paper.
+
+    Only facts about the loss; every field is given by keyword. ``label`` is the method's name as its paper
+    writes it ("H-SCL", "SupCon", "SCHaNe"), a fact like ``reference``: tables compose their cells from it.
+    """
 
     name: str  # "h-scl"
-    label: str  # "H-SCL" (how tables print it)
+    label: str  # "H-SCL": the paper's name for it
     loss: type[nn.Module]  # the module class
     positives: str  # "views" | "labels"
     negatives: str | None  # "unsupervised" | "supervised"; None for supcon (all other rows)
     hardened: bool  # takes beta= / tau= / hardening=
-    graph: bool  # has a graph (InfoGraph local-global) form: ucl, h-ucl, scl, h-scl
     reference: str  # e.g. "Jiang et al., arXiv 2209.00078"
-    #: fine-tuning: True when the method is defined together with cross-entropy (SCHaNe's
-    #: ``(1 - lam) * CE + lam * L``), so its fine-tuning objective is called by the method's own name;
-    #: any other method fine-tunes as ``"<name>+ce"``
-    with_ce: bool = False
-    #: the cells of the H-SCL paper's Table I that show this method: ``""`` the method as it is,
-    #: ``"beta"`` / ``"tau"`` its exponential / threshold hardening (config files ``<name>-beta.yaml`` ...)
-    table1: tuple[str, ...] = ()
-    #: how a training batch pairs images by default: ``"instance"`` (two augmented views of one image) or
-    #: ``"same_label"`` (two images of one class, the H-SCL paper's sampling for SCL and H-SCL)
-    pairs: str = "instance"
 
     @property
     def supervised(self) -> bool:
@@ -53,17 +49,61 @@ class Method:
 
 _H_SCL = "Jiang et al., arXiv 2209.00078"
 _METHODS = (
-    Method("ucl", "UCL", UCL, "views", "unsupervised", False, True, "Chen et al. (SimCLR), arXiv 2002.05709",
-           table1=("",)),
-    Method("h-ucl", "H-UCL", HUCL, "views", "unsupervised", True, True, "Robinson et al., arXiv 2010.04592",
-           table1=("",)),
-    Method("scl", "SCL", SCL, "labels", "supervised", False, True, _H_SCL, table1=("",), pairs="same_label"),
-    Method("h-scl", "H-SCL", HSCL, "labels", "supervised", True, True, _H_SCL, table1=("beta", "tau"),
-           pairs="same_label"),
-    Method("supcon", "SupCon", SupCon, "labels", None, False, False, "Khosla et al., arXiv 2004.11362"),
-    Method("schane", "SCHaNe", SCHaNe, "labels", "supervised", True, False, "Long et al., arXiv 2308.14893",
-           with_ce=True),
-)  # fmt: skip
+    Method(
+        name="ucl",
+        label="UCL",
+        loss=UCL,
+        positives="views",
+        negatives="unsupervised",
+        hardened=False,
+        reference="Chen et al. (SimCLR), arXiv 2002.05709",
+    ),
+    Method(
+        name="h-ucl",
+        label="H-UCL",
+        loss=HUCL,
+        positives="views",
+        negatives="unsupervised",
+        hardened=True,
+        reference="Robinson et al., arXiv 2010.04592",
+    ),
+    Method(
+        name="scl",
+        label="SCL",
+        loss=SCL,
+        positives="labels",
+        negatives="supervised",
+        hardened=False,
+        reference=_H_SCL,
+    ),
+    Method(
+        name="h-scl",
+        label="H-SCL",
+        loss=HSCL,
+        positives="labels",
+        negatives="supervised",
+        hardened=True,
+        reference=_H_SCL,
+    ),
+    Method(
+        name="supcon",
+        label="SupCon",
+        loss=SupCon,
+        positives="labels",
+        negatives=None,
+        hardened=False,
+        reference="Khosla et al., arXiv 2004.11362",
+    ),
+    Method(
+        name="schane",
+        label="SCHaNe",
+        loss=SCHaNe,
+        positives="labels",
+        negatives="supervised",
+        hardened=True,
+        reference="Long et al., arXiv 2308.14893",
+    ),
+)
 
 #: method name -> :class:`Method`, in the order ucl, h-ucl, scl, h-scl, supcon, schane
 METHODS: dict[str, Method] = {m.name: m for m in _METHODS}

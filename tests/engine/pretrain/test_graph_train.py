@@ -68,7 +68,7 @@ def test_graph_methods_come_from_the_registry():
         "scl": ("supervised", False),
         "h-scl": ("supervised", True),
     }
-    assert all(METHODS[name].graph for name in GRAPH_METHODS)
+    assert all(GRAPH_METHODS[name] == (METHODS[name].negatives, METHODS[name].hardened) for name in GRAPH_METHODS)
 
 
 def test_objective_bad_input():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hscl.engine.runtime.config import load_config
+from hscl.experiments.methods import TABLE1_ORDER
 from hscl.experiments.presets import packaged_configs
-from hscl.experiments.table1 import TABLE1_ORDER, find_preset
+from hscl.experiments.table1 import find_preset
 
 CONFIGS = sorted((packaged_configs() / "table1").rglob("*.yaml"))  # run configs of Table I
 
@@ -14,6 +15,25 @@ CONFIGS = sorted((packaged_configs() / "table1").rglob("*.yaml"))  # run configs
 def test_there_is_a_config_for_every_cell_of_table1():
     for preset in ["cifar10", "cifar100", "stl10", "tiny-imagenet", "quick"]:
         assert list(find_preset(preset)) == list(TABLE1_ORDER)
+
+
+@pytest.mark.parametrize(
+    ("method", "pairs"),
+    [
+        ("ucl", "instance"),
+        ("h-ucl", "instance"),
+        ("scl", "same_label"),
+        ("h-scl", "same_label"),
+        ("supcon", "instance"),
+        ("schane", "instance"),
+    ],
+)
+def test_data_pair_mode_auto_pairs_same_label_for_scl_and_h_scl_only(method, pairs):
+    """The H-SCL paper samples two images of one class for SCL and H-SCL; the others pair views of one image."""
+    from hscl.engine.pretrain.datamodule import pair_mode_for
+
+    assert pair_mode_for(load_config(None, [f"loss.method={method}"])) == pairs
+    assert pair_mode_for(load_config(None, [f"loss.method={method}", "data.pair_mode=instance"])) == "instance"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])

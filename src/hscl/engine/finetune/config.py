@@ -16,10 +16,14 @@ from torch import nn
 from hscl.losses import METHODS
 from hscl.validation import check_choice, check_int, check_real
 
+#: the methods defined together with cross-entropy (SCHaNe's ``(1 - lam) * CE + lam * L``): their fine-tuning
+#: objective is called by the method's own name; any other method fine-tunes as ``"<name>+ce"``
+DEFINED_WITH_CE = ("schane",)
+
 
 def _objective(method) -> tuple[str, str]:
     """(objective name, label) of fine-tuning with CE plus ``method``'s loss."""
-    if method.with_ce:  # defined with CE already (SCHaNe)
+    if method.name in DEFINED_WITH_CE:  # defined with CE already (SCHaNe)
         return method.name, method.label
     return f"{method.name}+ce", f"{method.label}+CE"
 

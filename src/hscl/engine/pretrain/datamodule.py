@@ -64,10 +64,15 @@ def split_data(data: ImageData, config: RunConfig) -> ImageData:
     return data
 
 
+#: the methods whose batches pair two images of one class by default (the H-SCL paper's sampling for SCL and
+#: H-SCL); every other method pairs two augmented views of one image (``"instance"``)
+SAME_LABEL_PAIRS = ("scl", "h-scl")
+
+
 def pair_mode_for(config: RunConfig) -> str:
     if config.data.pair_mode != "auto":
         return config.data.pair_mode
-    return get_method(config.loss.method).pairs
+    return "same_label" if get_method(config.loss.method).name in SAME_LABEL_PAIRS else "instance"
 
 
 class _EpochBatches(torch.utils.data.IterableDataset):

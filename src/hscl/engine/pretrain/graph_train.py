@@ -35,8 +35,11 @@ __all__ = [
     "pretrain_graph_encoder",
 ]
 
-#: method -> (negatives, hardened) for the methods with a graph form; the hardened ones take ``beta``
-GRAPH_METHODS: dict[str, tuple[str, bool]] = {m.name: (m.negatives, m.hardened) for m in METHODS.values() if m.graph}
+#: method -> (negatives, hardened) for the methods with a graph form (the four settings of the H-SCL paper's
+#: Table II; their negatives and hardening are read from the registry); the hardened ones take ``beta``
+GRAPH_METHODS: dict[str, tuple[str, bool]] = {
+    n: (METHODS[n].negatives, METHODS[n].hardened) for n in ("ucl", "h-ucl", "scl", "h-scl")
+}
 
 
 @dataclass(frozen=True)
