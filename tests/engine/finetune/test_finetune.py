@@ -212,7 +212,8 @@ def test_zero_initialised_head_starts_at_log_classes():
     [
         (
             {"objective": "focal"},
-            "objective must be one of 'ce', 'ucl\\+ce', 'h-ucl\\+ce', 'scl\\+ce', 'h-scl\\+ce', 'supcon\\+ce', 'schane'",
+            "objective must be one of 'ce', 'ucl\\+ce', 'h-ucl\\+ce', 'scl\\+ce', 'h-scl\\+ce', 'supcon\\+ce', "
+            "'schane'",
         ),
         ({"lam": 1.5}, "lam must lie in"),
         ({"beta": -1.0}, "beta must lie in"),
