@@ -40,7 +40,7 @@ The package: :mod:`~hscl.data.images.base` (:class:`ImageData`, errors), :mod:`~
 (idx, CIFAR, STL-10, digits), :mod:`~hscl.data.images.image_files` (TinyImageNet, image folders),
 :mod:`~hscl.data.images.mosaic` (multi-label mosaics), :mod:`~hscl.data.images.fewshot_splits` (few-shot
 benchmarks), :mod:`~hscl.data.images.download` (cache, downloads, archives) and
-:mod:`~hscl.data.images.registry` (:data:`DATASETS`, :func:`load_dataset`).
+:mod:`~hscl.data.images.specs` (:data:`DATASETS`, :func:`load_dataset`).
 """
 
 from hscl.data.images.base import (
@@ -80,7 +80,7 @@ from hscl.data.images.mosaic import (
     read_fashion_mnist_mosaic,
     read_mnist_mosaic,
 )
-from hscl.data.images.registry import DATASETS, DatasetSpec, check_data_dir, holds_dataset, load_dataset
+from hscl.data.images.specs import DATASETS, DatasetSpec, check_data_dir, holds_dataset, load_dataset
 
 __all__ = [
     "CIFAR_FS_CLASSES",

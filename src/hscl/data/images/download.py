@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from hscl.data.images.base import ChecksumError, PathLike, UnsafeArchiveError
 
 if TYPE_CHECKING:
-    from hscl.data.images.registry import DatasetSpec
+    from hscl.data.images.specs import DatasetSpec
 
 __all__ = ["Download", "cache_dir", "download_file", "extract_archive"]
 

@@ -217,7 +217,7 @@ class FewShotBenchmark:
 
 
 def _cifar100_root(directory: PathLike) -> Path:
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
+    from hscl.data.images.specs import DATASETS, _locate  # not at the top: the registry imports the readers
 
     return _locate(directory, DATASETS["cifar100"])
 
@@ -389,7 +389,7 @@ def read_mini_imagenet(
     two splits) are raised as one line naming the file.
     """
     from hscl.data.images.image_files import _decode_all
-    from hscl.data.images.registry import DATASETS  # not at the top: the registry imports the readers
+    from hscl.data.images.specs import DATASETS  # not at the top: the registry imports the readers
 
     splits = list(splits)
     bad = [s for s in splits if s not in SPLITS]

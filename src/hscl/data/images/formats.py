@@ -113,7 +113,7 @@ def _read_idx_split(directory: Path, images_stem: str, labels_stem: str, num_cla
 
 
 def _read_idx_dataset(directory: PathLike, name: str, classes: list[str]) -> ImageData:
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
+    from hscl.data.images.specs import DATASETS, _locate  # not at the top: the registry imports the readers
 
     root = _locate(directory, DATASETS[name])
     train_images, train_labels = _read_idx_split(root, _IDX_FILES[0], _IDX_FILES[1], len(classes))
@@ -219,7 +219,7 @@ def read_cifar10(directory: PathLike) -> ImageData:
     Images (3, 32, 32) RGB. The pickles are read with ``encoding="bytes"`` by an unpickler that only
     accepts numpy arrays and plain containers.
     """
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
+    from hscl.data.images.specs import DATASETS, _locate  # not at the top: the registry imports the readers
 
     root = _locate(directory, DATASETS["cifar10"])
     batches = [f"data_batch_{i}" for i in range(1, 6)]
@@ -232,7 +232,7 @@ def read_cifar100(directory: PathLike) -> ImageData:
     Reads ``train`` (50000), ``test`` (10000) and ``meta``; uses the 100 fine labels and fine label names.
     Images (3, 32, 32) RGB.
     """
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
+    from hscl.data.images.specs import DATASETS, _locate  # not at the top: the registry imports the readers
 
     root = _locate(directory, DATASETS["cifar100"])
     return _cifar("cifar100", root, ["train"], "test", "meta", b"fine_label_names", b"fine_labels")
@@ -274,7 +274,7 @@ def read_stl10(directory: PathLike, unlabeled: bool = False) -> ImageData:
     ``unlabeled=True`` the 100000 images of ``unlabeled_X.bin`` are memory-mapped (copy-on-write, nothing
     read until indexed) as ``unlabeled_images``, a non-contiguous (N, 3, 96, 96) view.
     """
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
+    from hscl.data.images.specs import DATASETS, _locate  # not at the top: the registry imports the readers
 
     root = _locate(directory, DATASETS["stl10"], {"unlabeled": unlabeled})
     classes = [line.strip() for line in (root / "class_names.txt").read_text().splitlines() if line.strip()]

@@ -129,7 +129,7 @@ def read_tiny_imagenet(
     (default cache dir: ``cache_dir("tiny-imagenet")``) and reused while the source path and the list of
     image files are unchanged. ``cache=False`` neither reads nor writes it.
     """
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
+    from hscl.data.images.specs import DATASETS, _locate  # not at the top: the registry imports the readers
 
     root = _locate(directory, DATASETS["tiny-imagenet"])
     wnids, classes, train_files, train_labels, test_files, test_labels = _tiny_listing(root)
