@@ -1,5 +1,11 @@
-"""The registry of built-in datasets (:data:`DATASETS`) and :func:`load_dataset`: resolution of a dataset
-in the data roots, system paths and the cache, then a checked download."""
+"""What is known about each built-in dataset, and where to look for it: :class:`DatasetSpec` (folder, files,
+official downloads, system paths, shape), :data:`SPECS`, and the lookup of a dataset's folder under a data root
+(:meth:`DatasetSpec.find`, :meth:`DatasetSpec.locate`) and of the data roots themselves
+(:meth:`DatasetSpec.roots`: the given folder, ``$HSCL_DATA``, system paths, :func:`cache_dir`).
+
+This module imports nothing else of :mod:`hscl.data`: the readers look their folder up here, and the registry
+(:mod:`hscl.data.images.registry`) pairs each spec with its reader on top of both.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hscl.data.images.base import DatasetNotFoundError, ImageData, PathLike
-from hscl.data.images.download import Download, _download, _DownloadError, cache_dir
-from hscl.data.images.fewshot_splits import _cifar_fs_episodes, _fc100_episodes, _mini_imagenet_episodes
-from hscl.data.images.formats import (
-    _IDX_FILES,
-    _idx_names,
-    read_cifar10,
-    read_cifar100,
-    read_digits,
-    read_fashion_mnist,
-    read_mnist,
-    read_stl10,
-)
-from hscl.data.images.image_files import read_image_folder, read_tiny_imagenet
-from hscl.data.images.mosaic import read_fashion_mnist_mosaic, read_mnist_mosaic
+__all__ = ["SPECS", "DatasetSpec", "Download", "cache_dir"]
 
-__all__ = ["DATASETS", "DatasetSpec", "check_data_dir", "holds_dataset", "load_dataset"]
+
+@dataclass(frozen=True)
+class Download:
+    """One file of a dataset's official source: fetched from ``url``, checked against ``md5``, saved as
+    ``filename`` in the cache dir and, if ``extract``, unpacked there (and the archive deleted)."""
+
+    url: str
+    md5: str
+    filename: str
+    extract: bool
+
+
+def cache_dir(name: str | None = None) -> Path:
+    """The cache directory: ``$HSCL_CACHE``, else ``$XDG_CACHE_HOME/hscl``, else ``~/.cache/hscl``;
+    ``/<name>`` appended when a dataset name is given."""
+    return _cache_path(name)
+
+
+def _cache_path(name: str | None) -> Path:
+    root = os.environ.get("HSCL_CACHE")
+    if root:
+        base = Path(root).expanduser()
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "hscl"
+    return base / name if name else base
 
 
 @dataclass(frozen=True)
@@ -34,7 +50,6 @@ class DatasetSpec:
 
     Attributes:
         name: registry name (``load_dataset(name)``).
-        reader: ``reader(directory, **options) -> ImageData``.
         folder: the dataset's own folder name (e.g. ``"cifar-10-batches-py"``); data roots are searched for
             ``<root>/<folder>``, ``<root>/<name>``, ``<root>/<name>/<folder>`` (then ``<root>/<source>`` and
             ``<root>/<source>/<folder>`` for a derived dataset) and ``<root>`` itself.
@@ -47,10 +62,11 @@ class DatasetSpec:
         hint: extra advice for the not-found error.
         source: for a dataset built from another one's files (``cifar-fs`` from ``cifar100``), that dataset's
             registry name: the two share one cache folder, so the files are downloaded once.
+        reader: ``reader(directory, **options) -> ImageData``; set in the registry's
+            :data:`~hscl.data.images.DATASETS`, None in :data:`SPECS` (which the readers themselves consult).
     """
 
     name: str
-    reader: Callable[..., ImageData]
     folder: str
     files: tuple[tuple[str, ...], ...]
     downloads: tuple[Download, ...]
@@ -61,13 +77,14 @@ class DatasetSpec:
     option_files: tuple[tuple[str, str], ...] = ()
     hint: str = ""
     source: str = ""
+    reader: Callable[..., object] | None = None
 
     def required(self, options: dict | None = None) -> tuple[tuple[str, ...], ...]:
         """Required files for these reader options."""
         options = options or {}
         return self.files + tuple((f,) for option, f in self.option_files if options.get(option))
 
-    def candidates(self, root: PathLike) -> list[Path]:
+    def candidates(self, root: str | os.PathLike) -> list[Path]:
         """Directories under a data root that may hold the files, in search order."""
         root = Path(root).expanduser()
         paths = [root / self.folder, root / self.name, root / self.name / self.folder]
@@ -79,7 +96,7 @@ class DatasetSpec:
         """Required files not present in ``directory``."""
         return [alts[0] for alts in self.required(options) if not any((directory / a).exists() for a in alts)]
 
-    def find(self, root: PathLike, options: dict | None = None) -> tuple[Path | None, str]:
+    def find(self, root: str | os.PathLike, options: dict | None = None) -> tuple[Path | None, str]:
         """(directory holding all required files, "") or (None, why not) for one data root."""
         root = Path(root).expanduser()
         if not root.is_dir():
@@ -94,14 +111,39 @@ class DatasetSpec:
             reasons.append(f"{directory}: missing {', '.join(missing)}")
         return None, "; ".join(reasons)
 
+    def locate(self, directory: str | os.PathLike | None, options: dict | None = None) -> Path:
+        """The folder holding the files under the data root ``directory`` (what a reader is given: the root
+        or the dataset's folder itself); ``FileNotFoundError`` saying what is missing where."""
+        if directory is None:
+            raise FileNotFoundError(f"{self.name}: no directory given")
+        found, why = self.find(directory, options)
+        if found is None:
+            raise FileNotFoundError(f"{self.name} not found in {directory}: {why}")
+        return found
 
-def _locate(directory: PathLike | None, spec: DatasetSpec, options: dict | None = None) -> Path:
-    if directory is None:
-        raise FileNotFoundError(f"{spec.name}: no directory given")
-    found, why = spec.find(directory, options)
-    if found is None:
-        raise FileNotFoundError(f"{spec.name} not found in {directory}: {why}")
-    return found
+    def roots(self, data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path | None, str]]:
+        """The data roots to search, in order, as ``(label, root, why not)`` (``root`` None where there is
+        none): ``data_dir``, the ``os.pathsep``-separated roots of ``$HSCL_DATA``, the system paths, and the
+        cache dir (of ``source`` for a derived dataset, so both share one download)."""
+        roots: list[tuple[str, Path | None, str]] = [
+            ("data_dir argument", Path(data_dir) if data_dir is not None else None, "not given")
+        ]
+        env_roots = [p for p in os.environ.get("HSCL_DATA", "").split(os.pathsep) if p]
+        roots += [("$HSCL_DATA", Path(p), "") for p in env_roots] or [("$HSCL_DATA", None, "not set")]
+        roots += [("system path", Path(p), "") for p in self.system_paths]
+        roots.append(("cache", cache_dir(self.source or self.name), ""))
+        return roots
+
+
+#: the four idx files of MNIST and Fashion-MNIST (training images and labels, test images and labels)
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _idx_names(stem: str) -> tuple[str, ...]:
+    """Accepted names of an idx file: the standard one and the ``train-images.idx3-ubyte`` spelling, each
+    plain or gzipped."""
+    dotted = stem.replace("-idx", ".idx", 1)
+    return (stem, stem + ".gz", dotted, dotted + ".gz")
 
 
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -112,15 +154,15 @@ def _idx_downloads(base: str, md5s: Sequence[str]) -> tuple[Download, ...]:
     return tuple(Download(base + f + ".gz", m, f + ".gz", False) for f, m in zip(_IDX_FILES, md5s))
 
 
-def _derived(spec: DatasetSpec, name: str, reader: Callable[..., ImageData], **changes) -> DatasetSpec:
+def _derived(spec: DatasetSpec, name: str, **changes) -> DatasetSpec:
     """A dataset built from ``spec``'s files (same folder, files, downloads, system paths and cache)."""
-    return dataclasses.replace(spec, name=name, reader=reader, source=spec.name, **changes)
+    return dataclasses.replace(spec, name=name, source=spec.name, **changes)
 
 
-DATASETS: dict[str, DatasetSpec] = {
+#: the built-in datasets by name, without their readers (the registry adds those)
+SPECS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
-        reader=read_mnist,
         folder="mnist",
         files=tuple(_idx_names(f) for f in _IDX_FILES),
         downloads=_idx_downloads(
@@ -139,7 +181,6 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
-        reader=read_fashion_mnist,
         folder="fashion-mnist",
         files=tuple(_idx_names(f) for f in _IDX_FILES),
         downloads=_idx_downloads(
@@ -159,7 +200,6 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
-        reader=read_cifar10,
         folder="cifar-10-batches-py",
         files=tuple((f,) for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]),
         downloads=(
@@ -177,7 +217,6 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "cifar100": DatasetSpec(
         name="cifar100",
-        reader=read_cifar100,
         folder="cifar-100-python",
         files=(("train",), ("test",), ("meta",)),
         downloads=(
@@ -195,7 +234,6 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "stl10": DatasetSpec(
         name="stl10",
-        reader=read_stl10,
         folder="stl10_binary",
         files=tuple((f,) for f in ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "class_names.txt"]),
         downloads=(
@@ -214,7 +252,6 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "tiny-imagenet": DatasetSpec(
         name="tiny-imagenet",
-        reader=read_tiny_imagenet,
         folder="tiny-imagenet-200",
         files=(("wnids.txt",), ("words.txt",), ("train",), ("val/images",), ("val/val_annotations.txt",)),
         downloads=(
@@ -232,7 +269,6 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "digits": DatasetSpec(
         name="digits",
-        reader=read_digits,
         folder="",
         files=(),
         downloads=(),
@@ -243,15 +279,12 @@ DATASETS: dict[str, DatasetSpec] = {
         hint="shipped with scikit-learn",
     ),
 }
-DATASETS["fashion-mnist-mosaic"] = _derived(
-    DATASETS["fashion-mnist"], "fashion-mnist-mosaic", read_fashion_mnist_mosaic, size=56
-)
-DATASETS["mnist-mosaic"] = _derived(DATASETS["mnist"], "mnist-mosaic", read_mnist_mosaic, size=56)
-DATASETS["cifar-fs"] = _derived(DATASETS["cifar100"], "cifar-fs", _cifar_fs_episodes, num_classes=20)
-DATASETS["fc100"] = _derived(DATASETS["cifar100"], "fc100", _fc100_episodes, num_classes=20)
-DATASETS["mini-imagenet"] = DatasetSpec(
+SPECS["fashion-mnist-mosaic"] = _derived(SPECS["fashion-mnist"], "fashion-mnist-mosaic", size=56)
+SPECS["mnist-mosaic"] = _derived(SPECS["mnist"], "mnist-mosaic", size=56)
+SPECS["cifar-fs"] = _derived(SPECS["cifar100"], "cifar-fs", num_classes=20)
+SPECS["fc100"] = _derived(SPECS["cifar100"], "fc100", num_classes=20)
+SPECS["mini-imagenet"] = DatasetSpec(
     name="mini-imagenet",
-    reader=_mini_imagenet_episodes,
     folder="miniImagenet",
     files=(("train.csv",), ("val.csv",), ("test.csv",), ("images",)),
     downloads=(),
@@ -264,131 +297,3 @@ DATASETS["mini-imagenet"] = DatasetSpec(
         "val.csv, test.csv and the images/ folder of JPEGs they list into DIR/miniImagenet"
     ),
 )
-
-
-def _lookup(name: str) -> DatasetSpec | None:
-    """The spec for ``name``, ignoring case, ``-`` and ``_`` (``"CIFAR-10"``, ``"fashion_mnist"`` work)."""
-
-    def key(text: str) -> str:
-        return text.lower().replace("-", "").replace("_", "")
-
-    return next((spec for n, spec in DATASETS.items() if key(n) == key(name)), None)
-
-
-def _valid_names() -> str:
-    return ", ".join([*DATASETS, "folder:<path>"])
-
-
-def check_data_dir(name: str, data_dir: PathLike | None, **options) -> None:
-    """Check that an explicit ``data_dir`` (``--data-dir``, ``data.data_dir``) holds dataset ``name``.
-
-    :func:`load_dataset` searches further (``$HSCL_DATA``, system paths, the cache, a download); a run given a
-    folder must not silently read the data from elsewhere, so it calls this first. Raises a one-line
-    :class:`DatasetNotFoundError` naming the folder, the files looked for and where. No-op without ``data_dir``,
-    for ``folder:<path>`` datasets and for data shipped with a package (``digits``).
-    """
-    if data_dir is None or name.startswith("folder:"):
-        return
-    spec = _lookup(name)
-    if spec is None:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {_valid_names()}")
-    if not spec.files:
-        return
-    found, why = spec.find(data_dir, options)
-    if found is None:
-        needed = ", ".join(alts[0] for alts in spec.required(options))
-        places = ", ".join(str(p) for p in spec.candidates(data_dir))
-        raise DatasetNotFoundError(
-            f"--data-dir {data_dir}: dataset {spec.name!r} is not there ({why}); looked for {needed} in {places}",
-            [(f"data_dir {data_dir}", why)],
-        )
-
-
-def holds_dataset(name: str, data_dir: PathLike | None, **options) -> bool:
-    """Whether ``data_dir`` passes :func:`check_data_dir` (False for None)."""
-    if data_dir is None:
-        return False
-    try:
-        check_data_dir(name, data_dir, **options)
-    except (DatasetNotFoundError, ValueError):
-        return False
-    return True
-
-
-def load_dataset(name: str, data_dir: PathLike | None = None, download: bool = True, **options) -> ImageData:
-    """Load a dataset by name: one of :data:`DATASETS` or ``"folder:<path>"`` (see :func:`read_image_folder`).
-
-    Data roots are searched in this order, each for ``<root>/<folder>``, ``<root>/<name>[/<folder>]``, ``<root>``:
-    ``data_dir``, the ``os.pathsep``-separated roots of ``$HSCL_DATA``, the dataset's system paths (e.g.
-    ``/usr/share/datasets/fashion-mnist`` from the Debian package ``dataset-fashion-mnist``), and the cache
-    dir :func:`cache_dir` ``(name)`` (for a dataset built from another's files, such as ``cifar-fs`` or
-    ``fashion-mnist-mosaic``, the cache dir of that one). If none holds the files and ``download`` is true, the
-    official files are downloaded into the cache dir, md5-checked and extracted. ``options`` go to the reader
-    (e.g. ``unlabeled=True`` for STL-10; ``size``, ``channels``, ``seed``, ``test_fraction`` for folders;
-    ``train_size``, ``test_size``, ``seed`` for mosaics; ``split``, ``query_fraction``, ``seed`` for the
-    few-shot benchmarks ``cifar-fs``, ``fc100``, ``mini-imagenet``, which load one split, by default
-    ``"test"``, as episode data: see :meth:`~hscl.data.images.FewShotBenchmark.as_episode_data`).
-
-    Raises ``ValueError`` for an unknown name and one :class:`DatasetNotFoundError` listing every location
-    tried, why it failed, and how to provide the data.
-    """
-    if name.startswith("folder:"):
-        path = Path(name[len("folder:") :]).expanduser()
-        if not path.is_dir():
-            raise DatasetNotFoundError(
-                f"image folder {path} does not exist; expected {path}/<class>/*.png or {path}/train/<class>/*",
-                [(str(path), "does not exist")],
-            )
-        return read_image_folder(path, **options)
-    spec = _lookup(name)
-    if spec is None:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {_valid_names()}")
-    if not spec.files:
-        return spec.reader(None, **options)
-
-    roots: list[tuple[str, Path | None, str]] = []
-    roots.append(("data_dir argument", Path(data_dir) if data_dir is not None else None, "not given"))
-    env = os.environ.get("HSCL_DATA", "")
-    env_roots = [p for p in env.split(os.pathsep) if p]
-    roots += [("$HSCL_DATA", Path(p), "") for p in env_roots] or [("$HSCL_DATA", None, "not set")]
-    roots += [("system path", Path(p), "") for p in spec.system_paths]
-    target = cache_dir(spec.source or spec.name)
-    roots.append(("cache", target, ""))
-
-    tried: list[tuple[str, str]] = []
-    for label, root, reason in roots:
-        if root is None:
-            tried.append((label, reason))
-            continue
-        found, why = spec.find(root, options)
-        if found is not None:
-            return spec.reader(found, **options)
-        tried.append((f"{label} {root}", why))
-
-    if not spec.downloads:
-        tried.append(("download", "no download source"))
-    elif not download:
-        tried.append(("download", "disabled (download=False)"))
-    else:
-        try:
-            _download(spec, target)
-        except _DownloadError as e:  # any failure is reported in the one error below
-            tried.append((f"download {e.url} into {target}", f"download failed: {e.error!r}"))
-        else:
-            found, why = spec.find(target, options)
-            if found is not None:
-                return spec.reader(found, **options)
-            tried.append((f"download into {target}", f"downloaded, but {why}"))
-
-    needed = ", ".join(alts[0] for alts in spec.required(options))
-    how = [f"pass --data-dir DIR (data_dir=DIR) or set HSCL_DATA=DIR, where DIR/{spec.folder}/ or DIR holds {needed}"]
-    if spec.downloads:
-        fetch = "; ".join(f"{d.url} (md5 {d.md5})" for d in spec.downloads)
-        unpack = " and unpack it there" if any(d.extract for d in spec.downloads) else ""
-        how.append(f"or fetch by hand {fetch} into DIR{unpack}")
-    if spec.hint:
-        how.append(f"or {spec.hint}")
-    lines = [f"dataset {spec.name!r} not found. Tried:"]
-    lines += [f"  - {where_}: {why}" for where_, why in tried]
-    lines.append("To provide it: " + ";\n  ".join(how) + ".")
-    raise DatasetNotFoundError("\n".join(lines), tried)
