@@ -59,7 +59,7 @@ _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
 def registry_choices() -> dict[str, tuple[str, ...]]:
     """The choices read from the code's own registries and constants."""
     from hscl.data.augment import PRESETS
-    from hscl.data.images.registry import DATASETS
+    from hscl.data.images import DATASETS
     from hscl.engine.runtime.config import PRECISION_SETTINGS
     from hscl.losses import METHODS
     from hscl.models import ENCODERS

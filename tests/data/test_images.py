@@ -22,6 +22,7 @@ from PIL import Image
 from hscl.data import DATASETS, DatasetNotFoundError, ImageData, load_dataset
 from hscl.data import images as im
 from hscl.data.images import image_files
+from hscl.data.images.specs import SPECS
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -467,6 +468,44 @@ def test_registry_is_consistent():
         # files to look for come with a download, or (mini-imagenet: none exists) with a hint on providing them
         assert bool(spec.files) == bool(spec.downloads) or bool(spec.files and spec.hint)
         assert not spec.source or DATASETS[spec.source].downloads == spec.downloads
+
+
+def test_registry_pairs_each_spec_with_its_reader():
+    # the specs the readers consult (no readers: the spec module imports nothing else of hscl.data) and the
+    # registry's entries are the same facts; only the registry knows the reader (isolated_env moved the
+    # registry's downloads and system paths: those are compared by file name and count)
+    assert set(SPECS) == set(DATASETS)
+    for name, spec in SPECS.items():
+        entry = DATASETS[name]
+        assert spec.reader is None and callable(entry.reader)
+        moved = {"reader": None, "downloads": spec.downloads, "system_paths": spec.system_paths}
+        assert dataclasses.replace(entry, **moved) == spec
+        assert [(d.filename, d.md5) for d in entry.downloads] == [(d.filename, d.md5) for d in spec.downloads]
+        assert len(entry.system_paths) == len(spec.system_paths)
+    assert DATASETS["cifar10"].reader is im.read_cifar10 and DATASETS["fashion-mnist-mosaic"].reader is (
+        im.read_fashion_mnist_mosaic
+    )
+
+
+def test_data_roots_in_search_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("HSCL_DATA", os.pathsep.join([str(tmp_path / "a"), "", str(tmp_path / "b")]))
+    spec = SPECS["fashion-mnist"]
+    assert spec.roots(tmp_path / "arg") == [
+        ("data_dir argument", tmp_path / "arg", "not given"),
+        ("$HSCL_DATA", tmp_path / "a", ""),
+        ("$HSCL_DATA", tmp_path / "b", ""),
+        ("system path", Path("/usr/share/datasets/fashion-mnist"), ""),
+        ("cache", tmp_path / "cache" / "fashion-mnist", ""),
+    ]
+    monkeypatch.delenv("HSCL_DATA")
+    # a derived dataset searches, and downloads into, the cache dir of the dataset whose files it reads
+    assert SPECS["cifar-fs"].roots(None) == [
+        ("data_dir argument", None, "not given"),
+        ("$HSCL_DATA", None, "not set"),
+        ("cache", tmp_path / "cache" / "cifar100", ""),
+    ]
+    with pytest.raises(FileNotFoundError, match=r"cifar10 not found in .*missing data_batch_1"):
+        SPECS["cifar10"].locate(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

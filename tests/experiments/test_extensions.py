@@ -126,7 +126,7 @@ def test_a_bad_preset_is_refused_naming_the_key(tmp_path):
     preset = load_extension_preset(find_extension_preset("auto-beta", "mine", tmp_path))
     with pytest.raises(ValueError, match=r"unknown key.*epoch"):
         cell_config(preset, "a")
-    with pytest.raises(ValueError, match=r"unknown preset 'nope' for auto-beta.*available: mine, quick"):
+    with pytest.raises(ValueError, match=r"unknown preset 'nope' for extensions/auto-beta.*available: mine, quick"):
         find_extension_preset("auto-beta", "nope", tmp_path)
     assert main(["reproduce", "auto-beta", "--preset", "nope"]) == 2
     assert main(["reproduce", "auto-beta", "--methods", "beta-7", "--out", str(tmp_path / "o")]) == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hscl.cli import main
+from hscl.experiments.extensions import EXPERIMENTS, find_extension_preset, list_extension_presets
 from hscl.experiments.methods import TABLE1_CELLS, TABLE1_ORDER
 from hscl.experiments.presets import SUITES, find_preset, list_presets, packaged_configs, resolve_config
 from hscl.experiments.table1 import find_preset as find_table1
@@ -38,11 +39,33 @@ def test_a_users_folder_comes_first_and_adds_presets(tmp_path):
         ("table1", "nope", None, "unknown preset 'nope' for table1; .* available: cifar10, cifar100, quick"),
         ("table1", "../table2", None, "a preset is a plain name"),
         ("table2", "quick", "/no/such/folder", "--configs /no/such/folder: not a folder"),
+        ("extensions", "quick", None, r"unknown preset suite 'extensions'; allowed: .*extensions/<experiment>"),
+        ("extensions/../table2", "quick", None, "unknown preset suite 'extensions/../table2'"),
+        ("extensions/multilabel", "nope", None, "unknown preset 'nope' for extensions/multilabel; .* available: quick"),
     ],
 )
 def test_bad_preset_names_are_named(suite, preset, configs, message):
     with pytest.raises(ValueError, match=message):
         find_preset(suite, preset, configs)
+
+
+def test_extension_presets_are_one_suite_per_experiment(tmp_path):
+    # the extension experiments' presets, extensions/<experiment>/<preset>.yaml, go through the same lookup
+    root = packaged_configs()
+    for experiment in EXPERIMENTS:
+        suite = f"extensions/{experiment}"
+        assert list_presets(suite) == ["quick"] == list_extension_presets(experiment)
+        assert find_preset(suite, "quick") == root / "extensions" / experiment / "quick.yaml"
+        assert find_extension_preset(experiment, "quick") == find_preset(suite, "quick")
+    folder = tmp_path / "extensions" / "small-batch"
+    folder.mkdir(parents=True)
+    (folder / "quick.yaml").write_text("experiment: small-batch\n")
+    (folder / "notes.txt").write_text("not a preset\n")
+    assert find_extension_preset("small-batch", "quick", tmp_path) == folder / "quick.yaml"
+    assert list_extension_presets("small-batch", tmp_path) == ["quick"]
+    assert list_extension_presets("multilabel", tmp_path) == ["quick"]  # no folder of its own there
+    with pytest.raises(ValueError, match=r"unknown extension experiment 'large-batch'; valid: multilabel"):
+        find_extension_preset("large-batch", "quick")
 
 
 def test_table1_cells_come_from_the_registry(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 from hscl.engine.evaluation.probes import mean_std
 from hscl.engine.evaluation.report import fmt_mean_std, markdown_table, plot_curves, write_json, write_table
 from hscl.engine.runtime.config import RunConfig
+from hscl.experiments._extensions_cells import EXPERIMENTS
 from hscl.experiments._numerics import numerics_footer
 
 __all__ = ["memory_m_effects", "write_outputs"]
@@ -47,8 +48,6 @@ def write_outputs(results: dict, out_dir: Path, config: RunConfig) -> None:
     """Write the experiment's files into ``out_dir`` and print its table."""
     writer = {"multilabel": _multilabel, "small-batch": _small_batch}[results["experiment"]]
     stem, table, title, figure, notes = writer(results, out_dir, config)
-    from hscl.experiments.extensions import EXPERIMENTS
-
     header, rows = _csv_rows(results, EXPERIMENTS[results["experiment"]])
     write_table(out_dir / f"{stem}.csv", header, rows)
     notes.append(

@@ -32,8 +32,8 @@ import yaml
 
 from hscl.engine.evaluation.probes import mean_std
 from hscl.engine.runtime.config import RunConfig, config_to_dict
+from hscl.experiments._extensions_cells import ExtensionPreset, cell_config, run_cell
 from hscl.experiments._numerics import run_numerics, table_numerics
-from hscl.experiments.extensions import ExtensionPreset, cell_config, run_cell
 
 __all__ = [
     "RUNTIME_KEYS",

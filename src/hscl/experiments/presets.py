@@ -4,13 +4,15 @@ The presets live in ``hscl/experiments/configs/`` and are package data, found th
 ``importlib.resources`` whether hscl is installed from a wheel, editable, or run from a clone. Every
 command that takes ``--preset`` resolves it here; ``--configs DIR`` puts a user's folder (same layout:
 ``DIR/table1/<preset>/``, ``DIR/figures/<name>/``, ``DIR/table2/<preset>.yaml``,
-``DIR/schane/<preset>.yaml``) in front of the packaged one.
+``DIR/schane/<preset>.yaml``, ``DIR/extensions/<experiment>/<preset>.yaml``) in front of the packaged one.
 
 Layout per suite:
 
 - ``table1``: a folder per preset holding one run config per method (``ucl.yaml``, ``h-scl-beta.yaml``, ...).
 - ``figures``: a folder per experiment holding ``base.yaml`` and ``runs.yaml``.
 - ``table2`` and ``schane``: one YAML file per preset.
+- ``extensions/<experiment>`` (``multilabel``, ``small-batch``, ``auto-beta``: the experiments of
+  :mod:`hscl.experiments.extensions`, which checks the name): one YAML file per preset.
 """
 
 from __future__ import annotations
@@ -18,10 +20,21 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["SUITES", "find_preset", "list_presets", "packaged_configs", "preset_roots", "resolve_config"]
+__all__ = [
+    "NESTED_SUITES",
+    "SUITES",
+    "find_preset",
+    "list_presets",
+    "packaged_configs",
+    "preset_roots",
+    "resolve_config",
+]
 
 #: suite -> "dir" (a preset is a folder) or "file" (a preset is ``<name>.yaml``)
 SUITES = {"table1": "dir", "figures": "dir", "table2": "file", "schane": "file"}
+
+#: families of suites with one sub-folder per experiment: ``<family>/<experiment>`` is a suite of this kind
+NESTED_SUITES = {"extensions": "file"}
 
 #: files a ``figures`` preset folder must hold
 _FIGURE_FILES = ("base.yaml", "runs.yaml")
@@ -47,18 +60,28 @@ def preset_roots(configs: str | Path | None = None) -> list[Path]:
     return roots
 
 
-def _check_suite(suite: str) -> str:
-    if suite not in SUITES:
-        raise ValueError(f"unknown preset suite {suite!r}; allowed: {', '.join(SUITES)}")
-    return suite
+def _kind(suite: str) -> str:
+    """``"dir"`` or ``"file"``: how the presets of ``suite`` are stored; ValueError for an unknown suite."""
+    if suite in SUITES:
+        return SUITES[suite]
+    family, _, experiment = suite.partition("/")
+    if family in NESTED_SUITES and _is_plain(experiment):
+        return NESTED_SUITES[family]
+    allowed = [*SUITES, *(f"{family}/<experiment>" for family in NESTED_SUITES)]
+    raise ValueError(f"unknown preset suite {suite!r}; allowed: {', '.join(allowed)}")
+
+
+def _is_plain(name: object) -> bool:
+    """A plain file name: no folder separator, not hidden, not empty."""
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
 
 
 def _candidate(root: Path, suite: str, preset: str) -> Path:
-    return root / suite / (preset if SUITES[suite] == "dir" else f"{preset}.yaml")
+    return root / suite / (preset if _kind(suite) == "dir" else f"{preset}.yaml")
 
 
 def _is_preset(path: Path, suite: str) -> bool:
-    if SUITES[suite] == "file":
+    if _kind(suite) == "file":
         return path.is_file()
     if suite == "figures":
         return all((path / name).is_file() for name in _FIGURE_FILES)
@@ -67,26 +90,27 @@ def _is_preset(path: Path, suite: str) -> bool:
 
 def list_presets(suite: str, configs: str | Path | None = None) -> list[str]:
     """Names of the presets of ``suite`` found in ``configs`` and in the package."""
-    _check_suite(suite)
+    kind = _kind(suite)
     names = set()
     for root in preset_roots(configs):
         folder = root / suite
         if not folder.is_dir():
             continue
         for path in folder.iterdir():
-            name = path.name if SUITES[suite] == "dir" else path.stem
-            if _is_preset(path, suite) and (SUITES[suite] == "dir" or path.suffix == ".yaml"):
+            name = path.name if kind == "dir" else path.stem
+            if _is_preset(path, suite) and (kind == "dir" or path.suffix == ".yaml"):
                 names.add(name)
     return sorted(names)
 
 
 def find_preset(suite: str, preset: str, configs: str | Path | None = None) -> Path:
-    """The folder (``table1``, ``figures``) or YAML file (``table2``, ``schane``) of a preset.
+    """The folder (``table1``, ``figures``) or YAML file (``table2``, ``schane``, ``extensions/<experiment>``)
+    of a preset.
 
     Raises ``ValueError`` naming the places looked in and the presets available.
     """
-    _check_suite(suite)
-    if not isinstance(preset, str) or not preset or "/" in preset or "\\" in preset or preset.startswith("."):
+    _kind(suite)
+    if not _is_plain(preset):
         raise ValueError(f"--preset {preset!r}: a preset is a plain name such as 'quick'")
     tried = []
     for root in preset_roots(configs):

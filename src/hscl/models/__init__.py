@@ -8,14 +8,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from hscl.models.backbones import BACKBONES, Backbone, backbone_names, build_backbone
 from hscl.models.convnet import ConvNet, convnet
 from hscl.models.efficientnet_lite import EfficientNetLite0, efficientnet_lite0
+from hscl.models.encoders import ENCODERS, build_encoder
 from hscl.models.heads import NORMALIZATIONS, OutputNormalization, ProjectionHead, normalize_output
 from hscl.models.resnet import STEMS, BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 
@@ -43,25 +42,6 @@ __all__ = [
     "resnet18",
     "resnet50",
 ]
-
-#: Encoder constructors ``(in_channels, **kw) -> nn.Module``; every encoder has a ``feature_dim`` attribute and
-#: maps ``(B, in_channels, H, W)`` to ``(B, feature_dim)``.
-ENCODERS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-    "convnet": convnet,
-}
-
-
-def build_encoder(name: str, in_channels: int, **kw) -> nn.Module:
-    """Build the registered encoder ``name`` (see ``ENCODERS``) for ``in_channels``-channel images.
-
-    Extra keywords go to the constructor (``stem``, ``zero_init_residual`` for the ResNets, ``widths`` for the
-    convnet). Raises ValueError for an unknown name.
-    """
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; valid encoders: {', '.join(sorted(ENCODERS))}")
-    return ENCODERS[name](in_channels, **kw)
 
 
 class ContrastiveModel(nn.Module):

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hscl.models.encoders import ENCODERS, build_encoder
+
 __all__ = ["BACKBONES", "IMAGENET_MEAN", "IMAGENET_STD", "Backbone", "HFFeatures", "backbone_names", "build_backbone"]
 
 #: the usual ImageNet statistics (torchvision's), for HuggingFace models whose folder has no preprocessor config
@@ -207,8 +209,6 @@ def _efficientnet_lite0(
 
 def _hscl_encoder(name: str) -> Callable[..., Backbone]:
     def build(pretrained: bool, input_size: int | tuple[int, int] | None, *, in_channels: int = 3, **options):
-        from hscl.models import ENCODERS, build_encoder
-
         valid = [p for p in inspect.signature(ENCODERS[name]).parameters if p != "in_channels"]
         unknown = [key for key in options if key not in valid]
         if unknown:

@@ -39,8 +39,10 @@ downloads it from the official source with an md5 check.
 The package: :mod:`~hscl.data.images.base` (:class:`ImageData`, errors), :mod:`~hscl.data.images.formats`
 (idx, CIFAR, STL-10, digits), :mod:`~hscl.data.images.image_files` (TinyImageNet, image folders),
 :mod:`~hscl.data.images.mosaic` (multi-label mosaics), :mod:`~hscl.data.images.fewshot_splits` (few-shot
-benchmarks), :mod:`~hscl.data.images.download` (cache, downloads, archives) and
-:mod:`~hscl.data.images.registry` (:data:`DATASETS`, :func:`load_dataset`).
+benchmarks), :mod:`~hscl.data.images.download` (downloads, archives), :mod:`~hscl.data.images.specs` (what is
+known about each dataset, where to look for it, the cache dir: imports nothing else of :mod:`hscl.data`, so the
+readers look their folder up there) and, on top, :mod:`~hscl.data.images.registry` (:data:`DATASETS`: each spec
+with its reader, :func:`load_dataset`).
 """
 
 from hscl.data.images.base import (
@@ -52,7 +54,7 @@ from hscl.data.images.base import (
     holdout_indices,
     stratified_indices,
 )
-from hscl.data.images.download import Download, cache_dir, download_file, extract_archive
+from hscl.data.images.download import download_file, extract_archive
 from hscl.data.images.fewshot_splits import (
     CIFAR_FS_CLASSES,
     FC100_SUPERCLASSES,
@@ -81,6 +83,7 @@ from hscl.data.images.mosaic import (
     read_mnist_mosaic,
 )
 from hscl.data.images.registry import DATASETS, DatasetSpec, check_data_dir, holds_dataset, load_dataset
+from hscl.data.images.specs import Download, cache_dir
 
 __all__ = [
     "CIFAR_FS_CLASSES",

@@ -1,4 +1,5 @@
-"""Downloads: the cache directory, checked (md5) downloads, and safe extraction of tar and zip archives."""
+"""Checked (md5) downloads and safe extraction of tar and zip archives (the cache directory and the
+:class:`~hscl.data.images.specs.Download` records are in :mod:`~hscl.data.images.specs`)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,14 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from hscl.data.images.base import ChecksumError, PathLike, UnsafeArchiveError
+from hscl.data.images.specs import DatasetSpec
 
-if TYPE_CHECKING:
-    from hscl.data.images.registry import DatasetSpec
-
-__all__ = ["Download", "cache_dir", "download_file", "extract_archive"]
+__all__ = ["download_file", "extract_archive"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,32 +139,6 @@ def extract_archive(archive: PathLike, directory: PathLike) -> list[Path]:
         return moved
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class Download:
-    """One file of a dataset's official source: fetched from ``url``, checked against ``md5``, saved as
-    ``filename`` in the cache dir and, if ``extract``, unpacked there (and the archive deleted)."""
-
-    url: str
-    md5: str
-    filename: str
-    extract: bool
-
-
-def cache_dir(name: str | None = None) -> Path:
-    """The cache directory: ``$HSCL_CACHE``, else ``$XDG_CACHE_HOME/hscl``, else ``~/.cache/hscl``;
-    ``/<name>`` appended when a dataset name is given."""
-    return _cache_path(name)
-
-
-def _cache_path(name: str | None) -> Path:
-    root = os.environ.get("HSCL_CACHE")
-    if root:
-        base = Path(root).expanduser()
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "hscl"
-    return base / name if name else base
 
 
 class _DownloadError(Exception):

@@ -36,6 +36,9 @@ import torch
 from torch import Tensor
 
 from hscl.data.images.base import ImageData, PathLike, _check_images, _check_labels, _split
+from hscl.data.images.formats import _names, _unpickle, read_cifar100
+from hscl.data.images.image_files import _decode_all
+from hscl.data.images.specs import SPECS
 
 __all__ = [
     "CIFAR_FS_CLASSES",
@@ -218,15 +221,11 @@ class FewShotBenchmark:
 
 
 def _cifar100_root(directory: PathLike) -> Path:
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
-
-    return _locate(directory, DATASETS["cifar100"])
+    return SPECS["cifar100"].locate(directory)
 
 
 def _pooled_cifar100(root: Path) -> tuple[Tensor, Tensor, list[str], int]:
     """CIFAR-100's train then test images (60000), their fine labels, the fine class names, the train count."""
-    from hscl.data.images.formats import read_cifar100
-
     data = read_cifar100(root)
     images = torch.cat([data.train_images, data.test_images])
     labels = torch.cat([data.train_labels, data.test_labels])
@@ -267,8 +266,6 @@ def read_cifar_fs(directory: PathLike) -> FewShotBenchmark:
 
 def _coarse_labels(root: Path, counts: Sequence[int]) -> tuple[np.ndarray, list[str]]:
     """The coarse (superclass) label of every image of ``train`` then ``test`` and the superclass names."""
-    from hscl.data.images.formats import _names, _unpickle
-
     coarse_names = _names(root / "meta", b"coarse_label_names")
     parts = []
     for file, count in zip(("train", "test"), counts):
@@ -389,9 +386,6 @@ def read_mini_imagenet(
     (:data:`MINI_IMAGENET_WNIDS`). Errors (a missing CSV or image, a malformed line, an unknown label, a class in
     two splits) are raised as one line naming the file.
     """
-    from hscl.data.images.image_files import _decode_all
-    from hscl.data.images.registry import DATASETS  # not at the top: the registry imports the readers
-
     splits = list(splits)
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits or len(set(splits)) != len(splits):
@@ -403,7 +397,7 @@ def read_mini_imagenet(
         raise FileNotFoundError(f"miniImageNet folder {root} does not exist")
     # the first of root/miniImagenet, root/mini-imagenet, root/mini-imagenet/miniImagenet, root with split files
     root = next(
-        (d for d in DATASETS["mini-imagenet"].candidates(root) if any((d / f"{s}.csv").is_file() for s in SPLITS)),
+        (d for d in SPECS["mini-imagenet"].candidates(root) if any((d / f"{s}.csv").is_file() for s in SPLITS)),
         root,
     )
     parts = {}

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from hscl.data.images.base import ImageData, PathLike, _split, _to_tensor
+from hscl.data.images.specs import _IDX_FILES, SPECS, _idx_names
 
 __all__ = ["read_cifar10", "read_cifar100", "read_digits", "read_fashion_mnist", "read_idx", "read_mnist", "read_stl10"]
 
@@ -42,14 +43,6 @@ FASHION_MNIST_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def _idx_names(stem: str) -> tuple[str, ...]:
-    """Accepted names of an idx file: the standard one and the ``train-images.idx3-ubyte`` spelling, each
-    plain or gzipped."""
-    dotted = stem.replace("-idx", ".idx", 1)
-    return (stem, stem + ".gz", dotted, dotted + ".gz")
 
 
 def read_idx(path: PathLike) -> np.ndarray:
@@ -113,9 +106,7 @@ def _read_idx_split(directory: Path, images_stem: str, labels_stem: str, num_cla
 
 
 def _read_idx_dataset(directory: PathLike, name: str, classes: list[str]) -> ImageData:
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
-
-    root = _locate(directory, DATASETS[name])
+    root = SPECS[name].locate(directory)
     train_images, train_labels = _read_idx_split(root, _IDX_FILES[0], _IDX_FILES[1], len(classes))
     test_images, test_labels = _read_idx_split(root, _IDX_FILES[2], _IDX_FILES[3], len(classes))
     return ImageData(name, train_images, train_labels, test_images, test_labels, list(classes))
@@ -219,9 +210,7 @@ def read_cifar10(directory: PathLike) -> ImageData:
     Images (3, 32, 32) RGB. The pickles are read with ``encoding="bytes"`` by an unpickler that only
     accepts numpy arrays and plain containers.
     """
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
-
-    root = _locate(directory, DATASETS["cifar10"])
+    root = SPECS["cifar10"].locate(directory)
     batches = [f"data_batch_{i}" for i in range(1, 6)]
     return _cifar("cifar10", root, batches, "test_batch", "batches.meta", b"label_names", b"labels")
 
@@ -232,9 +221,7 @@ def read_cifar100(directory: PathLike) -> ImageData:
     Reads ``train`` (50000), ``test`` (10000) and ``meta``; uses the 100 fine labels and fine label names.
     Images (3, 32, 32) RGB.
     """
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
-
-    root = _locate(directory, DATASETS["cifar100"])
+    root = SPECS["cifar100"].locate(directory)
     return _cifar("cifar100", root, ["train"], "test", "meta", b"fine_label_names", b"fine_labels")
 
 
@@ -274,9 +261,7 @@ def read_stl10(directory: PathLike, unlabeled: bool = False) -> ImageData:
     ``unlabeled=True`` the 100000 images of ``unlabeled_X.bin`` are memory-mapped (copy-on-write, nothing
     read until indexed) as ``unlabeled_images``, a non-contiguous (N, 3, 96, 96) view.
     """
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
-
-    root = _locate(directory, DATASETS["stl10"], {"unlabeled": unlabeled})
+    root = SPECS["stl10"].locate(directory, {"unlabeled": unlabeled})
     classes = [line.strip() for line in (root / "class_names.txt").read_text().splitlines() if line.strip()]
     if not classes:
         raise ValueError(f"{root / 'class_names.txt'}: no class names")

@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from hscl.data.images.base import ImageData, PathLike, _split
-from hscl.data.images.download import _cache_path
+from hscl.data.images.specs import SPECS, _cache_path
 
 __all__ = ["read_image_folder", "read_tiny_imagenet"]
 
@@ -129,9 +129,7 @@ def read_tiny_imagenet(
     (default cache dir: ``cache_dir("tiny-imagenet")``) and reused while the source path and the list of
     image files are unchanged. ``cache=False`` neither reads nor writes it.
     """
-    from hscl.data.images.registry import DATASETS, _locate  # not at the top: the registry imports the readers
-
-    root = _locate(directory, DATASETS["tiny-imagenet"])
+    root = SPECS["tiny-imagenet"].locate(directory)
     wnids, classes, train_files, train_labels, test_files, test_labels = _tiny_listing(root)
     listing = "\n".join(
         [str(root.resolve()), *wnids, *(p.relative_to(root).as_posix() for p in train_files + test_files)]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from hscl.data.images.base import ImageData, PathLike, _check_images
+from hscl.data.images.formats import read_fashion_mnist, read_mnist
 
 __all__ = ["TILES", "Mosaics", "make_mosaics", "mosaic_dataset", "read_fashion_mnist_mosaic", "read_mnist_mosaic"]
 
@@ -138,8 +139,6 @@ def read_fashion_mnist_mosaic(
 
     Default: 60000 train and 10000 test mosaics of shape (1, 56, 56), 10 classes, bool multi-hot labels.
     """
-    from hscl.data.images.formats import read_fashion_mnist
-
     return mosaic_dataset(read_fashion_mnist(directory), train_size, test_size, seed)
 
 
@@ -150,6 +149,4 @@ def read_mnist_mosaic(
 
     Default: 60000 train and 10000 test mosaics of shape (1, 56, 56), 10 classes, bool multi-hot labels.
     """
-    from hscl.data.images.formats import read_mnist
-
     return mosaic_dataset(read_mnist(directory), train_size, test_size, seed)
