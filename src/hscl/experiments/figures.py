@@ -133,8 +133,6 @@ FIG5_ORDERINGS = (
 
 
 def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
-    from hscl.engine.evaluation.report import pyplot
-
     header = [
         "run",
         "hardening (probe)",
@@ -173,6 +171,15 @@ def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
     write_table(out_dir / "fig4_fig5.csv", ["key", "label", "epoch", *_CURVE_KEYS], csv_rows)
     footer = numerics_footer(results["numerics"])
     (out_dir / "fig4_fig5.md").write_text(f"{title}\n\n{table}\n\n{FIG5_ORDERINGS}\n\n{footer}\n")
+
+    _plot_fig4_fig5(results, out_dir)
+    written = "results.json, fig4_fig5.csv, fig4_fig5.md, fig4.png, fig5.png"
+    print(f"\n{title}\n\n{table}\n\n{FIG5_ORDERINGS}\n\nwritten: {out_dir}/{written}")
+
+
+def _plot_fig4_fig5(results: dict, out_dir: Path) -> None:
+    """``fig4.png`` (Assumption 1 per epoch, a curve per run) and ``fig5.png`` (the four losses, a panel per run)."""
+    from hscl.engine.evaluation.report import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -215,8 +222,6 @@ def _write_fig4_fig5(results: dict, out_dir: Path, config: RunConfig) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / "fig5.png")
     plt.close(fig)
-    written = "results.json, fig4_fig5.csv, fig4_fig5.md, fig4.png, fig5.png"
-    print(f"\n{title}\n\n{table}\n\n{FIG5_ORDERINGS}\n\nwritten: {out_dir}/{written}")
 
 
 # --------------------------------------------------------------------------------------------
