@@ -44,6 +44,8 @@ postgres:
 test: $(STAMP) fashion-mnist browser postgres docs
 	$(PY) -m ruff check src tests benchmarks docs/hooks.py docs/render_results.py docs/griffe_roles.py docs/config_reference.py
 	$(PY) -m ruff format --check src tests benchmarks docs/hooks.py docs/render_results.py docs/griffe_roles.py docs/config_reference.py
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/vulture src vulture_whitelist.py --min-confidence 60
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
