@@ -116,7 +116,7 @@ def reproduce_schane(
     # 1. the pre-trained model: pre-trained here on the pre-training classes (cached), or a backbone
     model, augment = _pretrained_model(experiment, data, out_dir)
     lap("pretrain")
-    precision = _choose_precision(experiment, model, data, augment, device, out_dir)
+    precision = _stored_precision(experiment, model, data, augment, device, out_dir)
     if precision["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device)
@@ -203,7 +203,7 @@ def _pretrain(experiment: SchaneExperiment, data: ImageData, out_dir: Path) -> P
     return train(experiment.pretrain, out_dir, resume=True, data=pre)
 
 
-def _choose_precision(
+def _stored_precision(
     experiment: SchaneExperiment,
     model: nn.Module,
     data: ImageData,
@@ -214,13 +214,13 @@ def _choose_precision(
     """``{"setting", "device", "autocast": "bf16" | None, "channels_last": bool, "label", "numerics"}``, stored in
     ``precision.json``.
 
-    :func:`hscl.engine.runtime.precision.resolve_precision` decides, as for a training run (``"auto"``: bf16 where the
-    hardware computes it natively, a rule with no timing; ``"fastest"`` on the CPU times a few forward + backward
-    steps of a fine-tuning batch). fp16 (old GPUs) is not used: the fine-tuning steps have no gradient scaler;
+    :func:`hscl.engine.runtime.precision.loop_precision` decides, by the rule of a training run (``"auto"``: bf16
+    where the hardware computes it natively, a rule with no timing; ``"fastest"`` on the CPU times a few forward +
+    backward steps of a fine-tuning batch). fp16 (old GPUs) is not used: the fine-tuning steps have no gradient scaler;
     float32 runs instead. ``numerics``: :func:`~hscl.engine.runtime.precision.numerics_record`. A rerun keeps the stored
     choice (every finished cell was computed with it) and refuses another setting.
     """
-    from hscl.engine.runtime.precision import enable_tf32, numerics_record, resolve_precision
+    from hscl.engine.runtime.precision import enable_tf32, loop_precision, numerics_record
 
     path = out_dir / "precision.json"
     key = {"setting": experiment.precision, "device": device.type}
@@ -243,9 +243,8 @@ def _choose_precision(
         transform = EvalTransform(backbone_input(model, augment))
         sample = transform(data.train_images[:rows]).to(device)
         probe = copy.deepcopy(probe).to(device)
-    chosen, channels_last = resolve_precision(experiment.precision, probe, sample, device)
-    if chosen == "16-mixed":
-        chosen = "32-true"
+    choice = loop_precision(experiment.precision, probe, device, sample)  # the rule of every fine-tuning loop
+    chosen, channels_last = ("32-true" if choice.precision == "16-mixed" else choice.precision), choice.channels_last
     if chosen == "32-true" and device.type == "cuda":
         enable_tf32()
     autocast = "bf16" if chosen == "bf16-mixed" else None
