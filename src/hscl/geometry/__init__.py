@@ -43,7 +43,7 @@ import math
 import torch
 from torch import Tensor
 
-from hscl.geometry._batch import _check_batch, _check_hardening, _check_temperature, _rows, _weights
+from hscl.geometry._batch import _check_batch, _check_hardening, _rows, _weights
 from hscl.geometry.collapse import (
     NeuralCollapse,
     Spectrum,
@@ -65,6 +65,7 @@ from hscl.geometry.lemma1 import (
     loss_quartet,
 )
 from hscl.hardening import Exponential, Hardening
+from hscl.validation import check_positive_real
 
 __all__ = [
     "Assumption1",
@@ -109,7 +110,8 @@ def diagnose(
     hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
     out: dict[str, float] = {}
     out.update(loss_quartet(z64, labels, hardening, temperature=temperature, M=M, normalize=normalize).as_dict())
-    rows_ = _rows(z64, labels, _check_temperature(temperature), normalize)  # shared by Assumption 1 and the alphas
+    temperature = check_positive_real("temperature", temperature)
+    rows_ = _rows(z64, labels, temperature, normalize)  # shared by Assumption 1 and the alphas
     w = _weights(hardening, rows_.G)
     a1 = _assumption1(rows_, w)
     out["assumption1"] = a1.fraction

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -22,12 +21,12 @@ def _check_batch(z: object, labels: object, need_views: int = 1) -> tuple[Tensor
         raise ValueError(f"z needs at least {need_views} views per sample (shape (B, V>={need_views}, d)), got V={V}")
     if not torch.isfinite(z).all():
         raise ValueError("z contains NaN or infinite values")
-    labels = _check_labels(labels, B)
+    labels = _check_class_ids(labels, B)
     # float64 on a CPU copy: GPUs run float64 slowly, and some of their kernels have no deterministic version
     return z.detach().to("cpu", torch.float64), labels.cpu()
 
 
-def _check_labels(labels: object, n: int) -> Tensor:
+def _check_class_ids(labels: object, n: int) -> Tensor:
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be an integer torch.Tensor of shape ({n},), got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dtype.is_complex:
@@ -35,14 +34,6 @@ def _check_labels(labels: object, n: int) -> Tensor:
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
     return labels.long()
-
-
-def _check_temperature(temperature: float) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    if not math.isfinite(temperature):
-        raise ValueError(f"temperature must be finite, got {temperature!r}")
-    return float(temperature)
 
 
 def _check_hardening(hardening: object):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hscl.geometry._batch import _check_labels
+from hscl.geometry._batch import _check_class_ids
 
 
 def _check_features(h: object, labels: object) -> tuple[Tensor, Tensor]:
@@ -21,7 +21,7 @@ def _check_features(h: object, labels: object) -> tuple[Tensor, Tensor]:
         raise ValueError(f"features must have shape (N>=2, d), got shape {tuple(h.shape)}")
     if not torch.isfinite(h).all():
         raise ValueError("features contain NaN or infinite values")
-    return h.detach().to("cpu", torch.float64), _check_labels(labels, h.shape[0]).cpu()  # float64 on the CPU
+    return h.detach().to("cpu", torch.float64), _check_class_ids(labels, h.shape[0]).cpu()  # float64 on the CPU
 
 
 def class_means(h: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

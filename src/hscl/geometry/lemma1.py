@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from hscl.geometry._batch import _check_batch, _check_hardening, _check_temperature, _Rows, _rows, _weights
+from hscl.geometry._batch import _check_batch, _check_hardening, _Rows, _rows, _weights
 from hscl.hardening import Exponential, Hardening
 from hscl.losses import METHODS, contrastive_loss
+from hscl.validation import check_positive_real
 
 #: the H-SCL paper's four settings, the losses Lemma 1 compares: unsupervised or supervised negatives, each
 #: plain or hardened (their negatives and hardening are read from the registry)
@@ -65,7 +66,7 @@ def loss_quartet(
     Shape: z ``(B, V>=2, d)``, labels ``(B,)``.
     """
     z64, labels = _check_batch(z, labels, need_views=2)
-    _check_temperature(temperature)
+    check_positive_real("temperature", temperature)
     hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
     means: dict[str, float] = {}
     per_pair: dict[str, Tensor] = {}
@@ -133,7 +134,7 @@ def assumption1(
     Shape: z ``(B, V, d)``, labels ``(B,)``; per-row outputs ``(V*B,)``.
     """
     z64, labels = _check_batch(z, labels)
-    rows = _rows(z64, labels, _check_temperature(temperature), normalize)
+    rows = _rows(z64, labels, check_positive_real("temperature", temperature), normalize)
     hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
     return _assumption1(rows, _weights(hardening, rows.G))
 
@@ -174,7 +175,7 @@ def alphas(
     Shape: z ``(B, V, d)``, labels ``(B,)``; each output ``(V*B,)``.
     """
     z64, labels = _check_batch(z, labels)
-    rows = _rows(z64, labels, _check_temperature(temperature), normalize)
+    rows = _rows(z64, labels, check_positive_real("temperature", temperature), normalize)
     hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
     return _alphas(rows, _weights(hardening, rows.G))
 

@@ -106,7 +106,7 @@ def _check_images(name: str, images: object) -> torch.Tensor:
     return images
 
 
-def _check_labels(name: str, labels: object, count: int, num_classes: int) -> None:
+def _check_dataset_labels(name: str, labels: object, count: int, num_classes: int) -> None:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
     if labels.ndim not in (1, 2):
@@ -173,8 +173,8 @@ class ImageData:
                 f"{self.name}: train images (C, H, W) = {tuple(train.shape[1:])} differ from test images "
                 f"{tuple(test.shape[1:])}"
             )
-        _check_labels(f"{self.name}: train_labels", self.train_labels, train.shape[0], len(self.classes))
-        _check_labels(f"{self.name}: test_labels", self.test_labels, test.shape[0], len(self.classes))
+        _check_dataset_labels(f"{self.name}: train_labels", self.train_labels, train.shape[0], len(self.classes))
+        _check_dataset_labels(f"{self.name}: test_labels", self.test_labels, test.shape[0], len(self.classes))
         if self.train_labels.ndim != self.test_labels.ndim:
             raise ValueError(
                 f"{self.name}: train_labels {tuple(self.train_labels.shape)} and test_labels "
@@ -189,7 +189,7 @@ class ImageData:
                     f"{self.name}: validation images (C, H, W) = {tuple(val.shape[1:])} differ from train images "
                     f"{tuple(train.shape[1:])}"
                 )
-            _check_labels(f"{self.name}: val_labels", self.val_labels, val.shape[0], len(self.classes))
+            _check_dataset_labels(f"{self.name}: val_labels", self.val_labels, val.shape[0], len(self.classes))
             if self.val_labels.ndim != self.train_labels.ndim:
                 raise ValueError(
                     f"{self.name}: val_labels must be of the kind of train_labels (class ids or multi-hot)"

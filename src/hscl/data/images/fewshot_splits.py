@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hscl.data.images.base import ImageData, PathLike, _check_images, _check_labels, _split
+from hscl.data.images.base import ImageData, PathLike, _check_dataset_labels, _check_images, _split
 from hscl.data.images.formats import _names, _unpickle, read_cifar100
 from hscl.data.images.image_files import _decode_all
 from hscl.data.images.specs import SPECS
@@ -130,7 +130,7 @@ class FewShotSplit:
     def __post_init__(self) -> None:
         self.classes = list(self.classes)
         _check_images("images", self.images)
-        _check_labels("labels", self.labels, self.images.shape[0], len(self.classes))
+        _check_dataset_labels("labels", self.labels, self.images.shape[0], len(self.classes))
         if self.labels.ndim != 1:
             raise ValueError(f"labels must be class indices of shape (N,), got {tuple(self.labels.shape)}")
 
