@@ -5,8 +5,8 @@ combination of positives (``"views"`` or ``"labels"``), negatives (``"unsupervis
 ``"supervised"``) and hardening (none, :class:`~hscl.hardening.Exponential`,
 :class:`~hscl.hardening.Threshold`, or any callable). The named methods (``ucl.py`` ... ``schane.py``)
 are presets of it. This module holds the contract: input checks, the sets and their sizes, ``M``, the
-reductions and :class:`LossStats`; the computation is in ``_fused.py`` (log-linear hardenings, analytic
-backward) or ``_generic.py`` (other callables, autograd); its definition on one screen is ``dense.py``.
+reductions and :class:`LossStats`; the computation is in ``kernel.py`` (log-linear hardenings, analytic
+backward) or ``generic.py`` (other callables, autograd); its definition on one screen is ``dense.py``.
 
 References:
     Jiang, Nguyen, Ishwar, Aeron. Supervised Contrastive Learning with Hard Negative Samples.
@@ -52,9 +52,9 @@ from hscl.losses._checks import (
     _nonfinite_allowed,
     _ValueChecks,
 )
-from hscl.losses._fused import _constant_shift, _FusedContrastive
-from hscl.losses._generic import _generic_loss, _pair_index
-from hscl.losses._layout import _finish_layout, _label_groups, _Layout, _make_layout, _negative_mask, _Relation
+from hscl.losses.generic import _generic_loss, _pair_index
+from hscl.losses.kernel import _constant_shift, _FusedContrastive
+from hscl.losses.sets import _finish_layout, _label_groups, _Layout, _make_layout, _negative_mask, _Relation
 
 __all__ = ["NEGATIVES", "POSITIVES", "REDUCTIONS", "LossStats", "contrastive_loss"]
 

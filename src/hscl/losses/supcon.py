@@ -17,9 +17,9 @@ from hscl.losses._checks import (
     _nonfinite_allowed,
     _ValueChecks,
 )
-from hscl.losses._layout import _finish_layout, _label_groups, _make_layout
 from hscl.losses.base import _metric_learning_shape
 from hscl.losses.core import _autocast_off, _compute_dtype, _fused_loss, _relation, _set_sizes, _Spec
+from hscl.losses.sets import _finish_layout, _label_groups, _make_layout
 
 __all__ = ["SupCon", "supcon_loss"]
 

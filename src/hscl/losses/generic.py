@@ -16,15 +16,15 @@ import torch
 from torch import Tensor
 
 from hscl.losses._checks import _callable_weights
-from hscl.losses._fused import _pair_loss
-from hscl.losses._layout import _negative_mask, _positive_mask
+from hscl.losses.kernel import _pair_loss
+from hscl.losses.sets import _negative_mask, _positive_mask
 
 if TYPE_CHECKING:
     from hscl.losses.core import _Spec
 
 
 # --------------------------------------------------------------------------------------------
-# explicit masks (hscl.losses._layout), block of anchors start:stop against every column
+# explicit masks (hscl.losses.sets), block of anchors start:stop against every column
 
 
 def _positive_index(spec: _Spec, start: int, stop: int) -> Tensor:

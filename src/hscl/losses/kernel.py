@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hscl.losses._layout import _Layout, _nonneg, _positive_width, _tables, _tiles
+from hscl.losses.sets import _Layout, _nonneg, _positive_width, _tables, _tiles
 
 if TYPE_CHECKING:
     from hscl.losses.core import _Spec
