@@ -28,20 +28,6 @@ def device(request) -> torch.device:
     return torch.device(request.param)
 
 
-@pytest.fixture(params=["one-tile", "row-tiles", "row-max-shift"])
-def label_layout(request, monkeypatch):
-    """Run a test with each way the fused loss lays out a block of anchors: its column tables in one
-    tile (the default at test sizes), split into one tile per row (what large classes get), and the
-    log-sum-exp shifted by each row's max instead of the constant 1 / temperature."""
-    from hscl.losses import kernel, sets
-
-    if request.param == "row-tiles":
-        monkeypatch.setattr(sets, "_PAIR_TILE_ELEMENTS", 1)  # read from the module's globals at call time
-    elif request.param == "row-max-shift":
-        monkeypatch.setattr(kernel, "_CONSTANT_SHIFT_LIMIT", {})
-    return request.param
-
-
 # --------------------------------------------------------------------------------------------
 # tests that train assert that they learned
 

@@ -1,4 +1,4 @@
-"""Slow float64 references written directly from LOSSES.md, one anchor and one pair at a time.
+"""Slow float64 references written directly from the loss page (docs/losses.md), one anchor and one pair at a time.
 
 They follow the formulas literally (exp, then divide, then log), share no code with
 ``hscl.losses`` and are differentiable with autograd, so tests compare values and gradients.

@@ -1,4 +1,4 @@
-"""AutoExponential (LOSSES.md, "Automatic hardness"): the ratio rho_r(beta) = ESS(e^{(1+beta) g}) / ESS(e^g) and
+"""AutoExponential (docs/losses.md, "Automatic hardness"): the ratio rho_r(beta) = ESS(e^{(1+beta) g}) / ESS(e^g) and
 the chosen beta against float64 loops written here from the definition (no code shared with hscl.hardening), the
 loss at the chosen beta against the loop reference of tests/reference.py, and the solve's lack of host syncs."""
 

@@ -1,4 +1,4 @@
-"""The identities of LOSSES.md, and chunked == unchunked."""
+"""The identities of the loss page (docs/losses.md, "Identities"), and chunked == unchunked."""
 
 from __future__ import annotations
 
@@ -216,12 +216,14 @@ def test_supcon_host_syncs_are_constant(monkeypatch):
 )
 @pytest.mark.parametrize("normalize", [True, False])
 def test_cpu_blocks_without_chunk_size_match_the_loop(positives, negatives, hardening, normalize, monkeypatch):
-    # without chunk_size the CPU takes anchors in cache-sized blocks (hscl.losses.core._cpu_block); force
-    # blocks of 32 rows on a 96-row batch and check value and gradient against the float64 loop
-    import hscl.losses.core as core
+    # without chunk_size the block kernel takes anchors in cache-sized blocks on the CPU
+    # (hscl.losses.kernel._cpu_block); force it (not the symmetric kernel) with blocks of 32 rows on a 96-row
+    # batch and check value and gradient against the float64 loop
+    from hscl.losses import kernel, symmetric
 
-    monkeypatch.setattr(core, "_CPU_BLOCK_ELEMENTS", 1)
-    assert core._cpu_block(96) == 32
+    monkeypatch.setattr(symmetric, "_SYMMETRIC_ELEMENTS", 0)
+    monkeypatch.setattr(kernel, "_CPU_BLOCK_ELEMENTS", 1)
+    assert kernel._cpu_block(96) == 32
     z, labels = _batch(11, B=48, V=2, d=6, classes=3)
     kw = {"positives": positives, "negatives": negatives, "hardening": hardening, "temperature": 0.5}
     a = z.clone().requires_grad_(True)

@@ -51,7 +51,7 @@ class Sigmoid(Exponential):
 def _spy(monkeypatch):
     """Count the calls of the fused and the generic path of contrastive_loss."""
     calls = {"fused": 0, "generic": 0}
-    fused, generic = core._fused_loss, core._generic_loss
+    fused, generic = core.fused_loss, core.generic_loss
 
     def count(name, fn):
         def wrapper(*args, **kwargs):
@@ -60,8 +60,8 @@ def _spy(monkeypatch):
 
         return wrapper
 
-    monkeypatch.setattr(core, "_fused_loss", count("fused", fused))
-    monkeypatch.setattr(core, "_generic_loss", count("generic", generic))
+    monkeypatch.setattr(core, "fused_loss", count("fused", fused))
+    monkeypatch.setattr(core, "generic_loss", count("generic", generic))
     return calls
 
 

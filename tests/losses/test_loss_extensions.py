@@ -1,5 +1,6 @@
-"""The extensions of LOSSES.md: a memory of past rows, multi-hot labels, AutoExponential; against the float64 loop
-of tests/reference.py (written from the semantics, sharing no code with hscl.losses)."""
+"""The extensions of the loss page (docs/losses.md, "Extensions"): a memory of past rows, multi-hot labels,
+AutoExponential; against the float64 loop of tests/reference.py (written from the semantics, sharing no code with
+hscl.losses)."""
 
 from __future__ import annotations
 

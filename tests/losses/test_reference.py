@@ -1,4 +1,4 @@
-"""hscl.losses against the float64 loop of LOSSES.md over a randomized grid of every mode."""
+"""hscl.losses against the float64 loop of tests/reference.py over a randomized grid of every mode."""
 
 from __future__ import annotations
 

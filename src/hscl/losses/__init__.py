@@ -7,11 +7,11 @@ one file per method holds its class; ``registry.py`` is the one list of methods;
 """
 
 from hscl.losses.base import ContrastiveLoss
+from hscl.losses.buffers import release_workspace
 from hscl.losses.core import LossStats, contrastive_loss
 from hscl.losses.dense import dense_contrastive_loss
 from hscl.losses.h_scl import HSCL
 from hscl.losses.h_ucl import HUCL
-from hscl.losses.kernel import release_workspace
 from hscl.losses.local_global import local_global_loss
 from hscl.losses.registry import LOSSES, METHODS, Method, available_losses, get_loss, get_method, loss_kwargs
 from hscl.losses.schane import SCHaNe

@@ -28,6 +28,7 @@ import functools
 import json
 import warnings
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -37,9 +38,18 @@ from hscl.hardening import AutoExponential, Exponential, Threshold
 #: torch.library.custom_op (torch >= 2.4); without it the loss is traced as plain Python (graph breaks)
 AVAILABLE = hasattr(torch.library, "custom_op") and hasattr(torch.compiler, "is_compiling")
 
+#: the eager functions the node runs, by name: ``"contrastive"`` and ``"supcon"``, registered by the modules that
+#: define them (:func:`register`), so that this module imports none of them
+_EAGER: dict[str, Callable] = {}
+
 #: the hardening objects the compiled graphs call, by ``id`` (weak: a graph does not keep its object alive)
 _OBJECTS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _KEPT: dict = {}  # those that cannot be weakly referenced (builtin functions)
+
+
+def register(name: str, function: Callable) -> None:
+    """Make ``function`` the eager call that the node runs for ``name`` (a key of :data:`ARGUMENTS`)."""
+    _EAGER[name] = function
 
 
 def _handle(obj: object) -> int:
@@ -98,18 +108,15 @@ def _config(options: str) -> dict:
 
 def _eager(z: Tensor, labels, memory_z, memory_labels, handle: int, options: str, numbers, beta_used=None):
     """The eager call the node stands for: ``(loss, LossStats or None)``."""
-    from hscl.losses.core import contrastive_loss  # the eager losses (they import this module)
-    from hscl.losses.supcon import supcon_loss
-
     config = _config(options)
     kwargs = {**config["kwargs"], **dict(zip(config["numbers"], numbers[:-1], strict=True))}
     if kwargs.get("chunk_size") is not None:
         kwargs["chunk_size"] = int(kwargs["chunk_size"])
     if config["function"] == "supcon":
-        return supcon_loss(z, labels, **kwargs), None
+        return _EAGER["supcon"](z, labels, **kwargs), None
     kwargs["hardening"] = _hardening(config["hardening"], numbers[-1], handle, beta_used)
     memory = None if memory_z is None else (memory_z, memory_labels)
-    return contrastive_loss(z, labels, memory=memory, return_stats=True, **kwargs)
+    return _EAGER["contrastive"](z, labels, memory=memory, return_stats=True, **kwargs)
 
 
 def _autograd_on():

@@ -3,7 +3,7 @@
 Call shapes (both for :class:`ContrastiveLoss`, its presets and :class:`~hscl.losses.SupCon`):
 
 * ``loss_fn(z, labels)`` with ``z`` of shape ``(B, V, d)``: ``V`` views of ``B`` samples, the
-  layout of ``LOSSES.md``; ``labels (B,)`` where the method needs them.
+  layout of ``docs/losses.md`` ("Input layout"); ``labels (B,)`` where the method needs them.
 * ``loss_fn(embeddings, labels)`` with ``embeddings`` of shape ``(N, d)`` and ``labels (N,)``:
   pytorch-metric-learning's call. There is no instance structure: the positives of a row are the
   other rows of its label (for every method, ``"views"`` ones included); the negatives are every

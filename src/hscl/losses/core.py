@@ -4,9 +4,9 @@ One function computes the large-k limit of InfoNCE with a tilted negative distri
 combination of positives (``"views"`` or ``"labels"``), negatives (``"unsupervised"`` or
 ``"supervised"``) and hardening (none, :class:`~hscl.hardening.Exponential`,
 :class:`~hscl.hardening.Threshold`, or any callable). The named methods (``ucl.py`` ... ``schane.py``)
-are presets of it. This module holds the contract: input checks, the sets and their sizes, ``M``, the
-reductions and :class:`LossStats`; the computation is in ``kernel.py`` (log-linear hardenings, analytic
-backward) or ``generic.py`` (other callables, autograd); its definition on one screen is ``dense.py``.
+are presets of it. This module holds the contract: input checks, ``M``, the reductions and :class:`LossStats`;
+the sets are in ``sets.py``, the computation in ``kernel.py`` (log-linear hardenings, analytic gradient) or
+``generic.py`` (other callables, autograd); its definition on one screen is ``dense.py``.
 
 References:
     Jiang, Nguyen, Ishwar, Aeron. Supervised Contrastive Learning with Hard Negative Samples.
@@ -15,7 +15,7 @@ References:
     arXiv 2010.04592. (H-UCL and the debiased estimator with ``tau_plus``)
     Long et al. SCHaNe, arXiv 2308.14893. (``M = |N(r)|``, per-anchor averaging)
 
-Layout (see ``LOSSES.md``): ``z`` has shape ``(B, V, d)``; rows are flattened view-major, row
+Layout (``docs/losses.md``, "Input layout"): ``z`` has shape ``(B, V, d)``; rows are flattened view-major, row
 ``r = v * B + i`` is view ``v`` of sample ``i``; ``g(r, s) = z_r . z_s / temperature``.
 
 Everything is computed in log space:
@@ -52,9 +52,20 @@ from hscl.losses._checks import (
     _nonfinite_allowed,
     _ValueChecks,
 )
-from hscl.losses.generic import _generic_loss, _pair_index
-from hscl.losses.kernel import _constant_shift, _FusedContrastive
-from hscl.losses.sets import _finish_layout, _label_groups, _Layout, _make_layout, _negative_mask, _Relation
+from hscl.losses.buffers import _Outputs
+from hscl.losses.generic import generic_loss, pair_index
+from hscl.losses.kernel import fused_loss
+from hscl.losses.sets import (
+    NEGATIVE_SETS,
+    Negatives,
+    _finish_layout,
+    _label_groups,
+    _Layout,
+    _make_layout,
+    _relation,
+    _set_sizes,
+    _Spec,
+)
 
 __all__ = ["NEGATIVES", "POSITIVES", "REDUCTIONS", "LossStats", "contrastive_loss"]
 
@@ -114,91 +125,7 @@ class LossStats:
 
 
 # --------------------------------------------------------------------------------------------
-# the sets
-
-
-@dataclass
-class _Spec:
-    """Everything the block computations need (hyper-parameters + row ids)."""
-
-    batch: int  # B
-    views: int  # V
-    rows: int  # N = V * B anchors
-    cols: int  # N + K columns (the batch rows, then K memory rows)
-    relation: _Relation  # instances and classes of the columns
-    positives: str
-    negatives: str
-    inv_t: float
-    tau_plus: float
-    instance: Tensor  # (N,) instance id of each row
-    valid: Tensor  # (N,) bool
-    log_M: Tensor  # (N,)
-    num_neg: Tensor  # (N,) |N(r)|
-    chunk: int
-    beta: float = 0.0  # slope of log w in g (built-ins)
-    beta_grad: float = 0.0  # beta, or 0 when the weights are detached
-    log_threshold: float = -math.inf
-    pair: str = "softplus"  # the pair term: eq. (3) ("softplus") or SupCon's -log softmax ("linear")
-    shift: float | None = None  # constant log-sum-exp shift (fused path), None: each row's max
-    num_pairs: int = 0  # valid (anchor, positive) pairs, on the host
-
-
-def _set_sizes(
-    views: int, relation: _Relation, groups: tuple | None, share_count: Tensor | None, positives: str, negatives: str
-):
-    """``|P(r)|`` and ``|N(r)|`` for every row, from the class sizes of :func:`_label_groups` over the
-    columns (``groups``) or the counts of columns sharing a class (``share_count``, the dense form).
-
-    Shape: returns two ``(V*B,)`` long tensors.
-    """
-    rows, cols, device = relation.rows, relation.cols, relation.instance.device
-    if groups is not None:
-        col_class, _, counts = groups
-        share_count = counts[col_class[:rows]]  # (N,) columns of the class of each row, itself included
-    if positives == "views":
-        num_pos = torch.full((rows,), views - 1, dtype=torch.long, device=device)
-    else:
-        num_pos = share_count - 1
-    if negatives == "unsupervised":
-        num_neg = torch.full((rows,), cols - views, dtype=torch.long, device=device)
-    elif negatives == "supervised":
-        num_neg = cols - share_count
-    else:  # "all" (SupCon)
-        num_neg = torch.full((rows,), cols - 1, dtype=torch.long, device=device)
-    return num_pos, num_neg
-
-
-def _relation(
-    B: int, V: int, labels: Tensor | None, memory: tuple | None, uses_labels: bool, dtype: torch.dtype, device
-) -> _Relation:
-    """Instances and classes of the batch rows (view-major) followed by the memory rows."""
-    rows = V * B
-    K = 0 if memory is None else memory[0].shape[0]
-    instance = torch.arange(rows, device=device) % B
-    if K:
-        instance = torch.cat([instance, B + torch.arange(K, device=device)])
-    relation = _Relation(rows=rows, cols=rows + K, instance=instance)
-    if not uses_labels:
-        return relation
-    memory_labels = memory[1] if memory is not None else None
-    if labels.dim() == 2:  # multi-hot
-        multi = labels.repeat(V, 1)
-        if K:
-            multi = torch.cat(
-                [multi, memory_labels if memory_labels is not None else multi.new_zeros(K, multi.shape[1])]
-            )
-        relation.multi = multi.to(dtype)
-        return relation
-    relation.labels = labels.repeat(V)
-    if K:
-        relation.labels = torch.cat([relation.labels, memory_labels if memory_labels is not None else instance[rows:]])
-        if memory_labels is None:  # memory rows without a class
-            relation.has_class = torch.arange(rows + K, device=device) < rows
-    return relation
-
-
-# --------------------------------------------------------------------------------------------
-# M, reductions, dtype
+# the sets, M, the reductions
 
 
 def _log_M(M: MLike, rows: int, valid: Tensor, num_neg: Tensor, dtype: torch.dtype, device, cols: int = 0) -> Tensor:
@@ -212,6 +139,63 @@ def _log_M(M: MLike, rows: int, valid: Tensor, num_neg: Tensor, dtype: torch.dty
     if M == "count":
         return torch.where(valid, torch.log(num_neg.clamp(min=1).to(dtype)), 0.0)
     return torch.full((rows,), math.log(M), dtype=dtype, device=device)
+
+
+def _make_spec(
+    z: Tensor,
+    labels: Tensor | None,
+    memory: tuple | None,
+    *,
+    positives: str,
+    negatives: Negatives,
+    M: MLike,
+    temperature: float,
+    tau_plus: float,
+    chunk: int,
+) -> tuple[_Spec, _Layout, Tensor]:
+    """The sets of a call (instances and classes of the columns, their sizes, the valid anchors, ``log M``) as
+    a :class:`_Spec`, their column tables (shapes still on the device) and ``|P(r)|`` (N,). Tensor ops only."""
+    B, V, _ = z.shape
+    rows, device, dtype = V * B, z.device, _compute_dtype(z)
+    uses_labels = labels is not None and (positives == "labels" or negatives.uses_labels)
+    relation = _relation(B, V, labels, memory, uses_labels, dtype, device)
+    groups = share_count = None
+    if uses_labels and relation.dense:
+        share_count = relation.share_counts(chunk)
+    elif uses_labels:
+        groups = _label_groups(relation.labels)
+    num_pos, num_neg = _set_sizes(V, relation, groups, share_count, positives, negatives)
+    valid = (num_pos > 0) & (num_neg > 0)
+    if M is None and relation.cols <= 2:  # M = rows - 2 = 0 (a batch of one or two rows): every term is 0
+        valid = torch.zeros_like(valid)
+    log_M = _log_M(M, rows, valid, num_neg, dtype, device, relation.cols)
+    spec = _Spec(
+        batch=B,
+        views=V,
+        rows=rows,
+        cols=relation.cols,
+        relation=relation,
+        positives=positives,
+        negatives=negatives,
+        inv_t=1.0 / temperature,
+        tau_plus=tau_plus,
+        valid=valid,
+        log_M=log_M,
+        num_neg=num_neg,
+        chunk=chunk,
+    )
+    return spec, _make_layout(spec, relation, groups, share_count), num_pos
+
+
+def _synchronise(count: Tensor, layout: _Layout, checks: _ValueChecks, *, tables: bool) -> int:
+    """The call's one host synchronisation: ``count`` (a 0-d tensor: the pairs, or the anchors, to average over)
+    with the shape of the class tables and the value checks (raising what failed); then the class tables, when
+    ``tables``. Returns ``count``."""
+    sizes = torch.stack([count, *layout.shape_t, *checks.flags()]).tolist()
+    checks.verify(sizes[3:])
+    if tables:
+        _finish_layout(layout, sizes[1], sizes[2])
+    return sizes[0]
 
 
 def _row_weight(reduction: str, num_pos: Tensor, valid: Tensor, num_pairs: int, dtype: torch.dtype) -> Tensor:
@@ -237,62 +221,43 @@ def _autocast_off(device: torch.device):
         return contextlib.nullcontext()
 
 
+def _rows(z: Tensor, memory: tuple | None, *, normalize: bool) -> tuple[Tensor, Tensor | None]:
+    """The batch rows ``(N, d)`` (row ``r = v * B + i``) and the memory rows ``(K, d)`` (no gradient) in the
+    compute dtype, L2-normalised when ``normalize``."""
+    B, V, d = z.shape
+    dtype = _compute_dtype(z)
+    Z = z.transpose(0, 1).reshape(V * B, d).to(dtype)
+    Zm = None if memory is None else memory[0].detach().to(dtype)
+    if normalize:
+        Z = F.normalize(Z, dim=1)
+        Zm = None if Zm is None else F.normalize(Zm, dim=1)
+    return Z, Zm
+
+
 # --------------------------------------------------------------------------------------------
 # the two paths
 
 
-def _no_pairs(Z: Tensor, num_neg: Tensor, reduction: str) -> tuple[Tensor, dict]:
+def _no_pairs(Z: Tensor, num_neg: Tensor, reduction: str) -> tuple[Tensor, _Outputs]:
     """An exact 0 attached to the graph, and empty statistics, for a batch without a valid pair."""
-    rows, dtype, device = Z.shape[0], Z.dtype, Z.device
     zero = Z.sum() * 0.0
     loss = zero[None][:0] if reduction == "none" else zero
-    stats_out = {
-        "log_tilted_mean": torch.zeros(rows, dtype=dtype, device=device),
-        "anchor_sum": torch.zeros(rows, dtype=dtype, device=device),
-        "fallback": torch.zeros(rows, dtype=torch.bool, device=device),
-        "num_kept": num_neg.clone(),
-    }
-    if reduction == "none":
-        stats_out["pair_index"] = torch.zeros((0, 2), dtype=torch.long, device=device)
-    return loss, stats_out
+    out = _Outputs.empty(num_neg, Z, per_pair=reduction == "none", grad=False)
+    if out.keys is not None:
+        out.keys.append(torch.zeros(0, dtype=torch.long, device=Z.device))
+    return loss, out
 
 
-#: on the CPU the fused path takes anchors in blocks of about this many (c x N) entries even without
-#: ``chunk_size``: each pass over the (c, N) matrices then runs from cache instead of memory
-_CPU_BLOCK_ELEMENTS = 1 << 20
-
-
-def _cpu_block(rows: int) -> int:
-    """Anchors per block of the fused path on the CPU: ``2**20 / rows``, at least 32."""
-    return max(32, _CPU_BLOCK_ELEMENTS // max(rows, 1))
-
-
-def _fused_loss(
-    Z: Tensor,
-    row_weight: Tensor,
-    spec: _Spec,
-    layout: _Layout,
-    hardening,
-    detach_weights: bool,
-    per_pair: bool,
-    normalized: bool,
-    memory: Tensor | None = None,
-) -> tuple[Tensor, dict]:
-    """The built-in hardenings (and SupCon): :class:`_FusedContrastive` over the column tables of ``layout``."""
-    stats_out: dict = {}
-    if hardening is not None:
-        spec.beta = float(hardening.beta)
-        spec.beta_grad = 0.0 if detach_weights else spec.beta
-        spec.log_threshold = float(hardening.log_threshold)
-    spec.shift = _constant_shift(spec, normalized, Z.dtype)
-    if Z.device.type == "cpu":  # blocks whose (c, N) matrices stay in cache; the values do not depend on it
-        spec.chunk = min(spec.chunk, _cpu_block(spec.cols))
-    need_grad = torch.is_grad_enabled() and Z.requires_grad
-    loss = _FusedContrastive.apply(Z, memory, row_weight, spec, layout, per_pair, need_grad, normalized, stats_out)
-    if per_pair:
-        keys = stats_out.pop("pair_keys")
-        stats_out["pair_index"] = torch.stack([keys // spec.cols, keys % spec.cols], 1)
-    return loss, stats_out
+def _warn_no_pairs(function: str, positives: str, negatives: str, z: Tensor, labels: Tensor | None) -> None:
+    B, V, _ = z.shape
+    classes = f", classes={int(labels.unique(dim=0).shape[0])}" if labels is not None else ""
+    warnings.warn(
+        f"{function}: no valid (anchor, positive) pair in this batch (positives={positives!r}, "
+        f"negatives={negatives!r}, B={B}, V={V}{classes}): every anchor lacks a positive or a negative (or "
+        "M = rows - 2 is 0); the loss is 0",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _choose_beta(Z: Tensor, Zm: Tensor | None, spec: _Spec, hardening: AutoExponential, normalize: bool) -> None:
@@ -311,22 +276,45 @@ def _choose_beta(Z: Tensor, Zm: Tensor | None, spec: _Spec, hardening: AutoExpon
             size = per // n
             groups = [(s, s + size) for s in (round(i * (rows - size) / max(n - 1, 1)) for i in range(n))]
         g = torch.cat([(columns[a:b] * spec.inv_t) @ columns.T for a, b in groups])  # (a, cols)
-        negatives = torch.cat([_negative_mask(spec, a, b) for a, b in groups])
+        negatives = torch.cat([spec.negatives.mask(spec.relation, a, b) for a, b in groups])
         hardening.choose(g, negatives)
 
 
-def _loss_stats(stats_out: dict, num_pos: Tensor, num_neg: Tensor, valid: Tensor, log_M: Tensor) -> LossStats:
-    anchor_loss = torch.where(valid, stats_out["anchor_sum"] / num_pos.clamp(min=1), 0.0)
+def _pair_losses(
+    Z: Tensor, Zm: Tensor | None, spec: _Spec, layout: _Layout, num_pos: Tensor, hardening, *, fused: bool, **flags
+) -> tuple[Tensor, _Outputs]:
+    """The loss of a batch with valid pairs and its statistics, by the fused kernel (log-linear hardenings) or the
+    generic path. ``flags``: ``reduction``, ``normalize``, ``detach_weights``, ``chunked``."""
+    row_weight = _row_weight(flags["reduction"], num_pos, spec.valid, spec.num_pairs, Z.dtype)
+    if isinstance(hardening, AutoExponential):
+        _choose_beta(Z, Zm, spec, hardening, flags["normalize"])
+    per_pair, detach = flags["reduction"] == "none", flags["detach_weights"]
+    if fused:
+        kw = dict(hardening=hardening, detach_weights=detach, per_pair=per_pair, normalize=flags["normalize"])
+        return fused_loss(Z, row_weight, spec, layout, memory=Zm, **kw)
+    return generic_loss(Z, Zm, row_weight, spec, hardening, detach=detach, per_pair=per_pair, chunked=flags["chunked"])
+
+
+def _loss_stats(out: _Outputs, spec: _Spec, num_pos: Tensor, per_pair: bool) -> LossStats:
+    """The statistics of a call from its outputs; the pair index of ``reduction="none"`` (the fused kernel sorted
+    its pairs by key ``r * cols + p``; the generic path lists them here)."""
+    valid = spec.valid
+    anchor_loss = torch.where(valid, out.anchor_sum / num_pos.clamp(min=1), 0.0)
+    pairs = None
+    if per_pair and out.keys is not None:
+        pairs = torch.stack([out.keys[0] // spec.cols, out.keys[0] % spec.cols], 1)
+    elif per_pair:
+        pairs = pair_index(spec)
     return LossStats(
         num_positives=num_pos,
-        num_negatives=num_neg,
-        num_kept=stats_out["num_kept"],
+        num_negatives=spec.num_neg,
+        num_kept=out.num_kept,
         valid=valid,
-        fallback=stats_out["fallback"],
-        log_tilted_mean=torch.where(valid, stats_out["log_tilted_mean"], 0.0).detach(),
-        log_M=torch.where(valid, log_M, 0.0),
+        fallback=out.fallback,
+        log_tilted_mean=torch.where(valid, out.log_tilted_mean, 0.0).detach(),
+        log_M=torch.where(valid, spec.log_M, 0.0),
         anchor_loss=anchor_loss.detach(),
-        pair_index=stats_out.get("pair_index"),
+        pair_index=pairs,
     )
 
 
@@ -418,13 +406,10 @@ def contrastive_loss(
     tau_plus = _check_tau_plus(tau_plus, negatives)
     hardening = _check_hardening(hardening)
     chunk_size = _check_chunk_size(chunk_size)
-    B, V, d = z.shape
-    needs = []
-    if positives == "labels":
-        needs.append('positives="labels"')
-    if negatives == "supervised":
-        needs.append('negatives="supervised"')
-    labels = _check_labels(labels, B, z.device, " and ".join(needs) if needs else None, checks)
+    B, V, _ = z.shape
+    uses = (('positives="labels"', positives == "labels"), ('negatives="supervised"', negatives == "supervised"))
+    needs = [need for need, used in uses if used]
+    labels = _check_labels(labels, B, z.device, " and ".join(needs) or None, checks)
     memory = _check_memory(memory, z, labels, checks)
     if positives == "views" and V < 2:
         raise ValueError(
@@ -435,80 +420,24 @@ def contrastive_loss(
         args = (positives, negatives, temperature, M, tau_plus, normalize, detach_weights, reduction, chunk_size)
         loss, fields = _compiled.traced_call("contrastive", z, labels, memory, hardening, args)
         return (loss, LossStats(**fields)) if return_stats else loss
-    rows = V * B
-    device = z.device
-    uses_labels = labels is not None and (positives == "labels" or negatives == "supervised")
-    dtype = _compute_dtype(z)
-    relation = _relation(B, V, labels, memory, uses_labels, dtype, device)
-    groups = share_count = None
-    chunk = chunk_size or rows
-    if uses_labels and relation.dense:
-        share_count = relation.share_counts(chunk)
-    elif uses_labels:
-        groups = _label_groups(relation.labels)
-    num_pos, num_neg = _set_sizes(V, relation, groups, share_count, positives, negatives)
-    valid = (num_pos > 0) & (num_neg > 0)
-    if M is None and relation.cols <= 2:  # M = rows - 2 = 0 (a batch of one or two rows): every term is 0
-        valid = torch.zeros_like(valid)
-    log_M = _log_M(M, rows, valid, num_neg, dtype, device, relation.cols)
-    spec = _Spec(
-        batch=B,
-        views=V,
-        rows=rows,
-        cols=relation.cols,
-        relation=relation,
-        positives=positives,
-        negatives=negatives,
-        inv_t=1.0 / temperature,
-        tau_plus=tau_plus,
-        instance=torch.arange(rows, device=device) % B,
-        valid=valid,
-        log_M=log_M,
-        num_neg=num_neg,
-        chunk=chunk,
-    )
+    spec, layout, num_pos = _make_spec(
+        z, labels, memory, positives=positives, negatives=NEGATIVE_SETS[negatives], M=M, temperature=temperature,
+        tau_plus=tau_plus, chunk=chunk_size or V * B,
+    )  # fmt: skip
     fused = hardening is None or _log_linear(hardening)  # declared log-linear (built-ins, subclasses): fused
-    layout = _make_layout(spec, relation, groups, share_count)
-    # the one host synchronisation of the call: the output size, the shape of the class tables, the value checks
-    sizes = torch.stack([(num_pos * valid).sum(), *layout.shape_t, *checks.flags()]).tolist()
-    num_pairs, largest, classes, passed = *sizes[:3], sizes[3:]
-    checks.verify(passed)
-    spec.num_pairs = num_pairs
-    if fused:
-        _finish_layout(layout, largest, classes)
-
-    with _autocast_off(device):
-        Z = z.transpose(0, 1).reshape(rows, d).to(dtype)  # (N, d), row r = v*B + i
-        Zm = None if memory is None else memory[0].detach().to(dtype)  # (K, d), no gradient
-        if normalize and not (fused and num_pairs):  # the fused path normalises inside
-            Z = F.normalize(Z, dim=1)
-            Zm = None if Zm is None else F.normalize(Zm, dim=1)
-        per_pair = reduction == "none"
-        if num_pairs == 0:
-            warnings.warn(
-                "contrastive_loss: no valid (anchor, positive) pair in this batch "
-                f"(positives={positives!r}, negatives={negatives!r}, B={B}, V={V}"
-                + (f", classes={int(labels.unique(dim=0).shape[0])}" if labels is not None else "")
-                + "): every anchor lacks a positive or a negative (or M = rows - 2 is 0); the loss is 0",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            loss, stats_out = _no_pairs(Z, num_neg, reduction)
+    spec.num_pairs = _synchronise((num_pos * spec.valid).sum(), layout, checks, tables=fused)
+    with _autocast_off(z.device):
+        Z, Zm = _rows(z, memory, normalize=normalize and not (fused and spec.num_pairs))  # fused: normalises inside
+        if spec.num_pairs == 0:
+            _warn_no_pairs("contrastive_loss", positives, negatives, z, labels)
+            loss, out = _no_pairs(Z, spec.num_neg, reduction)
         else:
-            row_weight = _row_weight(reduction, num_pos, valid, num_pairs, dtype)
-            if isinstance(hardening, AutoExponential):
-                _choose_beta(Z, Zm, spec, hardening, normalize)
-            if fused:
-                loss, stats_out = _fused_loss(
-                    Z, row_weight, spec, layout, hardening, detach_weights, per_pair, normalize, Zm
-                )
-            else:
-                stats_out = {}
-                loss = _generic_loss(
-                    Z, Zm, row_weight, spec, hardening, detach_weights, per_pair, chunk_size is not None, stats_out
-                )
-                if per_pair and return_stats:
-                    stats_out["pair_index"] = _pair_index(spec)
+            flags = dict(reduction=reduction, normalize=normalize, detach_weights=detach_weights)
+            loss, out = _pair_losses(Z, Zm, spec, layout, num_pos, hardening, fused=fused, **flags,
+                                     chunked=chunk_size is not None)  # fmt: skip
     if not return_stats:
         return loss
-    return loss, _loss_stats(stats_out, num_pos, num_neg, valid, log_M)
+    return loss, _loss_stats(out, spec, num_pos, reduction == "none")
+
+
+_compiled.register("contrastive", contrastive_loss)

@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from hscl.losses._checks import _callable_weights
-from hscl.losses.kernel import _pair_loss
-from hscl.losses.sets import _negative_mask, _positive_mask
-
-if TYPE_CHECKING:
-    from hscl.losses.core import _Spec
-
-
-# --------------------------------------------------------------------------------------------
-# explicit masks (hscl.losses.sets), block of anchors start:stop against every column
+from hscl.losses.buffers import _Outputs
+from hscl.losses.pairs import _pair_loss
+from hscl.losses.sets import _other_views, _positive_mask, _Spec
 
 
 def _positive_index(spec: _Spec, start: int, stop: int) -> Tensor:
@@ -32,11 +25,7 @@ def _positive_index(spec: _Spec, start: int, stop: int) -> Tensor:
 
     Shape: ``(stop - start, V - 1)`` long, ascending along dim 1.
     """
-    rows = torch.arange(start, stop, device=spec.instance.device)
-    view_ids = torch.arange(spec.views, device=rows.device)
-    columns = view_ids[None, :] * spec.batch + (rows % spec.batch)[:, None]  # (c, V)
-    others = view_ids[None, :] != (rows // spec.batch)[:, None]  # (c, V)
-    return columns[others].view(stop - start, spec.views - 1)
+    return _other_views(torch.arange(start, stop, device=spec.relation.instance.device), spec.batch, spec.views)
 
 
 def _block_similarity(Z: Tensor, columns: Tensor, start: int, stop: int, inv_t: float) -> Tensor:
@@ -58,12 +47,12 @@ def _generic_block(
     detach: bool,
     per_pair: bool,
     row_weight: Tensor,
-    out: dict,
+    out: _Outputs,
 ) -> Tensor:
     """One block of anchors for a user callable ``eta``: ``E(r)`` in max-shifted ratio form."""
     columns = Z if memory is None else torch.cat([Z, memory])  # the memory rows carry no gradient
     S = _block_similarity(Z, columns, start, stop, spec.inv_t)  # (c, cols)
-    neg = _negative_mask(spec, start, stop)
+    neg = spec.negatives.mask(spec.relation, start, stop)
     w = _callable_weights(eta, S, neg)  # (c, N) weights on N(r), checked
     if detach:
         w = w.detach()
@@ -91,31 +80,29 @@ def _generic_block(
         loss = torch.where(pos, _pair_loss(S, log_c, log_M, spec.tau_plus, spec.inv_t), 0.0)  # (c, N)
         flat = loss[pos]
     row_sum = loss.sum(1)
-    out["log_tilted_mean"][start:stop] = log_e.detach()
-    out["anchor_sum"][start:stop] = row_sum.detach()
-    out["fallback"][start:stop] = fallback
-    out["num_kept"][start:stop] = support.sum(1)
+    out.log_tilted_mean[start:stop] = log_e.detach()
+    out.anchor_sum[start:stop] = row_sum.detach()
+    out.fallback[start:stop] = fallback
+    out.num_kept[start:stop] = support.sum(1)
     return flat if per_pair else (row_sum * row_weight[start:stop]).sum()
 
 
-def _generic_loss(
+def generic_loss(
     Z: Tensor,
     memory: Tensor | None,
     row_weight: Tensor,
     spec: _Spec,
     eta: Callable,
-    detach: bool,
-    per_pair: bool,
-    chunked: bool,
-    out: dict,
-) -> Tensor:
+    *,
+    detach: bool = False,
+    per_pair: bool = False,
+    chunked: bool = False,
+) -> tuple[Tensor, _Outputs]:
+    """The loss of a hardening callable ``eta`` over the rows ``Z`` (N, d) and the ``memory`` rows (K, d) or None
+    (both normalised already), with its statistics; autograd differentiates it. ``chunked``: checkpoint each
+    block of :attr:`_Spec.chunk` anchors (the backward recomputes it)."""
     N = spec.rows
-    out.update(
-        log_tilted_mean=torch.zeros(N, dtype=Z.dtype, device=Z.device),
-        anchor_sum=torch.zeros(N, dtype=Z.dtype, device=Z.device),
-        fallback=torch.zeros(N, dtype=torch.bool, device=Z.device),
-        num_kept=torch.zeros(N, dtype=torch.long, device=Z.device),
-    )
+    out = _Outputs.empty(spec.num_neg, Z, per_pair=False, grad=False)  # every entry is set below
     parts = []
     for start in range(0, N, spec.chunk):
         stop = min(N, start + spec.chunk)
@@ -125,10 +112,10 @@ def _generic_loss(
             parts.append(torch.utils.checkpoint.checkpoint(_generic_block, *args, use_reentrant=False))
         else:
             parts.append(_generic_block(*args))
-    return torch.cat(parts) if per_pair else torch.stack(parts).sum()
+    return (torch.cat(parts) if per_pair else torch.stack(parts).sum()), out
 
 
-def _pair_index(spec: _Spec) -> Tensor:
+def pair_index(spec: _Spec) -> Tensor:
     """``(num_pairs, 2)`` rows ``(r, p)`` of the valid pairs, row-major (the order of ``"none"``)."""
     pieces = []
     for start in range(0, spec.rows, spec.chunk):

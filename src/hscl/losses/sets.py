@@ -1,5 +1,4 @@
-"""Who is a positive and who is a negative of whom: the sets of eq. (3) as column tables (fused path) and
-as masks (generic path).
+"""Who is a positive and who is a negative of whom: the sets of eq. (3), and the spec the kernels read.
 
 Columns are the candidates of every anchor: the ``N = V * B`` batch rows (view-major, row ``r = v * B + i``)
 followed by the ``K`` rows of a memory (``N .. N + K - 1``), which are never anchors and are each their
@@ -8,24 +7,22 @@ their multi-hot labels is 1 in both (a memory row without labels has no class). 
 
 * ``P(r)``, ``"views"``: the other rows of its instance; ``"labels"``: every other column of its
   instance or sharing a class with it.
-* ``N(r)``, ``"unsupervised"``: every column of another instance; ``"supervised"``: every column of
-  another instance sharing no class; ``"all"`` (SupCon): every column but ``r``.
+* ``N(r)``: every column but the ones :class:`Negatives` excludes: ``"unsupervised"`` its instance;
+  ``"supervised"`` its instance and every column sharing a class with it; ``"all"`` (SupCon) ``r`` itself.
 
 Integer labels on every column give one ``(C, K)`` table of the columns of each class, built once per
 call with tensor ops (the fast path). Multi-hot labels, or a memory without labels under a set that
 uses them, give per-tile tables read off the ``(t, columns)`` mask of shared classes ("dense").
+The generic path reads the same sets as ``(t, columns)`` masks.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from hscl.losses.core import _Spec
 
 #: the column tables of an anchor block are built for row tiles of at most this many entries
 #: (``None``: an eighth of the block's ``c x columns``), so they never outgrow the (c, columns) buffers;
@@ -49,6 +46,14 @@ def _label_groups(labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     entry_class = torch.empty_like(order).scatter_(0, order, class_sorted)
     entry_rank = torch.empty_like(order).scatter_(0, order, rank_sorted)
     return entry_class, entry_rank, counts
+
+
+def _other_views(rows: Tensor, batch: int, views: int) -> Tensor:
+    """The columns of the other views of each row in ``rows``, ascending (view ``j`` below the row's own view,
+    then ``j + 1``): tensor ops only, no mask indexing (no host sync). Shape ``(t,)`` -> ``(t, V - 1)``."""
+    view_ids = torch.arange(views - 1, device=rows.device)[None, :]
+    other = view_ids + (view_ids >= (rows // batch)[:, None]).long()  # (t, V - 1)
+    return other * batch + (rows % batch)[:, None]
 
 
 @dataclass
@@ -90,6 +95,143 @@ class _Relation:
         return torch.cat(parts)
 
 
+def _relation(
+    B: int, V: int, labels: Tensor | None, memory: tuple | None, uses_labels: bool, dtype: torch.dtype, device
+) -> _Relation:
+    """Instances and classes of the batch rows (view-major) followed by the memory rows."""
+    rows = V * B
+    K = 0 if memory is None else memory[0].shape[0]
+    instance = torch.arange(rows, device=device) % B
+    if K:
+        instance = torch.cat([instance, B + torch.arange(K, device=device)])
+    relation = _Relation(rows=rows, cols=rows + K, instance=instance)
+    if not uses_labels:
+        return relation
+    memory_labels = memory[1] if memory is not None else None
+    if labels.dim() == 2:  # multi-hot
+        multi = labels.repeat(V, 1)
+        if K:
+            multi = torch.cat(
+                [multi, memory_labels if memory_labels is not None else multi.new_zeros(K, multi.shape[1])]
+            )
+        relation.multi = multi.to(dtype)
+        return relation
+    relation.labels = labels.repeat(V)
+    if K:
+        relation.labels = torch.cat([relation.labels, memory_labels if memory_labels is not None else instance[rows:]])
+        if memory_labels is None:  # memory rows without a class
+            relation.has_class = torch.arange(rows + K, device=device) < rows
+    return relation
+
+
+@dataclass(frozen=True)
+class Negatives:
+    """``N(r)``, one kind of negatives: every column but those it excludes for the anchor ``r``, read as a count,
+    as a table of the excluded columns (the fused path) or as a mask (the generic path). The one place that
+    says which columns are negatives.
+
+    ``excludes``: ``"self"`` (``r`` alone: SupCon's every other row), ``"instance"`` (the rows of ``r``'s sample)
+    or ``"classes"`` (those and every column sharing a class with ``r``).
+    """
+
+    name: str
+    excludes: str
+
+    @property
+    def uses_labels(self) -> bool:
+        return self.excludes == "classes"
+
+    def count(self, relation: _Relation, views: int, share_count: Tensor | None) -> Tensor:
+        """``|N(r)|`` for every row; ``share_count`` (N,): the columns of each row's instance or classes, itself
+        included (needed when :attr:`uses_labels`). Shape ``(N,)`` long."""
+        if self.excludes == "classes":
+            return relation.cols - share_count
+        excluded = 1 if self.excludes == "self" else views
+        return torch.full((relation.rows,), relation.cols - excluded, dtype=torch.long, device=relation.instance.device)
+
+    def excluded_width(self, share_count: Tensor) -> Tensor:
+        """The most excluded columns of an anchor under dense sets (a table of those is read off a mask)."""
+        return share_count if self.uses_labels else torch.zeros_like(share_count)
+
+    def excluded_columns(self, layout: _Layout, a: int, b: int, class_block: Tensor | None = None) -> Tensor:
+        """The columns excluded for the anchors ``a:b`` (never negatives, ``r`` itself always among them): a
+        ``(t, W)`` table, or a ``(t, cols)`` bool mask under dense sets. ``class_block``: the anchors' class
+        tables when the caller has them."""
+        anchors = torch.arange(a, b, device=layout.instance_columns.device)
+        if self.excludes == "self":
+            return anchors[:, None]
+        if self.excludes == "instance":
+            return layout.instance_columns[a:b]
+        if layout.relation.dense:
+            return layout.relation.shares(anchors)
+        return _class_block(layout, a, b) if class_block is None else class_block
+
+    def mask(self, relation: _Relation, start: int, stop: int) -> Tensor:
+        """``N(r)`` of the anchors ``start:stop``. Shape: ``(stop - start, cols)`` bool."""
+        anchors = torch.arange(start, stop, device=relation.instance.device)
+        if self.excludes == "self":
+            return anchors[:, None] != torch.arange(relation.cols, device=anchors.device)[None, :]
+        if self.excludes == "instance":
+            return relation.instance[anchors][:, None] != relation.instance[None, :]
+        return relation.shares(anchors).logical_not_()
+
+
+#: the kinds of negatives by name (``"all"``: SupCon's, not an option of contrastive_loss)
+NEGATIVE_SETS = {
+    kind.name: kind
+    for kind in (Negatives("unsupervised", "instance"), Negatives("supervised", "classes"), Negatives("all", "self"))
+}
+
+
+@dataclass
+class _Spec:
+    """Everything the block computations need (hyper-parameters + the sets)."""
+
+    batch: int  # B
+    views: int  # V
+    rows: int  # N = V * B anchors
+    cols: int  # N + K columns (the batch rows, then K memory rows)
+    relation: _Relation  # instances and classes of the columns
+    positives: str  # "views" | "labels"
+    negatives: Negatives
+    inv_t: float
+    tau_plus: float
+    valid: Tensor  # (N,) bool
+    log_M: Tensor  # (N,)
+    num_neg: Tensor  # (N,) |N(r)|
+    chunk: int
+    beta: float = 0.0  # slope of log w in g (built-ins)
+    beta_grad: float = 0.0  # beta, or 0 when the weights are detached
+    log_threshold: float = -math.inf
+    pair: str = "softplus"  # the pair term: eq. (3) ("softplus") or SupCon's -log softmax ("linear")
+    shift: float | None = None  # constant log-sum-exp shift (fused path), None: each row's max
+    num_pairs: int = 0  # valid (anchor, positive) pairs, on the host
+
+
+def _set_sizes(
+    views: int,
+    relation: _Relation,
+    groups: tuple | None,
+    share_count: Tensor | None,
+    positives: str,
+    negatives: Negatives,
+) -> tuple[Tensor, Tensor]:
+    """``|P(r)|`` and ``|N(r)|`` for every row, from the class sizes of :func:`_label_groups` over the
+    columns (``groups``) or the counts of columns sharing a class (``share_count``, the dense form).
+
+    Shape: returns two ``(V*B,)`` long tensors.
+    """
+    rows, device = relation.rows, relation.instance.device
+    if groups is not None:
+        col_class, _, counts = groups
+        share_count = counts[col_class[:rows]]  # (N,) columns of the class of each row, itself included
+    if positives == "views":
+        num_pos = torch.full((rows,), views - 1, dtype=torch.long, device=device)
+    else:
+        num_pos = share_count - 1
+    return num_pos, negatives.count(relation, views, share_count)
+
+
 @dataclass
 class _Layout:
     """Column tables of the batch (anchors in row order). Shapes: ``(N,)`` per row unless stated;
@@ -100,13 +242,13 @@ class _Layout:
     relation: _Relation
     groups: tuple[Tensor, Tensor, Tensor] | None  # _label_groups of the column labels (class tables)
     row_class: Tensor | None  # class index of each row
-    shape_t: Tensor  # (2,) on the device: [largest class, classes], or [positive width, non-negative width]
+    shape_t: Tensor  # (2,) on the device: [largest class, classes], or [positive width, excluded width]
     width: int = 0  # table width, set once per call by the caller's one synchronisation
     class_columns: Tensor | None = None  # (C, K) the columns of each class, padded by repeating one
     class_inside: Tensor | None = None  # (C, K) which entries of class_columns are real
     self_index: Tensor | None = None  # position of each row in its class's table
     pos_width: int = 0  # dense: the most positives of an anchor
-    nonneg_width: int = 0  # dense: the most non-negatives of an anchor
+    nonneg_width: int = 0  # dense: the most excluded columns of an anchor
 
 
 def _make_layout(
@@ -120,18 +262,13 @@ def _make_layout(
     N, B, V = spec.rows, spec.batch, spec.views
     device = relation.instance.device
     rows = torch.arange(N, device=device)
-    view_ids = torch.arange(V, device=device)
-    instance_columns = view_ids[None, :] * B + (rows % B)[:, None]  # (N, V)
-    view_columns = None
-    if V > 1:  # the other views of each row, ascending: view j < own, then j + 1 (no mask indexing: no sync)
-        other = view_ids[None, : V - 1] + (view_ids[None, : V - 1] >= (rows // B)[:, None]).long()  # (N, V - 1)
-        view_columns = other * B + (rows % B)[:, None]
+    instance_columns = torch.arange(V, device=device)[None, :] * B + (rows % B)[:, None]  # (N, V)
+    view_columns = _other_views(rows, B, V) if V > 1 else None
     row_class = None
     shape_t = torch.zeros(2, dtype=torch.long, device=device)
     if share_count is not None:
         pos = share_count - 1 if spec.positives == "labels" else torch.zeros_like(share_count)
-        nonneg = share_count if spec.negatives == "supervised" else torch.zeros_like(share_count)
-        shape_t = torch.stack([pos.max(), nonneg.max()])
+        shape_t = torch.stack([pos.max(), spec.negatives.excluded_width(share_count).max()])
     elif groups is not None:
         col_class, _, counts = groups
         row_class = col_class[:N]
@@ -185,30 +322,17 @@ def _mask_table(mask: Tensor, width: int, pad: Tensor) -> tuple[Tensor, Tensor]:
     return table[:, :width], inside
 
 
-def _nonneg(spec: _Spec, layout: _Layout, a: int, b: int, block: Tensor | None = None) -> Tensor:
-    """(t, W) the columns that are not negatives of the anchors ``a:b`` (the class, the views, or self); for
-    the dense sets a (t, cols) bool mask instead."""
-    if spec.negatives == "supervised":
-        if layout.relation.dense:
-            return layout.relation.shares(torch.arange(a, b, device=layout.instance_columns.device))
-        return _class_block(layout, a, b) if block is None else block
-    if spec.negatives == "unsupervised":
-        return layout.instance_columns[a:b]
-    return torch.arange(a, b, device=layout.instance_columns.device)[:, None]  # "all": all rows but self
-
-
 def _tables(spec: _Spec, layout: _Layout, a: int, b: int, dtype: torch.dtype) -> _Tables:
+    """The excluded and the positive columns of the anchors ``a:b``."""
     if layout.relation.dense and spec.positives == "labels":
         anchors = torch.arange(a, b, device=layout.instance_columns.device)
         share = layout.relation.shares(anchors)  # (t, cols)
-        nonneg = share.clone() if spec.negatives == "supervised" else None  # a (t, cols) mask
+        nonneg = share.clone() if spec.negatives.uses_labels else spec.negatives.excluded_columns(layout, a, b)
         share[torch.arange(b - a, device=share.device), anchors] = False  # an anchor is not its own positive
         pos, inside = _mask_table(share, layout.pos_width, anchors)
-        if nonneg is None:
-            nonneg = _nonneg(spec, layout, a, b)
         return _Tables(nonneg, pos, inside.to(dtype))
     block = _class_block(layout, a, b) if layout.class_columns is not None else None
-    nonneg = _nonneg(spec, layout, a, b, block)
+    nonneg = spec.negatives.excluded_columns(layout, a, b, block)
     if spec.positives == "views":
         return _Tables(nonneg, layout.view_columns[a:b], None)
     real = layout.class_inside.to(dtype).index_select(0, layout.row_class[a:b])
@@ -231,21 +355,9 @@ def _tiles(spec: _Spec, layout: _Layout, start: int, stop: int) -> list[tuple[in
     return [(a, min(stop, a + step)) for a in range(start, stop, step)]
 
 
-# --------------------------------------------------------------------------------------------
-# masks of the generic path (block of anchors start:stop against every column)
-
-
-def _negative_mask(spec: _Spec, start: int, stop: int) -> Tensor:
-    """``N(r)`` for the anchors ``start:stop``. Shape: ``(stop - start, cols)`` bool."""
-    relation = spec.relation
-    anchors = torch.arange(start, stop, device=relation.instance.device)
-    if spec.negatives == "unsupervised":
-        return relation.instance[anchors][:, None] != relation.instance[None, :]
-    return relation.shares(anchors).logical_not_()
-
-
 def _positive_mask(spec: _Spec, start: int, stop: int) -> Tensor:
-    """``P(r)`` restricted to valid anchors, for ``positives="labels"``. Shape ``(c, cols)`` bool."""
+    """``P(r)`` restricted to valid anchors, for ``positives="labels"`` (the generic path). Shape ``(c, cols)``
+    bool."""
     anchors = torch.arange(start, stop, device=spec.relation.instance.device)
     mask = spec.relation.shares(anchors)
     mask[torch.arange(stop - start, device=mask.device), anchors] = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -18,8 +17,9 @@ from hscl.losses._checks import (
     _ValueChecks,
 )
 from hscl.losses.base import _metric_learning_shape
-from hscl.losses.core import _autocast_off, _compute_dtype, _fused_loss, _relation, _set_sizes, _Spec
-from hscl.losses.sets import _finish_layout, _label_groups, _make_layout
+from hscl.losses.core import _autocast_off, _make_spec, _rows, _synchronise
+from hscl.losses.kernel import fused_loss
+from hscl.losses.sets import NEGATIVE_SETS
 
 __all__ = ["SupCon", "supcon_loss"]
 
@@ -54,55 +54,35 @@ def supcon_loss(
     temperature = _check_positive_real("temperature", temperature)
     base_temperature = _check_positive_real("base_temperature", base_temperature)
     chunk_size = _check_chunk_size(chunk_size)
-    B, V, d = z.shape
+    B, V, _ = z.shape
     labels = _check_labels(labels, B, z.device, None, checks)
     if labels is None and V < 2:
         raise ValueError(f"supcon_loss without labels needs V >= 2 views per sample, got V={V}")
     if _compiled.AVAILABLE and torch.compiler.is_compiling():  # one custom operator running this eager call
         args = (temperature, base_temperature, normalize, chunk_size)
         return _compiled.traced_call("supcon", z, labels, None, None, args)[0]
-    rows, device, dtype = V * B, z.device, _compute_dtype(z)
+    rows = V * B
     # the fused core with P(r) = same label (or sample), N(r) = every other row, beta = 0, M = rows - 1
     # and the linear pair term log M + log E(r) - g(r,p) = -log softmax_{s != r}(g(r, .))[p]
-    positives = "labels" if labels is not None else "views"
-    relation = _relation(B, V, labels, None, labels is not None, dtype, device)
-    groups = _label_groups(relation.labels) if relation.labels is not None else None
-    share_count = relation.share_counts(rows) if relation.multi is not None else None  # multi-hot labels
-    num_pos, num_neg = _set_sizes(V, relation, groups, share_count, positives, "all")
-    valid = (num_pos > 0) & (num_neg > 0)
-    spec = _Spec(
-        batch=B,
-        views=V,
-        rows=rows,
-        cols=rows,
-        relation=relation,
-        positives=positives,
-        negatives="all",
-        inv_t=1.0 / temperature,
-        tau_plus=0.0,
-        instance=torch.arange(rows, device=device) % B,
-        valid=valid,
-        log_M=torch.full((rows,), math.log(max(rows - 1, 1)), dtype=dtype, device=device),
-        num_neg=num_neg,
-        chunk=chunk_size or rows,
-        pair="linear",
-    )
-    layout = _make_layout(spec, relation, groups, share_count)
-    sizes = torch.stack([valid.sum(), *layout.shape_t, *checks.flags()]).tolist()  # the one host synchronisation
-    num_valid, largest, classes = sizes[:3]
-    checks.verify(sizes[3:])
-    _finish_layout(layout, largest, classes)
-    with _autocast_off(device):
-        Z = z.transpose(0, 1).reshape(rows, d).to(dtype)  # (N, d), row r = v*B + i
+    spec, layout, num_pos = _make_spec(
+        z, labels, None, positives="labels" if labels is not None else "views", negatives=NEGATIVE_SETS["all"],
+        M=max(rows - 1, 1), temperature=temperature, tau_plus=0.0, chunk=chunk_size or rows,
+    )  # fmt: skip
+    spec.pair = "linear"
+    num_valid = _synchronise(spec.valid.sum(), layout, checks, tables=True)  # the one host synchronisation
+    with _autocast_off(z.device):
+        Z, _ = _rows(z, None, normalize=False)  # the fused kernel normalises inside
         if num_valid == 0:
             warnings.warn(
                 "supcon_loss: no anchor has a positive in this batch; the loss is 0", RuntimeWarning, stacklevel=2
             )
             return Z.sum() * 0.0
         # mean over anchors with a positive of the mean over their positives, times T / T_base
-        row_weight = (temperature / base_temperature) / (num_pos.clamp(min=1).to(dtype) * num_valid) * valid
-        loss, _ = _fused_loss(Z, row_weight, spec, layout, None, False, False, normalize)
-        return loss
+        weight = (temperature / base_temperature) / (num_pos.clamp(min=1).to(Z.dtype) * num_valid) * spec.valid
+        return fused_loss(Z, weight, spec, layout, normalize=normalize)[0]
+
+
+_compiled.register("supcon", supcon_loss)
 
 
 class SupCon(nn.Module):

@@ -1,0 +1,102 @@
+"""The pair term of eq. (3) of arXiv 2209.00078 and its derivatives, shared by the kernels and the generic path.
+
+For an anchor ``r`` and a positive ``p``, with ``g = g(r, p)`` and ``log E = log E(r)``::
+
+    loss(r, p) = softplus(log M(r) + log E(r) - g(r, p))     (eq. (3); SupCon: the linear term, no softplus)
+
+and with ``tau_plus > 0`` Robinson et al.'s debiased ``log Ng`` in place of ``log M + log E``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# softplus(x) is computed exactly as log1p(exp(x)) below this and as x above it; at 40 the
+# difference is below 5e-18, i.e. exact in float64 and exp(40) does not overflow float32.
+_SOFTPLUS_LINEAR_FROM = 40.0
+
+
+def _debias(s: Tensor, log_c: Tensor, tau_plus: float, inv_t: float):
+    """H-UCL's debiased ``log(Ng / M)`` in log space, and the pieces its derivative needs.
+
+    ``log(Ng / M) = max(log(E - tau_plus * e^s) - log(1 - tau_plus), -1/temperature)``.
+    """
+    a = tau_plus * torch.exp(s - log_c)  # tau_plus e^s / E
+    ok = a < 1
+    a_safe = torch.where(ok, a, torch.zeros_like(a))
+    branch = log_c + torch.log1p(-a_safe) - math.log1p(-tau_plus)
+    active = ok & (branch > -inv_t)
+    return torch.where(active, branch, torch.full_like(branch, -inv_t)), a_safe, active
+
+
+def _pair_loss(s: Tensor, log_c: Tensor, log_M: Tensor, tau_plus: float, inv_t: float) -> Tensor:
+    """``loss(r, p) = softplus(log M - g(r,p) + log E(r))`` (eq. (3)); debiased if ``tau_plus > 0``.
+
+    ``s = g(r, p)``; ``log_c = log E(r)`` and ``log_M`` broadcast against it. Built from
+    differentiable torch ops (the generic path differentiates it with autograd).
+    """
+    if tau_plus == 0.0:
+        x = log_M + log_c - s
+    else:
+        x = log_M + _debias(s, log_c, tau_plus, inv_t)[0] - s
+    return F.softplus(x, threshold=_SOFTPLUS_LINEAR_FROM)
+
+
+def _pair_grads(s: Tensor, log_c: Tensor, log_M: Tensor, tau_plus: float, inv_t: float) -> tuple[Tensor, Tensor]:
+    """Analytic ``(d loss / d s, d loss / d log_c)`` of :func:`_pair_loss`."""
+    if tau_plus == 0.0:
+        sig = torch.sigmoid(log_M + log_c - s)
+        return -sig, sig
+    log_ng, a_safe, active = _debias(s, log_c, tau_plus, inv_t)
+    sig = torch.sigmoid(log_M + log_ng - s)
+    inv = torch.where(active, 1.0 / (1.0 - a_safe), torch.zeros_like(a_safe))  # d log Ng / d log E
+    return sig * (-a_safe * inv - 1.0), sig * inv
+
+
+@dataclass
+class PairTerms:
+    """The pair terms of a tile of anchors. Shapes ``(t, K)`` over the positive table, ``(t,)`` per anchor.
+
+    ``loss``: ``loss(r, p)``, 0 on padding and on invalid anchors. With a gradient: ``d_g``, the pair weight
+    times ``d loss(r, p) / d g(r, p)`` (the positive's own term), and ``sigma``, the anchor's
+    ``Sigma(r) = sum_p weight * d loss(r, p) / d log E(r)``.
+    """
+
+    loss: Tensor
+    d_g: Tensor | None = None
+    sigma: Tensor | None = None
+
+
+def pair_terms(
+    s: Tensor,
+    real: Tensor,
+    log_c: Tensor,
+    log_M: Tensor,
+    *,
+    shift: float,
+    tau_plus: float,
+    inv_t: float,
+    linear: bool,
+    weight: Tensor | None = None,
+) -> PairTerms:
+    """The pair terms from ``s = g(r, p) - shift`` (t, K), overwritten. ``real`` (t, K): 1 on the real pairs of
+    valid anchors, 0 elsewhere; ``log_c``, ``log_M`` (t,): ``log E(r)`` and ``log M(r)``; ``linear``: SupCon's
+    pair term; ``weight`` (t, K): the weight of each pair in the output (None: no gradient)."""
+    if tau_plus != 0.0:
+        g = s + shift
+        loss = _pair_loss(g, log_c[:, None], log_M[:, None], tau_plus, inv_t) * real
+        if weight is None:
+            return PairTerms(loss)
+        d_g, d_c = _pair_grads(g, log_c[:, None], log_M[:, None], tau_plus, inv_t)
+        return PairTerms(loss, d_g.mul_(weight), d_c.mul_(weight).sum(1))
+    x = torch.sub((log_M + log_c - shift)[:, None], s, out=s)  # log M + log E - g(r, p), in the buffer of s
+    loss = (x if linear else F.softplus(x, threshold=_SOFTPLUS_LINEAR_FROM)) * real
+    if weight is None:
+        return PairTerms(loss)
+    d_c = weight if linear else x.sigmoid_().mul_(weight)  # d loss / d log E = -d loss / d g
+    return PairTerms(loss, -d_c, d_c.sum(1))
