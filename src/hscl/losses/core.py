@@ -183,6 +183,7 @@ def _make_spec(
         log_M=log_M,
         num_neg=num_neg,
         chunk=chunk,
+        log_M_min=min(0.0, math.log(M)) if isinstance(M, float) else 0.0,  # None: log(cols - 2), or log |N(r)|
     )
     return spec, _make_layout(spec, relation, groups, share_count), num_pos
 

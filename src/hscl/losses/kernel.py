@@ -211,8 +211,8 @@ def _positive_terms(
     sim: _Similarities, log_c: Tensor, spec: _Spec, layout: _Layout, start: int, out: _Outputs, weights
 ) -> tuple[list[tuple[Tensor, Tensor]], Tensor | None]:
     """The pair values into ``out`` (anchor sums; with ``out.pairs`` each pair and its sort key); with
-    ``weights`` (:class:`_Weights`) also ``[(positive columns (t, K), weight x d loss / d g(r, p))]`` per tile and
-    ``Sigma(r)`` (c,), the weighted ``sum_p d loss(r, p) / d log E(r)``."""
+    ``weights`` (:class:`_Weights`) also ``[(positive columns (t, K), PairTerms, anchor weights or None)]`` per
+    tile and ``Sigma(r)`` (c,), the weighted ``sum_p d loss(r, p) / d log E(r)``."""
     c, dtype, device = sim.S.shape[0], sim.S.dtype, sim.S.device
     row_ok = spec.valid[start : start + c]
     ok = row_ok.to(dtype)[:, None]
@@ -224,6 +224,7 @@ def _positive_terms(
         real = ok[rows].expand(tab.pos.shape) if tab.real is None else tab.real  # (t, K)
         w, row_weight = weights.for_tile(a, b, real) if weights is not None else (None, None)
         kw = dict(shift=sim.shift, tau_plus=spec.tau_plus, inv_t=spec.inv_t, linear=spec.pair == "linear")
+        kw["x_min"] = spec.pair_floor()
         terms = pair_terms(s, real, log_c[rows], spec.log_M[a:b], weight=w, **kw)
         out.anchor_sum[a:b] = terms.loss.sum(1) * ok[rows, 0]
         if out.pairs is not None:
@@ -232,9 +233,8 @@ def _positive_terms(
             out.pairs.append(terms.loss.flatten())
             out.keys.append(torch.where(pair, key, spec.rows * spec.cols).flatten())  # rows * cols sorts last
         if weights is not None:
-            d_g = terms.d_g if row_weight is None else terms.d_g.mul_(row_weight[:, None])
             sigma[rows] = terms.sigma if row_weight is None else terms.sigma * row_weight
-            grads.append((tab.pos, d_g))
+            grads.append((tab.pos, terms, row_weight))
     return grads, sigma
 
 
@@ -262,9 +262,12 @@ def _gradient(
         H.mul_(a[:, None])
         if beta_g != 0.0:
             H.addcmul_(tilted.e_b, torch.where(row_ok, -beta_g * sigma / tilted.den, 0.0)[:, None])
-    for (a_, b_), (pos, d_g) in zip(sim.tiles, grads, strict=True):
+    for (a_, b_), (pos, terms, row_weight) in zip(sim.tiles, grads, strict=True):
         rows = slice(a_ - start, b_ - start)
-        H[rows].scatter_add_(1, pos, d_g if pos_scale is None else d_g * pos_scale[rows, None])
+        scale = pos_scale[rows] if pos_scale is not None else None
+        if row_weight is not None:
+            scale = row_weight if scale is None else scale * row_weight
+        H[rows].scatter_add_(1, pos, terms.d_g(scale))
     factor = factor * spec.inv_t  # d/dZ of (Zc / temperature) Z^T
     stop = start + H.shape[0]
     dZ[start:stop].addcmul_(torch.mm(H, Z), factor[:, None])

@@ -20,6 +20,10 @@ from torch import Tensor
 # difference is below 5e-18, i.e. exact in float64 and exp(40) does not overflow float32.
 _SOFTPLUS_LINEAR_FROM = 40.0
 
+#: ``sigmoid(x)`` is a normal number for ``x`` down to this (float32: 1.8e-35 at -80): where the caller knows that
+#: ``x`` stays above it, ``softplus(x) = x - log(sigmoid(x))`` reuses the sigmoid the gradient needs
+_SIGMOID_NORMAL_FROM = {torch.float32: -80.0, torch.float64: -700.0}
+
 
 def _debias(s: Tensor, log_c: Tensor, tau_plus: float, inv_t: float):
     """H-UCL's debiased ``log(Ng / M)`` in log space, and the pieces its derivative needs.
@@ -62,14 +66,21 @@ def _pair_grads(s: Tensor, log_c: Tensor, log_M: Tensor, tau_plus: float, inv_t:
 class PairTerms:
     """The pair terms of a tile of anchors. Shapes ``(t, K)`` over the positive table, ``(t,)`` per anchor.
 
-    ``loss``: ``loss(r, p)``, 0 on padding and on invalid anchors. With a gradient: ``d_g``, the pair weight
-    times ``d loss(r, p) / d g(r, p)`` (the positive's own term), and ``sigma``, the anchor's
-    ``Sigma(r) = sum_p weight * d loss(r, p) / d log E(r)``.
+    ``loss``: ``loss(r, p)``, 0 where the pair is not real. With a gradient: ``sigma``, the anchor's
+    ``Sigma(r) = sum_p weight * d loss(r, p) / d log E(r)``, and :meth:`d_g`.
     """
 
     loss: Tensor
-    d_g: Tensor | None = None
     sigma: Tensor | None = None
+    d_c: Tensor | None = None  # weight x d loss / d log E(r), when d loss / d g(r, p) is its negative (no debiasing)
+    d_s: Tensor | None = None  # weight x d loss / d g(r, p), with debiasing
+
+    def d_g(self, scale: Tensor | None = None) -> Tensor:
+        """The pair weight times ``d loss(r, p) / d g(r, p)`` (the positive's own term), times ``scale`` (t,) per
+        anchor when given, in one pass."""
+        if self.d_s is not None:
+            return self.d_s if scale is None else self.d_s.mul_(scale[:, None])
+        return torch.neg(self.d_c) if scale is None else torch.mul(self.d_c, -scale[:, None])
 
 
 def pair_terms(
@@ -83,20 +94,29 @@ def pair_terms(
     inv_t: float,
     linear: bool,
     weight: Tensor | None = None,
+    x_min: float = -math.inf,
 ) -> PairTerms:
-    """The pair terms from ``s = g(r, p) - shift`` (t, K), overwritten. ``real`` (t, K): 1 on the real pairs of
-    valid anchors, 0 elsewhere; ``log_c``, ``log_M`` (t,): ``log E(r)`` and ``log M(r)``; ``linear``: SupCon's
-    pair term; ``weight`` (t, K): the weight of each pair in the output (None: no gradient)."""
+    """The pair terms from ``s = g(r, p) - shift`` (t, K), overwritten. ``real`` (t, K): 1 on the real pairs
+    (not padding, not ``r`` itself), 0 elsewhere; ``log_c``, ``log_M`` (t,): ``log E(r)`` and ``log M(r)``;
+    ``linear``: SupCon's pair term; ``weight`` (t, K): the weight of each pair in the output (None: no gradient);
+    ``x_min``: a lower bound of ``log M + log E - g`` over every entry (real or not), when the caller knows one."""
     if tau_plus != 0.0:
         g = s + shift
         loss = _pair_loss(g, log_c[:, None], log_M[:, None], tau_plus, inv_t) * real
         if weight is None:
             return PairTerms(loss)
-        d_g, d_c = _pair_grads(g, log_c[:, None], log_M[:, None], tau_plus, inv_t)
-        return PairTerms(loss, d_g.mul_(weight), d_c.mul_(weight).sum(1))
+        d_s, d_c = _pair_grads(g, log_c[:, None], log_M[:, None], tau_plus, inv_t)
+        return PairTerms(loss, d_c.mul_(weight).sum(1), d_s=d_s.mul_(weight))
     x = torch.sub((log_M + log_c - shift)[:, None], s, out=s)  # log M + log E - g(r, p), in the buffer of s
-    loss = (x if linear else F.softplus(x, threshold=_SOFTPLUS_LINEAR_FROM)) * real
+    if linear:
+        loss, d_c = x * real, weight  # d loss / d log E = -d loss / d g = 1
+    elif weight is not None and x_min >= _SIGMOID_NORMAL_FROM.get(x.dtype, math.inf):
+        d_c = torch.sigmoid(x)
+        loss = x.sub_(torch.log(d_c)).mul_(real)  # softplus(x) = x - log(sigmoid(x))
+        d_c.mul_(weight)
+    else:
+        loss = F.softplus(x, threshold=_SOFTPLUS_LINEAR_FROM) * real
+        d_c = None if weight is None else x.sigmoid_().mul_(weight)
     if weight is None:
         return PairTerms(loss)
-    d_c = weight if linear else x.sigmoid_().mul_(weight)  # d loss / d log E = -d loss / d g
-    return PairTerms(loss, -d_c, d_c.sum(1))
+    return PairTerms(loss, d_c.sum(1), d_c=d_c)

@@ -206,6 +206,13 @@ class _Spec:
     pair: str = "softplus"  # the pair term: eq. (3) ("softplus") or SupCon's -log softmax ("linear")
     shift: float | None = None  # constant log-sum-exp shift (fused path), None: each row's max
     num_pairs: int = 0  # valid (anchor, positive) pairs, on the host
+    log_M_min: float = 0.0  # a lower bound of log_M, on the host
+
+    def pair_floor(self) -> float:
+        """A lower bound of ``log M + log E(r) - g(r, p)`` over unit rows (``g`` and ``log E`` at least
+        ``-1 / temperature``, ``g`` at most ``1 / temperature``): what :func:`~hscl.losses.pairs.pair_terms`
+        may assume when the shift is the constant one (the rows are normalised)."""
+        return self.log_M_min - 2.0 * self.inv_t if self.shift is not None else -math.inf
 
 
 def _set_sizes(

@@ -7,8 +7,9 @@ this computes the same values and gradients (the tests hold them equal) with
 
 * ``g`` for the upper block triangle only: anchors in blocks of ``c`` rows, block ``i`` (rows ``a_i:b_i``)
   against the columns ``a_i:N``, each a ``(c, N - a_i)`` matrix in one packed buffer, so half the product.
-  A row's sums over its negatives are its own block's row sums plus the column sums of the blocks above it;
-  a positive ``g(r, p)`` with ``p < a_i`` is read from the row of ``p`` (:func:`_mirror`).
+  A row's sums over its negatives are its own block's row sums plus the column sums of the blocks above it.
+* the positives in groups whose members are each other's positives (a class, or a sample's views): a
+  ``(groups, K, K)`` table of ``g`` between the members, symmetric, filled from the stored triangle.
 * the gradient's matrix ``G = A + A^T`` (``A(r, s) = d loss / d g(r, s)``: ``a(r) e_a + b(r) e_b`` on the
   negatives, the pair terms ``P(r, s)`` on the positives), symmetric:
   ``G(r, s) = (a(r) + a(s)) e_a + (b(r) + b(s)) e_b + P(r, s) + P(s, r)`` on the stored triangle, and
@@ -21,15 +22,16 @@ reductions, and batches whose stored entries fit :data:`_SYMMETRIC_ELEMENTS`; ev
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from hscl.losses.buffers import _WORKSPACE, _Outputs, _set_columns
 from hscl.losses.pairs import pair_terms
-from hscl.losses.sets import _Layout, _positive_width, _Spec, _Tables, _tables
+from hscl.losses.sets import _Layout, _Spec
 
-#: at most this many stored entries (the packed triangle of ``g`` and the pair table; 256 MB in float32,
+#: at most this many stored entries (the packed triangle of ``g`` and the positives' table; 256 MB in float32,
 #: about 11500 rows): a larger batch takes the block path, whose memory is ``O(block x rows)``
 _SYMMETRIC_ELEMENTS = 1 << 26
 
@@ -39,21 +41,64 @@ _SYMMETRIC_BLOCK_ELEMENTS = 1 << 21
 
 
 def _blocks(rows: int) -> list[tuple[int, int, int]]:
-    """``(a, b, offset)`` of each block of anchors: its rows ``a:b`` and where its ``(b - a, rows - a)`` matrix
-    starts in the packed buffer."""
+    """``(a, b, offset)`` of each block of anchors: its rows ``a:b`` and where its ``(b - a, 1 + rows - a)``
+    matrix starts in the packed buffer (column 0 is a spare that takes what falls left of the stored triangle)."""
     c = max(1, min(rows, _SYMMETRIC_BLOCK_ELEMENTS // max(rows, 1)))
     blocks, offset = [], 0
     for a in range(0, rows, c):
         b = min(rows, a + c)
         blocks.append((a, b, offset))
-        offset += (b - a) * (rows - a)
+        offset += (b - a) * (1 + rows - a)
     return blocks
 
 
 def _packed_size(rows: int) -> int:
-    """Entries of the packed buffer: every block's ``(b - a, rows - a)`` matrix."""
+    """Entries of the packed buffer: every block's ``(b - a, 1 + rows - a)`` matrix."""
     a, b, offset = _blocks(rows)[-1]
-    return offset + (b - a) * (rows - a)
+    return offset + (b - a) * (1 + rows - a)
+
+
+def _block_matrix(packed: Tensor, rows: int, a: int, b: int, offset: int) -> Tensor:
+    """The ``(b - a, 1 + rows - a)`` matrix of the block ``a:b`` in ``packed``: the spare, then the columns ``a:``."""
+    return packed[offset : offset + (b - a) * (1 + rows - a)].view(b - a, 1 + rows - a)
+
+
+def _local(columns: Tensor, a: int) -> Tensor:
+    """Column indices ``columns`` (t, W) in a block matrix of the anchors from ``a`` on: ``1 + column - a``, or the
+    spare 0 for the columns left of ``a`` (stored in the rows of an earlier block)."""
+    return (columns - (a - 1)).clamp_(min=0)
+
+
+@dataclass
+class _Groups:
+    """The positives as groups whose members are each other's positives: the classes (``positives="labels"``
+    with integer labels) or the samples (``"views"``). ``G`` groups of at most ``K`` members."""
+
+    members: Tensor  # (G, K) the columns of each group, ascending, padded by repeating one
+    slot: Tensor  # (N,) the row of each anchor in a (G * K, K) table: group * K + rank in the group
+    real: Tensor  # (G * K, K) float: 1 where member k is a positive of member j (both real, k != j, j valid)
+    local: Tensor  # (N, K) where each anchor's group members are in its block's matrix (_local)
+
+
+def _groups(spec: _Spec, layout: _Layout, dtype: torch.dtype, local: Tensor) -> _Groups:
+    """The groups of the positives; ``local``: an (N, K) long buffer for :attr:`_Groups.local`."""
+    if spec.positives == "labels":
+        members, inside = layout.class_columns, layout.class_inside
+        group, rank = layout.row_class, layout.self_index
+    else:  # the views of sample i are the rows i, B + i, ...
+        members = layout.instance_columns[: spec.batch]
+        inside = torch.ones_like(members, dtype=torch.bool)
+        rows = torch.arange(spec.rows, device=members.device)
+        group, rank = rows % spec.batch, rows // spec.batch
+    G, K = members.shape
+    row_ok = (inside & spec.valid[members]).to(dtype)  # (G, K) a real member and a valid anchor
+    real = torch.mul(row_ok[:, :, None], inside.to(dtype)[:, None, :])  # (G, K, K)
+    real.diagonal(dim1=1, dim2=2).zero_()  # a member is not its own positive
+    rows = torch.arange(spec.rows, device=members.device)
+    start = rows - rows % (_blocks(spec.rows)[0][1])  # the first anchor of each anchor's block
+    torch.index_select(members, 0, group, out=local)
+    local.sub_(start[:, None] - 1).clamp_(min=0)
+    return _Groups(members, group * K + rank, real.view(G * K, K), local)
 
 
 def symmetric_applies(spec: _Spec, layout: _Layout, Z: Tensor, *, per_pair: bool, memory: bool) -> bool:
@@ -62,98 +107,77 @@ def symmetric_applies(spec: _Spec, layout: _Layout, Z: Tensor, *, per_pair: bool
         return False
     if spec.shift is None or spec.log_threshold != -math.inf or spec.beta not in (0.0, 1.0):
         return False
-    if layout.relation.dense:
+    if layout.relation.dense or (spec.positives == "labels" and layout.class_columns is None):
         return False
-    return _packed_size(spec.rows) + spec.rows * _positive_width(spec, layout) <= _SYMMETRIC_ELEMENTS
+    G, K = layout.class_columns.shape if spec.positives == "labels" else (spec.batch, spec.views)
+    return _packed_size(spec.rows) + G * K * K + 2 * spec.rows * K <= _SYMMETRIC_ELEMENTS  # (N, K) long: 2 each
 
 
-def _mirror(spec: _Spec, layout: _Layout, a: int, b: int, pos: Tensor, width: int) -> Tensor:
-    """For each positive ``p = pos[r, k]`` of the anchors ``a:b``, the entry of ``r`` in the positive table of
-    ``p`` (row-major in a ``(N, width)`` table): its class's table is ``r``'s (at ``r``'s rank), its views are
-    ``r``'s other views (at ``r``'s view, less one above ``p``'s). Shape ``(t, K)`` long."""
-    if spec.positives == "labels":
-        position = layout.self_index[a:b, None]
-    else:
-        view = torch.arange(a, b, device=pos.device)[:, None] // spec.batch
-        position = view - (view > pos // spec.batch).long()
-    return pos * width + position
-
-
-def _local(columns: Tensor, a: int, b: int) -> tuple[Tensor, Tensor]:
-    """Column indices ``columns`` (t, W) of the anchors ``a:b`` in their block's stored columns ``a:N``: those
-    left of ``a`` (stored in the rows of an earlier block) go to the anchor's own column; and which were kept."""
-    local = columns - a
-    stored = local >= 0
-    own = torch.arange(b - a, device=columns.device)[:, None]
-    return torch.where(stored, local, own), stored
-
-
-def _upper_similarities(Z, columns, spec, layout, packed, posval) -> tuple[Tensor, Tensor]:
-    """Block by block: ``e = exp(g - shift)`` on the negatives (0 elsewhere) into ``packed``, the positives'
-    ``g - shift`` into ``posval`` (N, K), and every row's sums ``num`` of ``e_a`` and ``den`` of ``e_b``."""
-    N, dtype, device = spec.rows, Z.dtype, Z.device
-    width = posval.shape[1]
+def _upper_similarities(columns, spec, layout, groups: _Groups, packed, table) -> tuple[Tensor, Tensor, Tensor]:
+    """Block by block: ``e = exp(g - shift)`` on the negatives (0 elsewhere) into ``packed``, and the positives'
+    ``g - shift`` into ``table`` (G, K, K). Returns every row's sums ``num`` of ``e_a`` and ``den`` of ``e_b``
+    (N,), and the positives' table made whole (each entry below the diagonal from its mirror)."""
+    N, dtype, device = spec.rows, columns.dtype, columns.device
     num = torch.zeros(N, dtype=dtype, device=device)
     den = torch.zeros(N, dtype=dtype, device=device) if spec.beta == 1.0 else spec.num_neg.to(dtype)
     scale = torch.full((columns.shape[1],), spec.inv_t, dtype=dtype, device=device)
     scale[-1] = -spec.shift
+    anchors = columns * scale  # [Z / t, -shift]: g - shift in one product
+    ones = torch.ones(min(N, _blocks(N)[0][1]), dtype=dtype, device=device)
+    same = spec.positives == "labels" and spec.negatives.uses_labels  # the class is positive and excluded
+    K = groups.local.shape[1]
     for a, b, offset in _blocks(N):
         c = b - a
-        E = packed[offset : offset + c * (N - a)].view(c, N - a)
-        torch.mm(columns[a:b] * scale, columns[a:].T, out=E)  # g - shift, (c, N - a)
-        tab = _tables(spec, layout, a, b, dtype)
-        local, stored = _local(tab.pos, a, b)
-        mirrored = posval.view(-1)[_mirror(spec, layout, a, b, tab.pos, width)]  # rows above: filled already
-        posval[a:b] = torch.where(stored, E.gather(1, local), mirrored)
-        _set_columns(E.exp_(), _local(tab.nonneg, a, b)[0], 0.0)  # the excluded columns are 0
+        full = _block_matrix(packed, N, a, b, offset)
+        E = full[:, 1:]  # (c, N - a)
+        torch.mm(anchors[a:b], columns[a:].T, out=E)  # g - shift
+        full[:, 0] = 0.0  # the spare: what a positive left of a reads (replaced by its mirror below)
+        local = groups.local[a:b]
+        table.view(-1, K).index_copy_(0, groups.slot[a:b], full.gather(1, local))  # the stored ones are right
+        excluded = local if same else _local(spec.negatives.excluded_columns(layout, a, b), a)
+        E.exp_()
+        _set_columns(full, excluded, 0.0)  # the excluded columns are 0 (and the spare)
         e_a = E if spec.beta == 0.0 else torch.mul(E, E, out=_WORKSPACE.get(1, c, N - a, dtype, device))
         num[a:b] += e_a.sum(1)
-        num[b:] += e_a[:, c:].sum(0)  # the rows below, whose columns a:b are stored here
+        num[b:] += torch.mv(e_a[:, c:].T, ones[:c])  # the rows below, whose columns a:b are stored here
         if spec.beta == 1.0:
             den[a:b] += E.sum(1)
-            den[b:] += E[:, c:].sum(0)
-    return num, den
+            den[b:] += torch.mv(E[:, c:].T, ones[:c])
+    upper = torch.ones(table.shape[1:], dtype=torch.bool, device=device).triu()  # member k >= member j: stored
+    return num, den, torch.where(upper, table, table.transpose(1, 2))
 
 
-def _pair_values(spec, layout, posval, log_c, out: _Outputs, row_weight: Tensor | None) -> Tensor | None:
-    """The pair terms into ``out``; with ``row_weight`` (N,) also ``Sigma(r)`` (returned) and the pairs' own
-    terms ``P(r, p) = row weight x d loss / d g(r, p)`` (into ``posval``, over the values)."""
-    ok = spec.valid.to(posval.dtype)
-    sigma = torch.zeros_like(ok) if row_weight is not None else None
-    linear = spec.pair == "linear"
-    for a, b, _ in _blocks(spec.rows):
-        tab: _Tables = _tables(spec, layout, a, b, posval.dtype)
-        real = ok[a:b, None].expand(tab.pos.shape) if tab.real is None else tab.real
-        terms = pair_terms(
-            posval[a:b], real, log_c[a:b], spec.log_M[a:b], shift=spec.shift, tau_plus=spec.tau_plus,
-            inv_t=spec.inv_t, linear=linear, weight=real if row_weight is not None else None,
-        )  # fmt: skip
-        out.anchor_sum[a:b] = terms.loss.sum(1) * ok[a:b]
-        if row_weight is not None:
-            sigma[a:b] = terms.sigma * row_weight[a:b]
-            torch.mul(terms.d_g, row_weight[a:b, None], out=posval[a:b])
-    return sigma
+def _pair_values(spec, groups: _Groups, values, log_c, out: _Outputs, row_weight: Tensor | None):
+    """The pair terms of every group from ``values`` (G * K, K), into ``out``; with ``row_weight`` (N,) also
+    ``Sigma(r)`` and the pairs' own terms ``P(j, k) = row weight x d loss / d g`` (G * K, K)."""
+    members = groups.members.reshape(-1)  # the anchor of each table row (padding: a repeated member)
+    weight = groups.real if row_weight is not None else None
+    terms = pair_terms(
+        values, groups.real, log_c[members], spec.log_M[members], shift=spec.shift, tau_plus=spec.tau_plus,
+        inv_t=spec.inv_t, linear=spec.pair == "linear", weight=weight, x_min=spec.pair_floor(),
+    )  # fmt: skip
+    out.anchor_sum.copy_(terms.loss.sum(1)[groups.slot])
+    if row_weight is None:
+        return None, None
+    return terms.sigma[groups.slot] * row_weight, terms.d_g(row_weight[members])
 
 
-def _symmetric_gradient(Z, spec, layout, packed, P, coef_a: Tensor, coef_b: Tensor, dZ: Tensor) -> None:
-    """``dZ = G Z / t`` from the stored triangle of ``e`` (overwritten by ``G``) and the pair terms ``P`` (N, K)."""
+def _symmetric_gradient(Z, spec, groups: _Groups, packed, P, coef_a: Tensor, coef_b: Tensor, dZ: Tensor) -> None:
+    """``dZ = G Z / t`` from the stored triangle of ``e`` (overwritten by ``G``) and the pair terms ``P``."""
     N, dtype, device = spec.rows, Z.dtype, Z.device
-    width = P.shape[1]
+    K = P.shape[1]
+    both = (P.view(-1, K, K) + P.view(-1, K, K).transpose(1, 2)).view(-1, K)  # P(j, k) + P(k, j)
     for a, b, offset in _blocks(N):
         c = b - a
-        G = packed[offset : offset + c * (N - a)].view(c, N - a)  # e, becomes G
+        full = _block_matrix(packed, N, a, b, offset)
+        G = full[:, 1:]  # e, becomes G
         tmp = _WORKSPACE.get(1, c, N - a, dtype, device)
         if spec.beta == 0.0:  # e_a = e_b = e: G = (a(r) + a(s)) e
             G.mul_(torch.add(coef_a[a:b, None], coef_a[None, a:], out=tmp))
         else:  # e_a = e^2: G = e ((a(r) + a(s)) e + b(r) + b(s))
             torch.addcmul(coef_b[a:b, None], G, coef_a[a:b, None], out=tmp)
             G.mul_(tmp.addcmul_(G, coef_a[None, a:]).add_(coef_b[None, a:]))
-        tab = _tables(spec, layout, a, b, dtype)
-        local, stored = _local(tab.pos, a, b)
-        if tab.real is not None:  # not the padding of a class table (it repeats a real positive), nor r itself
-            stored &= tab.real > 0
-        both = P[a:b] + P.view(-1)[_mirror(spec, layout, a, b, tab.pos, width)]  # P(r, p) + P(p, r)
-        G.scatter_add_(1, local, torch.where(stored, both, 0.0))
+        full.scatter_add_(1, groups.local[a:b], both.index_select(0, groups.slot[a:b]))  # the spare takes the rest
         dZ[a:b].addmm_(G, Z[a:])
         dZ[b:].addmm_(G[:, c:].T, Z[a:b])  # the rows below: G(s, r) = G(r, s)
     dZ.mul_(spec.inv_t)
@@ -163,17 +187,19 @@ def symmetric_loss(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, out
     """The statistics and pair values of the whole batch into ``out``; with ``row_weight`` (N,) the gradient
     w.r.t. the rows ``Z`` (N, d) into ``out.dZ``. ``columns``: ``[Z, 1]`` (N, d + 1)."""
     N, dtype, device = spec.rows, Z.dtype, Z.device
+    G, K = layout.class_columns.shape if spec.positives == "labels" else (spec.batch, spec.views)
+    groups = _groups(spec, layout, dtype, _WORKSPACE.get(4, N, K, torch.long, device))
     packed = _WORKSPACE.get(2, 1, _packed_size(N), dtype, device).view(-1)
-    posval = _WORKSPACE.get(3, N, _positive_width(spec, layout), dtype, device)
-    num, den = _upper_similarities(Z, columns, spec, layout, packed, posval)
+    table = _WORKSPACE.get(3, G * K, K, dtype, device).view(G, K, K).zero_()  # padding rows stay finite
+    num, den, values = _upper_similarities(columns, spec, layout, groups, packed, table)
     valid = spec.valid
     log_c = torch.where(valid, torch.log(num), 0.0) - torch.where(valid, torch.log(den), 0.0)
     log_c = log_c + torch.where(valid, spec.shift, 0.0)  # log E(r)
     out.log_tilted_mean.copy_(log_c)
-    sigma = _pair_values(spec, layout, posval, log_c, out, row_weight)
+    sigma, P = _pair_values(spec, groups, values.view(G * K, K), log_c, out, row_weight)
     if row_weight is None:
         return
     beta_g = spec.beta_grad if spec.beta != 0.0 else 0.0
     coef_a = torch.where(valid, (1.0 + beta_g) * sigma / num, 0.0)  # (1 + beta') Sigma / num
     coef_b = torch.where(valid, -beta_g * sigma / den, 0.0)  # -beta' Sigma / den
-    _symmetric_gradient(Z, spec, layout, packed, posval, coef_a, coef_b, out.dZ)
+    _symmetric_gradient(Z, spec, groups, packed, P, coef_a, coef_b, out.dZ)
