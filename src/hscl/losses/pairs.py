@@ -74,13 +74,16 @@ class PairTerms:
     sigma: Tensor | None = None
     d_c: Tensor | None = None  # weight x d loss / d log E(r), when d loss / d g(r, p) is its negative (no debiasing)
     d_s: Tensor | None = None  # weight x d loss / d g(r, p), with debiasing
+    owned: bool = True  # d_c or d_s may be overwritten (not the caller's weight)
 
     def d_g(self, scale: Tensor | None = None) -> Tensor:
         """The pair weight times ``d loss(r, p) / d g(r, p)`` (the positive's own term), times ``scale`` (t,) per
-        anchor when given, in one pass."""
+        anchor when given, in one pass (in place over :attr:`d_c` or :attr:`d_s` where it may)."""
         if self.d_s is not None:
             return self.d_s if scale is None else self.d_s.mul_(scale[:, None])
-        return torch.neg(self.d_c) if scale is None else torch.mul(self.d_c, -scale[:, None])
+        if scale is None:
+            return self.d_c.neg_() if self.owned else torch.neg(self.d_c)
+        return self.d_c.mul_(-scale[:, None]) if self.owned else torch.mul(self.d_c, -scale[:, None])
 
 
 def pair_terms(
@@ -95,11 +98,13 @@ def pair_terms(
     linear: bool,
     weight: Tensor | None = None,
     x_min: float = -math.inf,
+    scratch: tuple[Tensor, Tensor] | None = None,
 ) -> PairTerms:
     """The pair terms from ``s = g(r, p) - shift`` (t, K), overwritten. ``real`` (t, K): 1 on the real pairs
     (not padding, not ``r`` itself), 0 elsewhere; ``log_c``, ``log_M`` (t,): ``log E(r)`` and ``log M(r)``;
     ``linear``: SupCon's pair term; ``weight`` (t, K): the weight of each pair in the output (None: no gradient);
-    ``x_min``: a lower bound of ``log M + log E - g`` over every entry (real or not), when the caller knows one."""
+    ``x_min``: a lower bound of ``log M + log E - g`` over every entry (real or not), when the caller knows one;
+    ``scratch``: two buffers of the shape of ``s`` for the temporaries (None: allocated)."""
     if tau_plus != 0.0:
         g = s + shift
         loss = _pair_loss(g, log_c[:, None], log_M[:, None], tau_plus, inv_t) * real
@@ -108,15 +113,16 @@ def pair_terms(
         d_s, d_c = _pair_grads(g, log_c[:, None], log_M[:, None], tau_plus, inv_t)
         return PairTerms(loss, d_c.mul_(weight).sum(1), d_s=d_s.mul_(weight))
     x = torch.sub((log_M + log_c - shift)[:, None], s, out=s)  # log M + log E - g(r, p), in the buffer of s
+    first, second = scratch if scratch is not None else (None, None)
     if linear:
-        loss, d_c = x * real, weight  # d loss / d log E = -d loss / d g = 1
+        loss, d_c = x.mul_(real), weight  # d loss / d log E = -d loss / d g = 1
     elif weight is not None and x_min >= _SIGMOID_NORMAL_FROM.get(x.dtype, math.inf):
-        d_c = torch.sigmoid(x)
-        loss = x.sub_(torch.log(d_c)).mul_(real)  # softplus(x) = x - log(sigmoid(x))
+        d_c = torch.sigmoid(x, out=first)
+        loss = x.sub_(torch.log(d_c, out=second)).mul_(real)  # softplus(x) = x - log(sigmoid(x))
         d_c.mul_(weight)
     else:
-        loss = F.softplus(x, threshold=_SOFTPLUS_LINEAR_FROM) * real
+        loss = torch.mul(F.softplus(x, threshold=_SOFTPLUS_LINEAR_FROM), real, out=first)
         d_c = None if weight is None else x.sigmoid_().mul_(weight)
     if weight is None:
         return PairTerms(loss)
-    return PairTerms(loss, d_c.sum(1), d_c=d_c)
+    return PairTerms(loss, d_c.sum(1), d_c=d_c, owned=not linear)

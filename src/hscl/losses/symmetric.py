@@ -31,9 +31,10 @@ from hscl.losses.buffers import _WORKSPACE, _Outputs, _set_columns
 from hscl.losses.pairs import pair_terms
 from hscl.losses.sets import _Layout, _Spec
 
-#: at most this many stored entries (the packed triangle of ``g`` and the positives' table; 256 MB in float32,
-#: about 11500 rows): a larger batch takes the block path, whose memory is ``O(block x rows)``
-_SYMMETRIC_ELEMENTS = 1 << 26
+#: at most this many entries in the buffers it keeps between calls (the packed triangle of ``g``, four tables of the
+#: positives, their columns; 512 MB in float32, freed by :func:`~hscl.losses.release_workspace`): a larger batch
+#: takes the block path, whose memory is ``O(block x rows)``. At 8192 rows and 10 classes: about 80 million.
+_SYMMETRIC_ELEMENTS = 1 << 27
 
 #: a block of anchors has about this many entries (``c x N``): ``c = 2**21 / N`` rows (256 at 8192 rows),
 #: so that the passes over one block run from the last-level cache
@@ -80,8 +81,8 @@ class _Groups:
     local: Tensor  # (N, K) where each anchor's group members are in its block's matrix (_local)
 
 
-def _groups(spec: _Spec, layout: _Layout, dtype: torch.dtype, local: Tensor) -> _Groups:
-    """The groups of the positives; ``local``: an (N, K) long buffer for :attr:`_Groups.local`."""
+def _groups(spec: _Spec, layout: _Layout, real: Tensor, local: Tensor) -> _Groups:
+    """The groups of the positives, into the buffers ``real`` (G, K, K) and ``local`` (N, K) long."""
     if spec.positives == "labels":
         members, inside = layout.class_columns, layout.class_inside
         group, rank = layout.row_class, layout.self_index
@@ -91,8 +92,8 @@ def _groups(spec: _Spec, layout: _Layout, dtype: torch.dtype, local: Tensor) -> 
         rows = torch.arange(spec.rows, device=members.device)
         group, rank = rows % spec.batch, rows // spec.batch
     G, K = members.shape
-    row_ok = (inside & spec.valid[members]).to(dtype)  # (G, K) a real member and a valid anchor
-    real = torch.mul(row_ok[:, :, None], inside.to(dtype)[:, None, :])  # (G, K, K)
+    row_ok = (inside & spec.valid[members]).to(real.dtype)  # (G, K) a real member and a valid anchor
+    torch.mul(row_ok[:, :, None], inside.to(real.dtype)[:, None, :], out=real)  # (G, K, K)
     real.diagonal(dim1=1, dim2=2).zero_()  # a member is not its own positive
     rows = torch.arange(spec.rows, device=members.device)
     start = rows - rows % (_blocks(spec.rows)[0][1])  # the first anchor of each anchor's block
@@ -110,13 +111,13 @@ def symmetric_applies(spec: _Spec, layout: _Layout, Z: Tensor, *, per_pair: bool
     if layout.relation.dense or (spec.positives == "labels" and layout.class_columns is None):
         return False
     G, K = layout.class_columns.shape if spec.positives == "labels" else (spec.batch, spec.views)
-    return _packed_size(spec.rows) + G * K * K + 2 * spec.rows * K <= _SYMMETRIC_ELEMENTS  # (N, K) long: 2 each
+    return _packed_size(spec.rows) + 4 * G * K * K + 2 * spec.rows * K <= _SYMMETRIC_ELEMENTS  # long: 2 each
 
 
-def _upper_similarities(columns, spec, layout, groups: _Groups, packed, table) -> tuple[Tensor, Tensor, Tensor]:
+def _upper_similarities(columns, spec, layout, groups: _Groups, packed, table, values) -> tuple[Tensor, Tensor]:
     """Block by block: ``e = exp(g - shift)`` on the negatives (0 elsewhere) into ``packed``, and the positives'
-    ``g - shift`` into ``table`` (G, K, K). Returns every row's sums ``num`` of ``e_a`` and ``den`` of ``e_b``
-    (N,), and the positives' table made whole (each entry below the diagonal from its mirror)."""
+    ``g - shift`` into ``table`` (G, K, K), then whole into ``values`` (each entry below the diagonal from its
+    mirror). Returns every row's sums ``num`` of ``e_a`` and ``den`` of ``e_b`` (N,)."""
     N, dtype, device = spec.rows, columns.dtype, columns.device
     num = torch.zeros(N, dtype=dtype, device=device)
     den = torch.zeros(N, dtype=dtype, device=device) if spec.beta == 1.0 else spec.num_neg.to(dtype)
@@ -144,17 +145,18 @@ def _upper_similarities(columns, spec, layout, groups: _Groups, packed, table) -
             den[a:b] += E.sum(1)
             den[b:] += torch.mv(E[:, c:].T, ones[:c])
     upper = torch.ones(table.shape[1:], dtype=torch.bool, device=device).triu()  # member k >= member j: stored
-    return num, den, torch.where(upper, table, table.transpose(1, 2))
+    torch.where(upper, table, table.transpose(1, 2), out=values)
+    return num, den
 
 
-def _pair_values(spec, groups: _Groups, values, log_c, out: _Outputs, row_weight: Tensor | None):
-    """The pair terms of every group from ``values`` (G * K, K), into ``out``; with ``row_weight`` (N,) also
-    ``Sigma(r)`` and the pairs' own terms ``P(j, k) = row weight x d loss / d g`` (G * K, K)."""
+def _pair_values(spec, groups: _Groups, values, log_c, out: _Outputs, row_weight: Tensor | None, scratch):
+    """The pair terms of every group from ``values`` (G * K, K, overwritten), into ``out``; with ``row_weight``
+    (N,) also ``Sigma(r)`` and the pairs' own terms ``P(j, k) = row weight x d loss / d g`` (G * K, K)."""
     members = groups.members.reshape(-1)  # the anchor of each table row (padding: a repeated member)
     weight = groups.real if row_weight is not None else None
     terms = pair_terms(
         values, groups.real, log_c[members], spec.log_M[members], shift=spec.shift, tau_plus=spec.tau_plus,
-        inv_t=spec.inv_t, linear=spec.pair == "linear", weight=weight, x_min=spec.pair_floor(),
+        inv_t=spec.inv_t, linear=spec.pair == "linear", weight=weight, x_min=spec.pair_floor(), scratch=scratch,
     )  # fmt: skip
     out.anchor_sum.copy_(terms.loss.sum(1)[groups.slot])
     if row_weight is None:
@@ -162,11 +164,12 @@ def _pair_values(spec, groups: _Groups, values, log_c, out: _Outputs, row_weight
     return terms.sigma[groups.slot] * row_weight, terms.d_g(row_weight[members])
 
 
-def _symmetric_gradient(Z, spec, groups: _Groups, packed, P, coef_a: Tensor, coef_b: Tensor, dZ: Tensor) -> None:
-    """``dZ = G Z / t`` from the stored triangle of ``e`` (overwritten by ``G``) and the pair terms ``P``."""
+def _symmetric_gradient(Z, spec, groups: _Groups, packed, P, both, coef_a, coef_b, dZ: Tensor) -> None:
+    """``dZ = G Z / t`` from the stored triangle of ``e`` (overwritten by ``G``) and the pair terms ``P``
+    (``both``: a buffer of its shape)."""
     N, dtype, device = spec.rows, Z.dtype, Z.device
     K = P.shape[1]
-    both = (P.view(-1, K, K) + P.view(-1, K, K).transpose(1, 2)).view(-1, K)  # P(j, k) + P(k, j)
+    torch.add(P.view(-1, K, K), P.view(-1, K, K).transpose(1, 2), out=both.view(-1, K, K))  # P(j, k) + P(k, j)
     for a, b, offset in _blocks(N):
         c = b - a
         full = _block_matrix(packed, N, a, b, offset)
@@ -188,18 +191,19 @@ def symmetric_loss(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, out
     w.r.t. the rows ``Z`` (N, d) into ``out.dZ``. ``columns``: ``[Z, 1]`` (N, d + 1)."""
     N, dtype, device = spec.rows, Z.dtype, Z.device
     G, K = layout.class_columns.shape if spec.positives == "labels" else (spec.batch, spec.views)
-    groups = _groups(spec, layout, dtype, _WORKSPACE.get(4, N, K, torch.long, device))
+    table, values, first, real = (_WORKSPACE.get(slot, G * K, K, dtype, device) for slot in range(3, 7))
+    groups = _groups(spec, layout, real.view(G, K, K), _WORKSPACE.get(7, N, K, torch.long, device))
     packed = _WORKSPACE.get(2, 1, _packed_size(N), dtype, device).view(-1)
-    table = _WORKSPACE.get(3, G * K, K, dtype, device).view(G, K, K).zero_()  # padding rows stay finite
-    num, den, values = _upper_similarities(columns, spec, layout, groups, packed, table)
+    table = table.view(G, K, K).zero_()  # padding rows stay finite
+    num, den = _upper_similarities(columns, spec, layout, groups, packed, table, values.view(G, K, K))
     valid = spec.valid
     log_c = torch.where(valid, torch.log(num), 0.0) - torch.where(valid, torch.log(den), 0.0)
     log_c = log_c + torch.where(valid, spec.shift, 0.0)  # log E(r)
     out.log_tilted_mean.copy_(log_c)
-    sigma, P = _pair_values(spec, groups, values.view(G * K, K), log_c, out, row_weight)
+    sigma, P = _pair_values(spec, groups, values, log_c, out, row_weight, (first, table.view(G * K, K)))
     if row_weight is None:
         return
     beta_g = spec.beta_grad if spec.beta != 0.0 else 0.0
     coef_a = torch.where(valid, (1.0 + beta_g) * sigma / num, 0.0)  # (1 + beta') Sigma / num
     coef_b = torch.where(valid, -beta_g * sigma / den, 0.0)  # -beta' Sigma / den
-    _symmetric_gradient(Z, spec, groups, packed, P, coef_a, coef_b, out.dZ)
+    _symmetric_gradient(Z, spec, groups, packed, P, table.view(G * K, K), coef_a, coef_b, out.dZ)
