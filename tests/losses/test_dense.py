@@ -156,4 +156,36 @@ def test_dense_is_public_and_the_methods_point_to_it():
     assert hscl.losses.dense_contrastive_loss is dense_contrastive_loss
     for cls in (hscl.losses.UCL, hscl.losses.HUCL, hscl.losses.SCL, hscl.losses.HSCL, hscl.losses.SCHaNe):
         assert "dense_contrastive_loss" in cls.__doc__, cls.__name__
+    assert "dense_contrastive_loss" in hscl.losses.SupCon.__doc__
+    assert "dense_contrastive_loss" in hscl.losses.supcon_loss.__doc__
     assert "dense_contrastive_loss" in contrastive_loss.__doc__
+
+
+@pytest.mark.parametrize("kernel", ["symmetric-blocks", "block"])
+@pytest.mark.parametrize("negatives", ["unsupervised", "supervised"])
+@pytest.mark.parametrize("positives", ["views", "labels"])
+def test_each_fused_kernel_equals_dense(positives, negatives, kernel, monkeypatch):
+    """The two fused kernels on the options both serve (no memory, integer labels, beta 0 or 1, no threshold, the
+    scalar reductions): the symmetric one in blocks of two rows (it takes these calls whole by default, in one
+    block at this size), and the block one."""
+    from hscl.losses import kernel as kernel_module
+    from hscl.losses import symmetric
+
+    if kernel == "block":
+        monkeypatch.setattr(symmetric, "_SYMMETRIC_ELEMENTS", 0)
+    else:
+        monkeypatch.setattr(symmetric, "_SYMMETRIC_BLOCK_ELEMENTS", 2 * B * V)  # blocks of 2 of the 14 rows
+    calls = []
+    monkeypatch.setattr(kernel_module, "symmetric_loss", lambda *a: calls.append(1) or symmetric.symmetric_loss(*a))
+    taus = [0.0, 0.2] if negatives == "unsupervised" else [0.0]
+    grid = itertools.product(["none", "exp0", "exp1"], MS, ["mean", "sum", "anchor_mean"], taus, [False, True])
+    for hardening, M, reduction, tau_plus, detach in grid:
+        z, labels, _ = _problem("ids", False, seed=3)
+        kw = dict(positives=positives, negatives=negatives, hardening=HARDENINGS[hardening](), temperature=TEMPERATURE)
+        kw.update(M=M, tau_plus=tau_plus, reduction=reduction, detach_weights=detach)
+        loss, grad = _value_and_grad(contrastive_loss, z, labels, **kw)
+        want, want_grad = _value_and_grad(dense_contrastive_loss, z, labels, **kw)
+        case = f"hardening={hardening} M={M} reduction={reduction} tau_plus={tau_plus} detach={detach}"
+        _assert_close(loss, want, f"value, {case}")
+        _assert_close(grad, want_grad, f"gradient, {case}")
+    assert len(calls) == (0 if kernel == "block" else 3 * len(MS) * 3 * len(taus) * 2)

@@ -13,7 +13,7 @@ pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("with_labels", [True, False])
-def test_supcon_matches_loop(seed, with_labels):
+def test_supcon_matches_loop(seed, with_labels, label_layout):
     generator = torch.Generator().manual_seed(seed)
     z = torch.randn(12, 2, 6, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 3, (12,), generator=generator) if with_labels else None

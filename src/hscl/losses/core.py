@@ -158,7 +158,7 @@ def _make_spec(
     B, V, _ = z.shape
     rows, device, dtype = V * B, z.device, _compute_dtype(z)
     uses_labels = labels is not None and (positives == "labels" or negatives.uses_labels)
-    relation = _relation(B, V, labels, memory, uses_labels, dtype, device)
+    relation = _relation(B, V, labels, memory, dtype, device, uses_labels=uses_labels)
     groups = share_count = None
     if uses_labels and relation.dense:
         share_count = relation.share_counts(chunk)
@@ -261,7 +261,7 @@ def _warn_no_pairs(function: str, positives: str, negatives: str, z: Tensor, lab
     )
 
 
-def _choose_beta(Z: Tensor, Zm: Tensor | None, spec: _Spec, hardening: AutoExponential, normalize: bool) -> None:
+def _choose_beta(Z: Tensor, Zm: Tensor | None, spec: _Spec, hardening: AutoExponential, *, normalize: bool) -> None:
     """Set ``hardening.beta`` for this batch on the detached similarities (see :class:`AutoExponential`):
     every anchor, or 8 evenly spaced groups of anchors holding ``hardening.max_entries`` similarities, each
     against the anchor's own ``N(r)`` (memory columns included), as the loss sees them."""
@@ -288,7 +288,7 @@ def _pair_losses(
     generic path. ``flags``: ``reduction``, ``normalize``, ``detach_weights``, ``chunked``."""
     row_weight = _row_weight(flags["reduction"], num_pos, spec.valid, spec.num_pairs, Z.dtype)
     if isinstance(hardening, AutoExponential):
-        _choose_beta(Z, Zm, spec, hardening, flags["normalize"])
+        _choose_beta(Z, Zm, spec, hardening, normalize=flags["normalize"])
     per_pair, detach = flags["reduction"] == "none", flags["detach_weights"]
     if fused:
         kw = dict(hardening=hardening, detach_weights=detach, per_pair=per_pair, normalize=flags["normalize"])
@@ -296,7 +296,7 @@ def _pair_losses(
     return generic_loss(Z, Zm, row_weight, spec, hardening, detach=detach, per_pair=per_pair, chunked=flags["chunked"])
 
 
-def _loss_stats(out: _Outputs, spec: _Spec, num_pos: Tensor, per_pair: bool) -> LossStats:
+def _loss_stats(out: _Outputs, spec: _Spec, num_pos: Tensor, *, per_pair: bool) -> LossStats:
     """The statistics of a call from its outputs; the pair index of ``reduction="none"`` (the fused kernel sorted
     its pairs by key ``r * cols + p``; the generic path lists them here)."""
     valid = spec.valid
@@ -438,7 +438,7 @@ def contrastive_loss(
                                      chunked=chunk_size is not None)  # fmt: skip
     if not return_stats:
         return loss
-    return loss, _loss_stats(out, spec, num_pos, reduction == "none")
+    return loss, _loss_stats(out, spec, num_pos, per_pair=reduction == "none")
 
 
 _compiled.register("contrastive", contrastive_loss)

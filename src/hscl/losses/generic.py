@@ -44,10 +44,11 @@ def _generic_block(
     stop: int,
     spec: _Spec,
     eta: Callable,
-    detach: bool,
-    per_pair: bool,
     row_weight: Tensor,
     out: _Outputs,
+    *,
+    detach: bool,
+    per_pair: bool,
 ) -> Tensor:
     """One block of anchors for a user callable ``eta``: ``E(r)`` in max-shifted ratio form."""
     columns = Z if memory is None else torch.cat([Z, memory])  # the memory rows carry no gradient
@@ -106,12 +107,12 @@ def generic_loss(
     parts = []
     for start in range(0, N, spec.chunk):
         stop = min(N, start + spec.chunk)
-        args = (Z, memory, start, stop, spec, eta, detach, per_pair, row_weight, out)
+        args, flags = (Z, memory, start, stop, spec, eta, row_weight, out), dict(detach=detach, per_pair=per_pair)
         if chunked and torch.is_grad_enabled() and Z.requires_grad:
             # the backward recomputes this block instead of keeping its (c, N) matrices alive
-            parts.append(torch.utils.checkpoint.checkpoint(_generic_block, *args, use_reentrant=False))
+            parts.append(torch.utils.checkpoint.checkpoint(_generic_block, *args, use_reentrant=False, **flags))
         else:
-            parts.append(_generic_block(*args))
+            parts.append(_generic_block(*args, **flags))
     return (torch.cat(parts) if per_pair else torch.stack(parts).sum()), out
 
 

@@ -52,7 +52,7 @@ def _cpu_block(rows: int) -> int:
     return max(32, _CPU_BLOCK_ELEMENTS // max(rows, 1))
 
 
-def _constant_shift(spec: _Spec, normalized: bool, dtype: torch.dtype) -> float | None:
+def _constant_shift(spec: _Spec, dtype: torch.dtype, *, normalized: bool) -> float | None:
     """``1 / temperature`` (the largest ``g`` of unit rows) when ``exp((1 + beta)(g - shift))`` cannot
     underflow to 0 on the sphere; ``None``: shift each row by its max instead."""
     spread = (1.0 + spec.beta) * 2.0 * spec.inv_t
@@ -292,7 +292,7 @@ def _block(Z, columns, spec: _Spec, layout: _Layout, start: int, stop: int, out:
 _NORM_EPS = 1e-12
 
 
-def _normalized(Z: Tensor, normalize: bool) -> tuple[Tensor, Tensor | None]:
+def _normalized(Z: Tensor, *, normalize: bool) -> tuple[Tensor, Tensor | None]:
     """``Z / max(||Z_r||, eps)`` (as :func:`torch.nn.functional.normalize`) and the row norms."""
     if not normalize:
         return Z, None
@@ -309,11 +309,11 @@ def _through_normalize(dZ: Tensor, Zn: Tensor, norms: Tensor | None) -> Tensor:
     return dZ.sub_(Zn * radial).div_(norms.clamp_min(_NORM_EPS))
 
 
-def _with_memory(Zn: Tensor, memory: Tensor | None, normalize: bool) -> Tensor:
+def _with_memory(Zn: Tensor, memory: Tensor | None, *, normalize: bool) -> Tensor:
     """The columns: the batch rows ``Zn`` (N, d), then the memory rows (K, d) without gradient."""
     if memory is None:
         return Zn
-    return torch.cat([Zn, _normalized(memory.detach().to(Zn.dtype), normalize)[0]])
+    return torch.cat([Zn, _normalized(memory.detach().to(Zn.dtype), normalize=normalize)[0]])
 
 
 def _blocks(Zc: Tensor, spec: _Spec, layout: _Layout, out: _Outputs, weights: _Weights | None) -> None:
@@ -342,8 +342,8 @@ class _FusedContrastive(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, Z, memory, row_weight, spec, layout, per_pair, need_grad, normalize, whole, outputs):
-        Zn, norms = _normalized(Z, normalize)
-        Zc = _with_memory(Zn, memory, normalize)
+        Zn, norms = _normalized(Z, normalize=normalize)
+        Zc = _with_memory(Zn, memory, normalize=normalize)
         grad = need_grad and not per_pair
         out = _Outputs.empty(spec.num_neg, Zn, per_pair=per_pair, grad=grad)
         if whole:
@@ -370,8 +370,8 @@ class _FusedContrastive(torch.autograd.Function):
             return dZ * grad_out, *nones
         spec, layout = ctx.spec, ctx.layout
         Z, memory, order = ctx.saved_tensors
-        Zn, norms = _normalized(Z, ctx.normalize)
-        Zc = _with_memory(Zn, memory, ctx.normalize)
+        Zn, norms = _normalized(Z, normalize=ctx.normalize)
+        Zc = _with_memory(Zn, memory, normalize=ctx.normalize)
         padded = torch.zeros(ctx.padded, dtype=Z.dtype, device=Z.device)
         padded[order] = grad_out
         width = _positive_width(spec, layout)
@@ -401,7 +401,7 @@ def fused_loss(
         spec.beta = float(hardening.beta)
         spec.beta_grad = 0.0 if detach_weights else spec.beta
         spec.log_threshold = float(hardening.log_threshold)
-    spec.shift = _constant_shift(spec, normalize, Z.dtype)
+    spec.shift = _constant_shift(spec, Z.dtype, normalized=normalize)
     whole = symmetric_applies(spec, layout, Z, per_pair=per_pair, memory=memory is not None)
     if Z.device.type == "cpu" and not whole:  # blocks whose (c, N) matrices stay in cache; the same values
         spec.chunk = min(spec.chunk, _cpu_block(spec.cols))

@@ -96,7 +96,7 @@ class _Relation:
 
 
 def _relation(
-    B: int, V: int, labels: Tensor | None, memory: tuple | None, uses_labels: bool, dtype: torch.dtype, device
+    B: int, V: int, labels: Tensor | None, memory: tuple | None, dtype: torch.dtype, device, *, uses_labels: bool
 ) -> _Relation:
     """Instances and classes of the batch rows (view-major) followed by the memory rows."""
     rows = V * B

@@ -46,6 +46,10 @@ def supcon_loss(
     ``chunk_size`` processes the anchors in blocks of that many rows (memory ``O(chunk_size x rows)``,
     the same value and gradient).
 
+    The family's definition on one screen is :func:`~hscl.losses.dense_contrastive_loss`; SupCon is its
+    computation with those two changes (``N(r)`` = every other row, the linear pair term), ``M = rows - 1``
+    and no hardening.
+
     Shape:
         z: ``(B, V, d)``; labels: ``(B,)`` or None; output: scalar.
     """
@@ -95,6 +99,9 @@ class SupCon(nn.Module):
     :func:`supcon_loss`::
 
         loss(r) = -(temperature / base_temperature) * mean_{p in P(r)} log(exp(g(r,p)) / sum_{s != r} exp(g(r,s)))
+
+    The family's definition on one screen is :func:`~hscl.losses.dense_contrastive_loss`; SupCon differs in
+    two places (:func:`supcon_loss`): every other row is in the denominator, and the pair term is linear.
 
     Shape:
         z: ``(B, V, d)`` with labels ``(B,)`` (positives: other rows of the label) or None (positives:
