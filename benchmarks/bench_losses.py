@@ -24,9 +24,9 @@ come from separate processes.
 
 with ``emb = torch.cat(z.unbind(1))`` of shape ``(2B, d)`` (view-major, like hscl's own rows).
 
-Each configuration runs in a fresh subprocess (``--worker``) so that allocations of one method do
-not influence another. The worker builds ``z`` and the labels, runs the loss once on a tiny batch
-(to initialise the thread pool and autograd without touching the measured sizes), records the
+Each configuration runs in a fresh subprocess (``--worker``, ``benchmarks/bench_losses_worker.py``) so that
+allocations of one method do not influence another. The worker builds ``z`` and the labels, runs the loss once
+on a tiny batch (to initialise the thread pool and autograd without touching the measured sizes), records the
 baseline RSS, then runs two full-size forward + backward calls while a background thread samples
 RSS every millisecond. The reported peak memory is ``max(sampled peak RSS, ru_maxrss) - baseline``,
 i.e. the resident memory *added* by the loss. With the sampler stopped, it then times at least
@@ -53,24 +53,17 @@ block of PASS/FAIL targets.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
-import threading
-import time
 
 import psutil
 import torch
 
-DIM = 128
-CHUNK = 1024
-MIN_TIMING_S = 1.0  # keep timing a configuration for at least this long ...
-MAX_REPEATS = 50  # ... up to this many calls
+from bench_losses_worker import CHUNK, DIM, MIN_TIMING_S, run_worker
+
 DEFAULT_ROWS = (512, 1024, 2048, 4096, 8192)
 DEFAULT_CLASSES = (10, 100)
 QUICK_ROWS = (512, 1024, 2048)
@@ -80,9 +73,6 @@ LARGE_CLASSES = 10
 METHODS = ("floor", "h-scl", "scl", "supcon", "pml-supcon", "pml-ntxent", "h-scl-chunked")
 TARGET_METHODS = ("floor", "h-scl", "supcon", "pml-supcon")
 TARGET_ROWS = (4096, 8192)
-#: the ratios of the targets are timed in one process, alternating the two calls, so that a change
-#: of load on a shared machine hits both sides alike
-PARTNER = {"h-scl": "floor", "supcon": "pml-supcon"}
 FLOOR_RATIO = 1.5  # target: h-scl forward + backward within 1.5x of the floor at 8192 rows, C = 10 (any thread count)
 SUPCON_RATIO = 0.3  # target: supcon forward + backward at most 0.3x PML's SupConLoss at 4096 rows
 DISPLAY = {m: m.replace("-chunked", " chunked") for m in METHODS}
@@ -110,156 +100,6 @@ GIB = 2**30
 
 
 # --------------------------------------------------------------------------------------------
-# worker: one configuration, in its own process
-
-
-def _make_loss(method: str):
-    """A callable ``fn(z, labels) -> scalar loss`` for ``method``."""
-    if method.startswith("pml-"):
-        from pytorch_metric_learning import losses as pml_losses
-
-        if method == "pml-supcon":
-            pml = pml_losses.SupConLoss(temperature=0.1)
-
-            def fn(z, labels):
-                return pml(torch.cat(z.unbind(1)), labels.repeat(2))
-
-        else:
-            pml = pml_losses.NTXentLoss(temperature=0.5)
-
-            def fn(z, labels):
-                ids = torch.arange(z.shape[0], device=z.device).repeat(2)
-                return pml(torch.cat(z.unbind(1)), ids)
-
-        return fn
-
-    if method == "floor":
-        buffers: dict = {}
-
-        def fn(z, labels):
-            Z = torch.nn.functional.normalize(torch.cat(z.detach().unbind(1)), dim=1)  # (rows, d)
-            S = buffers.get(Z.shape[0])
-            if S is None:
-                S = buffers[Z.shape[0]] = torch.empty(Z.shape[0], Z.shape[0])
-            torch.mm(Z, Z.T, out=S).exp_()
-            return S @ Z
-
-        return fn
-
-    from hscl.losses import get_loss
-
-    if method == "h-scl":
-        return get_loss("h-scl", beta=1.0)
-    if method == "h-scl-chunked":
-        return get_loss("h-scl", beta=1.0, chunk_size=CHUNK)
-    return get_loss(method)
-
-
-class _RssSampler(threading.Thread):
-    """Samples the process RSS every ``interval`` seconds and keeps the maximum."""
-
-    def __init__(self, interval: float) -> None:
-        super().__init__(daemon=True)
-        self.interval = interval
-        self.process = psutil.Process()
-        self.peak = self.process.memory_info().rss
-        self.samples = 0
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            rss = self.process.memory_info().rss
-            self.samples += 1
-            if rss > self.peak:
-                self.peak = rss
-            time.sleep(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-
-def _step(fn, z: torch.Tensor, labels: torch.Tensor) -> float:
-    """One forward + backward; returns its wall-clock seconds."""
-    z.grad = None
-    t0 = time.perf_counter()
-    loss = fn(z, labels)
-    if loss.requires_grad:
-        loss.backward()
-    elapsed = time.perf_counter() - t0
-    if not bool(torch.isfinite(loss.detach()).all()):
-        raise FloatingPointError("non-finite loss")
-    return elapsed
-
-
-def run_worker(method: str, rows: int, classes: int, repeats: int, seed: int, interval: float) -> dict:
-    batch = rows // 2
-    fn = _make_loss(method)
-    gen = torch.Generator().manual_seed(seed)
-
-    # warm-up of the library / thread pool / autograd on a tiny batch, before the baseline
-    tiny = torch.randn(8, 2, DIM, generator=gen).requires_grad_()
-    _step(fn, tiny, torch.randint(0, classes, (8,), generator=gen))
-    del tiny
-
-    z = torch.randn(batch, 2, DIM, generator=gen).requires_grad_()
-    labels = torch.randint(0, classes, (batch,), generator=gen)
-    gc.collect()
-    baseline = psutil.Process().memory_info().rss
-
-    # memory pass: the first full-size call (it allocates everything a call needs) and one more,
-    # with the RSS sampler running; the sampler is off during timing so it does not compete for cores
-    sampler = _RssSampler(interval)
-    sampler.start()
-    try:
-        warmup = _step(fn, z, labels)
-        _step(fn, z, labels)
-    finally:
-        sampler.stop()
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    # timing pass: at least `repeats` calls and at least MIN_TIMING_S seconds (this VM has CPU steal);
-    # with a partner (the other side of a target ratio), its calls alternate with these
-    partner = PARTNER.get(method)
-    partner_fn = _make_loss(partner) if partner else None
-    if partner_fn is not None:
-        _step(partner_fn, z, labels)
-    times: list[float] = []
-    partner_times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - started < MIN_TIMING_S and len(times) < MAX_REPEATS):
-        times.append(_step(fn, z, labels))
-        if partner_fn is not None:
-            partner_times.append(_step(partner_fn, z, labels))
-    peak = max(sampler.peak, maxrss)
-    paired = {}
-    if partner_times:
-        paired = {
-            "partner": partner,
-            "partner_median_ms": statistics.median(partner_times) * 1e3,
-            "paired_ratio": statistics.median(times) / statistics.median(partner_times),
-        }
-    return {
-        **paired,
-        "method": method,
-        "rows": rows,
-        "classes": classes,
-        "dim": DIM,
-        "threads": torch.get_num_threads(),
-        "repeats": len(times),
-        "warmup_s": warmup,
-        "times_s": times,
-        "median_ms": statistics.median(times) * 1e3,
-        "min_ms": min(times) * 1e3,
-        "baseline_rss": baseline,
-        "sampled_peak_rss": sampler.peak,
-        "ru_maxrss": maxrss,
-        "rss_samples": sampler.samples,
-        "peak_bytes": max(peak - baseline, 0),
-    }
-
-
-# --------------------------------------------------------------------------------------------
 # driver
 
 
@@ -271,7 +111,9 @@ def estimated_bytes(method: str, rows: int) -> float:
     return estimate
 
 
-def run_config(method: str, rows: int, classes: int, args) -> dict:
+def run_config(method: str, rows: int, classes: int, args, src: str | None = None) -> dict:
+    """One configuration in a fresh worker process; ``src``: the source folder its ``hscl`` is imported from
+    (default: whatever the interpreter imports)."""
     base = {"method": method, "rows": rows, "classes": classes}
     estimate = estimated_bytes(method, rows)
     available = psutil.virtual_memory().available
@@ -296,8 +138,11 @@ def run_config(method: str, rows: int, classes: int, args) -> dict:
     ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    env = None
+    if src is not None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
         return {**base, "error": f"timeout after {args.timeout} s"}
     if proc.returncode != 0:
@@ -363,7 +208,7 @@ def _parse_classes(text: str) -> tuple[int, ...]:
     return values
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=_parse_rows, default=None, help="comma-separated 2B values (even)")
     parser.add_argument("--classes", type=_parse_classes, default=None, help="comma-separated numbers of classes")
@@ -386,57 +231,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per configuration")
     parser.add_argument("--sample-interval-ms", type=float, default=1.0, help="RSS sampling period")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "ROWS", "CLASSES"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
+    return parser
 
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.worker:
-        method, rows, classes = args.worker[0], int(args.worker[1]), int(args.worker[2])
-        if method not in METHODS:
-            parser.error(f"unknown method {method!r}")
-        result = run_worker(method, rows, classes, args.repeats, args.seed, args.sample_interval_ms / 1e3)
-        print(json.dumps(result), flush=True)
-        return 0
 
-    rows_list = args.rows or (TARGET_ROWS if args.targets else QUICK_ROWS if args.quick else DEFAULT_ROWS)
-    classes_list = args.classes or (QUICK_CLASSES if args.quick or args.targets else DEFAULT_CLASSES)
-    large = not (args.quick or args.no_large or args.targets)
-    methods = tuple(args.methods.split(",")) if args.methods else TARGET_METHODS if args.targets else METHODS
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-
+def machine_line(args) -> str:
+    """The torch version, threads, CPU model, timing rule and load average, for the head of an output."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
-        f"torch {torch.__version__} | threads {torch.get_num_threads()} | CPU: {_cpu_model()} "
+    return (
+        f"torch {torch.__version__} | threads {args.threads or torch.get_num_threads()} | CPU: {_cpu_model()} "
         f"({os.cpu_count()} logical) | python {platform.python_version()} | d={DIM}, float32, 2 views | "
         f"timing: >= {args.repeats} calls and >= {MIN_TIMING_S:.0f} s per configuration, after warm-up | "
-        f"load average at start {load:.2f}",
-        flush=True,
-    )
-    print(
-        "\nTime: median wall clock of forward+backward (ms). Memory: peak RSS added by the loss in a fresh "
-        "process, MB = 1e6 bytes. hscl keeps reusable per-thread buffers between calls "
-        "(hscl.losses.release_workspace() frees them), so the peak is what matters. "
-        "h-scl / floor and supcon / pml-supcon: both sides timed alternately in one process.",
-        flush=True,
+        f"load average at start {load:.2f}"
     )
 
-    results: list[dict] = []
-    table: dict[tuple[str, int, int], dict] = {}
-    for classes in classes_list:
-        for rows in rows_list:
-            for method in methods:
-                r = run_config(method, rows, classes, args)
-                results.append(r)
-                table[method, rows, classes] = r
-                status = r.get("error") or r.get("skipped") or f"{_ms(r)} ms, {_mb(r)} MB"
-                print(f"  [{DISPLAY[method]:>13} rows={rows:>5} C={classes:>3}] {status}", file=sys.stderr, flush=True)
 
+def _print_tables(table: dict, rows_list, classes_list) -> None:
     header = (
         "| rows (2B) | floor ms | h-scl ms | h-scl / floor | h-scl MB | scl ms | supcon ms | pml-supcon ms "
         "| supcon / pml-supcon | pml-supcon MB | pml-ntxent ms | h-scl chunked ms | h-scl chunked MB "
@@ -451,121 +260,136 @@ def main(argv: list[str] | None = None) -> int:
             ratio = _ratio(g["h-scl"], g["pml-supcon"])
             floor_ratio = _paired_ratio(g["h-scl"], g["floor"])
             supcon_ratio = _paired_ratio(g["supcon"], g["pml-supcon"])
-            cells = [
-                str(rows),
-                _ms(g["floor"]),
-                _ms(g["h-scl"]),
-                "-" if floor_ratio is None else f"{floor_ratio:.2f}x",
-                _mb(g["h-scl"]),
-                _ms(g["scl"]),
-                _ms(g["supcon"]),
-                _ms(g["pml-supcon"]),
-                "-" if supcon_ratio is None else f"{supcon_ratio:.2f}x",
-                _mb(g["pml-supcon"]),
-                _ms(g["pml-ntxent"]),
-                _ms(g["h-scl-chunked"]),
-                _mb(g["h-scl-chunked"]),
-                "-" if ratio is None else f"{ratio:.2f}x",
-            ]
+            cells = [str(rows), _ms(g["floor"]), _ms(g["h-scl"])]
+            cells += ["-" if floor_ratio is None else f"{floor_ratio:.2f}x", _mb(g["h-scl"]), _ms(g["scl"])]
+            cells += [_ms(g["supcon"]), _ms(g["pml-supcon"])]
+            cells += ["-" if supcon_ratio is None else f"{supcon_ratio:.2f}x", _mb(g["pml-supcon"])]
+            cells += [_ms(g["pml-ntxent"]), _ms(g["h-scl-chunked"]), _mb(g["h-scl-chunked"])]
+            cells += ["-" if ratio is None else f"{ratio:.2f}x"]
             print("| " + " | ".join(cells) + " |", flush=True)
 
-    notes = [r for r in results if "skipped" in r or "error" in r]
-    if notes:
-        print("\nskip / err:")
-        for r in notes:
-            reason = r.get("skipped") or r.get("error")
-            print(f"- {DISPLAY[r['method']]} rows={r['rows']} C={r['classes']}: {reason}")
 
+def _large_section(args, results: list) -> dict[int, dict]:
     large_results: dict[int, dict] = {}
-    if large:
-        for rows in LARGE_ROWS:
-            r = run_config("h-scl-chunked", rows, LARGE_CLASSES, args)
-            r["section"] = "large"
-            results.append(r)
-            large_results[rows] = r
-            status = r.get("error") or r.get("skipped") or f"{_ms(r)} ms, {_mb(r)} MB"
-            print(f"  [h-scl chunked rows={rows:>5} C={LARGE_CLASSES}] {status}", file=sys.stderr, flush=True)
-        print(f"\n### Large batch: h-scl chunked (chunk_size={CHUNK}), C = {LARGE_CLASSES}, forward + backward\n")
-        print("| rows (2B) | time ms | peak MB | peak GiB |")
-        print("|---:|---:|---:|---:|")
-        for rows, r in large_results.items():
-            gib = f"{r['peak_bytes'] / GIB:.2f}" if "peak_bytes" in r else _mb(r)
-            print(f"| {rows} | {_ms(r)} | {_mb(r)} | {gib} |")
-        print("\n(PML skipped here: it needs several O(rows^2) buffers.)")
+    for rows in LARGE_ROWS:
+        r = run_config("h-scl-chunked", rows, LARGE_CLASSES, args)
+        r["section"] = "large"
+        results.append(r)
+        large_results[rows] = r
+        status = r.get("error") or r.get("skipped") or f"{_ms(r)} ms, {_mb(r)} MB"
+        print(f"  [h-scl chunked rows={rows:>5} C={LARGE_CLASSES}] {status}", file=sys.stderr, flush=True)
+    print(f"\n### Large batch: h-scl chunked (chunk_size={CHUNK}), C = {LARGE_CLASSES}, forward + backward\n")
+    print("| rows (2B) | time ms | peak MB | peak GiB |")
+    print("|---:|---:|---:|---:|")
+    for rows, r in large_results.items():
+        gib = f"{r['peak_bytes'] / GIB:.2f}" if "peak_bytes" in r else _mb(r)
+        print(f"| {rows} | {_ms(r)} | {_mb(r)} | {gib} |")
+    print("\n(PML skipped here: it needs several O(rows^2) buffers.)")
+    return large_results
 
-    # targets
-    print("\n### Targets\n")
+
+def _targets(table: dict, large_results: dict, rows_list, classes_list) -> list[tuple[str, bool | None, str]]:
     checks: list[tuple[str, bool | None, str]] = []
-
-    ratios = []
-    for classes in classes_list:
-        for rows in rows_list:
-            if rows >= 2048:
-                ratio = _ratio(table.get(("h-scl", rows, classes)), table.get(("pml-supcon", rows, classes)))
-                ratios.append((rows, classes, ratio))
+    name = "(a) h-scl time <= 0.5 x pml-supcon at every 2B >= 2048"
+    ratios = [
+        (rows, classes, _ratio(table.get(("h-scl", rows, classes)), table.get(("pml-supcon", rows, classes))))
+        for classes in classes_list
+        for rows in rows_list
+        if rows >= 2048
+    ]
     measured = [x for x in ratios if x[2] is not None]
     if not measured:
-        checks.append(("(a) h-scl time <= 0.5 x pml-supcon at every 2B >= 2048", None, "not measured"))
+        checks.append((name, None, "not measured"))
     else:
-        ok = len(measured) == len(ratios) and all(x[2] <= 0.5 for x in measured)
         worst = max(measured, key=lambda x: x[2])
         detail = f"worst ratio {worst[2]:.2f} at rows={worst[0]}, C={worst[1]}"
         if len(measured) < len(ratios):
             detail += f"; {len(ratios) - len(measured)} configuration(s) missing"
-        checks.append(("(a) h-scl time <= 0.5 x pml-supcon at every 2B >= 2048", ok, detail))
-
+        checks.append((name, len(measured) == len(ratios) and all(x[2] <= 0.5 for x in measured), detail))
+    name = "(b) unchunked h-scl peak at 8192 rows < 1.5 GB"
     peaks = [(c, table.get(("h-scl", 8192, c))) for c in classes_list if 8192 in rows_list]
-    peaks = [(c, r) for c, r in peaks if r is not None]
-    if not peaks:
-        checks.append(("(b) unchunked h-scl peak at 8192 rows < 1.5 GB", None, "not measured"))
+    vals = [(c, r.get("peak_bytes")) for c, r in peaks if r is not None]
+    if not vals:
+        checks.append((name, None, "not measured"))
     else:
-        vals = [(c, r.get("peak_bytes")) for c, r in peaks]
-        ok = all(v is not None and v < 1.5e9 for _, v in vals)
         detail = ", ".join(f"C={c}: {'n/a' if v is None else f'{v / 1e9:.3f} GB'}" for c, v in vals)
-        checks.append(("(b) unchunked h-scl peak at 8192 rows < 1.5 GB", ok, detail))
-
+        checks.append((name, all(v is not None and v < 1.5e9 for _, v in vals), detail))
+    name = "(c) chunked h-scl peak at 32768 rows < 2 GiB (fwd+bwd)"
     r32 = large_results.get(32768)
     if r32 is None:
-        checks.append(("(c) chunked h-scl peak at 32768 rows < 2 GiB (fwd+bwd)", None, "not measured"))
+        checks.append((name, None, "not measured"))
     else:
         v = r32.get("peak_bytes")
         detail = "n/a: " + (r32.get("error") or r32.get("skipped", "")) if v is None else f"{v / GIB:.3f} GiB"
-        checks.append(("(c) chunked h-scl peak at 32768 rows < 2 GiB (fwd+bwd)", v is not None and v < 2 * GIB, detail))
-
-    def _ratio_target(name: str, num: str, den: str, rows: int, limit: float) -> None:
+        checks.append((name, v is not None and v < 2 * GIB, detail))
+    for name, num, den, rows, limit in (
+        (f"(d) h-scl forward+backward <= {FLOOR_RATIO:g} x floor at 8192 rows", "h-scl", "floor", 8192, FLOOR_RATIO),
+        (f"(e) supcon forward+backward <= {SUPCON_RATIO:g} x pml-supcon at 4096 rows", "supcon", "pml-supcon", 4096,
+         SUPCON_RATIO),
+    ):  # fmt: skip
         found = [(c, _paired_ratio(table.get((num, rows, c)), table.get((den, rows, c)))) for c in classes_list]
         found = [(c, x) for c, x in found if x is not None]
         if not found:
-            checks.append((name, None, "not measured (needs " + f"--rows {rows} with {num} and {den})"))
-            return
-        detail = ", ".join(f"C={c}: {x:.2f}x" for c, x in found)
-        checks.append((name, all(x <= limit for _, x in found), detail))
+            checks.append((name, None, f"not measured (needs --rows {rows} with {num} and {den})"))
+        else:
+            detail = ", ".join(f"C={c}: {x:.2f}x" for c, x in found)
+            checks.append((name, all(x <= limit for _, x in found), detail))
+    return checks
 
-    _ratio_target(
-        f"(d) h-scl forward+backward <= {FLOOR_RATIO:g} x floor at 8192 rows", "h-scl", "floor", 8192, FLOOR_RATIO
-    )
-    _ratio_target(
-        f"(e) supcon forward+backward <= {SUPCON_RATIO:g} x pml-supcon at 4096 rows",
-        "supcon",
-        "pml-supcon",
-        4096,
-        SUPCON_RATIO,
-    )
 
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.repeats < 1 or (args.threads is not None and args.threads < 1):
+        parser().error("--repeats and --threads must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        method, rows, classes = args.worker[0], int(args.worker[1]), int(args.worker[2])
+        if method not in METHODS:
+            parser().error(f"unknown method {method!r}")
+        result = run_worker(method, rows, classes, args.repeats, args.seed, args.sample_interval_ms / 1e3)
+        print(json.dumps(result), flush=True)
+        return 0
+
+    rows_list = args.rows or (TARGET_ROWS if args.targets else QUICK_ROWS if args.quick else DEFAULT_ROWS)
+    classes_list = args.classes or (QUICK_CLASSES if args.quick or args.targets else DEFAULT_CLASSES)
+    methods = tuple(args.methods.split(",")) if args.methods else TARGET_METHODS if args.targets else METHODS
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser().error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    print(machine_line(args), flush=True)
+    print(
+        "\nTime: median wall clock of forward+backward (ms). Memory: peak RSS added by the loss in a fresh "
+        "process, MB = 1e6 bytes. hscl keeps reusable per-thread buffers between calls "
+        "(hscl.losses.release_workspace() frees them), so the peak is what matters. "
+        "h-scl / floor and supcon / pml-supcon: both sides timed alternately in one process.",
+        flush=True,
+    )
+    results: list[dict] = []
+    table: dict[tuple[str, int, int], dict] = {}
+    for classes in classes_list:
+        for rows in rows_list:
+            for method in methods:
+                r = table[method, rows, classes] = run_config(method, rows, classes, args)
+                results.append(r)
+                status = r.get("error") or r.get("skipped") or f"{_ms(r)} ms, {_mb(r)} MB"
+                print(f"  [{DISPLAY[method]:>13} rows={rows:>5} C={classes:>3}] {status}", file=sys.stderr, flush=True)
+    _print_tables(table, rows_list, classes_list)
+    notes = [r for r in results if "skipped" in r or "error" in r]
+    if notes:
+        print("\nskip / err:")
+        for r in notes:
+            print(f"- {DISPLAY[r['method']]} rows={r['rows']} C={r['classes']}: {r.get('skipped') or r.get('error')}")
+    large = not (args.quick or args.no_large or args.targets)
+    large_results = _large_section(args, results) if large else {}
+    print("\n### Targets\n")
+    checks = _targets(table, large_results, rows_list, classes_list)
     for name, ok, detail in checks:
-        verdict = "SKIP" if ok is None else ("PASS" if ok else "FAIL")
-        print(f"- {verdict} {name}: {detail}")
-
+        print(f"- {'SKIP' if ok is None else ('PASS' if ok else 'FAIL')} {name}: {detail}")
     if args.json:
-        payload = {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpu": _cpu_model(),
-            "dim": DIM,
-            "repeats": args.repeats,
-            "results": results,
-            "targets": [{"name": n, "pass": ok, "detail": d} for n, ok, d in checks],
-        }
+        payload = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_model(), "dim": DIM}
+        payload |= {"repeats": args.repeats, "results": results}
+        payload["targets"] = [{"name": n, "pass": ok, "detail": d} for n, ok, d in checks]
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2)
         print(f"\n(results written to {args.json})")

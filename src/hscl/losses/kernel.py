@@ -209,7 +209,7 @@ def _tilted_mean(sim: _Similarities, spec: _Spec, layout: _Layout, start: int, o
 
 def _positive_terms(
     sim: _Similarities, log_c: Tensor, spec: _Spec, layout: _Layout, start: int, out: _Outputs, weights
-) -> tuple[list[tuple[Tensor, Tensor]], Tensor | None]:
+) -> tuple[list[tuple], Tensor | None]:
     """The pair values into ``out`` (anchor sums; with ``out.pairs`` each pair and its sort key); with
     ``weights`` (:class:`_Weights`) also ``[(positive columns (t, K), PairTerms, anchor weights or None)]`` per
     tile and ``Sigma(r)`` (c,), the weighted ``sum_p d loss(r, p) / d log E(r)``."""

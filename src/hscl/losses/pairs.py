@@ -114,8 +114,8 @@ def pair_terms(
         return PairTerms(loss, d_c.mul_(weight).sum(1), d_s=d_s.mul_(weight))
     x = torch.sub((log_M + log_c - shift)[:, None], s, out=s)  # log M + log E - g(r, p), in the buffer of s
     first, second = scratch if scratch is not None else (None, None)
-    if linear:
-        loss, d_c = x.mul_(real), weight  # d loss / d log E = -d loss / d g = 1
+    if linear:  # d loss / d log E = -d loss / d g = 1
+        loss, d_c = x.mul_(real), (weight if first is None or weight is None else first.copy_(weight))
     elif weight is not None and x_min >= _SIGMOID_NORMAL_FROM.get(x.dtype, math.inf):
         d_c = torch.sigmoid(x, out=first)
         loss = x.sub_(torch.log(d_c, out=second)).mul_(real)  # softplus(x) = x - log(sigmoid(x))
@@ -125,4 +125,4 @@ def pair_terms(
         d_c = None if weight is None else x.sigmoid_().mul_(weight)
     if weight is None:
         return PairTerms(loss)
-    return PairTerms(loss, d_c.sum(1), d_c=d_c, owned=not linear)
+    return PairTerms(loss, d_c.sum(1), d_c=d_c, owned=d_c is not weight)
