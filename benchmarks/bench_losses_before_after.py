@@ -22,8 +22,10 @@ from pathlib import Path
 
 from bench_losses import DISPLAY, METHODS, _mb, _parse_classes, _parse_rows, machine_line, parser, run_config
 
-AFTER = str(Path(__file__).resolve().parents[1] / "src")
+ROOT = Path(__file__).resolve().parents[1]
+AFTER = str(ROOT / "src")
 COMPARED = ("floor", "h-scl", "scl", "supcon", "h-scl-chunked")
+NAMES = ("before", "after")
 
 
 def _side(results: list[dict]) -> dict:
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(m not in METHODS for m in methods) or args.rounds < 1:
         p.error(f"--methods from {', '.join(METHODS)}; --rounds >= 1")
     print(machine_line(args), flush=True)
-    print(f"\nbefore: {os.path.abspath(args.before)}\nafter: {os.path.abspath(args.after)}", flush=True)
+    print(f"\nbefore: {_relative(args.before)}\nafter: {_relative(args.after)}", flush=True)
     print(f"classes C = {classes}; {args.rounds} rounds of (before, after) per configuration\n", flush=True)
     sides: dict[tuple[int, str], dict[str, dict]] = {}
     for rows in rows_list:
@@ -80,11 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         if s is not None:
             cells = [f"{s[n]['paired_ratio']:.2f}x" if "paired_ratio" in s[n] else "-" for n in ("before", "after")]
             print(f"| {rows} | {cells[0]} | {cells[1]} |")
-    imported = {n: sorted({p for s in sides.values() for p in s[n].get("hscl", [])}) for n in ("before", "after")}
+    imported = {n: sorted({_relative(p) for s in sides.values() for p in s[n].get("hscl", [])}) for n in NAMES}
     print(f"\nhscl imported by the workers: before {imported['before']}, after {imported['after']}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"load average at the end {load:.2f}")
     return 0
+
+
+def _relative(path: str) -> str:
+    """``path`` relative to the repository root (results hold no absolute path of a machine)."""
+    return os.path.relpath(os.path.abspath(path), ROOT)
 
 
 def _ms(side: dict) -> str:
