@@ -207,7 +207,7 @@ def _setup_context(ctx, inputs, output) -> None:
     )
 
 
-def _backward_rule(ctx, grad_loss, *unused):
+def _backward_rule(ctx, grad_loss, *_other_grads):
     nones = (None,) * 7
     if ctx.scalar:
         (dz,) = ctx.saved_tensors
