@@ -35,3 +35,8 @@ _.log_e_hscl
 _.num_anchors
 _.num_empty_hcol
 _.num_empty_hscl
+_.reset_memory  # ContrastiveLoss.reset_memory: empties the memory of negatives (public)
+_.num_negatives  # LossStats fields and properties (public statistics of a loss call)
+_.num_valid_anchors
+_.num_fallbacks
+_.reference  # Method.reference: the paper a registry entry cites
