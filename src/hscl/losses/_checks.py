@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from hscl.hardening import Hardening
+from hscl.validation import check_positive_real
 
 HardeningLike = Hardening | Callable[[Tensor], Tensor] | None
 MLike = float | int | str | None
@@ -238,27 +239,12 @@ def _memory_labels(labels_mem: object, K: int, z: Tensor, labels: Tensor | None,
     return labels_mem.long()
 
 
-def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def _check_positive_real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number > 0, got {type(value).__name__}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {name}={value}")
-    return value
-
-
 def _check_M(M: object) -> MLike:
     if M is None or M == "count":
         return M  # type: ignore[return-value]
     if isinstance(M, str):
         raise ValueError(f"M must be None (rows - 2), a number > 0, or 'count' (|N(r)|), got {M!r}")
-    return _check_positive_real("M", M)
+    return check_positive_real("M", M)
 
 
 def _check_tau_plus(tau_plus: object, negatives: str) -> float:

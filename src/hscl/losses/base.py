@@ -24,14 +24,13 @@ from hscl.hardening import AutoExponential, Exponential, Threshold
 from hscl.losses._checks import (
     HardeningLike,
     MLike,
-    _check_choice,
     _check_chunk_size,
     _check_hardening,
     _check_M,
-    _check_positive_real,
     _check_tau_plus,
 )
 from hscl.losses.core import NEGATIVES, POSITIVES, REDUCTIONS, LossStats, contrastive_loss
+from hscl.validation import check_choice, check_positive_real
 
 __all__ = ["ContrastiveLoss"]
 
@@ -112,15 +111,15 @@ class ContrastiveLoss(nn.Module):
         memory_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
-        self.positives = _check_choice("positives", positives, POSITIVES)
-        self.negatives = _check_choice("negatives", negatives, NEGATIVES)
+        self.positives = check_choice("positives", positives, POSITIVES)
+        self.negatives = check_choice("negatives", negatives, NEGATIVES)
         self.hardening = _check_hardening(hardening)
-        self.temperature = _check_positive_real("temperature", temperature)
+        self.temperature = check_positive_real("temperature", temperature)
         self.M = _check_M(M)
         self.tau_plus = _check_tau_plus(tau_plus, negatives)
         self.normalize = bool(normalize)
         self.detach_weights = bool(detach_weights)
-        self.reduction = _check_choice("reduction", reduction, REDUCTIONS)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.chunk_size = _check_chunk_size(chunk_size)
         self.memory_size = _check_count("memory_size", memory_size)
         self.memory_warmup_steps = _check_count("memory_warmup_steps", memory_warmup_steps)

@@ -39,13 +39,11 @@ from hscl.losses import _compiled
 from hscl.losses._checks import (
     HardeningLike,
     MLike,
-    _check_choice,
     _check_chunk_size,
     _check_hardening,
     _check_labels,
     _check_M,
     _check_memory,
-    _check_positive_real,
     _check_tau_plus,
     _check_z,
     _log_linear,
@@ -66,6 +64,7 @@ from hscl.losses.sets import (
     _set_sizes,
     _Spec,
 )
+from hscl.validation import check_choice, check_positive_real
 
 __all__ = ["NEGATIVES", "POSITIVES", "REDUCTIONS", "LossStats", "contrastive_loss"]
 
@@ -399,10 +398,10 @@ def contrastive_loss(
     """
     checks = _ValueChecks()  # the value checks, read with the call's one host synchronisation
     z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z), checks=checks)
-    positives = _check_choice("positives", positives, POSITIVES)
-    negatives = _check_choice("negatives", negatives, NEGATIVES)
-    reduction = _check_choice("reduction", reduction, REDUCTIONS)
-    temperature = _check_positive_real("temperature", temperature)
+    positives = check_choice("positives", positives, POSITIVES)
+    negatives = check_choice("negatives", negatives, NEGATIVES)
+    reduction = check_choice("reduction", reduction, REDUCTIONS)
+    temperature = check_positive_real("temperature", temperature)
     M = _check_M(M)
     tau_plus = _check_tau_plus(tau_plus, negatives)
     hardening = _check_hardening(hardening)

@@ -11,7 +11,6 @@ from hscl.losses import _compiled
 from hscl.losses._checks import (
     _check_chunk_size,
     _check_labels,
-    _check_positive_real,
     _check_z,
     _nonfinite_allowed,
     _ValueChecks,
@@ -20,6 +19,7 @@ from hscl.losses.base import _metric_learning_shape
 from hscl.losses.core import _autocast_off, _make_spec, _rows, _synchronise
 from hscl.losses.kernel import fused_loss
 from hscl.losses.sets import NEGATIVE_SETS
+from hscl.validation import check_positive_real
 
 __all__ = ["SupCon", "supcon_loss"]
 
@@ -55,8 +55,8 @@ def supcon_loss(
     """
     checks = _ValueChecks()  # read with the call's one host synchronisation
     z = _check_z(z, allow_nonfinite=_nonfinite_allowed(z), checks=checks)
-    temperature = _check_positive_real("temperature", temperature)
-    base_temperature = _check_positive_real("base_temperature", base_temperature)
+    temperature = check_positive_real("temperature", temperature)
+    base_temperature = check_positive_real("base_temperature", base_temperature)
     chunk_size = _check_chunk_size(chunk_size)
     B, V, _ = z.shape
     labels = _check_labels(labels, B, z.device, None, checks)
@@ -120,8 +120,8 @@ class SupCon(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.temperature = _check_positive_real("temperature", temperature)
-        self.base_temperature = _check_positive_real("base_temperature", base_temperature)
+        self.temperature = check_positive_real("temperature", temperature)
+        self.base_temperature = check_positive_real("base_temperature", base_temperature)
         self.normalize = bool(normalize)
         self.chunk_size = _check_chunk_size(chunk_size)
 
