@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_above_chance, assert_loss_fell
+from helpers import assert_above_chance, assert_loss_fell
 
 try:
     import tomllib
@@ -36,7 +36,7 @@ PRESETS = REPO / "src" / "hscl" / "experiments" / "configs"
 QUICK = [
     "train.epochs=3",  # 3 x 5 steps of 64 images, about as many as 1 epoch of 1000: a loss that falls by a factor
     "train.batch_size=64",
-    "loss.temperature=0.1",  # conftest.LEARNS
+    "loss.temperature=0.1",  # helpers.LEARNS
     "data.train_subset=330",
     "data.test_subset=500",
     "train.knn_train=500",

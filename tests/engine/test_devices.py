@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import LEARNS, assert_above_chance, assert_loss_fell, run_losses
+from helpers import LEARNS, assert_above_chance, assert_loss_fell, run_losses
 from hscl.data.augment import Augment, EvalTransform, augment_preset
 from hscl.data.images import load_dataset
 from hscl.engine.evaluation.probes import evaluate_task, extract_features, knn_accuracy, linear_probe

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_above_chance
+from helpers import assert_above_chance
 from hscl.cli import main
 from hscl.experiments import _extensions_outputs as outputs
 from hscl.experiments.extensions import (

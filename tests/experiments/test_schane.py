@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_above_chance, assert_loss_fell
+from helpers import assert_above_chance, assert_loss_fell
 from hscl.cli import main
 from hscl.experiments._schane_config import find_experiment, load_experiment
 from hscl.experiments._schane_outputs import ISOTROPY_FORMS

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_above_chance, assert_loss_fell
+from helpers import assert_above_chance, assert_loss_fell
 from hscl.cli import main
 from hscl.data.images import load_dataset
 from hscl.engine.finetune.config import FinetuneConfig

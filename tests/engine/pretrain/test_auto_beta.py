@@ -9,7 +9,7 @@ import csv
 import pytest
 import torch
 
-from conftest import TINY as TRAIN_TINY
+from helpers import TINY as TRAIN_TINY
 from hscl.engine.pretrain import monitor as monitor_module
 from hscl.engine.pretrain import task as task_module
 from hscl.engine.pretrain.auto_beta import SmoothedAutoExponential

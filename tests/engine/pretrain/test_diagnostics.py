@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from browser import headless_chrome
-from conftest import LEARNS, TINY, assert_loss_fell, run_losses
+from helpers import LEARNS, TINY, assert_loss_fell, run_losses
 from hscl.cli import main
 from hscl.engine.pretrain.monitor import DIAGNOSTIC_FIELDS, diagnostics_hardening, probe_set
 from hscl.engine.pretrain.run import load_task, train

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LEARNS, assert_above_chance, assert_loss_fell, run_losses
-from conftest import TINY as TRAIN_TINY
+from helpers import LEARNS, assert_above_chance, assert_loss_fell, run_losses
+from helpers import TINY as TRAIN_TINY
 from hscl.data.images import load_dataset
 from hscl.data.images.mosaic import mosaic_dataset
 from hscl.engine.evaluation.probes import evaluate_task, knn_mean_average_precision, knn_scores

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("torch_geometric")
 
-from conftest import assert_loss_fell
+from helpers import assert_loss_fell
 from hscl.data.graphs import GraphData, degree_features, graphs_from_lists
 from hscl.engine.pretrain.graph_train import GRAPH_METHODS, GraphObjective, embed_graphs, pretrain_graph_encoder
 from hscl.hardening import Exponential, Threshold

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LEARNS, TINY, assert_above_chance, assert_loss_fell, run_losses
+from helpers import LEARNS, TINY, assert_above_chance, assert_loss_fell, run_losses
 from hscl.cli import main
 from hscl.engine.pretrain.run import load_task, train
 from hscl.engine.runtime.config import load_config

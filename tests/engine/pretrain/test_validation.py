@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY
+from helpers import TINY
 from hscl.cli import main
 from hscl.data.images import VALIDATION_SEED, ImageData, holdout_indices, stratified_indices
 from hscl.engine.evaluation.multilabel import linear_probe_multilabel

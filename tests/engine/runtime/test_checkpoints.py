@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
+from helpers import TINY
 from hscl.cli import main
 from hscl.engine.runtime.checkpoints import CheckpointError, check_weights, load_checkpoint
 

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from conftest import LEARNS, assert_above_chance, assert_loss_fell, run_losses
+from helpers import LEARNS, assert_above_chance, assert_loss_fell, run_losses
 from hscl.engine.runtime.distributed import (
     all_gather_rows,
     gather_batch,

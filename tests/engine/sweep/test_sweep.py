@@ -22,7 +22,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from conftest import assert_above_chance, assert_loss_fell, run_losses
+from helpers import assert_above_chance, assert_loss_fell, run_losses
 from hscl.cli import main
 from hscl.engine.sweep.run import run_sweep
 from hscl.engine.sweep.spec import STUDY_NAME, Sweep, grid_points, parse_grid, point_overrides
@@ -368,7 +368,7 @@ def test_real_sweep_trains_and_evaluates_each_point(tmp_path):
         "model.hidden_dim=32",
         "model.projection_dim=8",
         "train.epochs=2",
-        "loss.temperature=0.1",  # conftest.LEARNS: a loss that falls by a factor in 2 tiny epochs
+        "loss.temperature=0.1",  # helpers.LEARNS: a loss that falls by a factor in 2 tiny epochs
         "train.batch_size=50",
         "train.knn_k=0",
         "train.precision=32",
