@@ -46,3 +46,31 @@ def test_threshold_schedule_keeps_negatives_by_cosine():
     for epoch in range(1, 6):
         kept = schedule.hardening(epoch)(cosines / temperature).bool()
         assert torch.equal(kept, cosines >= schedule.cosine(epoch))
+
+
+def test_one_hardening_check_for_losses_geometry_and_graphs():
+    """The losses, the geometry diagnostics and the graph objectives refuse a bad hardening with the same line,
+    and a log-linear hardening with an out-of-range beta is refused before the fused path reads it."""
+    from hscl.geometry import diagnose
+    from hscl.hardening import Hardening, check_hardening, is_log_linear
+    from hscl.losses import HSCL
+    from hscl.losses.local_global import negative_weights
+
+    z, labels = torch.randn(6, 2, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    calls = {
+        "loss": lambda h: HSCL(hardening=h),
+        "geometry": lambda h: diagnose(z, labels, h),
+        "graph": lambda h: negative_weights(torch.randn(3, 2), torch.ones(3, 2, dtype=torch.bool), hardening=h),
+    }
+    for where, call in calls.items():
+        with pytest.raises(TypeError, match=r"^hardening must be None, hscl\.hardening\.Exponential") as caught:
+            call(3)
+        assert "got int" in str(caught.value), where
+
+    class Broken(Hardening):
+        beta = -1.0  # declares log-linearity with a beta the fused path cannot use
+
+    assert is_log_linear(Broken()) and not is_log_linear(lambda g: g) and not is_log_linear(None)
+    with pytest.raises(ValueError, match=r"beta must be a finite real >= 0, got beta=-1\.0"):
+        check_hardening(Broken())
+    assert check_hardening(None) is None

@@ -12,6 +12,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,7 +27,9 @@ __all__ = [
     "LinearThreshold",
     "Threshold",
     "ess_beta",
+    "check_hardening",
     "ess_ratio",
+    "is_log_linear",
     "linear_threshold",
 ]
 
@@ -335,3 +338,30 @@ def linear_threshold(start: float, end: float, epochs: int, temperature: float) 
     Example: ``linear_threshold(-0.5, -0.1, 200, 0.5)(1) == exp(-0.5 / 0.5)``.
     """
     return LinearThreshold(start, end, epochs, temperature)
+
+
+def is_log_linear(hardening: object) -> bool:
+    """Whether ``hardening`` declares ``eta(g) = exp(beta * g) * 1[g >= log_threshold]`` (a :class:`Hardening`
+    whose ``log_linear`` is true): the condition of the losses' fused path and of the graph losses' closed form."""
+    return isinstance(hardening, Hardening) and bool(hardening.log_linear)
+
+
+def check_hardening(hardening: object):
+    """``hardening`` unchanged if it is ``None``, a :class:`Hardening` or a callable ``eta(g)``; a one-line error
+    otherwise, or when a log-linear hardening's ``beta`` (a finite real >= 0) or ``log_threshold`` (a real
+    < inf) is out of range: the fused path reads those two numbers and nothing else."""
+    if is_log_linear(hardening):
+        beta, log_threshold = hardening.beta, hardening.log_threshold  # type: ignore[union-attr]
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < math.inf:
+            raise ValueError(f"a log-linear hardening's beta must be a finite real >= 0, got beta={beta!r}")
+        real = isinstance(log_threshold, numbers.Real) and not isinstance(log_threshold, bool)
+        if not real or not log_threshold < math.inf:
+            raise ValueError(
+                f"a log-linear hardening's log_threshold must be a real < inf, got log_threshold={log_threshold!r}"
+            )
+    if hardening is None or isinstance(hardening, Hardening) or callable(hardening):
+        return hardening
+    raise TypeError(
+        "hardening must be None, hscl.hardening.Exponential(beta), hscl.hardening.Threshold(tau) or a "
+        f"callable eta(g) -> non-negative weights of the same shape, got {type(hardening).__name__}"
+    )

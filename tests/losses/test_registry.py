@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import subprocess
 import sys
@@ -130,6 +131,29 @@ def test_entries_hold_only_facts_about_the_loss_given_by_keyword():
         Method("ucl", "UCL", METHODS["ucl"].loss, "views", "unsupervised", False, "Chen et al.")
     as_keywords = Method(**{name: getattr(METHODS["scl"], name) for name in facts})
     assert as_keywords == METHODS["scl"]
+
+
+def test_moved_fields_name_their_new_home():
+    """The presentation fields an earlier release kept on Method fail in one line that says where they live now,
+    and each named home holds what the field said."""
+    import copy
+    import pickle
+
+    from hscl.engine.finetune.config import DEFINED_WITH_CE
+    from hscl.engine.pretrain.datamodule import SAME_LABEL_PAIRS
+    from hscl.engine.pretrain.graph_train import GRAPH_METHODS
+    from hscl.experiments.methods import TABLE1
+
+    homes = {"table1": TABLE1, "pairs": SAME_LABEL_PAIRS, "graph": GRAPH_METHODS, "with_ce": DEFINED_WITH_CE}
+    for field, home in homes.items():
+        with pytest.raises(AttributeError, match=rf"Method\.{field} .*read hscl\.") as caught:
+            getattr(METHODS["h-scl"], field)
+        assert "h-scl" in home or field == "with_ce", (field, home)
+        module, _, name = str(caught.value).split("read ")[1].split(" ")[0].rpartition(".")
+        assert getattr(importlib.import_module(module), name) is home
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        _ = METHODS["ucl"].nonsense
+    assert copy.deepcopy(METHODS["ucl"]) == METHODS["ucl"] == pickle.loads(pickle.dumps(METHODS["ucl"]))
 
 
 @pytest.mark.parametrize("name", list(METHODS))

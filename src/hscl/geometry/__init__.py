@@ -43,7 +43,7 @@ import math
 import torch
 from torch import Tensor
 
-from hscl.geometry._batch import _check_batch, _check_hardening, _rows, _weights
+from hscl.geometry._batch import _check_batch, _rows, _weights
 from hscl.geometry.collapse import (
     NeuralCollapse,
     Spectrum,
@@ -64,7 +64,7 @@ from hscl.geometry.lemma1 import (
     assumption1,
     loss_quartet,
 )
-from hscl.hardening import Exponential, Hardening
+from hscl.hardening import Exponential, Hardening, check_hardening
 from hscl.validation import check_positive_real
 
 __all__ = [
@@ -107,7 +107,7 @@ def diagnose(
     """
     z64, labels = _check_batch(z, labels, need_views=2)
     B, V, d = z64.shape
-    hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
+    hardening = Exponential(1.0) if hardening is None else check_hardening(hardening)
     out: dict[str, float] = {}
     out.update(loss_quartet(z64, labels, hardening, temperature=temperature, M=M, normalize=normalize).as_dict())
     temperature = check_positive_real("temperature", temperature)

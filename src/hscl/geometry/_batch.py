@@ -36,12 +36,6 @@ def _check_class_ids(labels: object, n: int) -> Tensor:
     return labels.long()
 
 
-def _check_hardening(hardening: object):
-    if not callable(hardening):
-        raise TypeError(f"hardening must be a Hardening or a callable eta(g), got {type(hardening).__name__}")
-    return hardening
-
-
 @dataclass
 class _Rows:
     """Flattened rows and their set masks. ``N = V * B``; all masks ``(N, N)`` bool."""

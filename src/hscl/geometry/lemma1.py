@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from hscl.geometry._batch import _check_batch, _check_hardening, _Rows, _rows, _weights
-from hscl.hardening import Exponential, Hardening
+from hscl.geometry._batch import _check_batch, _Rows, _rows, _weights
+from hscl.hardening import Exponential, Hardening, check_hardening
 from hscl.losses import METHODS, contrastive_loss
 from hscl.validation import check_positive_real
 
@@ -67,7 +67,7 @@ def loss_quartet(
     """
     z64, labels = _check_batch(z, labels, need_views=2)
     check_positive_real("temperature", temperature)
-    hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
+    hardening = Exponential(1.0) if hardening is None else check_hardening(hardening)
     means: dict[str, float] = {}
     per_pair: dict[str, Tensor] = {}
     import warnings
@@ -135,7 +135,7 @@ def assumption1(
     """
     z64, labels = _check_batch(z, labels)
     rows = _rows(z64, labels, check_positive_real("temperature", temperature), normalize)
-    hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
+    hardening = Exponential(1.0) if hardening is None else check_hardening(hardening)
     return _assumption1(rows, _weights(hardening, rows.G))
 
 
@@ -176,7 +176,7 @@ def alphas(
     """
     z64, labels = _check_batch(z, labels)
     rows = _rows(z64, labels, check_positive_real("temperature", temperature), normalize)
-    hardening = Exponential(1.0) if hardening is None else _check_hardening(hardening)
+    hardening = Exponential(1.0) if hardening is None else check_hardening(hardening)
     return _alphas(rows, _weights(hardening, rows.G))
 
 

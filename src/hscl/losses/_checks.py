@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Sequence
 
@@ -259,30 +258,6 @@ def _check_tau_plus(tau_plus: object, negatives: str) -> float:
             f"it cannot be used with negatives={negatives!r}"
         )
     return tau_plus
-
-
-def _check_hardening(hardening: object) -> HardeningLike:
-    if _log_linear(hardening):  # the fused path reads beta and log_threshold, nothing else
-        beta, log_threshold = hardening.beta, hardening.log_threshold  # type: ignore[union-attr]
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < math.inf:
-            raise ValueError(f"a log-linear hardening's beta must be a finite real >= 0, got beta={beta!r}")
-        real = isinstance(log_threshold, numbers.Real) and not isinstance(log_threshold, bool)
-        if not real or not log_threshold < math.inf:
-            raise ValueError(
-                f"a log-linear hardening's log_threshold must be a real < inf, got log_threshold={log_threshold!r}"
-            )
-    if hardening is None or isinstance(hardening, Hardening) or callable(hardening):
-        return hardening  # type: ignore[return-value]
-    raise TypeError(
-        "hardening must be None, hscl.hardening.Exponential(beta), hscl.hardening.Threshold(tau) or a "
-        f"callable eta(g) -> non-negative weights of the same shape, got {type(hardening).__name__}"
-    )
-
-
-def _log_linear(hardening: object) -> bool:
-    """Whether ``hardening`` declares ``eta(g) = exp(beta * g) * 1[g >= log_threshold]`` (:class:`Hardening`'s
-    ``log_linear``): the condition of the fused path."""
-    return isinstance(hardening, Hardening) and bool(hardening.log_linear)
 
 
 def _check_chunk_size(chunk_size: object) -> int | None:

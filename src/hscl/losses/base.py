@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hscl.hardening import AutoExponential, Exponential, Threshold
+from hscl.hardening import AutoExponential, Exponential, Threshold, check_hardening
 from hscl.losses._checks import (
     HardeningLike,
     MLike,
     _check_chunk_size,
-    _check_hardening,
     _check_M,
     _check_tau_plus,
 )
@@ -54,7 +53,7 @@ def _resolve_hardening(beta, tau, hardening, default_beta: float | None) -> Hard
     if tau is not None:
         return Threshold(tau)
     if hardening is not None:
-        return _check_hardening(hardening)
+        return check_hardening(hardening)
     return Exponential(default_beta) if default_beta is not None else None
 
 
@@ -113,7 +112,7 @@ class ContrastiveLoss(nn.Module):
         super().__init__()
         self.positives = check_choice("positives", positives, POSITIVES)
         self.negatives = check_choice("negatives", negatives, NEGATIVES)
-        self.hardening = _check_hardening(hardening)
+        self.hardening = check_hardening(hardening)
         self.temperature = check_positive_real("temperature", temperature)
         self.M = _check_M(M)
         self.tau_plus = _check_tau_plus(tau_plus, negatives)

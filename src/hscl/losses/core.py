@@ -34,19 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hscl.hardening import AutoExponential
+from hscl.hardening import AutoExponential, check_hardening, is_log_linear
 from hscl.losses import _compiled
 from hscl.losses._checks import (
     HardeningLike,
     MLike,
     _check_chunk_size,
-    _check_hardening,
     _check_labels,
     _check_M,
     _check_memory,
     _check_tau_plus,
     _check_z,
-    _log_linear,
     _nonfinite_allowed,
     _ValueChecks,
 )
@@ -404,7 +402,7 @@ def contrastive_loss(
     temperature = check_positive_real("temperature", temperature)
     M = _check_M(M)
     tau_plus = _check_tau_plus(tau_plus, negatives)
-    hardening = _check_hardening(hardening)
+    hardening = check_hardening(hardening)
     chunk_size = _check_chunk_size(chunk_size)
     B, V, _ = z.shape
     uses = (('positives="labels"', positives == "labels"), ('negatives="supervised"', negatives == "supervised"))
@@ -424,7 +422,7 @@ def contrastive_loss(
         z, labels, memory, positives=positives, negatives=NEGATIVE_SETS[negatives], M=M, temperature=temperature,
         tau_plus=tau_plus, chunk=chunk_size or V * B,
     )  # fmt: skip
-    fused = hardening is None or _log_linear(hardening)  # declared log-linear (built-ins, subclasses): fused
+    fused = hardening is None or is_log_linear(hardening)  # declared log-linear (built-ins, subclasses): fused
     spec.num_pairs = _synchronise((num_pos * spec.valid).sum(), layout, checks, tables=fused)
     with _autocast_off(z.device):
         Z, Zm = _rows(z, memory, normalize=normalize and not (fused and spec.num_pairs))  # fused: normalises inside

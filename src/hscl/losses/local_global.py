@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hscl.hardening import Exponential, Hardening
-from hscl.losses._checks import _callable_weights, _log_linear
+from hscl.hardening import Exponential, Hardening, check_hardening, is_log_linear
+from hscl.losses._checks import _callable_weights
 
 __all__ = ["ESTIMATORS", "graph_negative_mask", "local_global_loss", "log_negative_weights", "negative_weights"]
 
@@ -68,24 +68,13 @@ _LOG2 = math.log(2.0)
 GraphHardening = Hardening | Callable[[Tensor], Tensor]
 
 
-def _check_beta(beta: object) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be a finite number >= 0 (exp(beta * s) must be non-decreasing), got {beta!r}")
-    return float(beta)
-
-
-def _resolve_hardening(beta: float | None, hardening: GraphHardening | None) -> GraphHardening:
-    """``hardening``, or ``Exponential(beta)`` (``beta = 0`` when neither is given)."""
+def _graph_hardening(beta: float | None, hardening: GraphHardening | None) -> GraphHardening:
+    """The graph objective's ``eta``: ``hardening``, or ``Exponential(beta)`` (``beta = 0`` when neither is given)."""
     if hardening is None:
-        return Exponential(_check_beta(0.0 if beta is None else beta))
+        return Exponential(0.0 if beta is None else beta)
     if beta is not None:
         raise ValueError(f"give at most one of beta= and hardening=; got beta={beta!r} and hardening={hardening!r}")
-    if not (isinstance(hardening, Hardening) or callable(hardening)):
-        raise TypeError(
-            "hardening must be hscl.hardening.Exponential(beta), Threshold(tau) or a callable eta(s) -> "
-            f"non-negative weights of the same shape, got {type(hardening).__name__}"
-        )
-    return hardening
+    return check_hardening(hardening)
 
 
 def graph_negative_mask(batch: Tensor, num_graphs: int, labels: Tensor | None = None) -> Tensor:
@@ -123,12 +112,12 @@ def log_negative_weights(
 
     Shape: scores ``(n, G)``, negative_mask ``(n, G)`` bool -> ``(n, G)``.
     """
-    eta = _resolve_hardening(beta, hardening)
+    eta = _graph_hardening(beta, hardening)
     if scores.shape != negative_mask.shape:
         raise ValueError(f"scores {tuple(scores.shape)} and negative_mask {tuple(negative_mask.shape)} must match")
     count = negative_mask.sum(1, keepdim=True)  # (n, 1) |N(n)|
     has = count > 0
-    if not _log_linear(eta):  # the closed form below needs eta(s) = exp(beta s) 1[s >= log_threshold]
+    if not is_log_linear(eta):  # the closed form below needs eta(s) = exp(beta s) 1[s >= log_threshold]
         return _log_callable_weights(scores, negative_mask, eta, count)
     kept = negative_mask
     if eta.log_threshold != -math.inf:
@@ -201,7 +190,7 @@ def local_global_loss(
         raise ValueError(f"batch must have shape ({local.shape[0]},) (one graph id per node), got {tuple(batch.shape)}")
     if negatives == "supervised" and labels is None:
         raise ValueError("negatives='supervised' (SCL, H-SCL) needs labels, one per graph")
-    eta = _resolve_hardening(beta, hardening)
+    eta = _graph_hardening(beta, hardening)
     num_graphs = global_.shape[0]
     scores = local @ global_.T  # (n, G) s(n, j)
     mask = graph_negative_mask(batch, num_graphs, labels if negatives == "supervised" else None)

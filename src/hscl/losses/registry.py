@@ -41,12 +41,25 @@ class Method:
     hardened: bool  # takes beta= / tau= / hardening=
     reference: str  # e.g. "Jiang et al., arXiv 2209.00078"
 
+    def __getattr__(self, name: str):
+        # called only for a missing attribute: the presentation fields that moved out of the registry say where
+        if name in _MOVED_FIELDS:
+            raise AttributeError(f"Method.{name} is no longer a fact of the loss registry; read {_MOVED_FIELDS[name]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def supervised(self) -> bool:
         """Whether the method needs labels (label positives or supervised negatives)."""
         return self.positives == "labels" or self.negatives == "supervised"
 
 
+#: fields an earlier release kept on :class:`Method` that describe how experiments use a method, and where they live
+_MOVED_FIELDS = {
+    "table1": "hscl.experiments.methods.TABLE1 (the Table I cells)",
+    "pairs": "hscl.engine.pretrain.datamodule.SAME_LABEL_PAIRS (methods whose batches pair same-label images)",
+    "graph": "hscl.engine.pretrain.graph_train.GRAPH_METHODS (the graph objectives)",
+    "with_ce": "hscl.engine.finetune.config.DEFINED_WITH_CE (objectives that include cross-entropy)",
+}
 _H_SCL = "Jiang et al., arXiv 2209.00078"
 _METHODS = (
     Method(
