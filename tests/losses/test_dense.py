@@ -14,13 +14,13 @@ from hscl.hardening import AutoExponential, Exponential, Threshold
 from hscl.losses import contrastive_loss, dense_contrastive_loss
 from reference import reference_loss
 
-B, V, D, K, TEMPERATURE = 7, 2, 5, 3, 0.5
+B, V, D, K, TEMPERATURE = 7, 2, 5, 3, 0.3  # 1 / 0.3 is not a float32: a constant rounded to float32 shows
 #: the cosine cut of the threshold: high enough that some anchors keep no negative and fall back, not all
 CUT = 0.7
 
 
 def _poly_eta(g):
-    return (g - 1.2).clamp(min=0.0) ** 2  # zero below g = 1.2 (cosine 0.6): weights of 0, some anchors fall back
+    return (g - 0.6 / TEMPERATURE).clamp(min=0.0) ** 2  # zero below cosine 0.6: weights of 0, some anchors fall back
 
 
 @pytest.fixture(autouse=True)

@@ -198,7 +198,7 @@ def symmetric_loss(Z: Tensor, columns: Tensor, spec: _Spec, layout: _Layout, out
     num, den = _upper_similarities(columns, spec, layout, groups, packed, table, values.view(G, K, K))
     valid = spec.valid
     log_c = torch.where(valid, torch.log(num), 0.0) - torch.where(valid, torch.log(den), 0.0)
-    log_c = log_c + torch.where(valid, spec.shift, 0.0)  # log E(r)
+    log_c = torch.where(valid, log_c + spec.shift, log_c)  # log E(r) (a Python float: exact in float64)
     out.log_tilted_mean.copy_(log_c)
     sigma, P = _pair_values(spec, groups, values, log_c, out, row_weight, (first, table.view(G * K, K)))
     if row_weight is None:
