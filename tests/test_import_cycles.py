@@ -7,7 +7,7 @@ importing module's package. Only edges between hscl modules are kept. Importing 
 ``__init__`` of ``a`` and ``a.b``; those implicit edges are not counted (a package's ``__init__`` importing
 its own submodules would otherwise always close a cycle), as in import-linter.
 
-Run as a script (``python tests/test_import_cycles.py``) it prints every cycle in the tree, allowed or not.
+Run as a script (``python tests/test_import_cycles.py``) it prints every cycle in the tree (none is allowed).
 """
 
 from __future__ import annotations
@@ -17,15 +17,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-#: Cycles that other pieces of work are removing now: each entry is the set of modules one strongly
-#: connected component is allowed to span. A component inside an entry is tolerated (the test below still
-#: fails on any other cycle); empty this list as those changes land (``test_allowed_cycle_is_gone`` XPASSes
-#: for an entry whose cycle is already gone).
-ALLOWED_CYCLES: list[frozenset[str]] = []
 
 
 def module_name(path: Path, root: Path = SRC) -> str:
@@ -157,22 +149,10 @@ def describe(graph: dict[str, set[str]], component: set[str]) -> str:
     return f"{len(component)} modules {sorted(component)}; e.g. {' -> '.join(shortest_cycle(graph, component))}"
 
 
-def is_allowed(component: set[str]) -> bool:
-    return any(component <= allowed for allowed in ALLOWED_CYCLES)
-
-
 def test_no_import_cycles():
     graph = import_graph()
-    cycles = [describe(graph, c) for c in strongly_connected(graph) if not is_allowed(c)]
+    cycles = [describe(graph, c) for c in strongly_connected(graph)]
     assert not cycles, "import cycles in hscl:\n" + "\n".join(cycles)
-
-
-@pytest.mark.xfail(strict=False, reason="a cycle other work is removing; XPASS: remove its ALLOWED_CYCLES entry")
-@pytest.mark.parametrize("allowed", ALLOWED_CYCLES, ids=lambda a: min(a))
-def test_allowed_cycle_is_gone(allowed):
-    graph = import_graph()
-    inside = [describe(graph, c) for c in strongly_connected(graph) if c <= allowed]
-    assert not inside, "\n".join(inside)
 
 
 def test_dataset_specs_sit_below_the_readers_and_the_registry_on_top():
@@ -227,6 +207,6 @@ if __name__ == "__main__":
     full = import_graph()
     found = strongly_connected(full)
     for comp in sorted(found, key=min):
-        print(("allowed  " if is_allowed(comp) else "CYCLE    ") + describe(full, comp))
+        print("CYCLE    " + describe(full, comp))
     print(f"{len(full)} modules, {sum(map(len, full.values()))} imports, {len(found)} cycles")
-    sys.exit(1 if any(not is_allowed(c) for c in found) else 0)
+    sys.exit(1 if found else 0)
