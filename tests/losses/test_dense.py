@@ -189,3 +189,20 @@ def test_each_fused_kernel_equals_dense(positives, negatives, kernel, monkeypatc
         _assert_close(loss, want, f"value, {case}")
         _assert_close(grad, want_grad, f"gradient, {case}")
     assert len(calls) == (0 if kernel == "block" else 3 * len(MS) * 3 * len(taus) * 2)
+
+
+def test_the_definition_fits_on_one_screen():
+    """dense_contrastive_loss stays a readable definition: at most 60 lines of code (docstring, comments and
+    blank lines aside), one numbered comment per step."""
+    import ast
+    import inspect
+
+    import hscl.losses.dense as dense
+
+    source = inspect.getsource(dense)
+    function = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef))
+    lines = source.splitlines()[function.body[1].lineno - 1 : function.end_lineno]  # body[0]: the docstring
+    code = [line for line in lines if line.strip() and not line.strip().startswith("#")]
+    steps = [line.strip() for line in lines if line.strip()[:3] in {f"# {k}" for k in range(1, 10)}]
+    assert len(code) <= 60, f"dense_contrastive_loss has {len(code)} lines of code (at most 60)"
+    assert [s[2] for s in steps] == [str(k) for k in range(1, len(steps) + 1)] and len(steps) >= 5, steps
