@@ -40,3 +40,4 @@ _.num_negatives  # LossStats fields and properties (public statistics of a loss 
 _.num_valid_anchors
 _.num_fallbacks
 _.reference  # Method.reference: the paper a registry entry cites
+_.choose  # AutoExponential.choose: solve and read the solution in one call (public; the loss uses solve / accept)

@@ -127,7 +127,7 @@ class AutoExponential(Hardening):
 
     The solve (:func:`ess_beta`) is ``iterations`` steps of a safeguarded Newton iteration on ``[0, max_beta]``
     (bisection whenever a Newton step leaves the bracket), started from the previous call's solution, all on
-    the similarities' device: a call costs one host synchronisation (reading the solution). At most
+    the similarities' device; the loss reads the solution with its own one host synchronisation. At most
     ``max_entries`` similarities enter it: for a larger batch it uses 8 evenly spaced contiguous groups of
     anchors holding that many, against every candidate column.
 
@@ -176,10 +176,19 @@ class AutoExponential(Hardening):
 
     def choose(self, g: torch.Tensor, negatives: torch.Tensor) -> float:
         """Solve for similarities ``g`` (a, n) with the negative mask ``negatives`` (a, n), set ``solved`` and
-        ``beta`` (:meth:`use` of the solution) and return ``beta``. One host synchronisation."""
+        ``beta`` (:meth:`use` of the solution) and return ``beta``: :meth:`solve`, then :meth:`accept`. One host
+        synchronisation (the loss instead reads the solution with its own, see :meth:`solve`)."""
+        return self.accept(float(self.solve(g, negatives)))
+
+    def solve(self, g: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """The solution for similarities ``g`` (a, n) with the negative mask ``negatives`` (a, n), started from
+        the previous one, as a scalar tensor on ``g``'s device: nothing is read back (:func:`ess_beta`)."""
         start = 1.0 if self.solved is None else self.solved
-        solution = ess_beta(g, negatives, self.target, self.max_beta, start=start, iterations=self.iterations)
-        self.solved = float(solution)  # the call's one host synchronisation
+        return ess_beta(g, negatives, self.target, self.max_beta, start=start, iterations=self.iterations)
+
+    def accept(self, solved: float) -> float:
+        """Record a solution read on the host: set ``solved`` and ``beta`` (:meth:`use` of it); return ``beta``."""
+        self.solved = float(solved)
         self.beta = float(self.use(self.solved))
         return self.beta
 

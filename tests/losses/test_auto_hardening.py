@@ -180,7 +180,7 @@ def test_the_solver_samples_anchor_groups_beyond_its_budget():
     assert hardening.beta == pytest.approx(_loop_beta(g[rows], neg, 0.5), rel=1e-6)
 
 
-def test_the_solve_reads_nothing_back_and_a_loss_call_adds_one_sync(monkeypatch):
+def test_the_solve_reads_nothing_back_and_a_loss_call_reads_once(monkeypatch):
     g, negatives = _similarities(9)
 
     def refuse(*args, **kwargs):
@@ -214,7 +214,10 @@ def test_the_solve_reads_nothing_back_and_a_loss_call_adds_one_sync(monkeypatch)
         return counts["n"]
 
     auto = AutoExponential(0.5)
-    assert syncs(auto) == syncs(Exponential(auto.beta)) + 1
+    assert syncs(auto) == syncs(Exponential(1.0)) == 1  # the solution rides on the loss's one read
+    assert auto.beta > 0 and auto.beta == auto.solved
+    solution = auto.solve(*_similarities(9))  # solve reads nothing back; choose reads the solution once
+    assert auto.choose(*_similarities(9)) == pytest.approx(float(solution), rel=1e-6)
 
 
 def test_module_state_warm_start_and_errors():

@@ -74,9 +74,9 @@ class _CountingAuto(AutoExponential):
 
     calls = 0
 
-    def choose(self, g, negatives):
+    def solve(self, g, negatives):
         self.calls += 1
-        return super().choose(g, negatives)
+        return super().solve(g, negatives)
 
 
 @pytest.mark.parametrize("auto", [False, True], ids=["exponential", "auto"])

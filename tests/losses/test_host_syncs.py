@@ -1,6 +1,6 @@
-"""Host synchronisations of one loss call: at most one (the table shapes, read with the value checks), none in
-its backward; counted on the CPU by :class:`sync_counter.SyncCounter`, on a GPU (the ``gpu`` test at the end) by
-CUDA's own sync debug mode."""
+"""Host synchronisations of one loss call: at most one (the table shapes, read with the value checks and an
+automatic hardening's solution), none in its backward; counted on the CPU by :class:`sync_counter.SyncCounter`,
+on a GPU (the ``gpu`` test at the end) by CUDA's own sync debug mode."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ CASES = [(name, {}) for name in METHODS]
 CASES += [(name, {"beta": 1.0}) for name, m in METHODS.items() if m.hardened]
 CASES += [("h-scl", {"tau": math.exp(0.1)}), ("h-scl", {"beta": 1.0, "chunk_size": 5}), ("supcon", {"chunk_size": 5})]
 CASES += [("ucl", {"chunk_size": 3}), ("h-ucl", {"beta": 0.5, "tau_plus": 0.1})]
+CASES += [("h-scl", {"beta": "auto"}), ("h-ucl", {"beta": "auto", "chunk_size": 5})]  # the solve reads nothing
 
 
 @pytest.mark.parametrize(("method", "kwargs"), CASES, ids=[f"{m}-{k}" for m, k in CASES])

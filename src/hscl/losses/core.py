@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -185,15 +186,32 @@ def _make_spec(
     return spec, _make_layout(spec, relation, groups, share_count), num_pos
 
 
-def _synchronise(count: Tensor, layout: _Layout, checks: _ValueChecks, *, tables: bool) -> int:
+def _synchronise(
+    count: Tensor, layout: _Layout, checks: _ValueChecks, *, tables: bool, solution: Tensor | None = None
+) -> tuple[int, float | None]:
     """The call's one host synchronisation: ``count`` (a 0-d tensor: the pairs, or the anchors, to average over)
-    with the shape of the class tables and the value checks (raising what failed); then the class tables, when
-    ``tables``. Returns ``count``."""
-    sizes = torch.stack([count, *layout.shape_t, *checks.flags()]).tolist()
-    checks.verify(sizes[3:])
+    with the shape of the class tables, the value checks (raising what failed) and an automatic hardening's
+    ``solution`` (a float scalar, read through its bits); then the class tables, when ``tables``. Returns
+    ``count`` and the solution (None without one)."""
+    extra = [] if solution is None else [_float_bits(solution)]
+    sizes = torch.stack([count, *layout.shape_t, *extra, *checks.flags()]).tolist()
+    solved = None if solution is None else _bits_float(sizes[3], solution.dtype)
+    checks.verify(sizes[3 + len(extra) :])
     if tables:
         _finish_layout(layout, sizes[1], sizes[2])
-    return sizes[0]
+    return sizes[0], solved
+
+
+def _float_bits(x: Tensor) -> Tensor:
+    """A float32 or float64 scalar's bits as an int64 scalar: exact inside an integer read."""
+    return x.view(torch.int64) if x.dtype == torch.float64 else x.to(torch.float32).view(torch.int32).long()
+
+
+def _bits_float(bits: int, dtype: torch.dtype) -> float:
+    """The float whose bits :func:`_float_bits` read."""
+    if dtype == torch.float64:
+        return struct.unpack("=d", struct.pack("=q", bits))[0]
+    return struct.unpack("=f", struct.pack("=i", bits))[0]
 
 
 def _row_weight(reduction: str, num_pos: Tensor, valid: Tensor, num_pairs: int, dtype: torch.dtype) -> Tensor:
@@ -258,14 +276,14 @@ def _warn_no_pairs(function: str, positives: str, negatives: str, z: Tensor, lab
     )
 
 
-def _choose_beta(Z: Tensor, Zm: Tensor | None, spec: _Spec, hardening: AutoExponential, *, normalize: bool) -> None:
-    """Set ``hardening.beta`` for this batch on the detached similarities (see :class:`AutoExponential`):
-    every anchor, or 8 evenly spaced groups of anchors holding ``hardening.max_entries`` similarities, each
-    against the anchor's own ``N(r)`` (memory columns included), as the loss sees them."""
-    with torch.no_grad():
-        columns = Z.detach() if Zm is None else torch.cat([Z.detach(), Zm])
-        if normalize:
-            columns = F.normalize(columns, dim=1)
+def _solve_beta(z: Tensor, memory: tuple | None, spec: _Spec, hardening: AutoExponential, *, normalize: bool):
+    """An automatic hardening's solution for this batch (a device scalar, read later with the call's one host
+    synchronisation), on the detached similarities (see :class:`AutoExponential`): every anchor, or 8 evenly
+    spaced groups of anchors holding ``hardening.max_entries`` similarities, each against the anchor's own
+    ``N(r)`` (memory columns included), as the loss sees them."""
+    with torch.no_grad(), _autocast_off(z.device):
+        Z, Zm = _rows(z.detach(), memory, normalize=normalize)
+        columns = Z if Zm is None else torch.cat([Z, Zm])
         rows, per = spec.rows, max(1, hardening.max_entries // spec.cols)
         if per >= rows:
             groups = [(0, rows)]
@@ -275,7 +293,7 @@ def _choose_beta(Z: Tensor, Zm: Tensor | None, spec: _Spec, hardening: AutoExpon
             groups = [(s, s + size) for s in (round(i * (rows - size) / max(n - 1, 1)) for i in range(n))]
         g = torch.cat([(columns[a:b] * spec.inv_t) @ columns.T for a, b in groups])  # (a, cols)
         negatives = torch.cat([spec.negatives.mask(spec.relation, a, b) for a, b in groups])
-        hardening.choose(g, negatives)
+        return hardening.solve(g, negatives)
 
 
 def _pair_losses(
@@ -284,8 +302,6 @@ def _pair_losses(
     """The loss of a batch with valid pairs and its statistics, by the fused kernel (log-linear hardenings) or the
     generic path. ``flags``: ``reduction``, ``normalize``, ``detach_weights``, ``chunked``."""
     row_weight = _row_weight(flags["reduction"], num_pos, spec.valid, spec.num_pairs, Z.dtype)
-    if isinstance(hardening, AutoExponential):
-        _choose_beta(Z, Zm, spec, hardening, normalize=flags["normalize"])
     per_pair, detach = flags["reduction"] == "none", flags["detach_weights"]
     if fused:
         kw = dict(hardening=hardening, detach_weights=detach, per_pair=per_pair, normalize=flags["normalize"])
@@ -386,8 +402,8 @@ def contrastive_loss(
 
     Cost: the counts and column tables are built once per call with tensor ops; the call has one
     host synchronisation, which reads the table shapes together with the value checks (the finiteness
-    of ``z``, skipped under float16, and of a memory), an :class:`~hscl.hardening.AutoExponential` a
-    second (reading its device-side solution); each block of anchors is then tensor ops only (a callable
+    of ``z``, skipped under float16, and of a memory) and an :class:`~hscl.hardening.AutoExponential`'s
+    device-side solution; each block of anchors is then tensor ops only (a callable
     hardening adds one per block: its weights are checked). For the scalar reductions the gradient is
     computed in the forward (when ``z`` requires it), so the backward is a scaling.
 
@@ -423,7 +439,11 @@ def contrastive_loss(
         tau_plus=tau_plus, chunk=chunk_size or V * B,
     )  # fmt: skip
     fused = hardening is None or is_log_linear(hardening)  # declared log-linear (built-ins, subclasses): fused
-    spec.num_pairs = _synchronise((num_pos * spec.valid).sum(), layout, checks, tables=fused)
+    auto = isinstance(hardening, AutoExponential)
+    solution = _solve_beta(z, memory, spec, hardening, normalize=normalize) if auto else None
+    spec.num_pairs, solved = _synchronise((num_pos * spec.valid).sum(), layout, checks, tables=fused, solution=solution)
+    if auto and spec.num_pairs:  # the batch's beta, read with the counts
+        hardening.accept(solved)
     with _autocast_off(z.device):
         Z, Zm = _rows(z, memory, normalize=normalize and not (fused and spec.num_pairs))  # fused: normalises inside
         if spec.num_pairs == 0:

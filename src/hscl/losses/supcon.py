@@ -73,7 +73,7 @@ def supcon_loss(
         M=max(rows - 1, 1), temperature=temperature, tau_plus=0.0, chunk=chunk_size or rows,
     )  # fmt: skip
     spec.pair = "linear"
-    num_valid = _synchronise(spec.valid.sum(), layout, checks, tables=True)  # the one host synchronisation
+    num_valid, _ = _synchronise(spec.valid.sum(), layout, checks, tables=True)  # the one host synchronisation
     with _autocast_off(z.device):
         Z, _ = _rows(z, None, normalize=False)  # the fused kernel normalises inside
         if num_valid == 0:
