@@ -1,4 +1,4 @@
-"""A training step under ``torch.compile`` (model + hscl loss, ``fullgraph=True``) against eager, on the CPU.
+"""A training step under ``torch.compile`` (model + hscl loss, ``fullgraph=True``) against eager, on the CPU or a GPU.
 
 What it measures
 ----------------
@@ -29,8 +29,12 @@ Run from the repository root::
     .venv/bin/python benchmarks/bench_compile.py            # B = 256, H-SCL(beta=1)
     .venv/bin/python benchmarks/bench_compile.py --quick    # smoke test: B = 32, 2 steps
     .venv/bin/python benchmarks/bench_compile.py --method h-ucl --beta 0.5 --batch 128
+    python benchmarks/bench_compile.py --device cuda              # on a CUDA GPU (float32, torch's defaults)
 
-Output: a Markdown table (ms per step, speed-up over eager, compile time) with the CPU model and torch version.
+On a GPU every timed call ends with ``torch.cuda.synchronize()``, so the times are the device's.
+
+Output: a Markdown table (ms per step, speed-up over eager, compile time) with the CPU model (and the GPU's name)
+and torch version.
 """
 
 from __future__ import annotations
@@ -113,9 +117,15 @@ def _check(variants: dict, x, labels) -> list[str]:
     return lines
 
 
-def _rounds(steps: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rounds(steps: dict, rounds: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
     """``warmup`` untimed calls of each ``steps[name]()``, then ``rounds`` rounds of one timed call of each, in a
-    rotating order (a changing load of the machine falls on every variant alike): ms per call."""
+    rotating order (a changing load of the machine falls on every variant alike): ms per call, each call waited
+    for on a GPU."""
     names = list(steps)
     for name in names:
         for _ in range(warmup):
@@ -124,8 +134,10 @@ def _rounds(steps: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
     for round_ in range(rounds):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
+            _synchronize(device)
             start = time.perf_counter()
             steps[name]()
+            _synchronize(device)
             times[name].append(1e3 * (time.perf_counter() - start))
     return times
 
@@ -139,17 +151,17 @@ def _table(times: dict[str, list[float]], what: str) -> None:
         print(f"| {name} | {median:.1f} | {min(values):.1f} | {eager_ms / median:.2f}x |")
 
 
-def _loss_only(loss_fn, B: int, rounds: int, warmup: int) -> dict[str, list[float]]:
+def _loss_only(loss_fn, B: int, rounds: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
     """The loss alone (forward + backward on fixed unit rows ``(B, 2, 128)``): eager, compiled (inductor)."""
-    z0 = torch.nn.functional.normalize(torch.randn(B, 2, 128), dim=-1)
-    labels = torch.randint(0, 10, (B,))
+    z0 = torch.nn.functional.normalize(torch.randn(B, 2, 128), dim=-1).to(device)
+    labels = torch.randint(0, 10, (B,)).to(device)
     compiled = torch.compile(loss_fn, fullgraph=True)
 
     def run(fn):
         z = z0.clone().requires_grad_(True)
         fn(z, labels).backward()
 
-    return _rounds({"eager": lambda: run(loss_fn), "compiled": lambda: run(compiled)}, rounds, warmup)
+    return _rounds({"eager": lambda: run(loss_fn), "compiled": lambda: run(compiled)}, rounds, warmup, device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,31 +173,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant and repeat (default 3)")
     parser.add_argument("--repeats", type=int, default=None, help="alternating rounds of the variants (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke test: B=32, 2 steps, 1 repeat")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default cpu)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"bench_compile: --device cuda needs a CUDA GPU, but torch {torch.__version__} sees none")
+    device = torch.device(args.device)
     B = args.batch or (32 if args.quick else 256)
     steps = args.steps or (2 if args.quick else 15)
     repeats = args.repeats or (1 if args.quick else 3)
     beta = args.beta if args.beta == "auto" else float(args.beta)
 
     torch.manual_seed(0)
-    model = build_model("convnet", 1, widths=(16, 32, 64, 128), projection_dim=128, hidden_dim=512)
+    model = build_model("convnet", 1, widths=(16, 32, 64, 128), projection_dim=128, hidden_dim=512).to(device)
     loss_fn = get_loss(args.method, beta=beta, temperature=0.5) if beta != 0 else get_loss(args.method)
-    x = torch.rand(2 * B, 1, 28, 28)  # sample-major: rows 2i and 2i+1 are the two views of sample i
-    labels = torch.randint(0, 10, (B,))
+    x = torch.rand(2 * B, 1, 28, 28).to(device)  # sample-major: rows 2i and 2i+1 are the two views of sample i
+    labels = torch.randint(0, 10, (B,)).to(device)
     names = ["eager", "compiled", "compiled model, eager loss"]
     variants = {name: _variant(name, model, loss_fn, B) for name in names}
     load = os.getloadavg()[0]
     checks = _check(variants, x, labels)
     times = _rounds(
-        {name: functools.partial(variants[name][2], x, labels) for name in names}, steps * repeats, args.warmup
+        {name: functools.partial(variants[name][2], x, labels) for name in names}, steps * repeats, args.warmup, device
     )
-    loss_times = _loss_only(loss_fn, B, 2 * steps * repeats, args.warmup)
+    loss_times = _loss_only(loss_fn, B, 2 * steps * repeats, args.warmup, device)
     load_end = os.getloadavg()[0]
 
     print(f"# bench_compile: a {args.method} training step, compiled vs eager\n")
+    on = (
+        f"GPU: {torch.cuda.get_device_name(device)} (float32, torch's default TF32 settings); "
+        if device.type == "cuda"
+        else ""
+    )
     print(
-        f"CPU: {_cpu_model()}; {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"1-min load average {load:.2f} at start, {load_end:.2f} at the end.\n"
+        f"{on}CPU: {_cpu_model()}; {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads; 1-min load average {load:.2f} at start, {load_end:.2f} at the end.\n"
     )
     print(
         f"Step: convnet(16,32,64,128) + {args.method}(beta={args.beta}, temperature 0.5), batch {B} x 2 views "

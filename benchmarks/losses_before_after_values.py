@@ -7,7 +7,8 @@ differences of the values and of the gradients, in float64 and float32.
 
     .venv/bin/python benchmarks/losses_before_after_values.py --before ../before/src
 
-``--before`` is the ``src`` folder of the older tree (``git archive <commit> src | tar -x -C ../before``).
+``--before`` is the ``src`` folder of the older tree (``mkdir ../before && git archive <commit> src | tar -x -C
+../before``).
 Only the public API is called, with keywords. Left out on purpose: what changed by design since the older trees
 (``beta="auto"``, whose definition changed; batches of one or two rows, now the defined 0).
 """
@@ -126,7 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         before = _run(args.before, f"{tmp}/before.pt")
         after = _run(args.after, f"{tmp}/after.pt")
-    print(f"before: {before.pop('hscl')[0]}\nafter:  {after.pop('hscl')[0]}")
+    print(f"before: {os.path.relpath(before.pop('hscl')[0])}\nafter:  {os.path.relpath(after.pop('hscl')[0])}")
     if set(before) != set(after):
         raise SystemExit(f"the grids differ: {sorted(set(before) ^ set(after))[:5]}")
     sizes = " and ".join(map(str, BATCHES))

@@ -335,6 +335,14 @@ def test_cuda_without_a_gpu_fails_in_one_line(args):
     assert proc.stderr.strip().startswith("gpu_check: --device cuda needs a CUDA GPU") and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_bench_compile_on_cuda_without_a_gpu_fails_in_one_line():
+    bench = ROOT / "benchmarks" / "bench_compile.py"
+    proc = subprocess.run([sys.executable, str(bench), "--device", "cuda"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("bench_compile: --device cuda needs a CUDA GPU") and proc.stderr.count("\n") == 1
+
+
 def test_make_gpu_check_asks_for_cuda_and_no_local_cpu_wheel():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
     proc = subprocess.run(["make", "-n", "-B", "gpu-check"], cwd=ROOT, capture_output=True, text=True, env=env)
@@ -375,3 +383,4 @@ def test_the_gpu_run_script_is_one_bounded_command():
     proc = subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_run.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert textwrap.dedent(text).count("pytest -q -m gpu") == 1
+    assert "bench_compile.py --device cuda" in text  # the compiled training step on the GPU, in the same command
